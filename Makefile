@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test test-fast demo bench lint clean
+
+install: $(STAMP)
+
+# torch==2.14.1 / torchvision==0.29.1 are pinned in constraints.txt and install from this
+# machine's local wheel cache with plain pip (uv/poetry would download gigabytes).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dask,dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow'
+
+demo: install
+	$(PY) -m pipelines.demo
+
+bench: install
+	$(PY) -m benchmarks.bench_lake
+
+lint: install
+	$(VENV)/bin/ruff check cld_lake pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check cld_lake pipelines tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

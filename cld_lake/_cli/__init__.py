@@ -1,0 +1,40 @@
+"""The ``cld-lake`` command line: a thin layer over the Python API.
+
+Each stage owns one module here (``lake_cmds``, ``score_cmd``, ...) that defines click
+commands calling public functions. Heavy libraries load inside the commands, so
+``cld-lake --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cld_lake import __version__
+from cld_lake._cli import lake_cmds
+from cld_lake._cli._common import run_main
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cld-lake")
+def cli() -> None:
+    """cld-lake: record loss trajectories, score samples by CLD, query and export coresets."""
+
+
+for command in lake_cmds.COMMANDS:
+    cli.add_command(command)
+
+for _module in ("sql_cmd", "score_cmd", "select_cmd", "export_cmd", "report_cmd"):
+    try:
+        _mod = __import__(f"cld_lake._cli.{_module}", fromlist=["COMMANDS"])
+    except ModuleNotFoundError as _exc:  # a stage not built yet
+        if _exc.name != f"cld_lake._cli.{_module}":
+            raise
+        continue
+    for command in _mod.COMMANDS:
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_main(cli, argv))

@@ -1,0 +1,48 @@
+"""Error handling shared by every command: one line on stderr, exit 2 for bad input."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from cld_lake.errors import CldLakeError
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    click.echo(f"cld-lake: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def run_main(cli: click.Group, argv: list[str] | None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="cld-lake", standalone_mode=False)
+        return int(result or 0) if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("cld-lake: aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        where = f" (see: cld-lake {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
+        click.echo(f"cld-lake: error: {' '.join(exc.format_message().split())}{where}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"cld-lake: error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    except CldLakeError as exc:
+        click.echo(f"cld-lake: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("cld-lake: interrupted; committed checkpoints are intact", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def echo_json(obj: Any) -> None:
+    import json
+
+    click.echo(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,121 @@
+"""Lake commands: import, info, verify, compact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cld_lake._cli._common import echo_json, fail
+
+SPLITS = click.Choice(["train", "val", "test"])
+
+
+@click.command("import")
+@click.argument("lake", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", type=SPLITS, required=True, help="Split to import into.")
+@click.option("--loss", "loss", required=True, type=click.Path(path_type=Path),
+              help="N x T .npy of losses, or a long .parquet with sample_id, checkpoint, loss[, correct, margin].")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="1-D .npy of N labels (or, with a long --loss, a .parquet with sample_id, label).")
+@click.option("--sample-ids", type=click.Path(path_type=Path), help="1-D .npy of N unique sample ids (default 0..N-1).")
+@click.option("--correct", type=click.Path(path_type=Path), help="N x T .npy of correct flags (bool).")
+@click.option("--margin", type=click.Path(path_type=Path), help="N x T .npy of logit margins.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Number of classes (default: max label + 1 of the first import).")
+@click.option("--checkpoint-ids", type=click.Path(path_type=Path), help="1-D .npy of T checkpoint ids (default 0..T-1).")
+@click.option("--loss-dtype", type=click.Choice(["float32", "float16", "float64"]), default=None,
+              help="Stored dtype of the loss channel (default float32).")
+def import_cmd(lake, split, loss, labels, sample_ids, correct, margin, num_classes, checkpoint_ids, loss_dtype):
+    """Import trajectories into LAKE (created if missing). Streams: a file larger than RAM is fine."""
+    from cld_lake.lake.importer import import_long_parquet, import_npy
+
+    dtypes = {"loss": loss_dtype} if loss_dtype else None
+    if Path(loss).suffix == ".parquet":
+        for opt, value in (("--correct", correct), ("--margin", margin), ("--checkpoint-ids", checkpoint_ids)):
+            if value is not None:
+                fail(f"{opt}: not used with a long .parquet --loss (its columns carry them)")
+        result = import_long_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
+    else:
+        result = import_npy(lake, split, loss, labels, sample_ids=sample_ids, correct=correct, margin=margin,
+                            checkpoint_ids=checkpoint_ids, num_classes=num_classes, dtypes=dtypes)
+    click.echo(
+        f"imported {result.num_samples} samples x {len(result.checkpoints)} checkpoints into {lake} [{split}] "
+        f"channels={','.join(result.channels)} nonfinite_losses={result.nonfinite}"
+    )
+
+
+@click.command("info")
+@click.argument("lake", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_cmd(lake, as_json):
+    """Splits, samples, classes, checkpoints, channels, bytes on disk, scores."""
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.inspect import lake_info
+
+    info = lake_info(open_lake(lake))
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(f"lake {info['path']}  id {info['lake_id']}  format v{info['format_version']}")
+    click.echo(f"classes: {info['num_classes']}   on disk: {_human(info['bytes_on_disk'])}")
+    for name, s in info["splits"].items():
+        click.echo(
+            f"  {name:<6} {s['samples']:>10,} samples  {s['classes_present']:>5} classes  "
+            f"{s['checkpoints']:>4} checkpoints [{s['checkpoint_ids']}]  channels {','.join(f'{k}:{v}' for k, v in s['channels'].items())}"
+        )
+        click.echo(
+            f"         {s['segments']} segment(s), {_human(s['bytes_on_disk'])}, {s['bytes_per_value']} B/value, "
+            f"NaN/inf losses: {s['nonfinite_losses']}"
+            + (f", metadata: {', '.join(s['metadata_columns'])}" if s["metadata_columns"] else "")
+        )
+    if not info["splits"]:
+        click.echo("  (no splits yet)")
+    for name, prov in info["scores"].items():
+        detail = ", ".join(f"{k}={v}" for k, v in prov.items() if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback"))
+        click.echo(f"  score {name}: {detail}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+@click.command("verify")
+@click.argument("lake", type=click.Path(path_type=Path))
+@click.option("--quick", is_flag=True, help="Check tables and shapes only; do not read every chunk.")
+def verify_cmd(lake, quick):
+    """Check integrity: exit 0 only if every committed byte is readable and consistent."""
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.inspect import verify_lake
+
+    report = verify_lake(open_lake(lake), read_data=not quick)
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if not report.ok:
+        for e in report.errors:
+            click.echo(f"cld-lake: error: {e}", err=True)
+        raise SystemExit(1)
+    click.echo(f"ok: {lake} verified ({report.checked_values:,} values read back with checksums)")
+
+
+@click.command("compact")
+@click.argument("lake", type=click.Path(path_type=Path))
+@click.option("--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all).")
+@click.option("--prune", is_flag=True, help="Delete replaced segments now instead of after the grace period.")
+def compact_cmd(lake, splits, prune):
+    """Merge each split's segments into one, for the fastest row-block scans."""
+    from cld_lake.lake import open_lake
+
+    lk = open_lake(lake)
+    for name in splits or lk.splits():
+        with lk.writer(name) as w:
+            merges = w.compact(full=True)
+            if prune:
+                w.gc(grace_seconds=0)
+        click.echo(f"{name}: {merges} merge(s)")
+
+
+COMMANDS = [import_cmd, info_cmd, verify_cmd, compact_cmd]

@@ -1,0 +1,97 @@
+"""Small file-system helpers: atomic writes (temp file + fsync + rename) and locks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    """A unique sibling temp name; never matches a committed name."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success fsync it and rename it over ``path``.
+
+    An interrupted write leaves only a hidden temp file, never a half-written ``path``.
+    """
+    final = Path(path)
+    tmp = temp_path_for(final)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> None:
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+class FileLock:
+    """An exclusive, non-blocking ``flock`` on a file.
+
+    The kernel releases it when the holding process dies (even by ``kill -9``), so a crashed
+    writer never leaves a stale lock behind. The lock file's text names the holder for the
+    error message of the next writer.
+    """
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        self._fd: int | None = None
+
+    def try_acquire(self) -> str | None:
+        """Take the lock; return None on success, else the current holder's description."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                held_by = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            return held_by
+        os.ftruncate(fd, 0)
+        os.write(fd, self.holder.encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None

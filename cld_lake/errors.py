@@ -1,0 +1,59 @@
+"""Errors raised by cld_lake.
+
+Every error derives from :class:`CldLakeError`; subclasses also inherit the matching builtin
+so callers can catch ``FileNotFoundError`` or ``ValueError`` as usual. Messages name the file
+or argument, what was found, and how to fix it. The CLI prints ``str(error)`` as one line and
+exits with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class CldLakeError(Exception):
+    """Root of every cld_lake error."""
+
+    exit_code = 2  # bad input / usage; failures of the tool itself use 1
+
+    def __str__(self) -> str:  # always one line: the CLI prints it as is
+        return " ".join(super().__str__().split())
+
+
+class BadInputError(CldLakeError, ValueError):
+    """An argument or input file is wrong (shape, dtype, range, duplicates...)."""
+
+
+class InputFileNotFoundError(CldLakeError, FileNotFoundError):
+    """An input file does not exist."""
+
+
+class NotALakeError(CldLakeError, FileNotFoundError):
+    """A path is not a cld_lake lake (missing or without ``cld_lake.json``)."""
+
+
+class LakeVersionError(CldLakeError):
+    """The lake was written by a newer cld_lake format than this version reads."""
+
+
+class SplitNotFoundError(CldLakeError, KeyError):
+    """The lake has no such split."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return CldLakeError.__str__(self)
+
+
+class CheckpointExistsError(CldLakeError, ValueError):
+    """A checkpoint id is already committed in the split."""
+
+
+class LakeLockedError(CldLakeError, BlockingIOError):
+    """Another, unrelated writer holds the split's write lock."""
+
+
+class CorruptLakeError(CldLakeError):
+    """Committed data is missing or inconsistent (reported by ``verify``)."""
+
+    exit_code = 1
+
+
+class ScoringError(CldLakeError, ValueError):
+    """Scoring cannot run on this lake with these options."""

@@ -1,0 +1,330 @@
+"""The lake: open/create it, read its splits, and iterate row blocks of trajectories.
+
+`Split.blocks` is the single read backbone: scoring engines, SQL views and exporters all
+stream trajectories through it in bounded memory (one block of rows at a time).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cld_lake._io import atomic_write_json
+from cld_lake.errors import BadInputError, NotALakeError, SplitNotFoundError
+from cld_lake.lake import _format as fmt
+from cld_lake.lake._segments import open_segment
+
+CheckpointSelection = str | slice | Sequence[int] | np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of consecutive rows of one split.
+
+    ``values[channel]`` has shape ``(len(sample_ids), len(checkpoints))``, columns in
+    ascending checkpoint order, in the channel's stored dtype.
+    """
+
+    start: int
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    checkpoints: np.ndarray
+    values: dict[str, np.ndarray]
+
+    @property
+    def loss(self) -> np.ndarray:
+        return self.values["loss"]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+def parse_window(spec: str) -> slice:
+    """Parse a checkpoint window ``START:STOP[:STEP]`` (Python slice over checkpoint positions)."""
+    if not re.fullmatch(r"\s*-?\d*\s*(:\s*-?\d*\s*){1,2}", spec or ""):
+        raise BadInputError(
+            f"--checkpoints {spec!r}: expected START:STOP[:STEP] over checkpoint positions, e.g. 0:45 or ::2"
+        )
+    parts = [int(p) if p.strip() else None for p in spec.split(":")]
+    if len(parts) == 3 and parts[2] is not None and parts[2] <= 0:
+        raise BadInputError(f"--checkpoints {spec!r}: STEP must be a positive integer")
+    return slice(*parts)
+
+
+class Split:
+    """A read-only snapshot of one split: its samples and committed checkpoints."""
+
+    def __init__(self, lake: Lake, name: str) -> None:
+        self.lake = lake
+        self.name = name
+        self.path = lake.path / fmt.SPLITS_DIR / name
+        ck_path = self.path / fmt.CHECKPOINTS_FILE
+        if not ck_path.exists():
+            present = ", ".join(lake.splits()) or "none"
+            raise SplitNotFoundError(
+                f"{lake.path}: no split {name!r} (splits present: {present}); import or record it first"
+            )
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(ck_path)
+        meta = json.loads((table.schema.metadata or {}).get(b"cld_lake", b"{}"))
+        self.checkpoint_table = table.sort_by("checkpoint")
+        self.meta: dict[str, Any] = meta
+        self.channels: dict[str, str] = dict(meta["channels"])
+        self.num_samples: int = int(meta["num_samples"])
+        self.row_chunk: int = int(meta["row_chunk"])
+
+    # --- samples -------------------------------------------------------------------------
+    @cached_property
+    def _samples(self) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path / fmt.SAMPLES_FILE)
+
+    @property
+    def samples_table(self) -> Any:
+        """The samples table (pyarrow): sample_id, label, and any metadata columns."""
+        return self._samples
+
+    @cached_property
+    def sample_ids(self) -> np.ndarray:
+        return self._samples.column("sample_id").to_numpy().astype(np.int64, copy=False)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self._samples.column("label").to_numpy().astype(np.int64, copy=False)
+
+    @cached_property
+    def _id_index(self) -> tuple[np.ndarray, np.ndarray] | None:
+        ids = self.sample_ids
+        if len(ids) and ids[0] == 0 and ids[-1] == len(ids) - 1 and np.all(np.diff(ids) == 1):
+            return None  # ids are 0..N-1 in row order: row == id
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order
+
+    def rows_of(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``sample_ids``; -1 where an id is not in the split."""
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        index = self._id_index
+        if index is None:
+            rows = ids.copy()
+            rows[(ids < 0) | (ids >= self.num_samples)] = -1
+            return rows
+        sorted_ids, order = index
+        pos = np.searchsorted(sorted_ids, ids)
+        pos_clipped = np.minimum(pos, len(sorted_ids) - 1) if len(sorted_ids) else pos
+        found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        rows = np.where(found, order[pos_clipped] if len(sorted_ids) else 0, -1)
+        return rows.astype(np.int64)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoint_ids(self) -> np.ndarray:
+        """Ids of the committed checkpoints, ascending."""
+        return self.checkpoint_table.column("checkpoint").to_numpy().astype(np.int64)
+
+    @property
+    def num_checkpoints(self) -> int:
+        return self.checkpoint_table.num_rows
+
+    def select_checkpoints(self, selection: CheckpointSelection = None) -> np.ndarray:
+        """Checkpoint ids chosen by a window string (``"0:45"``, ``"::2"``), a slice over
+        positions, or an explicit list of ids. ``None`` selects all committed checkpoints."""
+        ids = self.checkpoint_ids
+        if selection is None:
+            return ids
+        if isinstance(selection, str):
+            selection = parse_window(selection)
+        if isinstance(selection, slice):
+            return ids[selection]
+        wanted = np.asarray(selection, dtype=np.int64)
+        missing = np.setdiff1d(wanted, ids)
+        if len(missing):
+            raise BadInputError(
+                f"checkpoints {missing[:5].tolist()} are not committed in split {self.name!r} "
+                f"(committed: {ids[:10].tolist()}{'...' if len(ids) > 10 else ''})"
+            )
+        return np.unique(wanted)
+
+    # --- reading -------------------------------------------------------------------------
+    def _read_plan(self, checkpoints: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Per segment: (segment name, source columns, destination columns)."""
+        table = self.checkpoint_table
+        ck = table.column("checkpoint").to_numpy()
+        seg = np.asarray(table.column("segment").to_pylist(), dtype=object)
+        col = table.column("column").to_numpy()
+        position = {int(c): i for i, c in enumerate(ck)}
+        rows = np.array([position[int(c)] for c in checkpoints], dtype=np.int64)
+        plan = []
+        for name in dict.fromkeys(seg[rows]):  # segment order of first use
+            dst = np.flatnonzero(seg[rows] == name)
+            plan.append((str(name), col[rows[dst]].astype(np.int64), dst))
+        return plan
+
+    def blocks(
+        self,
+        block_rows: int | None = None,
+        checkpoints: CheckpointSelection = None,
+        channels: Sequence[str] = ("loss",),
+        start: int = 0,
+        stop: int | None = None,
+        prefetch: bool = True,
+    ) -> Iterator[Block]:
+        """Iterate rows ``[start, stop)`` in blocks of ``block_rows`` (default: one chunk).
+
+        Memory is O(block_rows x checkpoints); the next block is read in a background thread
+        while the caller works on the current one.
+        """
+        for channel in channels:
+            if channel not in self.channels:
+                raise BadInputError(
+                    f"split {self.name!r} has no channel {channel!r} (stored: {', '.join(self.channels)})"
+                )
+        ckpts = self.select_checkpoints(checkpoints)
+        stop = self.num_samples if stop is None else min(stop, self.num_samples)
+        block_rows = int(block_rows or self.row_chunk)
+        if block_rows < 1:
+            raise BadInputError(f"block_rows must be >= 1, got {block_rows}")
+        plan = [
+            (open_segment(self.path / fmt.SEGMENTS_DIR / name), src, dst)
+            for name, src, dst in self._read_plan(ckpts)
+        ]
+        width = len(ckpts)
+        # Fast path: one segment read whole, in stored column order: no column shuffle.
+        whole_segment = (
+            len(plan) == 1
+            and np.array_equal(plan[0][1], np.arange(width))
+            and np.array_equal(plan[0][2], np.arange(width))
+            and all(plan[0][0][c].shape[1] == width for c in channels)
+        )
+
+        def read(a: int) -> Block:
+            b = min(a + block_rows, stop)
+            values: dict[str, np.ndarray] = {}
+            for channel in channels:
+                dtype = np.dtype(self.channels[channel])
+                if whole_segment:
+                    values[channel] = np.asarray(plan[0][0][channel][a:b])
+                    continue
+                out = np.empty((b - a, width), dtype=dtype)
+                for arrays, src, dst in plan:
+                    chunk = np.asarray(arrays[channel][a:b])
+                    out[:, dst] = chunk[:, src]
+                values[channel] = out
+            return Block(a, self.sample_ids[a:b], self.labels[a:b], ckpts, values)
+
+        starts = range(start, stop, block_rows)
+        if not prefetch or len(starts) < 2:
+            for a in starts:
+                yield read(a)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cld-lake-prefetch") as pool:
+            pending = pool.submit(read, starts[0])
+            for a_next in [*starts[1:], None]:
+                block = pending.result()
+                if a_next is not None:
+                    pending = pool.submit(read, a_next)
+                yield block
+
+    def nonfinite_losses(self) -> int:
+        """Number of stored NaN/inf loss values (counted at commit time)."""
+        return int(np.asarray(self.checkpoint_table.column("nonfinite").to_numpy()).sum())
+
+    def segment_names(self) -> list[str]:
+        return list(dict.fromkeys(self.checkpoint_table.column("segment").to_pylist()))
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, samples={self.num_samples}, checkpoints={self.num_checkpoints})"
+
+
+class Lake:
+    """A trajectory lake on local disk. Open with :func:`open_lake` or :meth:`Lake.create`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.meta = fmt.read_root_metadata(self.path)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], num_classes: int | None = None) -> Lake:
+        """Open the lake at ``path``, creating an empty one if the directory has none."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise NotALakeError(f"{path}: is a file; choose a directory for the lake")
+        if path.exists() and not (path / fmt.ROOT_FILE).exists() and any(
+            p.name != fmt.ROOT_LOCK for p in path.iterdir()
+        ):
+            raise NotALakeError(
+                f"{path}: directory exists, is not empty and is not a lake; choose a new or empty directory"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        with root_lock(path):
+            if not (path / fmt.ROOT_FILE).exists():
+                (path / fmt.SPLITS_DIR).mkdir(exist_ok=True)
+                atomic_write_json(path / fmt.ROOT_FILE, fmt.new_root_metadata(num_classes))
+        return cls(path)
+
+    @property
+    def lake_id(self) -> str:
+        return str(self.meta["lake_id"])
+
+    @property
+    def num_classes(self) -> int | None:
+        value = self.meta.get("num_classes")
+        return None if value is None else int(value)
+
+    def splits(self) -> list[str]:
+        root = self.path / fmt.SPLITS_DIR
+        if not root.exists():
+            return []
+        names = [p.name for p in root.iterdir() if (p / fmt.CHECKPOINTS_FILE).exists()]
+        order = {n: i for i, n in enumerate(fmt.SPLIT_NAMES)}
+        return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+    def split(self, name: str) -> Split:
+        return Split(self, name)
+
+    def has_split(self, name: str) -> bool:
+        return (self.path / fmt.SPLITS_DIR / name / fmt.CHECKPOINTS_FILE).exists()
+
+    def writer(self, split: str, **kwargs: Any) -> Any:
+        """Open the split's single writer (see :class:`cld_lake.lake.writer.SplitWriter`)."""
+        from cld_lake.lake.writer import SplitWriter
+
+        return SplitWriter(self, split, **kwargs)
+
+    def reload(self) -> Lake:
+        return Lake(self.path)
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.path)!r}, splits={self.splits()})"
+
+
+class root_lock:
+    """Blocking lock around root-metadata changes (short critical sections only)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path / fmt.ROOT_LOCK
+
+    def __enter__(self) -> root_lock:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def open_lake(path: str | os.PathLike[str]) -> Lake:
+    """Open an existing lake; raises :class:`NotALakeError` with the fix when it is not one."""
+    return Lake(path)
