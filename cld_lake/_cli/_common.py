@@ -22,6 +22,8 @@ def run_main(cli: click.Group, argv: list[str] | None) -> int:
         return int(result or 0) if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     except click.exceptions.Abort:
         click.echo("cld-lake: aborted", err=True)
         return 130

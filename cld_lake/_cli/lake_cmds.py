@@ -97,7 +97,7 @@ def verify_cmd(lake, quick):
     if not report.ok:
         for e in report.errors:
             click.echo(f"cld-lake: error: {e}", err=True)
-        raise SystemExit(1)
+        raise click.exceptions.Exit(1)
     click.echo(f"ok: {lake} verified ({report.checked_values:,} values read back with checksums)")
 
 

@@ -45,6 +45,43 @@ def load_npy(path: PathLike, what: str) -> np.ndarray:
     return arr
 
 
+class NpyRows:
+    """Row-range reads of a C-ordered ``.npy`` file with plain ``pread`` into a fresh buffer.
+
+    Unlike a memory map, nothing stays mapped into the process after a block is consumed, so
+    the peak RSS of a streaming import is one block, not the whole file.
+    """
+
+    def __init__(self, path: PathLike, mm: np.ndarray) -> None:
+        self.path = Path(path)
+        self.dtype = mm.dtype
+        self.shape = mm.shape
+        self.offset = mm.offset
+        self.row_bytes = int(np.prod(mm.shape[1:], dtype=np.int64)) * mm.dtype.itemsize
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, *self.shape[1:]), dtype=self.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        pos, done = self.offset + a * self.row_bytes, 0
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], pos + done)
+                if got <= 0:
+                    raise BadInputError(f"{self.path}: file ended early; it is truncated")
+                done += got
+        finally:
+            os.close(fd)
+        return out
+
+
+def _rows_reader(path: PathLike, mm: np.ndarray):
+    """``f(a, b) -> rows a..b`` of a .npy: pread for C order, the memory map otherwise."""
+    if mm.flags.c_contiguous and isinstance(mm, np.memmap):
+        return NpyRows(path, mm).read
+    return lambda a, b: np.asarray(mm[a:b])
+
+
 def _numeric(arr: np.ndarray, what: str, path: PathLike, kinds: str) -> None:
     if arr.dtype.kind not in kinds:
         names = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool"}
@@ -87,6 +124,7 @@ def import_npy(
     if label_arr.shape != (n,):
         raise BadInputError(f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)")
     channels_src: dict[str, np.ndarray] = {"loss": loss_arr}
+    paths_src: dict[str, PathLike] = {"loss": loss}
     for name, path, kinds in (("correct", correct, "bi"), ("margin", margin, "fiu")):
         if path is None:
             continue
@@ -95,6 +133,7 @@ def import_npy(
         if arr.shape != (n, t):
             raise BadInputError(f"--{name} {path}: shape {arr.shape} does not match --loss shape {(n, t)}")
         channels_src[name] = arr
+        paths_src[name] = path
     ids = _load_ids(sample_ids, n, "--sample-ids")
     ckpts = _load_ids(checkpoint_ids, t, "--checkpoint-ids")
     if (ckpts < 0).any():
@@ -102,8 +141,12 @@ def import_npy(
     channels = {c: _channel_dtype(c, a, dtypes) for c, a in channels_src.items()}
 
     def source(rows: np.ndarray | None):
+        readers = {c: _rows_reader(paths_src[c], arr) for c, arr in channels_src.items()}
+
         def read_rows(a: int, b: int) -> dict[str, np.ndarray]:
-            sel = slice(a, b) if rows is None else np.sort(rows[a:b])
+            if rows is None:
+                return {c: read(a, b) for c, read in readers.items()}
+            sel = np.sort(rows[a:b])
             out = {c: np.asarray(arr[sel]) for c, arr in channels_src.items()}
             if rows is not None:  # rows[a:b] were sorted for a sequential read: undo that order
                 back = np.argsort(np.argsort(rows[a:b], kind="stable"), kind="stable")
@@ -254,7 +297,7 @@ def import_long_parquet(
         n, t = len(ids), len(ckpts)
         total, distinct_pairs = con.execute(
             f"SELECT count(*), count(DISTINCT (sample_id, checkpoint)) FROM {src}"
-        ).fetchone()
+        ).fetchall()[0]
         if total != distinct_pairs:
             raise BadInputError(f"--loss {loss_path}: {total - distinct_pairs} duplicate (sample_id, checkpoint) rows")
         if total != n * t:
@@ -265,7 +308,7 @@ def import_long_parquet(
 
         con.register("_ids", pa.table({"sample_id": ids, "row": np.arange(n, dtype=np.int64)}))
         con.register("_ck", pa.table({"checkpoint": ckpts, "col": np.arange(t, dtype=np.int64)}))
-        unknown = con.execute(f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)").fetchone()[0]
+        unknown = con.execute(f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)").fetchall()[0][0]
         if unknown:
             raise BadInputError(f"--loss {loss_path}: {unknown} rows have sample ids not in --sample-ids")
         channels = {c: (dtypes or {}).get(c, fmt.CHANNEL_DTYPES[c][0]) for c in present}
@@ -277,7 +320,7 @@ def import_long_parquet(
             if rows is not None:
                 con.register("_rows", pa.table({"row": rows, "split_row": np.arange(n, dtype=np.int64)}))
             join_rows = "" if rows is None else " JOIN _rows r ON r.row = i.row"
-            reader = con.execute(
+            reader = con.sql(
                 f"SELECT {order_sql} AS r, c.col, {select_cols} FROM {src} l JOIN _ids i USING (sample_id) "
                 f"JOIN _ck c USING (checkpoint){join_rows} ORDER BY 1, 2"
             ).to_arrow_reader(batch_size=1 << 20)

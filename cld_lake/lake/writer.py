@@ -248,6 +248,7 @@ class SplitWriter:
         else:
             ids_labels = None
         order = np.argsort(np.asarray(ckpts), kind="stable")
+        in_order = bool(np.array_equal(order, np.arange(len(ckpts))))
         width = len(ckpts)
         seg_name = new_segment_name()
         arrays = create_segment(self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk())
@@ -257,7 +258,8 @@ class SplitWriter:
             b = min(a + step, num_rows)
             values = read_rows(a, b)
             for channel, arr in arrays.items():
-                block = np.asarray(values[channel])[:, order].astype(channels[channel], copy=False)
+                block = np.asarray(values[channel])
+                block = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
                 arr[a:b] = block  # type: ignore[index]
                 if channel == "loss":
                     nonfinite += (~np.isfinite(block)).sum(axis=0)

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny real lakes on disk and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_BIN = Path(sys.executable).with_name("cld-lake")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``cld-lake ARGS`` in-process (the real click app) and capture exit code and output."""
+    from cld_lake._cli import cli as app
+    from cld_lake._cli._common import run_main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        code = run_main(app, [str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_cli_subprocess(*args: object, timeout: float = 120) -> CliResult:
+    """Run the installed ``cld-lake`` executable in a real subprocess."""
+    proc = subprocess.run(
+        [str(CLI_BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def lake_hash(path: Path) -> str:
+    """Hash of every file in a lake except lock files (as the contract check does)."""
+    h = hashlib.md5()
+    if not path.exists():
+        return "absent"
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            if name.endswith(".lock"):
+                continue
+            p = Path(root) / name
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def make_arrays(n: int, t: int, c: int, seed: int = 0, nan_rows: int = 0):
+    """Loss curves (float32 N x T), labels, shuffled sample ids."""
+    rng = np.random.default_rng(seed)
+    base = np.exp(-np.arange(t) / 3.0)
+    loss = (base * rng.uniform(0.5, 2, (n, 1)) + 0.05 * rng.random((n, t))).astype(np.float32)
+    if nan_rows:
+        rows = rng.choice(n, nan_rows, replace=False)
+        loss[rows, rng.integers(0, t, nan_rows)] = np.nan
+    labels = rng.integers(0, c, n)
+    labels[:c] = np.arange(c)  # every class present
+    ids = rng.permutation(n).astype(np.int64) + 1000
+    return loss, labels, ids
+
+
+@pytest.fixture
+def npy_files(tmp_path):
+    """Write a small train/val set of .npy files; returns a dict of paths and arrays."""
+    loss, labels, ids = make_arrays(300, 7, 4, seed=1, nan_rows=3)
+    vloss, vlabels, _ = make_arrays(40, 7, 4, seed=2)
+    files = {}
+    for name, arr in {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}.items():
+        files[name] = tmp_path / f"{name}.npy"
+        np.save(files[name], arr)
+    files["arrays"] = {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}
+    return files

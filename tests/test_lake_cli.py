@@ -1,0 +1,156 @@
+"""`cld-lake import / info / verify / compact`: success paths and every bad input of issue 2.
+
+Every bad input must give exit 2, one line on stderr, no traceback, and leave the lake
+byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import lake_hash, run_cli_subprocess
+
+
+@pytest.fixture
+def lake(tmp_path, npy_files, cli):
+    path = tmp_path / "lake"
+    r = cli("import", path, "--split", "train", "--loss", npy_files["loss"], "--labels", npy_files["labels"],
+            "--sample-ids", npy_files["ids"])
+    assert r.code == 0, r.err
+    r = cli("import", path, "--split", "val", "--loss", npy_files["vloss"], "--labels", npy_files["vlabels"])
+    assert r.code == 0, r.err
+    return path
+
+
+def test_info_counts_nans_and_json(lake, cli):
+    r = cli("info", lake, "--json")
+    assert r.code == 0
+    info = json.loads(r.out)
+    assert info["num_classes"] == 4
+    assert info["splits"]["train"]["samples"] == 300
+    assert info["splits"]["train"]["checkpoints"] == 7
+    assert info["splits"]["train"]["nonfinite_losses"] == 3
+    assert info["splits"]["val"]["nonfinite_losses"] == 0
+    assert 4.0 <= info["splits"]["train"]["bytes_per_value"] < 6.0
+    r = cli("info", lake)
+    assert r.code == 0 and "NaN/inf losses: 3" in r.out
+
+
+def test_verify_ok_then_detects_a_flipped_byte(lake, cli):
+    assert cli("verify", lake).code == 0
+    chunk = next(p for p in (lake / "splits" / "train" / "segments").rglob("c/*/*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[5] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    r = cli("verify", lake)
+    assert r.code == 1
+    assert "corrupt" in r.err or "unreadable" in r.err
+
+
+def test_verify_detects_a_missing_segment(lake, cli):
+    import shutil
+
+    seg = next((lake / "splits" / "val" / "segments").iterdir())
+    shutil.rmtree(seg)
+    r = cli("verify", lake)
+    assert r.code == 1 and "missing" in r.err
+
+
+def test_compact_cli(lake, cli):
+    r = cli("compact", lake, "--prune")
+    assert r.code == 0, r.err
+    assert cli("verify", lake).code == 0
+
+
+def _bad(cli, lake, *args, match: str):
+    before = lake_hash(lake)
+    r = cli(*args)
+    assert r.code == 2, (r.code, r.err)
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert "Traceback" not in r.err + r.out
+    assert match in r.err, r.err
+    assert lake_hash(lake) == before
+    return r
+
+
+def test_bad_inputs_leave_the_lake_unchanged(lake, tmp_path, npy_files, cli):
+    a = npy_files["arrays"]
+    f = npy_files
+
+    def save(name, arr):
+        np.save(tmp_path / name, arr)
+        return tmp_path / name
+
+    imp = ("import", lake, "--split", "test")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("short.npy", a["labels"][:-3]), match="does not match")
+    dup = a["ids"].copy()
+    dup[1] = dup[0]
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--sample-ids", save("dup.npy", dup), match="duplicate")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("neg.npy", a["labels"] - 1), match="negative")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("big.npy", a["labels"] + 4), match="outside the lake's 4 classes")
+    _bad(cli, lake, *imp, "--loss", save("str.npy", np.full((300, 7), "x")), "--labels", f["labels"], match="dtype")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("flt.npy", a["labels"].astype(float)), match="dtype")
+    _bad(cli, lake, *imp, "--loss", save("one.npy", a["loss"][:, 0]), "--labels", f["labels"], match="2-D")
+    # a checkpoint id written twice: re-importing checkpoints 0..6 into train
+    _bad(cli, lake, "import", lake, "--split", "train", "--loss", f["loss"], "--labels", f["labels"],
+         "--sample-ids", f["ids"], match="already committed")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--checkpoint-ids",
+         save("ck.npy", np.array([0, 1, 2, 3, 4, 5, 5])), match="duplicate")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--num-classes", "7", match="has 4 classes")
+    _bad(cli, lake, *imp, "--loss", tmp_path / "nope.npy", "--labels", f["labels"], match="no such file")
+    raw = f["loss"].read_bytes()
+    (tmp_path / "trunc.npy").write_bytes(raw[: len(raw) // 2])
+    _bad(cli, lake, *imp, "--loss", tmp_path / "trunc.npy", "--labels", f["labels"], match="truncated")
+    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--margin", save("m.npy", a["loss"][:, :3]), match="shape")
+    _bad(cli, lake, "import", lake, "--split", "bogus", "--loss", f["loss"], "--labels", f["labels"], match="bogus")
+    _bad(cli, lake, "import", lake, "--split", "train", "--loss", f["loss"], "--labels", f["labels"],
+         "--checkpoint-ids", save("ck2.npy", np.arange(20, 27)), match="not in split")
+
+
+def test_importing_other_samples_into_an_existing_split_is_refused(lake, tmp_path, npy_files, cli):
+    a = npy_files["arrays"]
+    np.save(tmp_path / "l2.npy", a["loss"][:100])
+    np.save(tmp_path / "y2.npy", a["labels"][:100])
+    np.save(tmp_path / "c2.npy", np.arange(50, 57))
+    _bad(cli, lake, "import", lake, "--split", "train", "--loss", tmp_path / "l2.npy", "--labels", tmp_path / "y2.npy",
+         "--checkpoint-ids", tmp_path / "c2.npy", match="has 300 samples")
+
+
+def test_not_a_lake_and_newer_format(tmp_path, lake, cli):
+    notalake = tmp_path / "notalake"
+    notalake.mkdir()
+    (notalake / "file.txt").write_text("x")
+    for cmd in ("verify", "info"):
+        r = cli(cmd, notalake)
+        assert r.code == 2 and "not a cld_lake lake" in r.err and len(r.err.splitlines()) == 1
+    r = cli("info", tmp_path / "missing")
+    assert r.code == 2 and "no such lake" in r.err
+    before = lake_hash(notalake)
+    np.save(tmp_path / "l.npy", np.zeros((3, 3), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(3, np.int64))
+    r = cli("import", notalake, "--split", "train", "--loss", tmp_path / "l.npy", "--labels", tmp_path / "y.npy")
+    assert r.code == 2 and "not a lake" in r.err and lake_hash(notalake) == before
+    meta = json.loads((lake / "cld_lake.json").read_text())
+    meta["format_version"] = 99
+    (lake / "cld_lake.json").write_text(json.dumps(meta))
+    r = cli("verify", lake)
+    assert r.code == 2 and "newer" in r.err and "upgrade" in r.err
+
+
+def test_failed_import_into_a_new_lake_creates_nothing(tmp_path, npy_files, cli):
+    a = npy_files["arrays"]
+    np.save(tmp_path / "neg.npy", a["labels"] - 1)
+    r = cli("import", tmp_path / "new", "--split", "train", "--loss", npy_files["loss"], "--labels", tmp_path / "neg.npy")
+    assert r.code == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_subprocess_usage_error_is_one_line(tmp_path):
+    r = run_cli_subprocess("import", tmp_path / "x", "--split", "train")
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1 and "Missing option" in r.err
+    r = run_cli_subprocess("--version")
+    assert r.code == 0 and "cld-lake" in r.out
