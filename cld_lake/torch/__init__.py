@@ -1,0 +1,27 @@
+"""The torch side of cld_lake: record loss trajectories, train on a manifest's samples.
+
+Imported only explicitly (``import cld_lake.torch``); ``import cld_lake`` never imports torch.
+
+- :class:`LossRecorder` records per-sample loss, correct flag and logit margin of a split,
+  one checkpoint at a time (single process or ``torch.distributed``).
+- :class:`WithIndex` makes a dataset yield ``(input, label, sample_id)``.
+- :func:`subset` turns a manifest into a ``torch.utils.data.Subset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cld_lake.torch.data import WithIndex
+from cld_lake.torch.record import CheckpointSummary, LossRecorder, sample_stats
+
+__all__ = ["CheckpointSummary", "LossRecorder", "WithIndex", "sample_stats", "subset"]
+
+
+def __getattr__(name: str) -> Any:
+    # `subset` lives in cld_lake/torch/subset.py (the selection stage); resolved on first use.
+    if name == "subset":
+        from cld_lake.torch.subset import subset
+
+        return subset
+    raise AttributeError(f"module 'cld_lake.torch' has no attribute {name!r}")

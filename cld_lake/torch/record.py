@@ -1,0 +1,452 @@
+"""Record per-sample loss trajectories from torch training into a lake.
+
+Per checkpoint and sample the recorder stores three channels:
+
+- ``loss``: cross-entropy of the logits against the label (``reduction='none'``), float32;
+- ``correct``: ``argmax(logits) == label`` (ties resolve to the first maximal class, as
+  ``torch.argmax`` does), bool;
+- ``margin``: the labelled class's logit minus the largest other logit, float32 (or float16).
+  Positive means correct with that much room; negative means wrong; 0 is a tie.
+
+Results stay on the model's device while the pass runs (no host sync per batch) and move to
+the host in large chunks; a commit writes the checkpoint atomically through
+:class:`cld_lake.lake.SplitWriter`. The recorder opens the lake lazily and takes the split's
+writer lock only while it commits, so a process can record ``train`` and ``val`` with two
+recorders and other tools can read the lake between commits.
+
+Under ``torch.distributed`` every rank records its own samples; at commit the ranks gather
+their values to one rank (``dst``), which writes the checkpoint with duplicate ids (the
+padding of ``DistributedSampler``) kept once; then all ranks learn the outcome, so no rank
+runs ahead of the commit and an error is raised on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cld_lake.errors import BadInputError, CldLakeError
+from cld_lake.lake import Lake
+from cld_lake.lake import _format as fmt
+
+# Rows kept on the device before one move to the host (a few MB even for ImageNet-size
+# checkpoints, and one transfer per ~256k samples).
+FLUSH_ROWS = 1 << 18
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What one commit wrote: the checkpoint, its sample count, mean loss and accuracy."""
+
+    split: str
+    checkpoint: int
+    num_samples: int
+    mean_loss: float
+    accuracy: float
+
+
+def sample_stats(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample loss, correct flag and logit margin (see the module docstring).
+
+    Computed in float32 whatever the logits' dtype (autocast logits are half precision).
+
+    Parameters
+    ----------
+    logits : Tensor of shape (B, C)
+    labels : Tensor of shape (B,), int64 in ``0..C-1``
+
+    Returns
+    -------
+    loss : float32 (B,), correct : bool (B,), margin : float32 (B,)
+    """
+    logits = logits.float()
+    labels = labels.long()
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    correct = logits.argmax(dim=1) == labels
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    margin = own - others.amax(dim=1)
+    return loss, correct, margin
+
+
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class LossRecorder:
+    """Record per-sample loss, correct flag and margin of one split, checkpoint by checkpoint.
+
+    Parameters
+    ----------
+    lake_path : path
+        The lake directory; created on the first commit if it does not exist.
+    split : str
+        ``train``, ``val`` or ``test`` (or another name of letters, digits, ``_-.``).
+    num_classes : int, optional
+        Number of classes. Default: the lake's, else the width of the first logits seen.
+        Every logits tensor must have exactly this many columns.
+    margin_dtype : {"float32", "float16"}
+        Stored dtype of the margin channel (loss is float32, correct is bool).
+    duplicates : {"error", "first"}, optional
+        What a commit does with a sample id seen twice. Default: ``"first"`` under
+        ``torch.distributed`` (the sampler pads with duplicates), else ``"error"``.
+    group : ProcessGroup, optional
+        The process group to gather over (default: the world).
+    dst : int
+        The rank that writes the lake (rank within ``group``).
+
+    Examples
+    --------
+    >>> rec = LossRecorder("runs/x.lake", "train")                   # doctest: +SKIP
+    >>> rec.record(model, eval_loader, checkpoint=epoch, epoch=epoch)  # doctest: +SKIP
+
+    or, inside your own step (logits of the batch you just computed)::
+
+        rec.update(ids, logits.detach(), labels)
+        ...
+        rec.commit(checkpoint=epoch)
+    """
+
+    def __init__(
+        self,
+        lake_path: str | os.PathLike[str],
+        split: str,
+        num_classes: int | None = None,
+        *,
+        margin_dtype: str = "float32",
+        duplicates: str | None = None,
+        group: Any = None,
+        dst: int = 0,
+    ) -> None:
+        from cld_lake.lake.writer import check_split_name
+
+        self.lake_path = Path(lake_path)
+        self.split = check_split_name(split)
+        if num_classes is not None and (
+            not isinstance(num_classes, int | np.integer) or num_classes < 1
+        ):
+            raise BadInputError(f"num_classes={num_classes!r}: expected a positive integer")
+        self._num_classes = None if num_classes is None else int(num_classes)
+        self._lake_checked = False
+        if margin_dtype not in fmt.CHANNEL_DTYPES["margin"]:
+            raise BadInputError(
+                f"margin_dtype={margin_dtype!r}: choose one of {', '.join(fmt.CHANNEL_DTYPES['margin'])}"
+            )
+        self.channels = {"loss": "float32", "correct": "bool", "margin": margin_dtype}
+        if duplicates not in (None, "error", "first"):
+            raise BadInputError(f"duplicates={duplicates!r}: use 'error' or 'first'")
+        self._duplicates = duplicates
+        self.group = group
+        self.dst = dst
+        self._reset()
+
+    # --- public API ----------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    @property
+    def pending(self) -> int:
+        """Samples added since the last commit (on this rank)."""
+        return self._pending_rows + sum(len(c[0]) for c in self._host)
+
+    def update(self, sample_ids: Any, logits: torch.Tensor, labels: Any) -> None:
+        """Add one batch: ``sample_ids`` (B,), ``logits`` (B, C), ``labels`` (B,).
+
+        Tensors may live on any device; nothing is copied to the host here. Pass logits
+        computed in eval mode for the paper's protocol (``record`` does that for you);
+        gradients are not kept.
+        """
+        if not isinstance(logits, torch.Tensor):
+            raise BadInputError(
+                f"logits: expected a torch.Tensor of shape (batch, classes), got {type(logits).__name__}"
+            )
+        if logits.ndim != 2:
+            raise BadInputError(
+                f"logits: expected shape (batch, classes), got {tuple(logits.shape)}"
+            )
+        classes = self._resolve_num_classes(logits.shape[1])
+        if logits.shape[1] != classes:
+            raise BadInputError(
+                f"the model outputs {logits.shape[1]} logits per sample but split {self.split!r} has "
+                f"{classes} classes; give the model {classes} outputs (or use a lake with {logits.shape[1]} classes)"
+            )
+        labels = torch.as_tensor(labels).reshape(-1)
+        ids = torch.as_tensor(sample_ids).reshape(-1)
+        batch = logits.shape[0]
+        if labels.shape[0] != batch or ids.shape[0] != batch:
+            raise BadInputError(
+                f"batch of {batch} logits with {ids.shape[0]} sample ids and {labels.shape[0]} labels; "
+                "give one id and one label per row of logits"
+            )
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise BadInputError(f"sample ids must be integers, got {ids.dtype}")
+        labels = labels.to(logits.device, non_blocking=True).long()
+        # Out-of-range labels would crash cross_entropy (a device assert on CUDA): clamp them
+        # for the maths, count them on the device, and refuse at the next host move.
+        bad = (labels < 0) | (labels >= classes)
+        self._bad_labels = (
+            self._bad_labels + bad.sum() if self._bad_labels is not None else bad.sum()
+        )
+        with torch.no_grad():
+            loss, correct, margin = sample_stats(logits.detach(), labels.clamp(0, classes - 1))
+        self._dev.append((ids, labels, loss, correct, margin))
+        self._pending_rows += batch
+        if self._pending_rows >= FLUSH_ROWS:
+            self._to_host()
+
+    def commit(
+        self,
+        checkpoint: int,
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        allow_missing: bool = False,
+    ) -> CheckpointSummary:
+        """Write everything added since the last commit as checkpoint ``checkpoint``.
+
+        Every sample of the split must be present (unless ``allow_missing``); the first commit
+        of a new split defines its sample set. Under ``torch.distributed`` call this on every
+        rank. Returns a summary (on every rank).
+        """
+        checkpoint = int(checkpoint)
+        try:
+            local = self._host_arrays()
+        finally:
+            self._reset()
+        if _is_distributed():
+            return self._commit_distributed(local, checkpoint, epoch, step, allow_missing)
+        return self._write(
+            local, checkpoint, epoch, step, allow_missing, duplicates=self._duplicates or "error"
+        )
+
+    def record(
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        checkpoint: int,
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        device: torch.device | str | None = None,
+        allow_missing: bool = False,
+    ) -> CheckpointSummary:
+        """One eval-mode, no-grad pass of ``model`` over ``loader``, then :meth:`commit`.
+
+        ``loader`` yields ``(inputs, labels, sample_ids)`` (wrap the dataset in
+        :class:`~cld_lake.torch.WithIndex`); use eval transforms (no augmentation). Inputs go to
+        ``device`` (default: the model's). The model's train/eval mode is restored afterwards.
+        """
+        if self.pending:
+            raise BadInputError(
+                f"recorder of split {self.split!r} holds {self.pending} values from update(); "
+                "commit() them before record()"
+            )
+        device = torch.device(device) if device is not None else _model_device(model)
+        was_training = model.training
+        model.eval()
+        batches = 0
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    inputs, labels, ids = _unpack(batch, batches)
+                    logits = model(_to_device(inputs, device))
+                    if not isinstance(logits, torch.Tensor):
+                        raise BadInputError(
+                            f"the model returned {type(logits).__name__}; record() needs a logits tensor (batch, classes)"
+                        )
+                    self.update(ids, logits, labels)
+                    batches += 1
+        except BaseException:
+            self._reset()
+            raise
+        finally:
+            model.train(was_training)
+        if batches == 0:
+            raise BadInputError(f"record(): the loader for split {self.split!r} yielded no batches")
+        return self.commit(checkpoint, epoch=epoch, step=step, allow_missing=allow_missing)
+
+    # --- internals -----------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._dev: list[tuple[torch.Tensor, ...]] = []
+        self._host: list[tuple[np.ndarray, ...]] = []
+        self._pending_rows = 0
+        self._bad_labels: torch.Tensor | None = None
+        self._bad_total = 0
+
+    def _resolve_num_classes(self, width: int) -> int:
+        if not self._lake_checked:
+            self._lake_checked = True
+            lake_classes = _lake_num_classes(self.lake_path)
+            if lake_classes is not None:
+                if self._num_classes is not None and self._num_classes != lake_classes:
+                    raise BadInputError(
+                        f"num_classes={self._num_classes}: the lake at {self.lake_path} has {lake_classes} "
+                        "classes; use the same number or a new lake"
+                    )
+                self._num_classes = lake_classes
+        if self._num_classes is None:
+            self._num_classes = int(width)
+        return self._num_classes
+
+    def _to_host(self) -> None:
+        """One device-to-host move of everything pending (ids, labels, loss, correct, margin)."""
+        if not self._dev:
+            return
+        cols = list(zip(*self._dev, strict=True))
+        self._dev = []
+        self._pending_rows = 0
+        bad = self._bad_labels
+        self._bad_labels = None
+        cat = [torch.cat(col) for col in cols]
+        if bad is not None:
+            self._bad_total += int(bad)
+        self._host.append(tuple(t.cpu().numpy() for t in cat))
+
+    def _host_arrays(self) -> dict[str, np.ndarray]:
+        self._to_host()
+        names = ("sample_id", "label", "loss", "correct", "margin")
+        if not self._host:
+            return {
+                n: np.zeros(0, dtype=d)
+                for n, d in zip(
+                    names, ("int64", "int64", "float32", "bool", "float32"), strict=True
+                )
+            } | {"bad_labels": np.int64(0)}
+        out = {n: np.concatenate([h[i] for h in self._host]) for i, n in enumerate(names)}
+        out["sample_id"] = out["sample_id"].astype(np.int64, copy=False)
+        out["bad_labels"] = np.int64(self._bad_total)
+        return out
+
+    def _commit_distributed(
+        self,
+        local: dict[str, np.ndarray],
+        checkpoint: int,
+        epoch: int | None,
+        step: int | None,
+        allow_missing: bool,
+    ) -> CheckpointSummary:
+        dist = torch.distributed
+        rank = dist.get_rank(self.group)
+        world = dist.get_world_size(self.group)
+        gathered: list[Any] | None = [None] * world if rank == self.dst else None
+        dst_global = (
+            dist.get_global_rank(self.group, self.dst) if self.group is not None else self.dst
+        )
+        dist.gather_object(local, gathered, dst=dst_global, group=self.group)
+        outcome: list[Any] = [None]
+        if rank == self.dst:
+            assert gathered is not None
+            merged = {
+                k: np.concatenate([np.atleast_1d(g[k]) for g in gathered])
+                for k in local
+                if k != "bad_labels"
+            }
+            merged["bad_labels"] = np.int64(sum(int(g["bad_labels"]) for g in gathered))
+            try:
+                outcome[0] = self._write(
+                    merged, checkpoint, epoch, step, allow_missing, self._duplicates or "first"
+                )
+            except CldLakeError as exc:
+                outcome[0] = exc
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                outcome[0] = RuntimeError(
+                    f"rank {rank} failed to commit checkpoint {checkpoint}: {exc!r}"
+                )
+        src_global = dst_global
+        dist.broadcast_object_list(outcome, src=src_global, group=self.group)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _write(
+        self,
+        values: dict[str, np.ndarray],
+        checkpoint: int,
+        epoch: int | None,
+        step: int | None,
+        allow_missing: bool,
+        duplicates: str,
+    ) -> CheckpointSummary:
+        n = len(values["sample_id"])
+        if n == 0:
+            raise BadInputError(
+                f"checkpoint {checkpoint} of split {self.split!r}: no samples were recorded; "
+                "call update() or record() with a non-empty loader before commit()"
+            )
+        classes = self._num_classes
+        if int(values["bad_labels"]):
+            labels = values["label"]
+            bad = labels[(labels < 0) | (labels >= (classes or 0))]
+            raise BadInputError(
+                f"split {self.split!r}: {int(values['bad_labels'])} labels are outside the {classes} classes "
+                f"(e.g. {bad[:3].tolist()}); labels must be class indices 0..{(classes or 1) - 1}"
+            )
+        lake = Lake.create(self.lake_path, num_classes=classes)
+        with lake.writer(self.split, channels=self.channels, num_classes=classes) as writer:
+            buffer = writer.checkpoint(checkpoint, epoch=epoch, step=step, duplicates=duplicates)
+            buffer.add(
+                values["sample_id"],
+                values["loss"],
+                labels=values["label"],
+                correct=values["correct"],
+                margin=values["margin"],
+            )
+            buffer.commit(allow_missing=allow_missing)
+        ids, first = np.unique(values["sample_id"], return_index=True)
+        loss = values["loss"][first]
+        return CheckpointSummary(
+            split=self.split,
+            checkpoint=checkpoint,
+            num_samples=len(ids),
+            mean_loss=float(np.mean(loss, dtype=np.float64)),
+            accuracy=float(np.mean(values["correct"][first])),
+        )
+
+
+def _lake_num_classes(path: Path) -> int | None:
+    if not (path / fmt.ROOT_FILE).exists():
+        return None
+    return Lake(path).num_classes
+
+
+def _unpack(batch: Any, index: int) -> tuple[Any, Any, Any]:
+    if isinstance(batch, dict):
+        missing = [k for k in ("input", "label", "sample_id") if k not in batch]
+        if missing:
+            raise BadInputError(f"record(): batch {index} is a dict without keys {missing}")
+        return batch["input"], batch["label"], batch["sample_id"]
+    if not isinstance(batch, tuple | list) or len(batch) != 3:
+        size = len(batch) if isinstance(batch, tuple | list) else type(batch).__name__
+        raise BadInputError(
+            f"record(): the loader yields batches of {size} items without sample ids; it must yield "
+            "(inputs, labels, sample_ids): wrap the dataset as cld_lake.torch.WithIndex(dataset)"
+        )
+    return batch[0], batch[1], batch[2]
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_to_device(x, device) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: _to_device(v, device) for k, v in inputs.items()}
+    return inputs
