@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Block, Lake, Split, SplitWriter, open_lake
+from cld_lake.score import score  # the function; the subpackage stays importable by name
 
 __all__ = [
     "Block",
@@ -19,4 +20,5 @@ __all__ = [
     "SplitWriter",
     "__version__",
     "open_lake",
+    "score",
 ]

@@ -1,0 +1,219 @@
+"""CLD scores out of core: one formula (``_formula``), several engines that stream rows through it.
+
+``score(lake)`` computes the Correlation of Loss Differences of every training sample and
+stores it as a named column of ``LAKE/scores.parquet``.
+
+Score range and direction: CLD is a Pearson correlation in ``[-1, 1]``; higher = the sample's
+loss moves with its class's validation loss = more useful; a coreset keeps the highest scores
+of every class. NaN rule: NaN exactly for a sample with a NaN or infinite loss at a selected
+checkpoint (never selected). A sample whose loss differences, or whose class's validation
+differences, are constant scores 0.0 ("degenerate"). See ``docs/scores.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cld_lake.errors import ScoringError
+from cld_lake.lake.store import Lake, Split
+from cld_lake.score._formula import (
+    MIN_CHECKPOINTS,
+    Reference,
+    Sums,
+    build_reference,
+    finalise,
+    plan_checkpoints,
+)
+from cld_lake.score._store import check_score_name, store_score
+
+METHODS = ("cld",)
+ENGINES = ("numpy", "duckdb", "polars", "dask")
+TRAIN, VAL = "train", "val"
+
+__all__ = ["ENGINES", "METHODS", "MIN_CHECKPOINTS", "ScoreResult", "compute_cld", "score"]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of every training sample (train row order) and the provenance stored with them."""
+
+    name: str
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    provenance: dict[str, Any]
+
+    def to_polars(self) -> Any:
+        import polars as pl
+
+        return pl.DataFrame(
+            {"sample_id": self.sample_ids, "label": self.labels, "score": self.scores},
+            schema={"sample_id": pl.Int64, "label": pl.Int64, "score": pl.Float64},
+        )
+
+
+def _engine(name: str) -> Callable[..., Sums]:
+    if name not in ENGINES:
+        raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
+    from importlib import import_module
+
+    return import_module(f"cld_lake.score._{name}").compute
+
+
+def _open_splits(lake: Lake) -> tuple[Split, Split]:
+    missing = [s for s in (TRAIN, VAL) if not lake.has_split(s)]
+    if missing:
+        present = ", ".join(lake.splits()) or "none"
+        raise ScoringError(
+            f"{lake.path}: CLD needs a {' and a '.join(missing)} split (present: {present}); "
+            f"import or record the {' and '.join(missing)} losses first, e.g. "
+            f"cld-lake import {lake.path} --split {missing[0]} --loss ... --labels ..."
+        )
+    return lake.split(TRAIN), lake.split(VAL)
+
+
+def _num_classes(lake: Lake, train: Split, val: Split) -> int:
+    top = max([int(s.labels.max()) + 1 for s in (train, val) if s.num_samples] or [0])
+    return max(top, lake.num_classes or 0)
+
+
+def _compact(ids: np.ndarray) -> str:
+    if len(ids) > 1:
+        steps = np.diff(ids)
+        if np.all(steps == steps[0]):
+            step = f" step {steps[0]}" if steps[0] != 1 else ""
+            return f"{ids[0]}..{ids[-1]}{step} ({len(ids)})"
+    return f"{', '.join(str(i) for i in ids)} ({len(ids)})"
+
+
+def compute_cld(
+    lake: Lake | str | os.PathLike[str],
+    *,
+    engine: str = "numpy",
+    checkpoints: str | slice | None = None,
+    name: str | None = None,
+    fallback: str | None = None,
+    store: bool = True,
+    block_rows: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    method: str = "cld",
+    engine_options: dict[str, Any] | None = None,
+) -> ScoreResult:
+    """Compute CLD for every training sample and (``store``) save it; see :func:`score`."""
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise ScoringError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    name = check_score_name(name if name is not None else method)
+    compute = _engine(engine)
+    if block_rows is not None and block_rows < 1:
+        raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    train, val = _open_splits(lake)
+    ckpts = plan_checkpoints(train, val, checkpoints)
+    reference: Reference = build_reference(
+        train.labels, val, ckpts, _num_classes(lake, train, val), fallback, block_rows
+    )
+    sums = compute(
+        train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
+    )
+    scores, counts = finalise(sums, train.labels, reference)
+    from cld_lake import __version__
+    from cld_lake.lake._format import now_iso
+
+    window = (
+        checkpoints if isinstance(checkpoints, str) or checkpoints is None else str(checkpoints)
+    )
+    provenance: dict[str, Any] = {
+        "method": method,
+        "engine": engine,
+        "checkpoints": _compact(ckpts),
+        "checkpoint_ids": [int(c) for c in ckpts],
+        "window": window,
+        "train_samples": int(train.num_samples),
+        "val_samples_used": int(reference.val_counts.sum()),
+        "val_left_out": int(reference.val_left_out),
+        "nan": counts.nan,
+        "degenerate": counts.degenerate,
+        "fallback": counts.fallback,
+        "fallback_mode": fallback,
+        "fallback_classes": [int(c) for c in np.flatnonzero(reference.fallback)],
+        "lake_id": lake.lake_id,
+        "created_at": now_iso(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "version": __version__,
+    }
+    result = ScoreResult(name, train.sample_ids, train.labels, scores, provenance)
+    if store:
+        store_score(lake, train, name, scores, provenance)
+    return result
+
+
+def score(
+    lake: Lake | str | os.PathLike[str],
+    engine: str = "numpy",
+    checkpoints: str | slice | None = None,
+    name: str | None = None,
+    fallback: str | None = None,
+    store: bool = True,
+    *,
+    block_rows: int | None = None,
+    method: str = "cld",
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """CLD score of every training sample, as a Polars DataFrame ``sample_id, label, score``.
+
+    Parameters
+    ----------
+    lake : Lake or path
+        A lake with a ``train`` and a ``val`` split.
+    engine : {"numpy", "duckdb", "polars", "dask"}
+        How rows stream through the formula; every engine gives the same scores (to ~1e-15).
+    checkpoints : str or slice, optional
+        Window/stride ``START:STOP[:STEP]`` over the positions of the checkpoints committed in
+        both train and val (e.g. ``"0:45"``, ``"::2"``). Default: all of them. At least 3.
+    name : str, optional
+        Column of ``scores.parquet`` to store into (default: the method name, ``cld``).
+    fallback : {None, "global"}
+        For classes without validation samples: error (default) or use the global
+        validation trajectory (those rows are counted as ``fallback``).
+    store : bool
+        Store the column (atomically) with its provenance; ``False`` only computes.
+    block_rows : int, optional
+        Rows per block of the lake's iterator (default: one chunk). Scores do not depend on it.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per training sample in the train split's order. ``score`` in ``[-1, 1]``,
+        higher = more useful; NaN for a sample with a non-finite loss at a selected
+        checkpoint; 0.0 when its loss differences or its class's are constant.
+
+    Raises
+    ------
+    cld_lake.errors.ScoringError
+        No train/val split, fewer than 3 (selected) common checkpoints, or classes without
+        validation samples (and no fallback). Nothing is written.
+
+    Examples
+    --------
+    >>> import cld_lake
+    >>> df = cld_lake.score("runs/cifar.lake", checkpoints="0:45", name="cld_first45")  # doctest: +SKIP
+    """
+    result = compute_cld(
+        lake,
+        engine=engine,
+        checkpoints=checkpoints,
+        name=name,
+        fallback=fallback,
+        store=store,
+        block_rows=block_rows,
+        progress=progress,
+        method=method,
+    )
+    return result.to_polars()

@@ -1,0 +1,265 @@
+"""The one CLD formula: checkpoint plan, per-class reference table, three row sums, finalisation.
+
+Every engine streams training rows through :func:`row_sums` (or the same sums written in SQL /
+Polars expressions) and hands the three sums to :func:`finalise`, so the edge cases are decided
+in exactly one place. See ``shared/spec/CLD.md`` and ``docs/scores.md``.
+
+The three sums of a row with selected losses ``l_0..l_{K-1}`` (float64), ``n = K - 1``
+differences ``d_t = l_{t+1} - l_t``, shifted by the row's first difference
+(``e_t = d_t - d_0``; a shift changes neither variance nor covariance, and keeps the
+``sum e^2 - (sum e)^2 / n`` form free of catastrophic cancellation when a row drifts):
+
+- ``A = sum_t e_t u'_t``  (``u'`` = the class's centred validation differences)
+- ``B = sum_t e_t``
+- ``Q = sum_t e_t^2``
+
+``CLD = A / sqrt((Q - B^2 / n) * sum_t u'_t^2)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cld_lake.errors import ScoringError
+from cld_lake.lake.store import Split, parse_window
+
+MIN_CHECKPOINTS = 3
+FALLBACKS = (None, "global")
+# u_c counts as constant when its spread is within float64 rounding of the class means.
+U_CONSTANT_RTOL = 1e-12
+# Rows per inner step of the NumPy kernel: keeps the float64 temporaries cache-sized.
+KERNEL_ROWS = 4096
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The per-class validation reference, computed once per scoring run.
+
+    Attributes
+    ----------
+    checkpoints : (K,) int64
+        Checkpoint ids used, ascending.
+    u : (C, K-1) float64
+        Centred validation loss differences per class (the global trajectory for fallback
+        classes; zeros for classes with neither).
+    u2 : (C,) float64
+        ``sum_t u'_t^2`` per class.
+    constant : (C,) bool
+        ``u_c`` is constant: every score of the class is 0.0 (degenerate).
+    fallback : (C,) bool
+        The class has no usable validation samples and uses the global trajectory.
+    val_counts : (C,) int64
+        Validation samples used per class.
+    val_left_out : int
+        Validation samples left out for a non-finite loss at a selected checkpoint.
+    """
+
+    checkpoints: np.ndarray
+    u: np.ndarray
+    u2: np.ndarray
+    constant: np.ndarray
+    fallback: np.ndarray
+    val_counts: np.ndarray
+    val_left_out: int
+
+    @property
+    def num_diffs(self) -> int:
+        return len(self.checkpoints) - 1
+
+
+@dataclass
+class Sums:
+    """The three float64 sums per training row, in the split's row order."""
+
+    a: np.ndarray
+    b: np.ndarray
+    q: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> Sums:
+        return cls(*(np.full(n, np.nan, dtype=np.float64) for _ in range(3)))
+
+    def put(self, start: int, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
+        stop = start + len(a)
+        self.a[start:stop], self.b[start:stop], self.q[start:stop] = a, b, q
+
+    def scatter(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
+        self.a[rows], self.b[rows], self.q[rows] = a, b, q
+
+
+@dataclass
+class Counts:
+    nan: int = 0
+    degenerate: int = 0
+    fallback: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def plan_checkpoints(train: Split, val: Split, window: str | slice | None) -> np.ndarray:
+    """Checkpoints committed in both splits, then the window/stride over their positions."""
+    common = np.intersect1d(train.checkpoint_ids, val.checkpoint_ids)
+    if len(common) < MIN_CHECKPOINTS:
+        raise ScoringError(
+            f"CLD needs at least {MIN_CHECKPOINTS} checkpoints committed in both train and val; "
+            f"found {len(common)} (train has {train.num_checkpoints}, val has {val.num_checkpoints}); "
+            "record more checkpoints"
+        )
+    if window is None:
+        return common
+    sel = parse_window(window) if isinstance(window, str) else window
+    if not isinstance(sel, slice):
+        raise ScoringError(f"--checkpoints {window!r}: expected START:STOP[:STEP]")
+    chosen = common[sel]
+    if len(chosen) < MIN_CHECKPOINTS:
+        raise ScoringError(
+            f"--checkpoints {_window_text(window)}: selects {len(chosen)} of the {len(common)} common "
+            f"checkpoints; CLD needs at least {MIN_CHECKPOINTS} (e.g. --checkpoints 0:{len(common)})"
+        )
+    return chosen
+
+
+def _window_text(window: str | slice) -> str:
+    if isinstance(window, str):
+        return window
+    parts = [window.start, window.stop] + ([window.step] if window.step is not None else [])
+    return ":".join("" if p is None else str(p) for p in parts)
+
+
+# --- the reference table ----------------------------------------------------------------------
+def class_sums(
+    val: Split, checkpoints: np.ndarray, num_classes: int, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One streaming pass over ``val``: per-class float64 loss sums (C x K), finite-row counts
+    per class, and the number of rows left out for a non-finite loss."""
+    k = len(checkpoints)
+    sums = np.zeros((num_classes, k), dtype=np.float64)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    left_out = 0
+    for block in val.blocks(block_rows=block_rows, checkpoints=checkpoints):
+        loss = block.loss.astype(np.float64)
+        ok = np.isfinite(loss).all(axis=1)
+        left_out += int(len(ok) - ok.sum())
+        labels = block.labels[ok]
+        np.add.at(sums, labels, loss[ok])
+        counts += np.bincount(labels, minlength=num_classes)
+    return sums, counts, left_out
+
+
+def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``u' = diff(m) - mean(diff(m))`` per row of ``means``; ``sum u'^2``; and whether the
+    differences are constant (spread within float64 rounding of the means)."""
+    u = np.diff(means, axis=1)
+    spread = u.max(axis=1) - u.min(axis=1)
+    scale = np.abs(means).max(axis=1)
+    constant = spread <= U_CONSTANT_RTOL * scale
+    u_c = u - u.mean(axis=1, keepdims=True)
+    u_c[constant] = 0.0
+    return u_c, np.einsum("ij,ij->i", u_c, u_c), constant
+
+
+def build_reference(
+    train_labels: np.ndarray,
+    val: Split,
+    checkpoints: np.ndarray,
+    num_classes: int,
+    fallback: str | None = None,
+    block_rows: int | None = None,
+) -> Reference:
+    """Compute the C x (K-1) reference table and check every training class has one."""
+    if fallback not in FALLBACKS:
+        raise ScoringError(f"--fallback {fallback!r}: use 'global' or leave it unset")
+    sums, counts, left_out = class_sums(val, checkpoints, num_classes, block_rows)
+    train_classes = np.unique(train_labels)
+    missing = train_classes[counts[train_classes] == 0]
+    use_global = np.zeros(num_classes, dtype=bool)
+    if len(missing) and fallback is None:
+        shown = ", ".join(str(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ScoringError(
+            f"{len(missing)} class(es) with training samples have no validation sample with finite "
+            f"losses at the selected checkpoints: {shown}; add validation samples for them or pass "
+            "--fallback global to use the global validation trajectory for those classes"
+        )
+    if len(missing):
+        if counts.sum() == 0:
+            raise ScoringError(
+                "the validation split has no sample with finite losses at the selected checkpoints; "
+                "nothing to compare against"
+            )
+        use_global[missing] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+    means[counts == 0] = 0.0
+    if use_global.any():
+        means[use_global] = sums.sum(axis=0) / counts.sum()
+    u, u2, constant = centred_differences(means)
+    return Reference(checkpoints, u, u2, constant, use_global, counts, left_out)
+
+
+# --- the three sums (NumPy kernel; numpy and dask engines) ----------------------------------
+def row_sums(loss: np.ndarray, labels: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses."""
+    n_rows = loss.shape[0]
+    out = [np.empty(n_rows, dtype=np.float64) for _ in range(3)]
+    for a in range(0, n_rows, KERNEL_ROWS):
+        b = min(a + KERNEL_ROWS, n_rows)
+        rows = loss[a:b]
+        e = np.subtract(rows[:, 1:], rows[:, :-1], dtype=np.float64)
+        e -= e[:, :1].copy()
+        out[0][a:b] = np.einsum("ij,ij->i", e, u[labels[a:b]])
+        out[1][a:b] = e.sum(axis=1)
+        out[2][a:b] = np.einsum("ij,ij->i", e, e)
+    return tuple(out)
+
+
+def sums_over_blocks(
+    split: Split,
+    reference: Reference,
+    block_rows: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    progress: Progress | None = None,
+) -> Sums:
+    """Run :func:`row_sums` over rows ``[start, stop)`` of ``split`` block by block."""
+    stop = split.num_samples if stop is None else stop
+    sums = Sums.empty(stop - start)
+    blocks: Iterable = split.blocks(
+        block_rows=block_rows, checkpoints=reference.checkpoints, start=start, stop=stop
+    )
+    for block in blocks:
+        sums.put(block.start - start, *row_sums(block.loss, block.labels, reference.u))
+        if progress is not None:
+            progress(len(block))
+    return sums
+
+
+# --- finalisation: the edge cases, once -----------------------------------------------------
+def finalise(sums: Sums, labels: np.ndarray, reference: Reference) -> tuple[np.ndarray, Counts]:
+    """CLD per row from its three sums; NaN for non-finite rows, 0.0 for degenerate rows.
+
+    A row is non-finite when any of its sums is (a NaN or infinite loss at a selected
+    checkpoint propagates into them). It is degenerate when its differences are all equal
+    (``Q == 0``; exact, since ``e_t`` is computed identically by every engine), or when its
+    class's validation differences are constant.
+    """
+    n = reference.num_diffs
+    a, b, q = sums.a, sums.b, sums.q
+    nan = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(q))
+    var_n = q - b * b / n
+    degenerate = ~nan & ((q == 0) | (var_n <= 0) | reference.constant[labels])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = a / np.sqrt(var_n * reference.u2[labels])
+    score[degenerate] = 0.0
+    score[nan] = np.nan
+    np.clip(score, -1.0, 1.0, out=score)
+    counts = Counts(
+        nan=int(nan.sum()),
+        degenerate=int(degenerate.sum()),
+        fallback=int(reference.fallback[labels].sum()),
+    )
+    return score, counts

@@ -1,0 +1,21 @@
+"""The default engine: the NumPy kernel over the lake's row blocks (float64 accumulation).
+
+The block iterator reads the next block in a background thread while this one computes, so
+reading and arithmetic overlap; memory is one block plus a few cache-sized temporaries.
+"""
+
+from __future__ import annotations
+
+from cld_lake.lake.store import Split
+from cld_lake.score._formula import Progress, Reference, Sums, sums_over_blocks
+
+
+def compute(
+    split: Split,
+    reference: Reference,
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+) -> Sums:
+    """The three sums for every row of ``split``, block by block."""
+    return sums_over_blocks(split, reference, block_rows=block_rows, progress=progress)

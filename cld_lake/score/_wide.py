@@ -1,0 +1,69 @@
+"""Wide row batches for the DuckDB and Polars engines.
+
+A batch holds ``r`` (row position in the split), ``label`` and one column per selected
+checkpoint ``l0 .. l{K-1}`` in the stored float dtype (float16 widened to float32; exact).
+Both engines compute ``e_t = (l_{t+1} - l_t) - (l_1 - l_0)`` in float64 from these columns, the
+same operations in the same order as :func:`cld_lake.score._formula.row_sums`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from cld_lake.lake.store import Split
+from cld_lake.score._formula import Progress, Reference
+
+
+def loss_columns(k: int) -> list[str]:
+    return [f"l{i}" for i in range(k)]
+
+
+def u_columns(n: int) -> list[str]:
+    return [f"u{t}" for t in range(n)]
+
+
+def column_arrays(block_loss: np.ndarray) -> list[np.ndarray]:
+    """The columns of a row block as contiguous 1-D arrays (one transpose copy)."""
+    loss = block_loss.astype(np.float32) if block_loss.dtype == np.float16 else block_loss
+    columns = np.ascontiguousarray(loss.T)
+    return list(columns)
+
+
+def record_batches(
+    split: Split,
+    reference: Reference,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Any]:
+    """Arrow record batches ``(r, label, l0..l{K-1})`` streamed from the block iterator."""
+    import pyarrow as pa
+
+    names = ["r", "label", *loss_columns(len(reference.checkpoints))]
+    for block in split.blocks(block_rows=block_rows, checkpoints=reference.checkpoints):
+        rows = np.arange(block.start, block.start + len(block), dtype=np.int64)
+        arrays = [pa.array(rows), pa.array(block.labels), *map(pa.array, column_arrays(block.loss))]
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
+        if progress is not None:
+            progress(len(block))
+
+
+def arrow_schema(split: Split, k: int) -> Any:
+    import pyarrow as pa
+
+    dtype = pa.float64() if split.channels["loss"] == "float64" else pa.float32()
+    fields = [pa.field("r", pa.int64()), pa.field("label", pa.int64())]
+    return pa.schema(fields + [pa.field(c, dtype) for c in loss_columns(k)])
+
+
+def reference_table(reference: Reference) -> Any:
+    """The per-class table ``(label, u0..u{n-1})`` as Arrow."""
+    import pyarrow as pa
+
+    u = reference.u
+    columns = {"label": pa.array(np.arange(u.shape[0], dtype=np.int64))}
+    for t, name in enumerate(u_columns(u.shape[1])):
+        columns[name] = pa.array(np.ascontiguousarray(u[:, t]))
+    return pa.table(columns)
