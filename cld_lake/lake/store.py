@@ -305,6 +305,15 @@ class Lake:
     def reload(self) -> Lake:
         return Lake(self.path)
 
+    def sql(self, query: str, lazy: bool = False) -> Any:
+        """Run DuckDB SQL over the lake's views (see :mod:`cld_lake.sql`).
+
+        Returns a Polars DataFrame, or with ``lazy=True`` a DuckDB relation.
+        """
+        from cld_lake.sql import query as run_query
+
+        return run_query(self, query, lazy=lazy)
+
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, splits={self.splits()})"
 
