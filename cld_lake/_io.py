@@ -50,11 +50,11 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> None:
+def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: Any) -> None:
     import pyarrow.parquet as pq
 
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
 
 
 class FileLock:

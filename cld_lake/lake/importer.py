@@ -17,7 +17,7 @@ import numpy as np
 from cld_lake.errors import BadInputError, InputFileNotFoundError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake
-from cld_lake.lake.writer import SplitWriter, check_labels
+from cld_lake.lake.writer import SplitWriter, check_labels, count_duplicates
 
 PathLike = str | os.PathLike[str]
 
@@ -166,9 +166,9 @@ def _load_ids(path: PathLike | None, n: int, what: str) -> np.ndarray:
     if arr.shape != (n,):
         raise BadInputError(f"{what} {path}: shape {arr.shape}, expected ({n},) to match --loss")
     arr = np.asarray(arr, dtype=np.int64)
-    uniq = np.unique(arr)
-    if len(uniq) != n:
-        raise BadInputError(f"{what} {path}: {n - len(uniq)} duplicate ids; every id must be unique")
+    dups = count_duplicates(arr)
+    if dups:
+        raise BadInputError(f"{what} {path}: {dups} duplicate ids; every id must be unique")
     return arr
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake
+from cld_lake.lake.writer import count_duplicates
 
 
 def _dir_bytes(path: Path) -> int:
@@ -45,7 +46,7 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         labels = split.labels
         info["splits"][name] = {
             "samples": split.num_samples,
-            "classes_present": int(len(np.unique(labels))) if len(labels) else 0,
+            "classes_present": int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0,
             "checkpoints": len(ck),
             "checkpoint_ids": _compact_ids(ck),
             "channels": split.channels,
@@ -137,7 +138,7 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
     if len(ids) != split.num_samples:
         report.errors.append(f"split {name!r}: samples.parquet has {len(ids)} rows, checkpoints.parquet says {split.num_samples}")
         return
-    if len(np.unique(ids)) != len(ids):
+    if count_duplicates(ids):
         report.errors.append(f"split {name!r}: duplicate sample ids in samples.parquet")
     labels = split.labels
     if len(labels) and (labels.min() < 0 or (lake.num_classes is not None and labels.max() >= lake.num_classes)):

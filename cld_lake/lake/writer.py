@@ -26,6 +26,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,32 @@ def check_channels(channels: Mapping[str, str]) -> dict[str, str]:
 
 def default_channels(names: Sequence[str]) -> dict[str, str]:
     return {c: fmt.CHANNEL_DTYPES[c][0] for c in fmt.CHANNELS if c in names}
+
+
+def _write_rows(arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int) -> None:
+    for channel, arr in arrays.items():
+        arr[a:b] = blocks[channel]
+
+
+def count_nonfinite(block: np.ndarray) -> np.ndarray:
+    """NaN/inf count per column (one vectorised pass when, as usual, all values are finite)."""
+    if block.ndim == 1:
+        block = block[:, None]
+    finite = np.isfinite(block)
+    if finite.all():
+        return np.zeros(block.shape[1], np.int64)
+    return (~finite).sum(axis=0).astype(np.int64)
+
+
+def count_duplicates(values: np.ndarray) -> int:
+    """How many entries repeat an earlier one (a sort, not a hash set: fast for int64)."""
+    values = np.asarray(values)
+    if len(values) < 2:
+        return 0
+    if values[0] == 0 and values[-1] == len(values) - 1 and (np.diff(values) == 1).all():
+        return 0  # the common 0..N-1
+    s = np.sort(values)
+    return int((s[1:] == s[:-1]).sum())
 
 
 def check_labels(labels: np.ndarray, num_classes: int | None, what: str) -> None:
@@ -254,15 +281,23 @@ class SplitWriter:
         arrays = create_segment(self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk())
         nonfinite = np.zeros(width, np.int64)
         step = self._chunk()
-        for a in range(0, num_rows, step):
-            b = min(a + step, num_rows)
-            values = read_rows(a, b)
-            for channel, arr in arrays.items():
-                block = np.asarray(values[channel])
-                block = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
-                arr[a:b] = block  # type: ignore[index]
-                if channel == "loss":
-                    nonfinite += (~np.isfinite(block)).sum(axis=0)
+        # One background thread writes block i while this thread reads and checks block i+1;
+        # at most two blocks are in memory.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cld-lake-write") as pool:
+            pending = None
+            for a in range(0, num_rows, step):
+                b = min(a + step, num_rows)
+                values = read_rows(a, b)
+                blocks = {}
+                for channel in arrays:
+                    block = np.asarray(values[channel])
+                    blocks[channel] = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
+                nonfinite += count_nonfinite(blocks["loss"])
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(_write_rows, arrays, blocks, a, b)
+            if pending is not None:
+                pending.result()
         now = time.time()
         rows = [
             self._checkpoint_row(ckpts[j], epochs[j] if epochs else None, None, None, seg_name, col, int(nonfinite[col]), now)
@@ -337,9 +372,9 @@ class SplitWriter:
             raise BadInputError(f"split {self.name!r} already has its samples")
         if ids.ndim != 1 or labels.shape != ids.shape:
             raise BadInputError(f"sample ids {ids.shape} and labels {labels.shape} must be 1-D of the same length")
-        uniq = np.unique(ids)
-        if len(uniq) != len(ids):
-            raise BadInputError(f"sample ids contain {len(ids) - len(uniq)} duplicates; each sample id must be unique")
+        dups = count_duplicates(ids)
+        if dups:
+            raise BadInputError(f"sample ids contain {dups} duplicates; each sample id must be unique")
         check_labels(labels, self.num_classes, "labels")
         return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
 
@@ -564,7 +599,7 @@ class CheckpointBuffer:
         arrays = create_segment(w.path / fmt.SEGMENTS_DIR / seg_name, n, 1, channels, w._chunk())
         for channel, arr in arrays.items():
             arr[:, 0] = values[channel].astype(channels[channel], copy=False)  # type: ignore[index]
-        nonfinite = int((~np.isfinite(values["loss"].astype(channels["loss"], copy=False))).sum())
+        nonfinite = int(count_nonfinite(values["loss"].astype(channels["loss"], copy=False))[0])
         row = w._checkpoint_row(self.checkpoint, self.epoch, self.step, self.wall_time, seg_name, 0, nonfinite, time.time())
         w._commit(ids_labels=ids_labels, channels=channels, new_rows=[row], segment=seg_name)
         self.committed = True

@@ -1,0 +1,142 @@
+"""Benchmark: import and full row-block scan of an ImageNet-sized lake, next to np.save/np.load.
+
+Every measurement runs in its own subprocess, so peak RSS (``ru_maxrss``, what
+``/usr/bin/time -f %M`` reports, file pages mapped into the process included) belongs to that
+step alone. Times are medians over ``--repeats`` runs, measured in one invocation.
+
+    python -m benchmarks.bench_lake                 # 1.28M x 90 float32 (ImageNet-1k, 90 epochs)
+    python -m benchmarks.bench_lake --rows 200000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+CHILD_PRELUDE = """
+import json, sys, time
+import numpy as np
+def report(seconds, **extra):
+    print(json.dumps({"seconds": seconds, **extra}))
+"""
+
+STEPS = {
+    # the reference: np.save of the same array held in memory (generation not timed)
+    "np.save": """
+a = np.load(sys.argv[1])
+t = time.perf_counter(); np.save(sys.argv[2], a); s = time.perf_counter() - t
+report(s)
+""",
+    "np.load": """
+t = time.perf_counter(); a = np.load(sys.argv[1]); s = time.perf_counter() - t
+report(s, checksum=float(a[:, -1].sum()))
+""",
+    "cld-lake import": """
+import zarr, pyarrow.parquet  # library import time is not part of the data path
+from cld_lake.lake.importer import import_npy
+import shutil; shutil.rmtree(sys.argv[2], ignore_errors=True)
+t = time.perf_counter(); import_npy(sys.argv[2], "train", sys.argv[1], sys.argv[3]); s = time.perf_counter() - t
+report(s)
+""",
+    "cld-lake scan": """
+import zarr  # library import time is not part of the data path
+from cld_lake.lake import open_lake
+split = open_lake(sys.argv[2]).split("train")
+t = time.perf_counter(); total = 0.0; nbytes = 0
+for block in split.blocks():
+    total += float(block.loss[:, -1].sum()); nbytes += block.loss.nbytes
+s = time.perf_counter() - t
+report(s, checksum=total, nbytes=nbytes)
+""",
+}
+
+
+def write_npy(path: Path, rows: int, cols: int, block: int = 65536, seed: int = 0) -> None:
+    """Decaying loss curves with noise, written block by block (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols))
+    t = np.arange(cols, dtype=np.float32)
+    for a in range(0, rows, block):
+        b = min(a + block, rows)
+        rate = rng.uniform(0.01, 0.2, (b - a, 1)).astype(np.float32)
+        start = rng.uniform(2.0, 7.0, (b - a, 1)).astype(np.float32)
+        out[a:b] = start * np.exp(-rate * t) + 0.1 * rng.random((b - a, cols), dtype=np.float32)
+    out.flush()
+    del out
+
+
+def run_step(name: str, *args: str) -> dict:
+    """Run one step in a fresh process under /usr/bin/time: its peak RSS is the step's own."""
+    code = CHILD_PRELUDE + textwrap.dedent(STEPS[name])
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "RSS_KB %M", sys.executable, "-c", code, *args],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss_line = [line for line in proc.stderr.splitlines() if line.startswith("RSS_KB ")][-1]
+    result["rss_mb"] = int(rss_line.split()[1]) / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_280_000)
+    parser.add_argument("--checkpoints", type=int, default=90)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_lake_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        src, copy, lake = work / "loss.npy", work / "copy.npy", work / "lake"
+        labels = work / "labels.npy"
+        write_npy(src, args.rows, args.checkpoints)
+        np.save(labels, np.random.default_rng(1).integers(0, args.classes, args.rows))
+        nbytes = args.rows * args.checkpoints * 4
+        results: dict[str, list[dict]] = {name: [] for name in STEPS}
+        for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all alike
+            results["np.save"].append(run_step("np.save", str(src), str(copy)))
+            results["np.load"].append(run_step("np.load", str(copy)))
+            results["cld-lake import"].append(run_step("cld-lake import", str(src), str(lake), str(labels)))
+            results["cld-lake scan"].append(run_step("cld-lake scan", str(src), str(lake)))
+        seg_bytes = sum(f.stat().st_size for f in (lake / "splits" / "train" / "segments").rglob("*") if f.is_file())
+        expected = float(np.load(src, mmap_mode="r")[:, -1].astype(np.float64).sum())
+        scanned = results["cld-lake scan"][0]["checksum"]
+        assert abs(scanned - expected) <= 1e-3 * abs(expected), (scanned, expected)
+
+        med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
+        rss = {k: max(r["rss_mb"] for r in v) for k, v in results.items()}
+        print(f"\n{args.rows:,} x {args.checkpoints} float32 = {nbytes / 1e6:.0f} MB; median of {args.repeats} runs, warm page cache\n")
+        print("| step | seconds (median) | GB/s | peak RSS (MB, max) | bytes on disk / value |")
+        print("|---|---:|---:|---:|---:|")
+        disk = {
+            "np.save": copy.stat().st_size / (args.rows * args.checkpoints),
+            "np.load": copy.stat().st_size / (args.rows * args.checkpoints),
+            "cld-lake import": seg_bytes / (args.rows * args.checkpoints),
+            "cld-lake scan": seg_bytes / (args.rows * args.checkpoints),
+        }
+        for k in STEPS:
+            print(f"| {k} | {med[k]:.3f} | {nbytes / med[k] / 1e9:.2f} | {rss[k]:.0f} | {disk[k]:.3f} |")
+        print(f"\nimport / np.save = {med['cld-lake import'] / med['np.save']:.2f}x   "
+              f"scan / np.load = {med['cld-lake scan'] / med['np.load']:.2f}x   "
+              f"scan throughput = {nbytes / med['cld-lake scan'] / 1e9:.2f} GB/s")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
