@@ -10,15 +10,20 @@ __version__ = "0.1.0"
 
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Block, Lake, Split, SplitWriter, open_lake
+from cld_lake.manifest import Manifest, load_manifest
 from cld_lake.score import score  # the function; the subpackage stays importable by name
+from cld_lake.select import select  # the function (module: cld_lake.select)
 
 __all__ = [
     "Block",
     "CldLakeError",
     "Lake",
+    "Manifest",
     "Split",
     "SplitWriter",
     "__version__",
+    "load_manifest",
     "open_lake",
     "score",
+    "select",
 ]

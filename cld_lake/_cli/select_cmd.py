@@ -1,0 +1,90 @@
+"""The select command: class-balanced top-k of a stored score -> a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("select")
+@click.argument("lake", type=click.Path(path_type=Path))
+@click.option("--score", help="Stored score to rank by (a column of the scores view), e.g. cld.")
+@click.option(
+    "--fraction", type=float, help="Fraction of the candidate samples to keep, in (0, 1]."
+)
+@click.option("--count", type=int, help="Total number of rows to keep (>= 1).")
+@click.option(
+    "--balance",
+    type=click.Choice(["proportional", "equal", "none"]),
+    default="proportional",
+    show_default=True,
+    help="proportional: classes keep their share; equal: the same k per class; none: global top-k.",
+)
+@click.option(
+    "--lowest", is_flag=True, help="Take the lowest scores (e.g. likely mislabeled samples)."
+)
+@click.option(
+    "--random",
+    "random_",
+    is_flag=True,
+    help="Seeded random selection with the same class balance (baseline).",
+)
+@click.option("--seed", type=int, default=None, help="Seed for --random (default 0).")
+@click.option(
+    "--query", help="SQL over the lake's views returning sample_id [, score]: the candidates."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest .parquet to write (outside the lake, or in LAKE/manifests/).",
+)
+def select_cmd(lake, score, fraction, count, balance, lowest, random_, seed, query, out):
+    """Select a class-balanced coreset and write its manifest (Parquet).
+
+    \b
+    Example: cld-lake select LAKE --score cld --fraction 0.1 --out coreset.parquet
+    Baseline: cld-lake select LAKE --random --seed 1 --fraction 0.1 --out random.parquet
+    """
+    from cld_lake.errors import BadInputError
+    from cld_lake.lake import open_lake
+    from cld_lake.select import select
+
+    if seed is not None and not random_:
+        raise BadInputError("--seed is used with --random only")
+    lk = open_lake(lake)
+    m = select(
+        lk,
+        score,
+        fraction=fraction,
+        count=count,
+        balance=balance,
+        lowest=lowest,
+        random=random_,
+        seed=seed,
+        query=query,
+        out=out,
+    )
+    meta = m.metadata
+    rule = meta["selection"]["rule"]
+    what = f"score {meta['score']} ({rule})" if meta["score"] and rule != "random" else rule
+    click.echo(
+        f"selected {len(m):,} of {meta['candidates']:,} samples, {len(m.class_counts())} classes, "
+        f"balance {balance}, by {what} -> {out}"
+    )
+    short = meta["shortfall"]
+    if short["total"]:
+        worst = sorted(short["by_class"].items(), key=lambda kv: -kv[1])[:5]
+        click.echo(
+            f"shortfall: {short['total']:,} rows short of {meta['requested']:,} "
+            f"(class: rows short {', '.join(f'{k}: {v}' for k, v in worst)}{', ...' if len(short['by_class']) > 5 else ''})",
+            err=True,
+        )
+    if meta["nan_scores"]:
+        click.echo(
+            f"note: {meta['nan_scores']:,} samples with NaN scores were not selectable", err=True
+        )
+
+
+COMMANDS = [select_cmd]

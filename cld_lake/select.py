@@ -1,0 +1,405 @@
+"""Class-balanced selection: scores -> a coreset manifest.
+
+Rules (see ``docs/sql.md``):
+
+- Size: ``fraction`` of the candidates (``round(fraction x N)``, halves rounded up) or
+  ``count`` rows in total. Candidates are the training samples of ``LAKE/scores.parquet`` (or
+  the rows of ``query``).
+- Balance: ``proportional`` (default) gives class ``c`` ``total x n_c / N`` rows, rounded by
+  largest remainder (ties: smaller label) so the total is exact; ``equal`` gives every class
+  ``total // C`` rows, the first ``total % C`` classes by label one more (the authors' rule);
+  ``none`` takes the global top ``total``.
+- Order: highest score first (``lowest=True``: lowest first); ties by smaller ``sample_id``.
+  ``random=True`` draws a seeded random order instead, with the same class balance.
+- NaN scores are never selected. They still count in the class sizes (the class balance of
+  the data); a class with fewer non-NaN samples than its quota gives all it has and the
+  shortfall is reported, not moved to other classes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cld_lake.errors import BadInputError
+from cld_lake.manifest import (
+    MANIFEST_KIND,
+    MANIFEST_VERSION,
+    Manifest,
+    manifest_table,
+    write_manifest,
+)
+
+BALANCES = ("proportional", "equal", "none")
+MANIFESTS_DIR = "manifests"
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The samples a selection ranks: ids, labels, scores (NaN = not selectable)."""
+
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    score_name: str | None
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Picked:
+    """Rows chosen by :func:`select_rows` plus the per-class bookkeeping."""
+
+    rows: np.ndarray  # indices into the candidates, in manifest order
+    ranks: np.ndarray
+    requested: int
+    quotas: dict[int, int]
+    shortfall: dict[int, int]
+
+
+# --- the core: pure numpy ----------------------------------------------------------------
+def target_size(n: int, fraction: float | None, count: int | None) -> int:
+    """Total rows asked for: ``round(fraction x n)`` (halves up) or ``count``; validated."""
+    if (fraction is None) == (count is None):
+        raise BadInputError("give exactly one of --fraction F (0 < F <= 1) or --count K (K >= 1)")
+    if fraction is not None:
+        if not (isinstance(fraction, int | float) and 0 < fraction <= 1) or math.isnan(fraction):
+            raise BadInputError(
+                f"--fraction {fraction}: must be in (0, 1], e.g. 0.1 for a 10% coreset"
+            )
+        total = int(math.floor(fraction * n + 0.5))
+        if total < 1:
+            raise BadInputError(
+                f"--fraction {fraction}: selects 0 of {n} samples; use a larger fraction or --count"
+            )
+        return total
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise BadInputError(f"--count {count}: must be an integer >= 1")
+    if count > n:
+        raise BadInputError(
+            f"--count {count}: more than the {n} candidate samples; use --count <= {n}"
+        )
+    return int(count)
+
+
+def class_quotas(labels: np.ndarray, total: int, balance: str) -> dict[int, int]:
+    """Rows per class for ``total`` rows under ``balance`` (``proportional`` or ``equal``)."""
+    classes, sizes = np.unique(labels, return_counts=True)
+    n = int(sizes.sum())
+    if balance == "proportional":
+        exact = total * sizes.astype(np.int64)
+        quota, remainder = exact // n, exact % n
+        extra = total - int(quota.sum())
+        order = np.lexsort((classes, -remainder))  # largest remainder first, then smaller label
+        quota[order[:extra]] += 1
+    elif balance == "equal":
+        quota = np.full(len(classes), total // len(classes), dtype=np.int64)
+        quota[: total % len(classes)] += 1
+    else:
+        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+    return {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
+
+
+def select_rows(
+    sample_ids: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: str = "proportional",
+    lowest: bool = False,
+    seed: int | None = None,
+    selectable: np.ndarray | None = None,
+) -> Picked:
+    """Choose rows: class-balanced top-k (or seeded random when ``seed`` is given).
+
+    ``selectable`` (default: score is not NaN) marks rows that may be chosen; the others still
+    count in the class sizes. Deterministic: ties go to the smaller sample id, a random order
+    depends only on ``seed`` and the set of (sample_id, label) pairs, not on row order.
+    """
+    if balance not in BALANCES:
+        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(ids)
+    if n == 0:
+        raise BadInputError("no candidate samples to select from")
+    total = target_size(n, fraction, count)
+    ok = ~np.isnan(scores) if selectable is None else np.asarray(selectable, dtype=bool)
+    if seed is not None:  # a random order, independent of row order
+        key = np.empty(n, dtype=np.float64)
+        key[np.argsort(ids, kind="stable")] = np.random.default_rng(seed).permutation(n)
+    else:
+        key = np.where(ok, scores if lowest else -scores, 0.0)
+    blocked = ~ok
+    if balance == "none":
+        order = np.lexsort((ids, key, blocked))
+        take = min(total, int(ok.sum()))
+        chosen = order[:take]
+        inner = np.lexsort((ids[chosen], key[chosen], labels[chosen]))
+        rows = chosen[inner]
+        quotas = {}
+        shortfall = {-1: total - take} if take < total else {}
+    else:
+        quotas = class_quotas(labels, total, balance)
+        order = np.lexsort((ids, key, blocked, labels))
+        sorted_labels = labels[order]
+        classes = np.array(sorted(quotas), dtype=np.int64)
+        starts = np.searchsorted(sorted_labels, classes)
+        position = np.arange(n) - starts[np.searchsorted(classes, sorted_labels)]
+        available = np.bincount(np.searchsorted(classes, labels[ok]), minlength=len(classes))
+        quota = np.array([quotas[int(c)] for c in classes], dtype=np.int64)
+        take = np.minimum(quota, available)
+        keep = position < take[np.searchsorted(classes, sorted_labels)]
+        rows = order[keep]
+        short = quota - take
+        shortfall = {int(c): int(s) for c, s in zip(classes, short, strict=True) if s > 0}
+    ranks = _ranks_within_class(labels[rows])
+    return Picked(rows, ranks, total, quotas, shortfall)
+
+
+def _ranks_within_class(sorted_labels: np.ndarray) -> np.ndarray:
+    """1, 2, ... within each run of equal labels (rows already in class, then rank order)."""
+    n = len(sorted_labels)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    run = np.repeat(starts, np.diff(np.r_[starts, n]))
+    return np.arange(n, dtype=np.int64) - run + 1
+
+
+# --- reading candidates ------------------------------------------------------------------
+def read_scores(lake: Any, score: str) -> Candidates:
+    """``sample_id, label`` and column ``score`` of ``LAKE/scores.parquet`` with its provenance."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from cld_lake.lake import _format as fmt
+
+    path = lake.path / fmt.SCORES_FILE
+    if not path.exists():
+        raise BadInputError(
+            f"--score {score}: {lake.path} has no scores yet; compute one with `cld-lake score {lake.path}`"
+        )
+    schema = pq.read_schema(path)
+    stored = [c for c in schema.names if c not in ("sample_id", "label")]
+    if score not in stored:
+        raise BadInputError(
+            f"--score {score}: no such score in {path} (stored: {', '.join(stored) or 'none'}); "
+            f"compute it with `cld-lake score {lake.path} --name {score}`"
+        )
+    table = pq.read_table(path, columns=["sample_id", "label", score])
+    try:
+        meta = json.loads((schema.metadata or {}).get(b"cld_lake", b"{}"))
+    except ValueError:
+        meta = {}
+    provenance = (meta.get("scores", {}) if isinstance(meta, dict) else {}).get(score, {})
+    return Candidates(
+        table.column("sample_id").to_numpy().astype(np.int64, copy=False),
+        table.column("label").to_numpy().astype(np.int64, copy=False),
+        table.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
+        score,
+        provenance if isinstance(provenance, dict) else {},
+    )
+
+
+def _train_candidates(lake: Any) -> Candidates:
+    train = lake.split("train")
+    return Candidates(train.sample_ids, train.labels, np.full(train.num_samples, np.nan), None, {})
+
+
+def _query_candidates(lake: Any, query: str, score: str | None, need_score: bool) -> Candidates:
+    """Candidates from a SQL query returning ``sample_id`` (and optionally ``score``)."""
+    from cld_lake import sql as lake_sql
+
+    table = lake_sql.query(lake, query, lazy=True)
+    if table is None:
+        raise BadInputError(
+            "--query: the statement returns no rows; give a SELECT returning sample_id"
+        )
+    table = table.to_arrow_table()
+    if "sample_id" not in table.column_names:
+        raise BadInputError(
+            f"--query: the result has no sample_id column (columns: {', '.join(table.column_names)})"
+        )
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
+    if ids.dtype.kind not in "iu":
+        raise BadInputError(
+            f"--query: sample_id must be an integer column, got {table.schema.field('sample_id').type}"
+        )
+    ids = ids.astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise BadInputError(
+            f"--query: {len(ids) - len(np.unique(ids))} duplicate sample ids in the result; add DISTINCT"
+        )
+    train = lake.split("train")
+    rows = train.rows_of(ids)
+    if (rows < 0).any():
+        raise BadInputError(
+            f"--query: sample ids {ids[rows < 0][:5].tolist()} are not training samples of {lake.path}"
+        )
+    labels = train.labels[rows]
+    if score is not None:
+        stored = read_scores(lake, score)
+        where = np.full(train.num_samples, -1, dtype=np.int64)
+        where[train.rows_of(stored.sample_ids)] = np.arange(len(stored.sample_ids))
+        at = where[rows]
+        values = np.where(at >= 0, stored.scores[np.maximum(at, 0)], np.nan)
+        return Candidates(ids, labels, values, score, stored.provenance)
+    if "score" in table.column_names:
+        values = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        return Candidates(ids, labels, values, "query", {"method": "sql", "query": query})
+    if need_score:
+        raise BadInputError(
+            "--query: give --score NAME, or return a score column from the query, or use --random"
+        )
+    return Candidates(ids, labels, np.full(len(ids), np.nan), None, {})
+
+
+# --- output path -------------------------------------------------------------------------
+def check_manifest_path(out: str | os.PathLike[str], lake: Any) -> Path:
+    """A manifest goes outside the lake or into ``LAKE/manifests/``; its directory must exist."""
+    out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise BadInputError(
+            f"--out {out}: a manifest is a .parquet file; name it e.g. coreset.parquet"
+        )
+    root = lake.path.resolve()
+    resolved = out.expanduser().resolve()
+    if resolved.is_relative_to(root):
+        if resolved.parent != root / MANIFESTS_DIR:
+            raise BadInputError(
+                f"--out {out}: inside the lake {lake.path}; write manifests outside it or into {lake.path / MANIFESTS_DIR}/"
+            )
+        return out
+    if not resolved.parent.is_dir():
+        raise BadInputError(
+            f"--out {out}: directory {out.expanduser().parent} does not exist; create it first"
+        )
+    return out
+
+
+# --- the public function -----------------------------------------------------------------
+def select(
+    lake: Any,
+    score: str | None = None,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: str = "proportional",
+    lowest: bool = False,
+    random: bool = False,
+    seed: int | None = None,
+    query: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> Manifest:
+    """Select a class-balanced coreset and (optionally) write its manifest.
+
+    Parameters
+    ----------
+    lake : Lake or path
+    score : str, optional
+        Name of a stored score (a column of the ``scores`` view). Higher = more useful (CLD:
+        Pearson correlation in [-1, 1], NaN for samples with non-finite losses).
+    fraction, count : exactly one
+        ``fraction`` in (0, 1] of the candidates, or ``count`` >= 1 rows in total.
+    balance : {"proportional", "equal", "none"}
+    lowest : bool
+        Take the lowest scores instead (e.g. to inspect likely mislabeled samples).
+    random, seed : bool, int
+        A seeded random selection with the same class balance (the baseline); ``seed``
+        defaults to 0. With ``score`` the NaN-score samples are left out as for the coreset.
+    query : str, optional
+        SQL over the lake's views returning ``sample_id`` (and optionally ``score``): the
+        candidates, e.g. to filter by metadata before ranking.
+    out : path, optional
+        Where to write the manifest (atomically): outside the lake, or in ``LAKE/manifests/``.
+
+    Returns
+    -------
+    Manifest
+    """
+    import datetime as dt
+
+    from cld_lake import __version__
+    from cld_lake.lake.store import Lake
+
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    if balance not in BALANCES:
+        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+    target_size(1 << 62, fraction, count)  # argument checks before any reading
+    if random and lowest:
+        raise BadInputError("--lowest has no meaning with --random; drop one of them")
+    if out is not None:
+        out = check_manifest_path(out, lake)
+    if query is not None:
+        cand = _query_candidates(lake, query, score, need_score=not random)
+    elif score is not None:
+        cand = read_scores(lake, score)
+    elif random:
+        cand = _train_candidates(lake)
+    else:
+        raise BadInputError("give --score NAME (a stored score), --random, or --query")
+    scored = cand.score_name is not None
+    seed = (0 if seed is None else int(seed)) if random else None
+    selectable = ~np.isnan(cand.scores) if scored else np.ones(len(cand.sample_ids), dtype=bool)
+    picked = select_rows(
+        cand.sample_ids,
+        cand.labels,
+        cand.scores,
+        fraction=fraction,
+        count=count,
+        balance=balance,
+        lowest=lowest,
+        seed=seed,
+        selectable=selectable,
+    )
+    rows = picked.rows
+    table = manifest_table(
+        cand.sample_ids[rows], cand.labels[rows], cand.scores[rows], picked.ranks
+    )
+    prov = cand.provenance
+    metadata = {
+        "kind": MANIFEST_KIND,
+        "manifest_version": MANIFEST_VERSION,
+        "score": cand.score_name,
+        "method": "random" if random else prov.get("method"),
+        "score_provenance": prov,
+        "checkpoints": prov.get("checkpoint_ids", prov.get("checkpoints")),
+        "selection": {
+            "rule": "random" if random else ("lowest" if lowest else "highest"),
+            "balance": balance,
+            "seed": seed,
+            "query": query,
+            "ties": "equal scores: smaller sample_id first",
+            "nan": "never selected; counted in class sizes",
+        },
+        "fraction": fraction,
+        "count": count,
+        "requested": picked.requested,
+        "selected": len(rows),
+        "candidates": len(cand.sample_ids),
+        "nan_scores": int((~selectable).sum()),
+        "classes": len(np.unique(cand.labels)),
+        "shortfall": {
+            "total": int(sum(picked.shortfall.values())),
+            "by_class": {("all" if k < 0 else str(k)): v for k, v in picked.shortfall.items()},
+        },
+        "lake": {"lake_id": lake.lake_id, "path": str(lake.path.resolve())},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cld_lake_version": __version__,
+    }
+    manifest = Manifest(table, metadata)
+    if out is not None:
+        out = Path(out)
+        if out.expanduser().resolve().parent == lake.path.resolve() / MANIFESTS_DIR:
+            out.expanduser().parent.mkdir(exist_ok=True)
+        manifest = Manifest(table, metadata, write_manifest(out, table, metadata))
+    return manifest
