@@ -34,7 +34,12 @@ def import_cmd(lake, split, loss, labels, sample_ids, correct, margin, num_class
         for opt, value in (("--correct", correct), ("--margin", margin), ("--checkpoint-ids", checkpoint_ids)):
             if value is not None:
                 fail(f"{opt}: not used with a long .parquet --loss (its columns carry them)")
-        result = import_long_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
+        from cld_lake.export import import_wide_parquet, is_wide_parquet  # wide: one row per sample
+
+        if is_wide_parquet(loss):
+            result = import_wide_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
+        else:
+            result = import_long_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
     else:
         result = import_npy(lake, split, loss, labels, sample_ids=sample_ids, correct=correct, margin=margin,
                             checkpoint_ids=checkpoint_ids, num_classes=num_classes, dtypes=dtypes)
