@@ -209,11 +209,12 @@ def row_sums(loss: np.ndarray, labels: np.ndarray, u: np.ndarray) -> tuple[np.nd
     for a in range(0, n_rows, KERNEL_ROWS):
         b = min(a + KERNEL_ROWS, n_rows)
         rows = loss[a:b]
-        e = np.subtract(rows[:, 1:], rows[:, :-1], dtype=np.float64)
-        e -= e[:, :1].copy()
-        out[0][a:b] = np.einsum("ij,ij->i", e, u[labels[a:b]])
-        out[1][a:b] = e.sum(axis=1)
-        out[2][a:b] = np.einsum("ij,ij->i", e, e)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as intended
+            e = np.subtract(rows[:, 1:], rows[:, :-1], dtype=np.float64)
+            e -= e[:, :1].copy()
+            out[0][a:b] = np.einsum("ij,ij->i", e, u[labels[a:b]])
+            out[1][a:b] = e.sum(axis=1)
+            out[2][a:b] = np.einsum("ij,ij->i", e, e)
     return tuple(out)
 
 
@@ -250,9 +251,9 @@ def finalise(sums: Sums, labels: np.ndarray, reference: Reference) -> tuple[np.n
     n = reference.num_diffs
     a, b, q = sums.a, sums.b, sums.q
     nan = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(q))
-    var_n = q - b * b / n
-    degenerate = ~nan & ((q == 0) | (var_n <= 0) | reference.constant[labels])
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var_n = q - b * b / n
+        degenerate = ~nan & ((q == 0) | (var_n <= 0) | reference.constant[labels])
         score = a / np.sqrt(var_n * reference.u2[labels])
     score[degenerate] = 0.0
     score[nan] = np.nan
