@@ -49,6 +49,7 @@ def store_score(
 
     path = lake.path / fmt.SCORES_FILE
     ids = train.sample_ids
+    new_values = pa.array(np.asarray(scores, dtype=np.float64))
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
         table = pa.table(
             {"sample_id": pa.array(ids, pa.int64()), "label": pa.array(train.labels, pa.int64())}
@@ -63,7 +64,10 @@ def store_score(
             else:  # other sample order or set: carry old scores over by sample_id
                 rows = train.rows_of(old_ids)
             for column in old.column_names:
-                if column in RESERVED or column == name:
+                if column in RESERVED:
+                    continue
+                if column == name:  # replaced in place: the column keeps its position
+                    table = table.append_column(name, new_values)
                     continue
                 values = old.column(column)
                 if rows is not None:
@@ -72,7 +76,8 @@ def store_score(
                     carried[rows[keep]] = values.to_numpy(zero_copy_only=False)[keep]
                     values = pa.array(carried)
                 table = table.append_column(column, values)
-        table = table.append_column(name, pa.array(np.asarray(scores, dtype=np.float64)))
+        if name not in table.column_names:
+            table = table.append_column(name, new_values)
         scores_meta = dict(meta.get("scores", {}))
         scores_meta[name] = provenance
         meta["scores"] = scores_meta
