@@ -10,18 +10,8 @@ Imported only explicitly (``import cld_lake.torch``); ``import cld_lake`` never 
 
 from __future__ import annotations
 
-from typing import Any
-
 from cld_lake.torch.data import WithIndex
 from cld_lake.torch.record import CheckpointSummary, LossRecorder, sample_stats
+from cld_lake.torch.subset import subset  # binds the function over the submodule's name
 
 __all__ = ["CheckpointSummary", "LossRecorder", "WithIndex", "sample_stats", "subset"]
-
-
-def __getattr__(name: str) -> Any:
-    # `subset` lives in cld_lake/torch/subset.py (the selection stage); resolved on first use.
-    if name == "subset":
-        from cld_lake.torch.subset import subset
-
-        return subset
-    raise AttributeError(f"module 'cld_lake.torch' has no attribute {name!r}")

@@ -1,0 +1,497 @@
+"""Proxy training with recording: train a model and record train/val loss trajectories.
+
+    python -m pipelines.train_proxy --dataset mnist1d --lake runs/x.lake [--noise 0.2] ...
+
+Holds out a per-class validation split of the training set (``--val-fraction``; the paper uses
+10% on CIFAR-100 and 1% on ImageNet), optionally flips a fraction of the remaining training
+labels (symmetric noise, seeded; flipped ids go to the ``noisy`` / ``clean_label`` columns of
+the lake's ``samples`` table), trains, and records the ``train`` and ``val`` splits at
+checkpoint 0 (the initial model) and after every ``--record-every``-th epoch (checkpoint id =
+epoch). Sample ids are indices into the dataset's training set, so manifests index it directly.
+
+Crash safety and resume: after each epoch the model checkpoint is saved atomically *before*
+that epoch is recorded. Run the same command again after a crash: it resumes from the last
+saved model checkpoint, records that epoch if the crash came before its commit, and goes on.
+A crash mid-epoch loses that epoch's training only; committed checkpoints are never touched.
+Each epoch's shuffle and augmentation are seeded from (seed, epoch), so a resumed run records
+the same trajectories as an uninterrupted one (on the same hardware and thread count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+import cld_lake
+from cld_lake.errors import BadInputError
+from cld_lake.torch import LossRecorder, WithIndex
+from pipelines._common import (
+    RECIPES,
+    atomic_torch_save,
+    check_model_output,
+    fault_point,
+    holdout_split,
+    make_loader,
+    make_optimizer,
+    progress_bar,
+    recipe_for,
+    resolve_device,
+    run_cli,
+    seed_epoch,
+    symmetric_noise,
+    train_epoch,
+)
+from pipelines._common import accuracy as test_accuracy
+from pipelines.datasets import DATASETS, DataBundle, Relabeled, load_dataset
+from pipelines.models import MODELS, build_model
+
+CONFIG_FILE = "config.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class ProxyConfig:
+    """Everything a proxy run depends on (see ``--help`` for each field)."""
+
+    dataset: str
+    lake: Path
+    root: Path | None = None
+    models_dir: Path | None = None
+    val_fraction: float = 0.1
+    noise: float = 0.0
+    noise_seed: int = 0
+    seed: int = 0
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    milestones: tuple[int, ...] | None = None
+    record_every: int = 1
+    record_batch_size: int = 512
+    record_test: bool = False
+    margin_dtype: str = "float32"
+    keep_checkpoints: int = 2
+    num_samples: int | None = None
+    image_size: int | None = None
+    device: str | None = None
+    workers: int = 0
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it resumes."""
+        keys = (
+            "dataset", "root", "val_fraction", "noise", "noise_seed", "seed", "record_every",
+            "num_samples", "image_size", "margin_dtype", "record_test",
+        )  # fmt: skip
+        out = {k: getattr(self, k) for k in keys}
+        out["root"] = None if self.root is None else str(Path(self.root).resolve())
+        out["recipe"] = dataclasses.asdict(self.recipe())
+        return json.loads(json.dumps(out))
+
+    def recipe(self) -> Any:
+        return recipe_for(
+            self.dataset,
+            model=self.model,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            milestones=self.milestones,
+        )
+
+    def resolved_models_dir(self) -> Path:
+        if self.models_dir is not None:
+            return Path(self.models_dir)
+        lake = Path(self.lake)
+        return lake.with_name(lake.name.removesuffix(".lake") + ".models")
+
+
+@dataclass
+class ProxyResult:
+    lake: Path
+    models_dir: Path
+    epochs: int
+    resumed_from: int | None
+    test_accuracy: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class _Run:
+    """The prepared run: data, splits, labels and loaders' datasets."""
+
+    cfg: ProxyConfig
+    data: DataBundle
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    noisy_labels: np.ndarray  # labels of the whole pool as trained on (val ids keep clean ones)
+    flipped: np.ndarray  # per train id
+
+
+def check_config(cfg: ProxyConfig) -> None:
+    """Validate arguments that need no data (before anything is loaded or written)."""
+    if cfg.dataset not in DATASETS:
+        raise BadInputError(f"--dataset {cfg.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if cfg.model is not None and cfg.model not in MODELS:
+        raise BadInputError(f"--model {cfg.model!r}: choose one of {', '.join(MODELS)}")
+    if cfg.record_every < 1:
+        raise BadInputError(f"--record-every {cfg.record_every}: must be at least 1")
+    if cfg.keep_checkpoints < 1:
+        raise BadInputError(f"--keep-checkpoints {cfg.keep_checkpoints}: must be at least 1")
+    if cfg.record_batch_size < 1:
+        raise BadInputError(f"--record-batch-size {cfg.record_batch_size}: must be at least 1")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise BadInputError(
+            f"--val-fraction {cfg.val_fraction}: must be between 0 and 1 (e.g. 0.1)"
+        )
+    if not 0.0 <= cfg.noise < 1.0:
+        raise BadInputError(
+            f"--noise {cfg.noise}: must be in [0, 1) (e.g. 0.2 for 20% noisy labels)"
+        )
+    recipe = cfg.recipe()
+    if cfg.epochs is not None and recipe.epochs < 1:
+        raise BadInputError(f"--epochs {recipe.epochs}: must be at least 1")
+
+
+def record_epochs(epochs: int, every: int) -> list[int]:
+    """Checkpoint ids recorded: 0 (the initial model), every ``every``-th epoch, and the last."""
+    return sorted({0, epochs, *range(every, epochs + 1, every)})
+
+
+def prepare(cfg: ProxyConfig) -> _Run:
+    """Load the data and draw the holdout split and label noise (deterministic in the config)."""
+    data = load_dataset(
+        cfg.dataset, cfg.root, num_samples=cfg.num_samples, image_size=cfg.image_size
+    )
+    labels = data.train_labels
+    if len(labels) == 0:
+        raise BadInputError(f"--dataset {cfg.dataset}: the training set is empty")
+    if labels.min() < 0 or labels.max() >= data.num_classes:
+        raise BadInputError(f"--dataset {cfg.dataset}: labels outside 0..{data.num_classes - 1}")
+    train_ids, val_ids = holdout_split(labels, cfg.val_fraction, cfg.seed)
+    noisy_train, flipped = symmetric_noise(
+        labels[train_ids], cfg.noise, data.num_classes, cfg.noise_seed
+    )
+    noisy_labels = labels.copy()
+    noisy_labels[train_ids] = noisy_train
+    return _Run(cfg, data, train_ids, val_ids, noisy_labels, flipped)
+
+
+def _declare_or_check(lake: cld_lake.Lake, run: _Run, channels: dict[str, str]) -> None:
+    """Declare the train/val (and test) samples, or check that the lake holds this run's."""
+    labels = run.data.train_labels
+    wanted = {
+        "train": (
+            run.train_ids,
+            run.noisy_labels[run.train_ids],
+            {"noisy": run.flipped, "clean_label": labels[run.train_ids]},
+        ),
+        "val": (run.val_ids, labels[run.val_ids], None),
+    }
+    if run.cfg.record_test:
+        wanted["test"] = (np.arange(len(run.data.test_labels)), run.data.test_labels, None)
+    for name, (ids, split_labels, meta) in wanted.items():
+        if lake.has_split(name):
+            split = lake.split(name)
+            if not (
+                np.array_equal(split.sample_ids, ids) and np.array_equal(split.labels, split_labels)
+            ):
+                raise BadInputError(
+                    f"--lake {lake.path}: split {name!r} holds other samples or labels than this run "
+                    "(another dataset, seed, --val-fraction or --noise); use a new lake"
+                )
+            continue
+        with lake.writer(name, channels=channels, num_classes=run.data.num_classes) as w:
+            w.declare_samples(ids, split_labels, metadata=meta)
+
+
+def _checkpoint_path(models_dir: Path, epoch: int) -> Path:
+    return models_dir / f"epoch-{epoch:04d}.pt"
+
+
+def _saved_epochs(models_dir: Path) -> list[int]:
+    out = []
+    for p in models_dir.glob("epoch-*.pt"):
+        try:
+            out.append(int(p.stem.split("-")[1]))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def _prepare_dirs(cfg: ProxyConfig, models_dir: Path) -> tuple[bool, list[int]]:
+    """Check the models directory and lake agree on a fresh start or a resume."""
+    identity = cfg.identity()
+    config_path = models_dir / CONFIG_FILE
+    lake_path = Path(cfg.lake)
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        if diff:
+            raise BadInputError(
+                f"--models-dir {models_dir} belongs to a run with other settings ({', '.join(diff)}); "
+                "resume with the same arguments, or use a new --lake and --models-dir"
+            )
+        return True, _saved_epochs(models_dir)
+    lake_has_run = (lake_path / "cld_lake.json").exists() and any(
+        cld_lake.open_lake(lake_path).has_split(s) for s in ("train", "val")
+    )
+    if lake_has_run:
+        raise BadInputError(
+            f"--lake {lake_path} already holds train/val recordings but {models_dir} has no run to "
+            "resume; use a new lake, or pass the --models-dir of the run that wrote it"
+        )
+    return False, []
+
+
+def train_proxy(cfg: ProxyConfig) -> ProxyResult:
+    """Run (or resume) a proxy training with recording. See the module docstring."""
+    started = time.perf_counter()
+    check_config(cfg)
+    recipe = cfg.recipe()
+    device = resolve_device(cfg.device)
+    models_dir = cfg.resolved_models_dir()
+    resuming, saved = _prepare_dirs(cfg, models_dir)
+    run = prepare(cfg)
+    data = run.data
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(recipe.model, data.num_classes, data.input_shape).to(device)
+    check_model_output(model, data.train[0][0], data.num_classes, device)
+    opt, sched = make_optimizer(recipe, model)
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (models_dir / CONFIG_FILE).write_text(
+            json.dumps(cfg.identity(), indent=2, sort_keys=True) + "\n"
+        )
+    channels = {"loss": "float32", "correct": "bool", "margin": cfg.margin_dtype}
+    lake = cld_lake.Lake.create(cfg.lake, num_classes=data.num_classes)
+    _declare_or_check(lake, run, channels)
+
+    train_eval = Subset(WithIndex(Relabeled(data.train, run.noisy_labels)), run.train_ids.tolist())
+    val_eval = Subset(WithIndex(data.train), run.val_ids.tolist())
+    train_fit = Subset(Relabeled(data.train_aug, run.noisy_labels), run.train_ids.tolist())
+    targets = {
+        "train": train_eval,
+        "val": val_eval,
+        **({"test": WithIndex(data.test)} if cfg.record_test else {}),
+    }
+    recorders = {
+        s: LossRecorder(cfg.lake, s, data.num_classes, margin_dtype=cfg.margin_dtype)
+        for s in targets
+    }
+    to_record = record_epochs(recipe.epochs, cfg.record_every)
+
+    last = saved[-1] if saved else None
+    committed = {s: set(lake.split(s).checkpoint_ids.tolist()) for s in targets}
+    ahead = sorted(c for s in targets for c in committed[s] if last is None or c > last)
+    if ahead:
+        raise BadInputError(
+            f"--lake {cfg.lake} holds checkpoint(s) {ahead[:5]} beyond the last model checkpoint "
+            f"in {models_dir}; use a new lake and models dir"
+        )
+    if last is not None:
+        state = torch.load(
+            _checkpoint_path(models_dir, last), map_location=device, weights_only=False
+        )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+
+    history: list[dict[str, Any]] = []
+    test_loader = make_loader(data.test, cfg.record_batch_size, shuffle=False, workers=cfg.workers)
+    with progress_bar(cfg.progress) as bar:
+        if last is not None:
+            bar.log(f"resuming {cfg.lake} from model checkpoint epoch {last} ({models_dir})")
+        train_task = bar.task("proxy training (epochs)", recipe.epochs)
+        record_task = bar.task("recording (checkpoints)", len(to_record))
+        done_records = sum(1 for e in to_record if last is not None and e <= last)
+        bar.advance(train_task, 0 if last is None else last)
+        bar.advance(record_task, done_records)
+
+        def record(epoch: int) -> dict[str, Any]:
+            row: dict[str, Any] = {"epoch": epoch}
+            for split, dataset in targets.items():
+                if epoch in committed[split]:
+                    continue
+                loader = make_loader(
+                    dataset, cfg.record_batch_size, shuffle=False, workers=cfg.workers
+                )
+                summary = recorders[split].record(model, loader, checkpoint=epoch, epoch=epoch)
+                committed[split].add(epoch)
+                row[f"{split}_loss"], row[f"{split}_acc"] = summary.mean_loss, summary.accuracy
+                fault_point(f"after_{split}_commit", epoch)
+            bar.advance(record_task, 1)
+            bar.info(record_task, _fmt_row(row))
+            return row
+
+        def save(epoch: int) -> None:
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+            }
+            atomic_torch_save(state, _checkpoint_path(models_dir, epoch))
+            for old in _saved_epochs(models_dir)[: -cfg.keep_checkpoints]:
+                _checkpoint_path(models_dir, old).unlink(missing_ok=True)
+            fault_point("after_save", epoch)
+
+        if last is None:
+            save(0)
+            last = 0
+        if last in to_record and any(last not in committed[s] for s in targets):
+            history.append(record(last))
+        for epoch in range(last + 1, recipe.epochs + 1):
+            gen = seed_epoch(cfg.seed, epoch)
+            fit_loader = make_loader(
+                train_fit, recipe.batch_size, shuffle=True, generator=gen, workers=cfg.workers
+            )
+            fault_point("mid_epoch", epoch)
+            train_loss = train_epoch(model, fit_loader, opt, device)
+            sched.step()
+            save(epoch)
+            bar.advance(train_task, 1)
+            bar.info(train_task, f"epoch {epoch} train loss {train_loss:.3f}")
+            if epoch in to_record:
+                history.append({"train_fit_loss": train_loss, **record(epoch)})
+        acc = test_accuracy(model, test_loader, device)
+
+    result = ProxyResult(
+        lake=Path(cfg.lake),
+        models_dir=models_dir,
+        epochs=recipe.epochs,
+        resumed_from=saved[-1] if saved else None,
+        test_accuracy=acc,
+        history=history,
+        wall_seconds=time.perf_counter() - started,
+    )
+    (models_dir / RESULT_FILE).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    return result
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    parts = [f"ckpt {row['epoch']}"]
+    for split in ("train", "val"):
+        if f"{split}_acc" in row:
+            parts.append(f"{split} acc {row[f'{split}_acc']:.3f}")
+    return " ".join(parts)
+
+
+def _jsonable(result: ProxyResult) -> dict[str, Any]:
+    out = dataclasses.asdict(result)
+    out["lake"], out["models_dir"] = str(result.lake), str(result.models_dir)
+    return out
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.train_proxy",
+        description="Train a proxy model and record train/val loss trajectories into a lake (resumable).",
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--lake", required=True, type=Path, help="lake directory (created if missing)")
+    p.add_argument(
+        "--root", type=Path, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
+    )
+    p.add_argument("--models-dir", type=Path, help="model checkpoints (default: LAKE with .models)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="per-class held-out validation fraction"
+    )
+    p.add_argument(
+        "--noise", type=float, default=0.0, help="symmetric label noise fraction of train"
+    )
+    p.add_argument("--noise-seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="model init, holdout split and epoch shuffles"
+    )
+    p.add_argument("--model", choices=MODELS, help="default: the dataset's recipe")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=("sgd", "adam"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument(
+        "--milestones", type=_int_list, help="epochs where lr is multiplied by 0.1, e.g. 81,121"
+    )
+    p.add_argument(
+        "--record-every", type=int, default=1, help="record every k-th epoch (0 and last always)"
+    )
+    p.add_argument("--record-batch-size", type=int, default=512)
+    p.add_argument("--record-test", action="store_true", help="also record the test split")
+    p.add_argument("--margin-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="model checkpoints kept on disk")
+    p.add_argument("--num-samples", type=int, help="mnist1d: samples to generate (80%% train)")
+    p.add_argument("--image-size", type=int, help="imagefolder: crop size (default 224)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.epilog = "Recipes: " + "; ".join(f"{k}: {v}" for k, v in RECIPES.items())
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ProxyConfig(
+        dataset=args.dataset,
+        lake=args.lake,
+        root=args.root,
+        models_dir=args.models_dir,
+        val_fraction=args.val_fraction,
+        noise=args.noise,
+        noise_seed=args.noise_seed,
+        seed=args.seed,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        milestones=args.milestones,
+        record_every=args.record_every,
+        record_batch_size=args.record_batch_size,
+        record_test=args.record_test,
+        margin_dtype=args.margin_dtype,
+        keep_checkpoints=args.keep_checkpoints,
+        num_samples=args.num_samples,
+        image_size=args.image_size,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    result = train_proxy(cfg)
+    print(f"lake:        {result.lake}")
+    print(f"models:      {result.models_dir}")
+    print(f"test acc:    {result.test_accuracy:.4f} (final epoch {result.epochs})")
+    print(f"wall time:   {result.wall_seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, prog="train_proxy")
