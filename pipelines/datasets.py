@@ -163,14 +163,31 @@ def _mnist1d(root: str | os.PathLike[str] | None, num_samples: int) -> DataBundl
 
 
 def _digits() -> DataBundle:
+    data, target = _digits_arrays()
+    order = np.random.default_rng(0).permutation(len(target))
+    cut = int(0.8 * len(order))
+    x = (data / 16.0).astype(np.float32)
+    tr, te = order[:cut], order[cut:]
+    return _tensor_bundle("digits", x[tr], target[tr], x[te], target[te], 10)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled ``digits.csv.gz``, read directly: importing sklearn (and scipy)
+    would cost seconds per process; ``load_digits`` is the fallback."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        path = (
+            Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        )
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.target))
-    cut = int(0.8 * len(order))
-    x = (d.data / 16.0).astype(np.float32)
-    tr, te = order[:cut], order[cut:]
-    return _tensor_bundle("digits", x[tr], d.target[tr], x[te], d.target[te], 10)
+    return d.data, d.target.astype(np.int64)
 
 
 def _local_cifar_class(name: str) -> Any:
