@@ -18,7 +18,7 @@ from cld_lake.lake.inspect import verify_lake
 from tests._fault_writer import values
 from tests.conftest import REPO, run_cli_subprocess
 
-N = 400_000
+N = 200_000
 
 
 def start_writer(lake, total, split="train", n=N):
