@@ -18,7 +18,9 @@ differences ``d_t = l_{t+1} - l_t``, shifted by the row's first difference
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +33,7 @@ FALLBACKS = (None, "global")
 # u_c counts as constant when its spread is within float64 rounding of the class means.
 U_CONSTANT_RTOL = 1e-12
 # Rows per inner step of the NumPy kernel: keeps the float64 temporaries cache-sized.
-KERNEL_ROWS = 4096
+KERNEL_ROWS = 1024
 
 Progress = Callable[[int], None]
 
@@ -202,20 +204,75 @@ def build_reference(
 
 
 # --- the three sums (NumPy kernel; numpy and dask engines) ----------------------------------
-def row_sums(loss: np.ndarray, labels: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses."""
+class _Buffers(threading.local):
+    """Per-thread scratch arrays of the kernel, laid out checkpoint-major (K x rows) so every
+    operation runs over long contiguous rows of cache-sized arrays."""
+
+    def get(self, k: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        current = getattr(self, "arrays", None)
+        if current is None or current[0].shape != (k, rows):
+            current = (np.empty((k, rows)), np.empty((k - 1, rows)), np.empty((k - 1, rows)))
+            self.arrays = current
+        return current
+
+
+_buffers = _Buffers()
+
+
+def _row_sums_into(
+    loss: np.ndarray, labels: np.ndarray, u_t: np.ndarray, out: tuple[np.ndarray, ...]
+) -> None:
+    """The kernel on at most ``KERNEL_ROWS`` rows: ``out = (A, B, Q)``."""
+    m = loss.shape[0]
+    if m == 1:  # reductions over one column take another summation order: keep >= 2 columns
+        pair = tuple(np.empty(2) for _ in range(3))
+        _row_sums_into(np.repeat(loss, 2, axis=0), np.repeat(labels, 2), u_t, pair)
+        for dst, src in zip(out, pair, strict=True):
+            dst[:] = src[:1]
+        return
+    lt, e, g = (x[:, :m] for x in _buffers.get(loss.shape[1], KERNEL_ROWS))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as intended
+        np.copyto(lt, loss.T)  # widen to float64 (exact)
+        np.subtract(lt[1:], lt[:-1], out=e)  # d_t
+        e -= e[0].copy()  # e_t = d_t - d_0
+        np.take(u_t, labels, axis=1, out=g)  # u'_{y, t}
+        np.einsum("ij,ij->j", e, g, out=out[0])
+        e.sum(axis=0, out=out[1])
+        np.einsum("ij,ij->j", e, e, out=out[2])
+
+
+def row_sums(
+    loss: np.ndarray, labels: np.ndarray, u: np.ndarray, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses.
+
+    ``u`` is the (C, K-1) reference table. The work runs in cache-sized pieces of
+    ``KERNEL_ROWS`` rows, on ``threads`` threads (NumPy releases the GIL).
+    """
     n_rows = loss.shape[0]
-    out = [np.empty(n_rows, dtype=np.float64) for _ in range(3)]
-    for a in range(0, n_rows, KERNEL_ROWS):
-        b = min(a + KERNEL_ROWS, n_rows)
-        rows = loss[a:b]
-        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as intended
-            e = np.subtract(rows[:, 1:], rows[:, :-1], dtype=np.float64)
-            e -= e[:, :1].copy()
-            out[0][a:b] = np.einsum("ij,ij->i", e, u[labels[a:b]])
-            out[1][a:b] = e.sum(axis=1)
-            out[2][a:b] = np.einsum("ij,ij->i", e, e)
-    return tuple(out)
+    out = tuple(np.empty(n_rows, dtype=np.float64) for _ in range(3))
+    u_t = np.ascontiguousarray(u.T)
+    pieces = [(a, min(a + KERNEL_ROWS, n_rows)) for a in range(0, n_rows, KERNEL_ROWS)]
+
+    def run(piece: tuple[int, int]) -> None:
+        a, b = piece
+        _row_sums_into(loss[a:b], labels[a:b], u_t, tuple(x[a:b] for x in out))
+
+    if threads > 1 and len(pieces) > 1:
+        list(_pool(threads).map(run, pieces))
+    else:
+        for piece in pieces:
+            run(piece)
+    return out
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cld-kernel")
+    return _pools[threads]
 
 
 def sums_over_blocks(
@@ -225,6 +282,7 @@ def sums_over_blocks(
     start: int = 0,
     stop: int | None = None,
     progress: Progress | None = None,
+    threads: int = 1,
 ) -> Sums:
     """Run :func:`row_sums` over rows ``[start, stop)`` of ``split`` block by block."""
     stop = split.num_samples if stop is None else stop
@@ -233,7 +291,7 @@ def sums_over_blocks(
         block_rows=block_rows, checkpoints=reference.checkpoints, start=start, stop=stop
     )
     for block in blocks:
-        sums.put(block.start - start, *row_sums(block.loss, block.labels, reference.u))
+        sums.put(block.start - start, *row_sums(block.loss, block.labels, reference.u, threads))
         if progress is not None:
             progress(len(block))
     return sums

@@ -6,6 +6,8 @@ reading and arithmetic overlap; memory is one block plus a few cache-sized tempo
 
 from __future__ import annotations
 
+import os
+
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Progress, Reference, Sums, sums_over_blocks
 
@@ -16,6 +18,11 @@ def compute(
     *,
     block_rows: int | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> Sums:
-    """The three sums for every row of ``split``, block by block."""
-    return sums_over_blocks(split, reference, block_rows=block_rows, progress=progress)
+    """The three sums for every row of ``split``, block by block, on ``threads`` threads
+    (default: the CPU count, at most 4)."""
+    threads = threads or min(os.cpu_count() or 1, 4)
+    return sums_over_blocks(
+        split, reference, block_rows=block_rows, progress=progress, threads=threads
+    )

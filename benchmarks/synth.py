@@ -1,0 +1,141 @@
+"""Seeded synthetic loss trajectories, written straight into a lake in row blocks.
+
+ImageNet-like by default: 1.28M train and 12.8K val samples (1%, class balanced), 1000
+classes, 90 checkpoints (epochs). Curves decay from about ln(C) towards a per-sample floor at a
+per-sample rate, with drops at the learning-rate steps (epochs 30 and 60) and multiplicative
+noise; a share of samples is never learned (loss stays high and noisy); class difficulty
+scales the floor. Rows are generated in fixed blocks of ``GEN_ROWS`` from
+``SeedSequence([seed, split, block])``, so the data do not depend on how the writer reads
+them, and memory stays at one block.
+
+    python -m benchmarks.synth LAKE [--train 1280000] [--val 12800] [--checkpoints 90]
+                                    [--classes 1000] [--seed 0] [--non-learned 0.15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cld_lake.lake import Lake
+
+GEN_ROWS = 65536
+SPLIT_CODES = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    train: int = 1_280_000
+    val: int = 12_800
+    checkpoints: int = 90
+    classes: int = 1000
+    seed: int = 0
+    non_learned: float = 0.15
+    dtype: str = "float32"
+
+
+def labels_for(config: SynthConfig, split: str) -> np.ndarray:
+    """Train: uniform random classes; val: class balanced (``val / classes`` per class)."""
+    rng = np.random.default_rng([config.seed, SPLIT_CODES[split], 2**31])
+    if split == "val":
+        return rng.permutation(np.arange(config.val) % config.classes).astype(np.int64)
+    return rng.integers(0, config.classes, config.train).astype(np.int64)
+
+
+def class_difficulty(config: SynthConfig) -> np.ndarray:
+    rng = np.random.default_rng([config.seed, 2**32 - 1])
+    return rng.uniform(0.4, 1.6, config.classes)
+
+
+def generate_block(config: SynthConfig, split: str, block: int, labels: np.ndarray) -> np.ndarray:
+    """Losses (rows x checkpoints, float64) of rows ``[block * GEN_ROWS, ...)``."""
+    rng = np.random.default_rng([config.seed, SPLIT_CODES[split], block])
+    n, t = len(labels), config.checkpoints
+    epochs = np.arange(t, dtype=np.float64)
+    start = np.log(config.classes) * rng.uniform(0.9, 1.1, (n, 1))
+    floor = class_difficulty(config)[labels][:, None] * rng.gamma(2.0, 0.15, (n, 1))
+    rate = rng.uniform(0.02, 0.12, (n, 1))
+    # learning-rate steps of the ImageNet schedule pull the loss down further
+    steps = sum(np.clip(epochs - s, 0, None) > 0 for s in (t / 3, 2 * t / 3)).astype(np.float64)
+    level = floor * (1.0 - 0.25 * steps[None, :] / 2)
+    loss = level + (start - level) * np.exp(-rate * epochs)
+    hard = rng.random(n) < config.non_learned
+    loss[hard] = start[hard] * (0.85 + 0.15 * np.exp(-0.01 * epochs))[None, :]
+    noise = np.where(hard[:, None], 0.15, 0.05)
+    loss *= np.exp(noise * rng.standard_normal((n, t)))
+    return loss
+
+
+class _RowSource:
+    """``read_rows(a, b)`` for SplitWriter.append_columns, generating fixed blocks on demand."""
+
+    def __init__(self, config: SynthConfig, split: str, labels: np.ndarray) -> None:
+        self.config, self.split, self.labels = config, split, labels
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _block(self, index: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != index:
+            rows = self.labels[index * GEN_ROWS : (index + 1) * GEN_ROWS]
+            self._cached = (index, generate_block(self.config, self.split, index, rows))
+        return self._cached[1]
+
+    def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
+        parts = []
+        for index in range(a // GEN_ROWS, (b - 1) // GEN_ROWS + 1):
+            lo = max(a, index * GEN_ROWS) - index * GEN_ROWS
+            hi = min(b, (index + 1) * GEN_ROWS) - index * GEN_ROWS
+            parts.append(self._block(index)[lo:hi])
+        return {"loss": np.concatenate(parts).astype(self.config.dtype)}
+
+
+def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) -> Lake:
+    """Write train and val splits of ``config`` into a new lake at ``path``."""
+    config = config or SynthConfig()
+    lake = Lake.create(path, num_classes=config.classes)
+    for split, rows in (("train", config.train), ("val", config.val)):
+        labels = labels_for(config, split)
+        with lake.writer(split) as writer:
+            writer.append_columns(
+                list(range(config.checkpoints)),
+                _RowSource(config, split, labels),
+                num_rows=rows,
+                channels={"loss": config.dtype},
+                new_samples=(np.arange(rows, dtype=np.int64), labels),
+            )
+    return lake.reload()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lake")
+    defaults = SynthConfig()
+    parser.add_argument("--train", type=int, default=defaults.train)
+    parser.add_argument("--val", type=int, default=defaults.val)
+    parser.add_argument("--checkpoints", type=int, default=defaults.checkpoints)
+    parser.add_argument("--classes", type=int, default=defaults.classes)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--non-learned", type=float, default=defaults.non_learned)
+    parser.add_argument(
+        "--dtype", default=defaults.dtype, choices=["float32", "float16", "float64"]
+    )
+    args = parser.parse_args(argv)
+    config = SynthConfig(
+        args.train,
+        args.val,
+        args.checkpoints,
+        args.classes,
+        args.seed,
+        args.non_learned,
+        args.dtype,
+    )
+    started = time.perf_counter()
+    lake = synth_lake(args.lake, config)
+    print(f"wrote {lake.path}: {config} in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
