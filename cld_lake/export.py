@@ -119,7 +119,7 @@ def export_trajectories(
     if layout not in LAYOUTS:
         raise BadInputError(f"--layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     sp = lake.split(split)
-    channels = list(sp.channels) if channels is None else list(channels)
+    channels = [c for c in fmt.CHANNELS if c in sp.channels] if channels is None else list(channels)
     for c in channels:
         if c not in sp.channels:
             raise BadInputError(f"--channels {c}: split {split!r} stores {', '.join(sp.channels)}")

@@ -191,6 +191,8 @@ class LossSource(_ScanBase):  # type: ignore[misc,valid-type]
         self.split = split
         self.block_rows = int(block_rows or split.row_chunk)
         self.stats = stats if stats is not None else ScanStats()
+        known = [c for c in fmt.CHANNELS if c in split.channels]
+        self.channel_order = known + [c for c in split.channels if c not in known]  # loss first
 
     # Arrow interface -------------------------------------------------------------------
     @property
@@ -198,8 +200,10 @@ class LossSource(_ScanBase):  # type: ignore[misc,valid-type]
         import pyarrow as pa
 
         fields = [pa.field(c, pa.int64(), nullable=False) for c in ID_COLUMNS]
-        for channel, dtype in self.split.channels.items():
-            fields.append(pa.field(channel, getattr(pa, _ARROW_TYPES[dtype])()))
+        for channel in self.channel_order:
+            fields.append(
+                pa.field(channel, getattr(pa, _ARROW_TYPES[self.split.channels[channel]])())
+            )
         return pa.schema(fields)
 
     def __arrow_c_schema__(self) -> Any:
