@@ -88,7 +88,12 @@ def target_size(n: int, fraction: float | None, count: int | None) -> int:
 
 def class_quotas(labels: np.ndarray, total: int, balance: str) -> dict[int, int]:
     """Rows per class for ``total`` rows under ``balance`` (``proportional`` or ``equal``)."""
-    classes, sizes = np.unique(labels, return_counts=True)
+    classes, _, sizes = _class_index(np.asarray(labels, dtype=np.int64))
+    quota = _quotas(sizes, classes, total, balance)
+    return {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
+
+
+def _quotas(sizes: np.ndarray, classes: np.ndarray, total: int, balance: str) -> np.ndarray:
     n = int(sizes.sum())
     if balance == "proportional":
         exact = total * sizes.astype(np.int64)
@@ -96,12 +101,27 @@ def class_quotas(labels: np.ndarray, total: int, balance: str) -> dict[int, int]
         extra = total - int(quota.sum())
         order = np.lexsort((classes, -remainder))  # largest remainder first, then smaller label
         quota[order[:extra]] += 1
-    elif balance == "equal":
+        return quota
+    if balance == "equal":
         quota = np.full(len(classes), total // len(classes), dtype=np.int64)
         quota[: total % len(classes)] += 1
-    else:
-        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
-    return {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
+        return quota
+    raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+
+
+def _class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classes present (ascending), each row's class position, and class sizes.
+
+    Labels are class indices 0..C-1, so a bincount and a lookup table replace sorting.
+    """
+    if len(labels) and labels.min() >= 0 and labels.max() <= 4 * len(labels) + 1024:
+        counts = np.bincount(labels)
+        classes = np.flatnonzero(counts)
+        lookup = np.zeros(len(counts), dtype=np.int64)
+        lookup[classes] = np.arange(len(classes))
+        return classes, lookup[labels], counts[classes]
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    return classes, inverse.reshape(-1), sizes
 
 
 def select_rows(
@@ -147,17 +167,16 @@ def select_rows(
         quotas = {}
         shortfall = {-1: total - take} if take < total else {}
     else:
-        quotas = class_quotas(labels, total, balance)
+        classes, index, sizes = _class_index(labels)
+        quota = _quotas(sizes, classes, total, balance)
+        quotas = {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
         order = np.lexsort((ids, key, blocked, labels))
-        sorted_labels = labels[order]
-        classes = np.array(sorted(quotas), dtype=np.int64)
-        starts = np.searchsorted(sorted_labels, classes)
-        position = np.arange(n) - starts[np.searchsorted(classes, sorted_labels)]
-        available = np.bincount(np.searchsorted(classes, labels[ok]), minlength=len(classes))
-        quota = np.array([quotas[int(c)] for c in classes], dtype=np.int64)
+        sorted_index = index[order]
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        position = np.arange(n) - starts[sorted_index]
+        available = np.bincount(index[ok], minlength=len(classes))
         take = np.minimum(quota, available)
-        keep = position < take[np.searchsorted(classes, sorted_labels)]
-        rows = order[keep]
+        rows = order[position < take[sorted_index]]
         short = quota - take
         shortfall = {int(c): int(s) for c, s in zip(classes, short, strict=True) if s > 0}
     ranks = _ranks_within_class(labels[rows])

@@ -1,0 +1,135 @@
+"""Benchmark: class-balanced selection of 10% of a 1.28M-sample, 1000-class score table.
+
+Plain script (not part of the test suite). Builds a benchmark lake whose ``scores.parquet``
+is synthetic (seeded; 0.1% NaN scores, many ties), then runs the selection in fresh
+subprocesses and prints a table of medians: the ``cld_lake.select`` call alone, the whole
+``cld-lake select`` command, and each one's peak RSS.
+
+    .venv/bin/python benchmarks/bench_select.py [--samples 1281167] [--classes 1000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CALL = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import cld_lake
+t1 = time.perf_counter()
+m = cld_lake.select(sys.argv[1], "cld", fraction=float(sys.argv[3]), balance=sys.argv[4], out=sys.argv[2])
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "select_s": t2 - t1, "rows": len(m),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def build_lake(path: Path, n: int, classes: int, seed: int = 0) -> None:
+    """A lake holding only a synthetic scores table (what selection reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cld_lake.lake import Lake
+
+    Lake.create(path, num_classes=classes)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    scores = np.round(rng.uniform(-1, 1, n), 4)  # rounded: many exact ties
+    scores[rng.choice(n, n // 1000, replace=False)] = np.nan
+    table = pa.table(
+        {"sample_id": np.arange(n, dtype=np.int64), "label": labels.astype(np.int64), "cld": scores}
+    )
+    prov = {
+        "scores": {"cld": {"method": "cld", "engine": "synthetic", "checkpoints": "0..89 (90)"}}
+    }
+    pq.write_table(
+        table.replace_schema_metadata({"cld_lake": json.dumps(prov)}), path / "scores.parquet"
+    )
+
+
+def run_call(lake: Path, out: Path, fraction: float, balance: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CALL, str(lake), str(out), str(fraction), balance],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def run_cli(lake: Path, out: Path, fraction: float, balance: str) -> tuple[float, float]:
+    """Wall time and peak RSS (MB, from /usr/bin/time -f %M) of the whole command."""
+    cli = Path(sys.executable).with_name("cld-lake")
+    cmd = [
+        str(cli),
+        "select",
+        str(lake),
+        "--score",
+        "cld",
+        "--fraction",
+        str(fraction),
+        "--balance",
+        balance,
+        "--out",
+        str(out),
+    ]
+    timer = Path("/usr/bin/time")
+    prefix = [str(timer), "-f", "%M"] if timer.exists() else []
+    t0 = time.perf_counter()
+    proc = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    rss = float(proc.stderr.strip().splitlines()[-1]) / 1024 if prefix else float("nan")
+    return wall, rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1_281_167)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-select-") as tmp:
+        lake = Path(tmp) / "lake"
+        t0 = time.perf_counter()
+        build_lake(lake, args.samples, args.classes)
+        print(
+            f"built a score table of {args.samples:,} samples x {args.classes} classes in {time.perf_counter() - t0:.1f} s"
+        )
+        print()
+        header = f"{'balance':<13} {'rows':>9} {'select() s':>11} {'py RSS MB':>10} {'CLI wall s':>11} {'CLI RSS MB':>11}"
+        print(header)
+        print("-" * len(header))
+        for balance in ("proportional", "equal", "none"):
+            calls = [
+                run_call(lake, Path(tmp) / "m.parquet", args.fraction, balance)
+                for _ in range(args.runs)
+            ]
+            clis = [
+                run_cli(lake, Path(tmp) / "c.parquet", args.fraction, balance)
+                for _ in range(args.runs)
+            ]
+            med = statistics.median
+            print(
+                f"{balance:<13} {calls[0]['rows']:>9,} {med(c['select_s'] for c in calls):>11.3f} "
+                f"{med(c['peak_rss_mb'] for c in calls):>10.0f} {med(w for w, _ in clis):>11.3f} {med(r for _, r in clis):>11.0f}"
+            )
+        print()
+        print(
+            f"medians of {args.runs} runs, each in a fresh subprocess; select() = the cld_lake.select call "
+            "(read scores.parquet, rank, write the manifest); CLI = the whole `cld-lake select` process "
+            "(interpreter start and imports included); RSS = peak resident set of that process."
+        )
+
+
+if __name__ == "__main__":
+    main()
