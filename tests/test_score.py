@@ -260,3 +260,38 @@ def test_import_cld_lake_stays_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_store_streams_in_batches_across_row_groups(lake, monkeypatch):
+    """Tiny store batches: the copied columns and the new one stay aligned row by row."""
+    from cld_lake.score import _store
+
+    monkeypatch.setattr(_store, "BATCH_ROWS", 7)
+    first = cld_lake.score(lake, name="a")
+    second = cld_lake.score(lake, checkpoints="::2", name="b")
+    monkeypatch.setattr(_store, "BATCH_ROWS", 11)  # old file has row groups of 7
+    third = cld_lake.score(lake, checkpoints="1:", name="a")
+    table = pq.read_table(lake.path / "scores.parquet")
+    assert table.column_names == ["sample_id", "label", "a", "b"]
+    np.testing.assert_array_equal(table.column("b").to_numpy(), second["score"].to_numpy())
+    np.testing.assert_array_equal(table.column("a").to_numpy(), third["score"].to_numpy())
+    assert not np.array_equal(first["score"].to_numpy(), third["score"].to_numpy(), equal_nan=True)
+    np.testing.assert_array_equal(
+        table.column("sample_id").to_numpy(), lake.split("train").sample_ids
+    )
+
+
+def test_scores_follow_sample_ids_when_the_train_rows_change(tmp_path, spec):
+    """A scores table written for another row order is re-aligned by sample_id."""
+    import pyarrow as pa
+
+    lake = write_lake(tmp_path / "lake", spec)
+    ids = lake.split("train").sample_ids
+    old = pa.table(
+        {"sample_id": ids[::-1], "label": lake.split("train").labels[::-1], "old": ids[::-1] * 1.0}
+    )
+    pq.write_table(old, lake.path / "scores.parquet")
+    cld_lake.score(lake)
+    table = pq.read_table(lake.path / "scores.parquet")
+    np.testing.assert_array_equal(table.column("sample_id").to_numpy(), ids)
+    np.testing.assert_array_equal(table.column("old").to_numpy(), ids * 1.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,10 @@ from cld_lake.errors import ScoringError
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._formula import (
     MIN_CHECKPOINTS,
+    Chunk,
     Reference,
-    Sums,
     build_reference,
-    finalise,
+    finalise_chunks,
     plan_checkpoints,
 )
 from cld_lake.score._store import check_score_name, store_score
@@ -58,7 +58,7 @@ class ScoreResult:
         )
 
 
-def _engine(name: str) -> Callable[..., Sums]:
+def _engine(name: str) -> Callable[..., Iterator[Chunk]]:
     if name not in ENGINES:
         raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
     from importlib import import_module
@@ -119,10 +119,10 @@ def compute_cld(
     reference: Reference = build_reference(
         train.labels, val, ckpts, _num_classes(lake, train, val), fallback, block_rows
     )
-    sums = compute(
+    chunks = compute(
         train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
     )
-    scores, counts = finalise(sums, train.labels, reference)
+    scores, counts = finalise_chunks(chunks, train.num_samples, reference)
     from cld_lake import __version__
     from cld_lake.lake._format import now_iso
 

@@ -9,11 +9,14 @@ for the run. Dask is optional: install it with ``pip install 'cld-lake[dask]'``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from cld_lake.errors import CldLakeError
 from cld_lake.lake.store import Lake, Split
-from cld_lake.score._formula import Progress, Reference, Sums, sums_over_blocks
+from cld_lake.score._formula import Chunk, Progress, Reference, Sums, sums_over_blocks
 
 TASKS_PER_WORKER = 4
 
@@ -51,8 +54,9 @@ def _task(
     block_rows: int | None,
 ):
     split = Lake(lake_path).split(split_name)
-    sums = sums_over_blocks(split, reference, block_rows=block_rows, start=start, stop=stop)
-    return start, sums.a, sums.b, sums.q
+    chunks = list(sums_over_blocks(split, reference, block_rows=block_rows, start=start, stop=stop))
+    joined = [np.concatenate([getattr(c.sums, x) for c in chunks]) for x in ("a", "b", "q")]
+    return start, *joined
 
 
 def compute(
@@ -62,7 +66,7 @@ def compute(
     block_rows: int | None = None,
     progress: Progress | None = None,
     n_workers: int | None = None,
-) -> Sums:
+) -> Iterator[Chunk]:
     """The three sums for every row of ``split``, computed by Dask workers."""
     distributed = _distributed()
     try:
@@ -86,14 +90,13 @@ def compute(
             )
             for a, b in ranges
         ]
-        sums = Sums.empty(split.num_samples)
         for future in distributed.as_completed(futures, loop=client.loop):
             start, a, b, q = future.result()
-            sums.put(start, a, b, q)
+            rows = slice(start, start + len(a))
+            yield Chunk(rows, split.labels[rows], Sums(a, b, q))
             if progress is not None:
                 progress(len(a))
             future.release()
-        return sums
     finally:
         if own is not None:
             own[0].close()

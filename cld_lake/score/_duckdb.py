@@ -4,7 +4,7 @@ DuckDB pulls ``(r, label, l0..l{K-1})`` batches from the lake's block iterator t
 C stream (nothing is exported or materialised), joins the small per-class table
 ``(label, u0..u{n-1})`` and computes, per row, the sufficient statistics in wide form
 (``sum e_t u'_t``, ``sum e_t``, ``sum e_t^2``) with no GROUP BY. Results stream back in batches
-and are scattered into place by ``r``. ``memory_limit`` and ``temp_directory`` are set
+(with ``r``) and are finalised as they arrive. ``memory_limit`` and ``temp_directory`` are set
 explicitly.
 """
 
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Progress, Reference, Sums
+from cld_lake.score._formula import Chunk, Progress, Reference, Sums
 from cld_lake.score._wide import arrow_schema, record_batches, reference_table
 
 RESULT_BATCH_ROWS = 1 << 17
@@ -34,7 +35,7 @@ def sums_sql(k: int, source: str = "trajectories", ref: str = "reference") -> st
     # e0 = 0 exactly, so the t = 0 terms are left out.
     return (
         f"WITH e AS (SELECT r, label, {', '.join(es)} FROM {source}) "
-        f"SELECT r, {a} AS a, {b} AS b, {q} AS q FROM e JOIN {ref} USING (label)"
+        f"SELECT r, label, {a} AS a, {b} AS b, {q} AS q FROM e JOIN {ref} USING (label)"
     )
 
 
@@ -46,13 +47,12 @@ def compute(
     progress: Progress | None = None,
     memory_limit: str = "1GB",
     threads: int | None = None,
-) -> Sums:
+) -> Iterator[Chunk]:
     """The three sums for every row of ``split`` computed by DuckDB."""
     import duckdb
     import pyarrow as pa
 
     k = len(reference.checkpoints)
-    sums = Sums.empty(split.num_samples)
     temp_dir = tempfile.mkdtemp(prefix="cld-lake-duckdb-")
     config: dict[str, Any] = {"memory_limit": memory_limit, "temp_directory": temp_dir}
     if threads is not None:
@@ -66,9 +66,9 @@ def compute(
         con.register("reference", reference_table(reference))
         result = con.sql(sums_sql(k)).to_arrow_reader(RESULT_BATCH_ROWS)
         for batch in result:
-            cols = [batch.column(i).to_numpy(zero_copy_only=False) for i in range(4)]
-            sums.scatter(cols[0], *(np.asarray(c, dtype=np.float64) for c in cols[1:]))
+            cols = [batch.column(i).to_numpy(zero_copy_only=False) for i in range(5)]
+            a, b, q = (np.asarray(c, dtype=np.float64) for c in cols[2:])
+            yield Chunk(cols[0], cols[1], Sums(a, b, q))
     finally:
         con.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
-    return sums

@@ -19,9 +19,9 @@ differences ``d_t = l_{t+1} - l_t``, shifted by the row's first difference
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,22 +76,20 @@ class Reference:
 
 @dataclass
 class Sums:
-    """The three float64 sums per training row, in the split's row order."""
+    """The three float64 sums of some training rows."""
 
     a: np.ndarray
     b: np.ndarray
     q: np.ndarray
 
-    @classmethod
-    def empty(cls, n: int) -> Sums:
-        return cls(*(np.full(n, np.nan, dtype=np.float64) for _ in range(3)))
 
-    def put(self, start: int, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
-        stop = start + len(a)
-        self.a[start:stop], self.b[start:stop], self.q[start:stop] = a, b, q
+@dataclass
+class Chunk:
+    """What an engine yields: the sums of some rows (a slice or row positions) and their labels."""
 
-    def scatter(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
-        self.a[rows], self.b[rows], self.q[rows] = a, b, q
+    rows: slice | np.ndarray
+    labels: np.ndarray
+    sums: Sums
 
 
 @dataclass
@@ -99,7 +97,12 @@ class Counts:
     nan: int = 0
     degenerate: int = 0
     fallback: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+
+    def __iadd__(self, other: Counts) -> Counts:
+        self.nan += other.nan
+        self.degenerate += other.degenerate
+        self.fallback += other.fallback
+        return self
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -283,18 +286,16 @@ def sums_over_blocks(
     stop: int | None = None,
     progress: Progress | None = None,
     threads: int = 1,
-) -> Sums:
-    """Run :func:`row_sums` over rows ``[start, stop)`` of ``split`` block by block."""
-    stop = split.num_samples if stop is None else stop
-    sums = Sums.empty(stop - start)
-    blocks: Iterable = split.blocks(
+) -> Iterator[Chunk]:
+    """Run :func:`row_sums` over rows ``[start, stop)`` of ``split``, one chunk per block."""
+    blocks = split.blocks(
         block_rows=block_rows, checkpoints=reference.checkpoints, start=start, stop=stop
     )
     for block in blocks:
-        sums.put(block.start - start, *row_sums(block.loss, block.labels, reference.u, threads))
+        a, b, q = row_sums(block.loss, block.labels, reference.u, threads)
+        yield Chunk(slice(block.start, block.start + len(block)), block.labels, Sums(a, b, q))
         if progress is not None:
             progress(len(block))
-    return sums
 
 
 # --- finalisation: the edge cases, once -----------------------------------------------------
@@ -322,3 +323,20 @@ def finalise(sums: Sums, labels: np.ndarray, reference: Reference) -> tuple[np.n
         fallback=int(reference.fallback[labels].sum()),
     )
     return score, counts
+
+
+def finalise_chunks(
+    chunks: Iterable[Chunk], num_rows: int, reference: Reference
+) -> tuple[np.ndarray, Counts]:
+    """Finalise chunks as they arrive: memory is the score column, not the sums."""
+    scores = np.full(num_rows, np.nan, dtype=np.float64)
+    seen = np.zeros(num_rows, dtype=bool)
+    counts = Counts()
+    for chunk in chunks:
+        part, part_counts = finalise(chunk.sums, chunk.labels, reference)
+        scores[chunk.rows] = part
+        seen[chunk.rows] = True
+        counts += part_counts
+    if not seen.all():  # an engine bug, never a user error
+        raise RuntimeError(f"engine returned {int(seen.sum())} of {num_rows} rows")
+    return scores, counts

@@ -7,9 +7,10 @@ reading and arithmetic overlap; memory is one block plus a few cache-sized tempo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Progress, Reference, Sums, sums_over_blocks
+from cld_lake.score._formula import Chunk, Progress, Reference, sums_over_blocks
 
 
 def compute(
@@ -19,10 +20,10 @@ def compute(
     block_rows: int | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
-) -> Sums:
-    """The three sums for every row of ``split``, block by block, on ``threads`` threads
+) -> Iterator[Chunk]:
+    """Chunks of the three sums for every row of ``split``, block by block, on ``threads`` threads
     (default: the CPU count, at most 4)."""
     threads = threads or min(os.cpu_count() or 1, 4)
-    return sums_over_blocks(
+    yield from sums_over_blocks(
         split, reference, block_rows=block_rows, progress=progress, threads=threads
     )

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Progress, Reference, Sums
+from cld_lake.score._formula import Chunk, Progress, Reference, Sums
 from cld_lake.score._wide import column_arrays, loss_columns, reference_table, u_columns
+
+RESULT_BATCH_ROWS = 1 << 17
 
 
 def _source(split: Split, reference: Reference, block_rows: int | None, progress: Progress | None):
@@ -72,7 +74,7 @@ def sums_plan(lazy: Any, reference: Any, k: int) -> Any:
     return (
         lazy.select("r", "label", *e_cols)
         .join(reference, on="label", how="inner")
-        .select("r", a.alias("a"), b.alias("b"), q.alias("q"))
+        .select("r", "label", a.alias("a"), b.alias("b"), q.alias("q"))
     )
 
 
@@ -82,19 +84,15 @@ def compute(
     *,
     block_rows: int | None = None,
     progress: Progress | None = None,
-) -> Sums:
-    """The three sums for every row of ``split`` computed by Polars' streaming engine."""
+) -> Iterator[Chunk]:
+    """Chunks of the three sums for every row of ``split``, from Polars' streaming engine."""
     import polars as pl
 
     k = len(reference.checkpoints)
     ref = pl.from_arrow(reference_table(reference)).lazy()
     plan = sums_plan(_source(split, reference, block_rows, progress), ref, k)
-    result = plan.collect(engine="streaming")
-    sums = Sums.empty(split.num_samples)
-    sums.scatter(
-        result["r"].to_numpy(),
-        result["a"].to_numpy(),
-        result["b"].to_numpy(),
-        result["q"].to_numpy(),
-    )
-    return sums
+    for frame in plan.collect_batches(
+        chunk_size=RESULT_BATCH_ROWS, maintain_order=False, engine="streaming"
+    ):
+        sums = Sums(*(frame[c].to_numpy() for c in ("a", "b", "q")))
+        yield Chunk(frame["r"].to_numpy(), frame["label"].to_numpy(), sums)
