@@ -38,7 +38,8 @@ class Recipe:
 # cifar100/cifar10: the paper's CIFAR-100 recipe (SGD, Nesterov, lr 0.1, momentum 0.9, wd 5e-4,
 # batch 128, 164 epochs, lr x0.1 at epochs 81 and 121). imagefolder: the usual ImageNet one.
 RECIPES: dict[str, Recipe] = {
-    "mnist1d": Recipe("cnn1d", 30, 128, "adam", lr=3e-3, weight_decay=0.0, milestones=(20,)),
+    # mnist1d: the MNIST-1D reference training (Adam, lr 1e-2, batch 100), decayed at 2/3
+    "mnist1d": Recipe("cnn1d", 30, 100, "adam", lr=1e-2, weight_decay=0.0, milestones=(20,)),
     "digits": Recipe("mlp", 30, 64, "adam", lr=3e-3, weight_decay=0.0, milestones=(20,)),
     "cifar10": Recipe("resnet18", 164, 128, milestones=(81, 121)),
     "cifar100": Recipe("resnet18", 164, 128, milestones=(81, 121)),
@@ -249,10 +250,11 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
     )
 
     columns = (
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
+        TextColumn("{task.description:<26}"),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )

@@ -1,0 +1,149 @@
+"""Benchmark: the cost of recording a checkpoint over a bare eval pass of the same model and loader.
+
+For each workload it times, alternately and ``--repeats`` times:
+
+- *bare*: ``model.eval()``, ``torch.no_grad()``, ``model(x)`` for every batch of the loader;
+- *record*: ``LossRecorder.record(model, loader, checkpoint)`` (the same pass, plus per-sample
+  loss / correct / margin kept on the device, one host move, and the atomic commit to the lake);
+- *commit*: the commit alone (host move + lake write), measured after ``update()`` calls.
+
+and prints medians and the overhead ``record / bare - 1``. The target is < 10% for real models.
+
+    python -m benchmarks.bench_record                 # all workloads, 5 repeats
+    python -m benchmarks.bench_record --quick         # fewer samples and repeats
+    python -m benchmarks.bench_record --threads 1 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cld_lake.torch import LossRecorder, WithIndex
+from pipelines.models import build_model
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    samples: int
+    batch_size: int
+
+
+WORKLOADS = (
+    Workload("resnet18 / CIFAR 32x32", "resnet18", (3, 32, 32), 100, 1024, 128),
+    Workload("cnn1d / MNIST-1D", "cnn1d", (1, 40), 10, 20000, 512),
+    Workload("mlp / digits 8x8", "mlp", (64,), 10, 100000, 1024),
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def bench(
+    w: Workload, device: torch.device, repeats: int, scale: float, root: Path
+) -> dict[str, float]:
+    n = max(int(w.samples * scale), w.batch_size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *w.input_shape, generator=g)
+    y = torch.randint(0, w.num_classes, (n,), generator=g)
+    loader = DataLoader(
+        WithIndex(TensorDataset(x, y)), batch_size=w.batch_size, pin_memory=device.type == "cuda"
+    )
+    torch.manual_seed(0)
+    model = build_model(w.model, w.num_classes, w.input_shape).to(device).eval()
+    rec = LossRecorder(root / f"{w.model}.lake", "train", w.num_classes)
+    ckpt = iter(range(10**6))
+
+    def bare() -> None:
+        with torch.no_grad():
+            for xb, _, _ in loader:
+                model(xb.to(device, non_blocking=True))
+
+    def record() -> None:
+        rec.record(model, loader, next(ckpt))
+
+    with torch.no_grad():  # the commit alone: values already added
+        logits = [model(xb.to(device)) for xb, _, _ in loader]
+
+    def commit() -> None:
+        for (_, yb, ib), lb in zip(loader, logits, strict=True):
+            rec.update(ib, lb, yb)
+        _sync(device)
+        t = time.perf_counter()
+        rec.commit(next(ckpt))
+        commit_times.append(time.perf_counter() - t)
+
+    bare()
+    record()  # warm-up (allocator, lazy imports, the split's first commit)
+    bare_t, record_t, commit_times = [], [], []
+    for _ in range(repeats):
+        bare_t.append(_timed(bare, device))
+        record_t.append(_timed(record, device))
+        commit()
+    b, r = statistics.median(bare_t), statistics.median(record_t)
+    return {
+        "samples": n,
+        "bare_s": b,
+        "record_s": r,
+        "overhead_pct": 100.0 * (r / b - 1.0),
+        "commit_ms": 1000 * statistics.median(commit_times),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_record", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a quarter of the samples, 3 repeats")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", help="substring of a workload name")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    repeats, scale = (3, 0.25) if args.quick else (args.repeats, 1.0)
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, medians of {repeats} alternating runs"
+    )
+    head = f"| {'workload':<24} | {'samples':>7} | {'bare pass s':>11} | {'record s':>9} | {'overhead':>8} | {'commit ms':>9} |"
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in WORKLOADS:
+            if args.only and args.only not in w.name:
+                continue
+            r = bench(w, device, repeats, scale, Path(tmp))
+            print(
+                f"| {w.name:<24} | {r['samples']:>7} | {r['bare_s']:>11.3f} | {r['record_s']:>9.3f} | "
+                f"{r['overhead_pct']:>7.1f}% | {r['commit_ms']:>9.1f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
