@@ -180,7 +180,7 @@ def build_reference(
     if fallback not in FALLBACKS:
         raise ScoringError(f"--fallback {fallback!r}: use 'global' or leave it unset")
     sums, counts, left_out = class_sums(val, checkpoints, num_classes, block_rows)
-    train_classes = np.unique(train_labels)
+    train_classes = np.flatnonzero(np.bincount(train_labels, minlength=num_classes))
     missing = train_classes[counts[train_classes] == 0]
     use_global = np.zeros(num_classes, dtype=bool)
     if len(missing) and fallback is None:
