@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -244,14 +245,10 @@ def _row_sums_into(
         np.einsum("ij,ij->j", e, e, out=out[2])
 
 
-def row_sums(
+def _row_sums_numpy(
     loss: np.ndarray, labels: np.ndarray, u: np.ndarray, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses.
-
-    ``u`` is the (C, K-1) reference table. The work runs in cache-sized pieces of
-    ``KERNEL_ROWS`` rows, on ``threads`` threads (NumPy releases the GIL).
-    """
+    """The NumPy kernel: cache-sized pieces of ``KERNEL_ROWS`` rows on ``threads`` threads."""
     n_rows = loss.shape[0]
     out = tuple(np.empty(n_rows, dtype=np.float64) for _ in range(3))
     u_t = np.ascontiguousarray(u.T)
@@ -260,6 +257,64 @@ def row_sums(
     def run(piece: tuple[int, int]) -> None:
         a, b = piece
         _row_sums_into(loss[a:b], labels[a:b], u_t, tuple(x[a:b] for x in out))
+
+    if threads > 1 and len(pieces) > 1:
+        list(_pool(threads).map(run, pieces))
+    else:
+        for piece in pieces:
+            run(piece)
+    return out
+
+
+def _fused_kernel() -> Callable[..., None] | None:
+    """The same sums in one pass per row, compiled with numba (cached on disk after the first
+    compile). None when numba is not installed: the NumPy kernel is used instead."""
+    global _FUSED
+    if _FUSED is None:
+        try:
+            from cld_lake.score._fused import row_sums_fused
+        except ImportError:  # numba missing or unusable on this platform
+            _FUSED = False
+        else:
+            _FUSED = row_sums_fused
+    return _FUSED or None
+
+
+_FUSED: Any = None
+
+
+def row_sums(
+    loss: np.ndarray, labels: np.ndarray, u: np.ndarray, threads: int = 1, kernel: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses.
+
+    ``u`` is the (C, K-1) reference table. ``kernel="auto"`` runs the fused one-pass kernel
+    (numba) when available, else the NumPy kernel; both compute every ``e_t`` with the same
+    float64 operations, so degenerate rows (``Q == 0``) agree exactly. Rows are split over
+    ``threads`` threads (both kernels release the GIL).
+    """
+    fused = _fused_kernel() if kernel in ("auto", "fused") else None
+    if kernel == "fused" and fused is None:
+        raise ScoringError("the fused kernel needs numba: pip install numba")
+    if fused is None:
+        return _row_sums_numpy(loss, labels, u, threads)
+    n_rows = loss.shape[0]
+    # compiled code does no bounds checks: check what it will index, here
+    if loss.ndim != 2 or u.ndim != 2 or u.shape[1] != loss.shape[1] - 1:
+        raise ValueError(f"reference table {u.shape} does not fit loss block {loss.shape}")
+    if n_rows and (labels.min() < 0 or labels.max() >= u.shape[0]):
+        raise ValueError(f"label outside the reference table's {u.shape[0]} classes")
+    out = tuple(np.empty(n_rows, dtype=np.float64) for _ in range(3))
+    u_c = np.ascontiguousarray(u, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    # numba has no float16: widening to float32 is exact, and e_t is computed in float64 anyway
+    loss = np.ascontiguousarray(loss, dtype=np.float32 if loss.dtype == np.float16 else loss.dtype)
+    step = -(-n_rows // max(threads, 1))
+    pieces = [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)] if n_rows else []
+
+    def run(piece: tuple[int, int]) -> None:
+        a, b = piece
+        fused(loss[a:b], labels[a:b], u_c, out[0][a:b], out[1][a:b], out[2][a:b])
 
     if threads > 1 and len(pieces) > 1:
         list(_pool(threads).map(run, pieces))
