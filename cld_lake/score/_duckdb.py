@@ -4,28 +4,83 @@ DuckDB pulls ``(r, label, l0..l{K-1})`` batches from the lake's block iterator t
 C stream (nothing is exported or materialised), joins the small per-class table
 ``(label, u0..u{n-1})`` and computes, per row, the sufficient statistics in wide form
 (``sum e_t u'_t``, ``sum e_t``, ``sum e_t^2``) with no GROUP BY. Results stream back in batches
-(with ``r``) and are finalised as they arrive. ``memory_limit`` and ``temp_directory`` are set
-explicitly.
+(with ``r``) and are finalised as they arrive. ``memory_limit``, ``temp_directory`` and
+``threads`` are set explicitly.
+
+The stream is registered as a scan source that declares its row count: without it DuckDB
+cannot tell the stream from the 1000-row class table and may build the join's hash table on
+the stream, i.e. hold (and spill) every row. With it, the class table is the build side and
+the stream passes through the join one batch at a time.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums
-from cld_lake.score._wide import arrow_schema, record_batches, reference_table
+from cld_lake.score._wide import BATCH_ROWS, arrow_schema, record_batches, reference_table
 
-RESULT_BATCH_ROWS = 1 << 17
+try:  # DuckDB >= 2.0: a scan source that can state its row count
+    from duckdb._sources import ArrowScanSource as _ScanBase
+
+    SCAN_SOURCE = True
+except ImportError:  # pragma: no cover - older DuckDB: a plain stream, join order pinned below
+    _ScanBase = object  # type: ignore[assignment,misc]
+    SCAN_SOURCE = False
+
+RESULT_BATCH_ROWS = 1 << 16
+MEMORY_LIMIT = "512MB"
+
+
+class TrajectorySource(_ScanBase):  # type: ignore[misc,valid-type]
+    """The split's selected losses as a stream of wide Arrow batches, with a known row count."""
+
+    schema_is_stable = True
+
+    def __init__(
+        self,
+        split: Split,
+        reference: Reference,
+        block_rows: int | None = None,
+        progress: Progress | None = None,
+        batch_rows: int = BATCH_ROWS,
+    ) -> None:
+        if SCAN_SOURCE:
+            super().__init__(self)
+        self.split, self.reference = split, reference
+        self.block_rows, self.progress, self.batch_rows = block_rows, progress, batch_rows
+        self.schema = arrow_schema(split, len(reference.checkpoints))
+
+    def rows(self) -> int:
+        return self.split.num_samples
+
+    def reader(self) -> Any:
+        import pyarrow as pa
+
+        batches = record_batches(
+            self.split, self.reference, self.block_rows, self.progress, self.batch_rows
+        )
+        return pa.RecordBatchReader.from_batches(self.schema, batches)
+
+    def __arrow_c_schema__(self) -> Any:
+        return self.schema.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.reader().__arrow_c_stream__(requested_schema)
+
+    def stream(self, columns: Sequence[int] | None, filters: Sequence[Any]) -> tuple[object, bool]:
+        return self.reader().__arrow_c_stream__(), False
 
 
 def sums_sql(k: int, source: str = "trajectories", ref: str = "reference") -> str:
-    """The SQL computing ``r, a, b, q`` for ``k`` selected checkpoints."""
+    """The SQL computing ``r, label, a, b, q`` for ``k`` selected checkpoints."""
     d0 = "(l1::DOUBLE - l0::DOUBLE)"
     es = [f"(l{t + 1}::DOUBLE - l{t}::DOUBLE) - {d0} AS e{t}" for t in range(1, k - 1)]
     n = k - 1
@@ -45,30 +100,38 @@ def compute(
     *,
     block_rows: int | None = None,
     progress: Progress | None = None,
-    memory_limit: str = "1GB",
+    memory_limit: str = MEMORY_LIMIT,
     threads: int | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[Chunk]:
-    """The three sums for every row of ``split`` computed by DuckDB."""
+    """The three sums for every row of ``split`` computed by DuckDB.
+
+    ``threads`` defaults to the CPU count, at most 4; ``batch_rows`` is the size of the Arrow
+    batches DuckDB is handed (the lake is still read in ``block_rows`` blocks).
+    """
     import duckdb
-    import pyarrow as pa
 
     k = len(reference.checkpoints)
     temp_dir = tempfile.mkdtemp(prefix="cld-lake-duckdb-")
-    config: dict[str, Any] = {"memory_limit": memory_limit, "temp_directory": temp_dir}
-    if threads is not None:
-        config["threads"] = threads
+    config: dict[str, Any] = {
+        "memory_limit": memory_limit,
+        "temp_directory": temp_dir,
+        "threads": threads or min(os.cpu_count() or 1, 4),
+    }
     con = duckdb.connect(config=config)
     try:
-        reader = pa.RecordBatchReader.from_batches(
-            arrow_schema(split, k), record_batches(split, reference, block_rows, progress)
+        if not SCAN_SOURCE:  # pragma: no cover - keep the class table on the build side
+            con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+        con.register(
+            "trajectories", TrajectorySource(split, reference, block_rows, progress, batch_rows)
         )
-        con.register("trajectories", reader)
         con.register("reference", reference_table(reference))
         result = con.sql(sums_sql(k)).to_arrow_reader(RESULT_BATCH_ROWS)
         for batch in result:
-            cols = [batch.column(i).to_numpy(zero_copy_only=False) for i in range(5)]
-            a, b, q = (np.asarray(c, dtype=np.float64) for c in cols[2:])
-            yield Chunk(cols[0], cols[1], Sums(a, b, q))
+            rows, labels, a, b, q = (
+                batch.column(i).to_numpy(zero_copy_only=False) for i in range(5)
+            )
+            yield Chunk(rows, labels, Sums(*(np.asarray(x, np.float64) for x in (a, b, q))))
     finally:
         con.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
