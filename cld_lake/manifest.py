@@ -162,7 +162,7 @@ def load_manifest(path: str | os.PathLike[str] | Manifest) -> Manifest:
             f"manifest {p}: no such file; write one with `cld-lake select`"
         )
     try:
-        table = pq.read_table(p)
+        table = pq.ParquetFile(p).read()
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(
             f"manifest {p}: not a readable Parquet file ({str(exc).splitlines()[0]})"

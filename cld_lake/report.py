@@ -50,7 +50,7 @@ def _scores(lake: Lake) -> Any:
         return None
     import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+    return pq.ParquetFile(path).read()
 
 
 def noise_detection(scores: np.ndarray, noisy: np.ndarray, fractions=(0.05, 0.1, 0.2)) -> list[dict[str, float]]:

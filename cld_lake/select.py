@@ -214,7 +214,7 @@ def read_scores(lake: Any, score: str) -> Candidates:
             f"--score {score}: no such score in {path} (stored: {', '.join(stored) or 'none'}); "
             f"compute it with `cld-lake score {lake.path} --name {score}`"
         )
-    table = pq.read_table(path, columns=["sample_id", "label", score])
+    table = pq.ParquetFile(path).read(columns=["sample_id", "label", score])
     try:
         meta = json.loads((schema.metadata or {}).get(b"cld_lake", b"{}"))
     except ValueError:

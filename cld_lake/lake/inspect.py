@@ -116,7 +116,7 @@ def verify_lake(lake: Lake, read_data: bool = True) -> VerifyReport:
         try:
             import pyarrow.parquet as pq
 
-            pq.read_table(scores)
+            pq.ParquetFile(scores).read()
         except Exception as exc:
             report.errors.append(f"{scores}: unreadable ({_one_line(exc)})")
     return report

@@ -245,7 +245,7 @@ class SplitWriter:
                 table = table.set_column(table.column_names.index(name), name, arr)
             else:
                 table = table.append_column(name, arr)
-        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, table)
+        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, table, row_group_size=split.row_chunk)
         self.split = Split(self.lake, self.name)
 
     def append_columns(
@@ -283,7 +283,9 @@ class SplitWriter:
         step = self._chunk()
         # One background thread writes block i while this thread reads and checks block i+1;
         # at most two blocks are in memory.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cld-lake-write") as pool:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cld-lake-write") as pool:
+            # a new split's samples table is written while the values stream in
+            samples_done = pool.submit(self._prepare_new_split, ids_labels) if ids_labels else None
             pending = None
             for a in range(0, num_rows, step):
                 b = min(a + step, num_rows)
@@ -298,12 +300,14 @@ class SplitWriter:
                 pending = pool.submit(_write_rows, arrays, blocks, a, b)
             if pending is not None:
                 pending.result()
+            if samples_done is not None:
+                samples_done.result()
         now = time.time()
         rows = [
             self._checkpoint_row(ckpts[j], epochs[j] if epochs else None, None, None, seg_name, col, int(nonfinite[col]), now)
             for col, j in enumerate(order)
         ]
-        self._commit(ids_labels=ids_labels, channels=channels, new_rows=rows, segment=seg_name)
+        self._commit(ids_labels=ids_labels, channels=channels, new_rows=rows, segment=seg_name, samples_written=True)
 
     def compact(self, full: bool = True) -> int:
         """Merge segments so scans read few, wide chunks. Returns the number of merges.
@@ -439,13 +443,14 @@ class SplitWriter:
         channels: dict[str, str],
         new_rows: list[dict[str, Any]],
         segment: str | None,
+        samples_written: bool = False,
     ) -> None:
         if self.split is None:
             if ids_labels is None:
                 raise BadInputError(f"split {self.name!r} is new: its sample ids and labels are needed")
-            ids, labels, metadata = ids_labels
-            self._ensure_num_classes(labels)
-            self._write_samples(ids, labels, metadata)
+            ids = ids_labels[0]
+            if not samples_written:
+                self._prepare_new_split(ids_labels)
             meta = {"channels": channels, "num_samples": int(len(ids)), "row_chunk": self._row_chunk}
             old_rows: list[dict[str, Any]] = []
         else:
@@ -456,6 +461,13 @@ class SplitWriter:
         if self.auto_compact and segment is not None:
             self.compact(full=False)
             self.gc()
+
+    def _prepare_new_split(self, ids_labels: tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray] | None]) -> None:
+        """Before a new split's first commit: fix the lake's class count, write samples.parquet
+        (not yet visible: the split exists once checkpoints.parquet does)."""
+        ids, labels, metadata = ids_labels
+        self._ensure_num_classes(labels)
+        self._write_samples(ids, labels, metadata)
 
     def _ensure_num_classes(self, labels: np.ndarray) -> None:
         inferred = int(labels.max()) + 1 if labels.size else 0
@@ -479,7 +491,8 @@ class SplitWriter:
         columns = {"sample_id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())}
         for name, values in (metadata or {}).items():
             columns[name] = pa.array(np.asarray(values))
-        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, pa.table(columns))
+        # row groups of one chunk: a block scan reads its ids and labels without the whole table
+        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, pa.table(columns), row_group_size=self._chunk())
 
 
 def _tail_run_to_merge(widths: Mapping[str, int]) -> list[str]:
