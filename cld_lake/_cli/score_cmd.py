@@ -56,6 +56,7 @@ def score_cmd(lake, method, engine, window, name, fallback, block_rows):
             fallback=fallback,
             block_rows=block_rows,
             progress=progress,
+            collect_ids=False,
         )
     p = result.provenance
     click.echo(

@@ -127,6 +127,31 @@ class Split:
         rows = np.where(found, order[pos_clipped] if len(sorted_ids) else 0, -1)
         return rows.astype(np.int64)
 
+    def label_counts(self, num_classes: int | None = None) -> np.ndarray:
+        """Samples per class, streamed over the samples table's row groups (bounded memory)."""
+        counts = np.zeros(num_classes or 0, dtype=np.int64)
+        for _, labels in self.iter_samples():
+            if len(labels):
+                part = np.bincount(labels, minlength=len(counts))
+                if len(part) > len(counts):
+                    part[: len(counts)] += counts
+                    counts = part
+                else:
+                    counts += part
+        return counts
+
+    def iter_samples(self, batch_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(sample_ids, labels)`` in row order, one row group (or ``batch_rows``) at a time."""
+        step = int(batch_rows or self.row_chunk)
+        for a in range(0, self.num_samples, step):
+            yield self.sample_rows(a, min(a + step, self.num_samples))
+
+    def sample_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(sample_ids, labels)`` of rows ``[start, stop)`` without loading the whole table."""
+        if "_row_reader" not in self.__dict__:
+            self.__dict__["_row_reader"] = _SampleRows(self)
+        return self.__dict__["_row_reader"].read(start, min(stop, self.num_samples))
+
     # --- checkpoints ---------------------------------------------------------------------
     @property
     def checkpoint_ids(self) -> np.ndarray:

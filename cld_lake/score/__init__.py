@@ -41,13 +41,25 @@ __all__ = ["ENGINES", "METHODS", "MIN_CHECKPOINTS", "ScoreResult", "compute_cld"
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Scores of every training sample (train row order) and the provenance stored with them."""
+    """Scores of every training sample (train row order) and the provenance stored with them.
+
+    Sample ids and labels are read from the lake on first use, so computing and storing a
+    score holds only the score column in memory.
+    """
 
     name: str
-    sample_ids: np.ndarray
-    labels: np.ndarray
+    train: Split
     scores: np.ndarray
     provenance: dict[str, Any]
+    _ids_labels: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self._ids_labels[0] if self._ids_labels else self.train.sample_ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._ids_labels[1] if self._ids_labels else self.train.labels
 
     def to_polars(self) -> Any:
         import polars as pl
@@ -79,8 +91,9 @@ def _open_splits(lake: Lake) -> tuple[Split, Split]:
 
 
 def _num_classes(lake: Lake, train: Split, val: Split) -> int:
-    top = max([int(s.labels.max()) + 1 for s in (train, val) if s.num_samples] or [0])
-    return max(top, lake.num_classes or 0)
+    if lake.num_classes is not None:  # set at the first write; every stored label is below it
+        return lake.num_classes
+    return max(len(train.label_counts()), len(val.label_counts()))
 
 
 def _compact(ids: np.ndarray) -> str:
@@ -104,8 +117,13 @@ def compute_cld(
     progress: Callable[[int], None] | None = None,
     method: str = "cld",
     engine_options: dict[str, Any] | None = None,
+    collect_ids: bool = True,
 ) -> ScoreResult:
-    """Compute CLD for every training sample and (``store``) save it; see :func:`score`."""
+    """Compute CLD for every training sample and (``store``) save it; see :func:`score`.
+
+    ``collect_ids=False`` keeps only the score column in memory (the CLI's way); the result's
+    ``sample_ids`` / ``labels`` are then read from the lake on first use.
+    """
     started = time.perf_counter()
     if method not in METHODS:
         raise ScoringError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -116,8 +134,9 @@ def compute_cld(
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     train, val = _open_splits(lake)
     ckpts = plan_checkpoints(train, val, checkpoints)
+    num_classes = _num_classes(lake, train, val)
     reference: Reference = build_reference(
-        train.labels, val, ckpts, _num_classes(lake, train, val), fallback, block_rows
+        train.label_counts(num_classes), val, ckpts, num_classes, fallback, block_rows
     )
     chunks = compute(
         train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
@@ -148,7 +167,8 @@ def compute_cld(
         "seconds": round(time.perf_counter() - started, 3),
         "version": __version__,
     }
-    result = ScoreResult(name, train.sample_ids, train.labels, scores, provenance)
+    ids_labels = (train.sample_ids, train.labels) if collect_ids else None
+    result = ScoreResult(name, train, scores, provenance, ids_labels)
     if store:
         store_score(lake, train, name, scores, provenance)
     return result

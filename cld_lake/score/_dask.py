@@ -56,7 +56,8 @@ def _task(
     split = Lake(lake_path).split(split_name)
     chunks = list(sums_over_blocks(split, reference, block_rows=block_rows, start=start, stop=stop))
     joined = [np.concatenate([getattr(c.sums, x) for c in chunks]) for x in ("a", "b", "q")]
-    return start, *joined
+    labels = np.concatenate([c.labels for c in chunks])
+    return start, labels, *joined
 
 
 def compute(
@@ -91,9 +92,9 @@ def compute(
             for a, b in ranges
         ]
         for future in distributed.as_completed(futures, loop=client.loop):
-            start, a, b, q = future.result()
+            start, labels, a, b, q = future.result()
             rows = slice(start, start + len(a))
-            yield Chunk(rows, split.labels[rows], Sums(a, b, q))
+            yield Chunk(rows, labels, Sums(a, b, q))
             if progress is not None:
                 progress(len(a))
             future.release()

@@ -170,7 +170,7 @@ def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def build_reference(
-    train_labels: np.ndarray,
+    train_class_counts: np.ndarray,
     val: Split,
     checkpoints: np.ndarray,
     num_classes: int,
@@ -181,7 +181,7 @@ def build_reference(
     if fallback not in FALLBACKS:
         raise ScoringError(f"--fallback {fallback!r}: use 'global' or leave it unset")
     sums, counts, left_out = class_sums(val, checkpoints, num_classes, block_rows)
-    train_classes = np.flatnonzero(np.bincount(train_labels, minlength=num_classes))
+    train_classes = np.flatnonzero(train_class_counts)
     missing = train_classes[counts[train_classes] == 0]
     use_global = np.zeros(num_classes, dtype=bool)
     if len(missing) and fallback is None:

@@ -51,22 +51,24 @@ def store_score(
     """
     path = lake.path / fmt.SCORES_FILE
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
-        if path.exists() and not _same_rows(path, train.sample_ids):
+        if path.exists() and not _same_rows(path, train):
             _store_realigned(path, train, name, scores, provenance)
         else:
             _store_streamed(path, train, name, scores, provenance)
 
 
-def _same_rows(path: Any, ids: np.ndarray) -> bool:
+def _same_rows(path: Any, train: Split) -> bool:
+    """Does the old scores file hold the train split's rows, in order? (streamed)"""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    if pf.metadata.num_rows != len(ids):
+    if pf.metadata.num_rows != train.num_samples:
         return False
     pos = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["sample_id"]):
         part = batch.column(0).to_numpy()
-        if not np.array_equal(part, ids[pos : pos + len(part)]):
+        ids, _ = train.sample_rows(pos, pos + len(part))
+        if not np.array_equal(part, ids):
             return False
         pos += len(part)
     return True
@@ -101,7 +103,8 @@ def _store_streamed(
         for a in range(0, n, BATCH_ROWS) if n else [0]:
             b = min(a + BATCH_ROWS, n)
             batch = next(old_batches) if old_batches is not None and n else None
-            arrays = [pa.array(train.sample_ids[a:b]), pa.array(train.labels[a:b])]
+            ids, labels = train.sample_rows(a, b)
+            arrays = [pa.array(ids), pa.array(labels)]
             for column in columns:
                 if column == name:
                     arrays.append(pa.array(np.asarray(scores[a:b], dtype=np.float64)))
