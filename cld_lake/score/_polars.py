@@ -11,16 +11,26 @@ from collections.abc import Iterator
 from functools import reduce
 from typing import Any
 
-import numpy as np
-
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums
-from cld_lake.score._wide import column_arrays, loss_columns, reference_table, u_columns
+from cld_lake.score._wide import (
+    BATCH_ROWS,
+    loss_columns,
+    reference_table,
+    u_columns,
+    wide_batches,
+)
 
-RESULT_BATCH_ROWS = 1 << 17
+RESULT_BATCH_ROWS = 1 << 16
 
 
-def _source(split: Split, reference: Reference, block_rows: int | None, progress: Progress | None):
+def _source(
+    split: Split,
+    reference: Reference,
+    block_rows: int | None,
+    progress: Progress | None,
+    batch_rows: int = BATCH_ROWS,
+) -> Any:
     import polars as pl
 
     k = len(reference.checkpoints)
@@ -31,14 +41,10 @@ def _source(split: Split, reference: Reference, block_rows: int | None, progress
     def io_source(
         with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None
     ) -> Iterator[pl.DataFrame]:
+        size = min(batch_size or batch_rows, batch_rows)
         produced = 0
-        for block in split.blocks(block_rows=block_rows, checkpoints=reference.checkpoints):
-            rows = np.arange(block.start, block.start + len(block), dtype=np.int64)
-            data = {
-                "r": rows,
-                "label": block.labels,
-                **dict(zip(names, column_arrays(block.loss), strict=True)),
-            }
+        for rows, labels, columns in wide_batches(split, reference, block_rows, progress, size):
+            data = {"r": rows, "label": labels, **dict(zip(names, columns, strict=True))}
             frame = pl.DataFrame(data, schema=schema)
             if with_columns is not None:
                 frame = frame.select(with_columns)
@@ -49,8 +55,6 @@ def _source(split: Split, reference: Reference, block_rows: int | None, progress
                 return
             produced += frame.height
             yield frame
-            if progress is not None:
-                progress(len(block))
 
     from polars.io.plugins import register_io_source
 
@@ -84,13 +88,18 @@ def compute(
     *,
     block_rows: int | None = None,
     progress: Progress | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[Chunk]:
-    """Chunks of the three sums for every row of ``split``, from Polars' streaming engine."""
+    """Chunks of the three sums for every row of ``split``, from Polars' streaming engine.
+
+    ``batch_rows`` bounds the frames the source hands Polars (the lake is still read in
+    ``block_rows`` blocks).
+    """
     import polars as pl
 
     k = len(reference.checkpoints)
     ref = pl.from_arrow(reference_table(reference)).lazy()
-    plan = sums_plan(_source(split, reference, block_rows, progress), ref, k)
+    plan = sums_plan(_source(split, reference, block_rows, progress, batch_rows), ref, k)
     for frame in plan.collect_batches(
         chunk_size=RESULT_BATCH_ROWS, maintain_order=False, engine="streaming"
     ):
