@@ -1,4 +1,4 @@
-"""The fused (numba) kernel and the NumPy kernel compute the same three sums."""
+"""The compiled one-pass kernel (_ckernel.c) and the NumPy kernel compute the same three sums."""
 
 from __future__ import annotations
 
@@ -42,3 +42,9 @@ def test_fused_kernel_checks_shapes_and_labels_before_running_unchecked_code():
         row_sums(loss, np.zeros(3, np.int64), np.zeros((1, 2)), kernel="fused")
     with pytest.raises(ValueError, match="label"):
         row_sums(loss, np.array([0, 1, 5]), np.zeros((2, 3)), kernel="fused")
+
+
+def test_the_compiled_kernel_is_built_in_this_install():
+    from cld_lake.score._formula import _fused_kernel
+
+    assert _fused_kernel() is not None, "cld_lake/score/_ckernel.c was not compiled: is gcc installed?"

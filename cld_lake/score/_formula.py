@@ -267,17 +267,39 @@ def _row_sums_numpy(
 
 
 def _fused_kernel() -> Callable[..., None] | None:
-    """The same sums in one pass per row, compiled with numba (cached on disk after the first
-    compile). None when numba is not installed: the NumPy kernel is used instead."""
+    """The compiled one-pass kernel (``_ckernel.c``), or None when it was not built (no C
+    compiler at install time): the NumPy kernel is used instead."""
     global _FUSED
     if _FUSED is None:
-        try:
-            from cld_lake.score._fused import row_sums_fused
-        except ImportError:  # numba missing or unusable on this platform
-            _FUSED = False
-        else:
-            _FUSED = row_sums_fused
+        _FUSED = _load_ckernel() or False
     return _FUSED or None
+
+
+def _load_ckernel() -> Callable[..., None] | None:
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("cld_lake.score._ckernel")
+    if spec is None or not spec.origin:
+        return None
+    lib = ctypes.CDLL(spec.origin)
+    double_p = ctypes.POINTER(ctypes.c_double)
+    i64_p = ctypes.POINTER(ctypes.c_int64)
+    functions = {}
+    for dtype, name, ctype in (("float32", "cld_row_sums_f32", ctypes.c_float), ("float64", "cld_row_sums_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64, i64_p, double_p, double_p, double_p, double_p]
+        functions[dtype] = (fn, ctype)
+
+    def run(loss: np.ndarray, labels: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
+        fn, ctype = functions[str(loss.dtype)]
+        n, k = loss.shape
+        ptr = lambda x, t: x.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
+        fn(ptr(loss, ctype), n, k, ptr(labels, ctypes.c_int64), ptr(u, ctypes.c_double),
+           ptr(a, ctypes.c_double), ptr(b, ctypes.c_double), ptr(q, ctypes.c_double))
+
+    return run
 
 
 _FUSED: Any = None
@@ -289,13 +311,13 @@ def row_sums(
     """The three float64 sums ``(A, B, Q)`` for each row of a block of selected losses.
 
     ``u`` is the (C, K-1) reference table. ``kernel="auto"`` runs the fused one-pass kernel
-    (numba) when available, else the NumPy kernel; both compute every ``e_t`` with the same
+    (compiled C) when available, else the NumPy kernel; both compute every ``e_t`` with the same
     float64 operations, so degenerate rows (``Q == 0``) agree exactly. Rows are split over
     ``threads`` threads (both kernels release the GIL).
     """
     fused = _fused_kernel() if kernel in ("auto", "fused") else None
     if kernel == "fused" and fused is None:
-        raise ScoringError("the fused kernel needs numba: pip install numba")
+        raise ScoringError("the fused kernel was not compiled (no C compiler at install); reinstall with gcc available")
     if fused is None:
         return _row_sums_numpy(loss, labels, u, threads)
     n_rows = loss.shape[0]
@@ -307,7 +329,7 @@ def row_sums(
     out = tuple(np.empty(n_rows, dtype=np.float64) for _ in range(3))
     u_c = np.ascontiguousarray(u, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    # numba has no float16: widening to float32 is exact, and e_t is computed in float64 anyway
+    # the kernel reads float32 or float64: widening float16 is exact (e_t is float64 anyway)
     loss = np.ascontiguousarray(loss, dtype=np.float32 if loss.dtype == np.float16 else loss.dtype)
     step = -(-n_rows // max(threads, 1))
     pieces = [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)] if n_rows else []
