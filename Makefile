@@ -10,7 +10,7 @@ install: $(STAMP)
 
 # torch==2.14.1 / torchvision==0.29.1 are pinned in constraints.txt and install from this
 # machine's local wheel cache with plain pip (uv/poetry would download gigabytes).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py cld_lake/score/_ckernel.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dask,dev]'
 	touch $(STAMP)
