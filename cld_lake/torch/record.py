@@ -279,7 +279,7 @@ class LossRecorder:
             raise
         finally:
             model.train(was_training)
-        if batches == 0:
+        if batches == 0 and not _is_distributed():  # a rank may own no samples: commit decides
             raise BadInputError(f"record(): the loader for split {self.split!r} yielded no batches")
         return self.commit(checkpoint, epoch=epoch, step=step, allow_missing=allow_missing)
 
