@@ -258,7 +258,12 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, transient=False) as prog:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # logs: no live bar, only the final state; give it room
+        console = Console(width=140)
+    with Progress(*columns, console=console, transient=False) as prog:
         yield _RichProgress(prog)
 
 

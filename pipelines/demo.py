@@ -224,10 +224,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "timings_s": timings,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "paths": {
-            "lake": str(lake_path),
-            "manifests": str(manifests_dir),
-            "report_json": str(out / "report.json"),
-            "report_md": str(out / "report.md"),
+            "lake": str(lake_path.resolve()),
+            "manifests": str(manifests_dir.resolve()),
+            "report_json": str((out / "report.json").resolve()),
+            "report_md": str((out / "report.md").resolve()),
         },
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
