@@ -154,3 +154,9 @@ def test_cli_subprocess_usage_error_is_one_line(tmp_path):
     assert len(r.err.strip().splitlines()) == 1 and "Missing option" in r.err
     r = run_cli_subprocess("--version")
     assert r.code == 0 and "cld-lake" in r.out
+
+
+def test_env_names_versions_and_kernel(cli):
+    r = cli("env")
+    assert r.code == 0
+    assert "zarr" in r.out and "duckdb" in r.out and "CLD kernel: compiled C" in r.out

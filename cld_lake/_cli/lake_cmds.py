@@ -123,4 +123,26 @@ def compact_cmd(lake, splits, prune):
         click.echo(f"{name}: {merges} merge(s)")
 
 
-COMMANDS = [import_cmd, info_cmd, verify_cmd, compact_cmd]
+@click.command("env")
+def env_cmd():
+    """Versions and machine facts to paste into a bug report."""
+    import os
+    import platform
+    from importlib import metadata
+
+    from cld_lake import __version__
+
+    click.echo(f"cld-lake {__version__}")
+    click.echo(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
+    for package in ("numpy", "zarr", "pyarrow", "duckdb", "polars", "torch", "torchvision", "dask", "distributed"):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        click.echo(f"{package} {version}")
+    from cld_lake.score._formula import _fused_kernel
+
+    click.echo(f"CLD kernel: {'compiled C (fused)' if _fused_kernel() else 'NumPy (no compiled kernel)'}")
+
+
+COMMANDS = [import_cmd, info_cmd, verify_cmd, compact_cmd, env_cmd]
