@@ -128,7 +128,14 @@ class Split:
         return rows.astype(np.int64)
 
     def label_counts(self, num_classes: int | None = None) -> np.ndarray:
-        """Samples per class, streamed over the samples table's row groups (bounded memory)."""
+        """Samples per class (recorded at the split's creation; else streamed over the samples
+        table's row groups, in bounded memory)."""
+        recorded = self.meta.get("label_counts")
+        if recorded is not None:
+            counts = np.asarray(recorded, dtype=np.int64)
+            if num_classes is not None and len(counts) < num_classes:
+                counts = np.concatenate([counts, np.zeros(num_classes - len(counts), np.int64)])
+            return counts
         counts = np.zeros(num_classes or 0, dtype=np.int64)
         for _, labels in self.iter_samples():
             if len(labels):
@@ -151,6 +158,11 @@ class Split:
         if "_row_reader" not in self.__dict__:
             self.__dict__["_row_reader"] = _SampleRows(self)
         return self.__dict__["_row_reader"].read(start, min(stop, self.num_samples))
+
+    @property
+    def ids_digest(self) -> str | None:
+        """SHA-1 of the sample ids in row order, recorded at creation (None for older splits)."""
+        return self.meta.get("ids_sha1")
 
     # --- checkpoints ---------------------------------------------------------------------
     @property

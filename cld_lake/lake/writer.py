@@ -102,6 +102,13 @@ def count_nonfinite(block: np.ndarray) -> np.ndarray:
     return (~finite).sum(axis=0).astype(np.int64)
 
 
+def ids_digest(ids: np.ndarray) -> str:
+    """Fingerprint of a split's sample ids in row order (int64 little endian, SHA-1)."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
 def count_duplicates(values: np.ndarray) -> int:
     """How many entries repeat an earlier one (a sort, not a hash set: fast for int64)."""
     values = np.asarray(values)
@@ -451,7 +458,15 @@ class SplitWriter:
             ids = ids_labels[0]
             if not samples_written:
                 self._prepare_new_split(ids_labels)
-            meta = {"channels": channels, "num_samples": int(len(ids)), "row_chunk": self._row_chunk}
+            meta = {
+                "channels": channels,
+                "num_samples": int(len(ids)),
+                "row_chunk": self._row_chunk,
+                # sample ids and labels never change after creation: record what readers of a
+                # big split would otherwise recompute with a full pass
+                "ids_sha1": ids_digest(ids),
+                "label_counts": np.bincount(ids_labels[1], minlength=self.num_classes or 0).tolist(),
+            }
             old_rows: list[dict[str, Any]] = []
         else:
             meta = self.split.meta

@@ -58,12 +58,19 @@ def store_score(
 
 
 def _same_rows(path: Any, train: Split) -> bool:
-    """Does the old scores file hold the train split's rows, in order? (streamed)"""
+    """Does the old scores file hold the train split's rows, in order?
+
+    O(1) when both carry the fingerprint of the sample ids recorded at the split's creation;
+    otherwise the ids are compared batch by batch.
+    """
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     if pf.metadata.num_rows != train.num_samples:
         return False
+    recorded = read_provenance(pf.schema_arrow).get("rows", {}).get("ids_sha1")
+    if recorded is not None and train.ids_digest is not None:
+        return bool(recorded == train.ids_digest)
     pos = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["sample_id"]):
         part = batch.column(0).to_numpy()
@@ -74,18 +81,27 @@ def _same_rows(path: Any, train: Split) -> bool:
     return True
 
 
-def _metadata(old_schema: Any, name: str, provenance: dict[str, Any]) -> dict[str, str]:
+def _metadata(old_schema: Any, name: str, provenance: dict[str, Any], train: Split) -> dict[str, str]:
     meta = read_provenance(old_schema) if old_schema is not None else {}
     scores_meta = dict(meta.get("scores", {}))
     scores_meta[name] = provenance
     meta["scores"] = scores_meta
+    meta["rows"] = {"split": train.name, "num_rows": train.num_samples, "ids_sha1": train.ids_digest}
     return {"cld_lake": json.dumps(meta, sort_keys=True)}
+
+
+# Scores are random-looking doubles: dictionary encoding and general compression buy little
+# and cost most of the write time; ids and labels compress well with lz4.
+WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"]}
 
 
 def _store_streamed(
     path: Any, train: Split, name: str, scores: np.ndarray, provenance: dict[str, Any]
 ) -> None:
-    """The old file (if any) holds the train rows in order: copy it batch by batch."""
+    """The old file (if any) holds the train rows in order: copy it row group by row group.
+
+    Memory is one row group of the table (``BATCH_ROWS`` rows), whatever the number of rows.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -95,22 +111,36 @@ def _store_streamed(
     fields = [pa.field("sample_id", pa.int64()), pa.field("label", pa.int64())]
     fields += [pa.field(c, pa.float64()) for c in columns]
     schema = pa.schema(
-        fields, metadata=_metadata(old.schema_arrow if old else None, name, provenance)
+        fields, metadata=_metadata(old.schema_arrow if old else None, name, provenance, train)
     )
     n = train.num_samples
-    old_batches = _exact_batches(old.iter_batches(BATCH_ROWS, columns=old_columns)) if old else None
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for a in range(0, n, BATCH_ROWS) if n else [0]:
+    starts = list(range(0, n, BATCH_ROWS)) or [0]
+    copy_old = [c for c in old_columns if c != name]
+    aligned = old is not None and old.metadata.num_row_groups == len(starts) and all(
+        old.metadata.row_group(i).num_rows == min(BATCH_ROWS, n - a) for i, a in enumerate(starts)
+    )
+    old_batches = (
+        _exact_batches(old.iter_batches(BATCH_ROWS, columns=copy_old))
+        if old is not None and copy_old and not aligned
+        else None
+    )
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+        for i, a in enumerate(starts):
             b = min(a + BATCH_ROWS, n)
-            batch = next(old_batches) if old_batches is not None and n else None
+            if not copy_old:
+                batch = None
+            elif aligned:
+                batch = old.read_row_group(i, columns=copy_old)
+            else:
+                batch = next(old_batches)
             ids, labels = train.sample_rows(a, b)
-            arrays = [pa.array(ids), pa.array(labels)]
+            arrays = [pa.array(ids, pa.int64()), pa.array(labels, pa.int64())]
             for column in columns:
                 if column == name:
                     arrays.append(pa.array(np.asarray(scores[a:b], dtype=np.float64)))
                 else:
                     arrays.append(batch.column(column).combine_chunks().cast(pa.float64()))
-            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))  # one row group
 
 
 def _exact_batches(batches: Any) -> Any:
@@ -156,5 +186,5 @@ def _store_realigned(
         table = table.append_column(column, pa.array(carried))
     if name not in table.column_names:
         table = table.append_column(name, pa.array(np.asarray(scores, dtype=np.float64)))
-    table = table.replace_schema_metadata(_metadata(old.schema, name, provenance))
+    table = table.replace_schema_metadata(_metadata(old.schema, name, provenance, train))
     atomic_write_parquet(path, table)
