@@ -228,10 +228,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "manifests": str(manifests_dir.resolve()),
             "report_json": str((out / "report.json").resolve()),
             "report_md": str((out / "report.md").resolve()),
+            "report_html": str((out / "report.html").resolve()),
         },
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(_markdown(report))
+    from cld_lake.report import build_report
+
+    build_report(lake, out / "report.html")  # curves, score histograms, noisy-label detection
     return report
 
 

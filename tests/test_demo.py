@@ -27,6 +27,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved["table"] == json.loads(json.dumps(report["table"]))
     assert "| fraction |" in (tmp_path / "demo" / "report.md").read_text()
+    assert "noisy labels among the lowest-scored" in (tmp_path / "demo" / "report.html").read_text()
     lake = cld_lake.open_lake(report["paths"]["lake"])
     assert "cld" in pq.read_schema(lake.path / "scores.parquet").names
     train = lake.split("train")
