@@ -223,3 +223,27 @@ def test_round_trip_property(tmp_path_factory, n, t, row_chunk, block_rows, data
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_array_equal(vals, loss)
     assert split.nonfinite_losses() == int((~np.isfinite(loss)).sum())
+
+
+def test_directly_written_chunks_are_plain_zarr_arrays(tmp_path):
+    """The writer bypasses Zarr's codec pipeline for its own layout: Zarr must read the result."""
+    import zarr
+
+    rng = np.random.default_rng(3)
+    n = 100  # not a multiple of the chunk rows: the edge chunk is padded like Zarr does
+    loss = rng.random((n, 3)).astype(np.float32)
+    correct = rng.random((n, 3)) > 0.5
+    lake = Lake.create(tmp_path / "lake")
+    with lake.writer("train", row_chunk=32, channels={"loss": "float32", "correct": "bool"}) as w:
+        for t in range(3):
+            ck = w.checkpoint(t)
+            ck.add(np.arange(n), loss[:, t], labels=np.arange(n) % 2, correct=correct[:, t])
+            ck.commit()
+        w.compact()
+    split = open_lake(lake.path).split("train")
+    (segment,) = split.segment_names()
+    group = zarr.open_group(str(split.path / "segments" / segment), mode="r")
+    np.testing.assert_array_equal(group["loss"][:], loss)
+    np.testing.assert_array_equal(group["correct"][:], correct)
+    _, vals, _ = read_all(split, block_rows=13)
+    np.testing.assert_array_equal(vals, loss)

@@ -57,6 +57,7 @@ def score_cmd(lake, method, engine, window, name, fallback, block_rows):
             block_rows=block_rows,
             progress=progress,
             collect_ids=False,
+            keep_scores=False,
         )
     p = result.provenance
     click.echo(

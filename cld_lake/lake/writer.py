@@ -89,7 +89,7 @@ def default_channels(names: Sequence[str]) -> dict[str, str]:
 
 def _write_rows(arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int) -> None:
     for channel, arr in arrays.items():
-        arr[a:b] = blocks[channel]
+        arr.write(a, b, blocks[channel])
 
 
 def count_nonfinite(block: np.ndarray) -> np.ndarray:
@@ -407,7 +407,7 @@ class SplitWriter:
         )
         for block in split.blocks(checkpoints=ckpts, channels=list(split.channels)):
             for channel, arr in arrays.items():
-                arr[block.start : block.start + len(block)] = block.values[channel]  # type: ignore[index]
+                arr.write(block.start, block.start + len(block), block.values[channel])
         position = {int(c): i for i, c in enumerate(ckpts)}
         rows = table.to_pylist()
         for row in rows:
@@ -626,7 +626,7 @@ class CheckpointBuffer:
         seg_name = new_segment_name()
         arrays = create_segment(w.path / fmt.SEGMENTS_DIR / seg_name, n, 1, channels, w._chunk())
         for channel, arr in arrays.items():
-            arr[:, 0] = values[channel].astype(channels[channel], copy=False)  # type: ignore[index]
+            arr.write(0, n, values[channel].astype(channels[channel], copy=False).reshape(n, 1))
         nonfinite = int(count_nonfinite(values["loss"].astype(channels["loss"], copy=False))[0])
         row = w._checkpoint_row(self.checkpoint, self.epoch, self.step, self.wall_time, seg_name, 0, nonfinite, time.time())
         w._commit(ids_labels=ids_labels, channels=channels, new_rows=[row], segment=seg_name)

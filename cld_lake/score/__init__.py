@@ -49,7 +49,7 @@ class ScoreResult:
 
     name: str
     train: Split
-    scores: np.ndarray
+    scores: np.ndarray | None
     provenance: dict[str, Any]
     _ids_labels: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -118,11 +118,14 @@ def compute_cld(
     method: str = "cld",
     engine_options: dict[str, Any] | None = None,
     collect_ids: bool = True,
+    keep_scores: bool = True,
 ) -> ScoreResult:
     """Compute CLD for every training sample and (``store``) save it; see :func:`score`.
 
-    ``collect_ids=False`` keeps only the score column in memory (the CLI's way); the result's
-    ``sample_ids`` / ``labels`` are then read from the lake on first use.
+    ``collect_ids=False`` keeps only the score column in memory; the result's ``sample_ids`` /
+    ``labels`` are then read from the lake on first use. ``keep_scores=False`` (with ``store``,
+    the CLI's way) spills the column to a temporary file while it is computed, so nothing
+    per-sample stays in memory; the result's ``scores`` is then None.
     """
     started = time.perf_counter()
     if method not in METHODS:
@@ -141,7 +144,7 @@ def compute_cld(
     chunks = compute(
         train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
     )
-    scores, counts = finalise_chunks(chunks, train.num_samples, reference)
+    column, counts = finalise_chunks(chunks, train.num_samples, reference, spill=not keep_scores)
     from cld_lake import __version__
     from cld_lake.lake._format import now_iso
 
@@ -168,10 +171,12 @@ def compute_cld(
         "version": __version__,
     }
     ids_labels = (train.sample_ids, train.labels) if collect_ids else None
-    result = ScoreResult(name, train, scores, provenance, ids_labels)
-    if store:
-        store_score(lake, train, name, scores, provenance)
-    return result
+    try:
+        if store:
+            store_score(lake, train, name, column.read, provenance)
+    finally:
+        column.close()
+    return ScoreResult(name, train, column.values, provenance, ids_labels)
 
 
 def score(

@@ -84,7 +84,9 @@ def compute(
         workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         align = block_rows or split.row_chunk
         ranges = row_ranges(split.num_samples, workers * TASKS_PER_WORKER, align)
-        ref = client.scatter(reference, broadcast=True)
+        # The reference table is small (C x K floats): it travels with each task. (A scattered
+        # copy could be lost with a worker that had not finished starting: "lost dependencies".)
+        ref = reference
         futures = [
             client.submit(
                 _task, str(split.lake.path), split.name, ref, a, b, block_rows, pure=False

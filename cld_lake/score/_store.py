@@ -42,19 +42,26 @@ def read_provenance(schema: Any) -> dict[str, Any]:
 
 
 def store_score(
-    lake: Lake, train: Split, name: str, scores: np.ndarray, provenance: dict[str, Any]
+    lake: Lake, train: Split, name: str, scores: Any, provenance: dict[str, Any]
 ) -> None:
     """Add or replace column ``name`` of the scores table, with its provenance.
 
     The new file is streamed in row batches next to the old one and renamed over it
-    (atomic); memory is one batch of the table, not the whole table.
+    (atomic); memory is one batch of the table, not the whole table. ``scores`` is the column
+    (an array) or a function ``read(start, stop)`` returning rows of it.
     """
+    if not callable(scores):
+        scores = _array_reader(np.asarray(scores, dtype=np.float64))
     path = lake.path / fmt.SCORES_FILE
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
         if path.exists() and not _same_rows(path, train):
             _store_realigned(path, train, name, scores, provenance)
         else:
             _store_streamed(path, train, name, scores, provenance)
+
+
+def _array_reader(values: np.ndarray) -> Any:
+    return lambda a, b: values[a:b]
 
 
 def _same_rows(path: Any, train: Split) -> bool:
@@ -137,7 +144,7 @@ def _store_streamed(
             arrays = [pa.array(ids, pa.int64()), pa.array(labels, pa.int64())]
             for column in columns:
                 if column == name:
-                    arrays.append(pa.array(np.asarray(scores[a:b], dtype=np.float64)))
+                    arrays.append(pa.array(np.asarray(scores(a, b), dtype=np.float64)))
                 else:
                     arrays.append(batch.column(column).combine_chunks().cast(pa.float64()))
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))  # one row group
@@ -179,12 +186,12 @@ def _store_realigned(
         if column in RESERVED:
             continue
         if column == name:
-            table = table.append_column(name, pa.array(np.asarray(scores, dtype=np.float64)))
+            table = table.append_column(name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64)))
             continue
         carried = np.full(len(ids), np.nan)
         carried[rows[keep]] = old.column(column).to_numpy(zero_copy_only=False)[keep]
         table = table.append_column(column, pa.array(carried))
     if name not in table.column_names:
-        table = table.append_column(name, pa.array(np.asarray(scores, dtype=np.float64)))
+        table = table.append_column(name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64)))
     table = table.replace_schema_metadata(_metadata(old.schema, name, provenance, train))
     atomic_write_parquet(path, table)
