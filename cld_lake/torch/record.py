@@ -200,13 +200,18 @@ class LossRecorder:
             raise BadInputError(f"sample ids must be integers, got {ids.dtype}")
         labels = labels.to(logits.device, non_blocking=True).long()
         # Out-of-range labels would crash cross_entropy (a device assert on CUDA): clamp them
-        # for the maths, count them on the device, and refuse at the next host move.
-        bad = (labels < 0) | (labels >= classes)
-        self._bad_labels = (
-            self._bad_labels + bad.sum() if self._bad_labels is not None else bad.sum()
-        )
+        # for the maths, count them, and refuse at commit. On the CPU a min/max check costs
+        # nothing; on an accelerator the count stays on the device (no sync per batch).
+        if logits.device.type == "cpu":
+            if batch and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+                self._bad_total += int(((labels < 0) | (labels >= classes)).sum())
+                labels = labels.clamp(0, classes - 1)
+        else:
+            bad = ((labels < 0) | (labels >= classes)).sum()
+            self._bad_labels = self._bad_labels + bad if self._bad_labels is not None else bad
+            labels = labels.clamp(0, classes - 1)
         with torch.no_grad():
-            loss, correct, margin = sample_stats(logits.detach(), labels.clamp(0, classes - 1))
+            loss, correct, margin = sample_stats(logits.detach(), labels)
         self._dev.append((ids, labels, loss, correct, margin))
         self._pending_rows += batch
         if self._pending_rows >= FLUSH_ROWS:
