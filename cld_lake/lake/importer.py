@@ -204,15 +204,15 @@ def _import(lake_path, split, ids, labels, ckpts, channels, make_source, num_cla
     assert result_split is not None
     return ImportResult(
         split, len(ids), sorted(int(c) for c in ckpts), dict(channels),
-        int(result_split.checkpoint_table.filter(_in(result_split, ckpts)).column("nonfinite").to_numpy().sum()),
+        _nonfinite_of(result_split, ckpts),
     )
 
 
-def _in(split, ckpts):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return pc.is_in(split.checkpoint_table.column("checkpoint"), value_set=pa.array(np.asarray(ckpts, np.int64)))
+def _nonfinite_of(split, ckpts) -> int:
+    """NaN/inf losses recorded at commit for these checkpoints."""
+    table = split.checkpoint_table
+    chosen = np.isin(table.column("checkpoint").to_numpy(), np.asarray(ckpts, np.int64))
+    return int(table.column("nonfinite").to_numpy()[chosen].sum())
 
 
 def _rows_in_existing_split(lake: Lake, split_name: str, ids, labels, ckpts, channels) -> np.ndarray | None:

@@ -87,9 +87,11 @@ def default_channels(names: Sequence[str]) -> dict[str, str]:
     return {c: fmt.CHANNEL_DTYPES[c][0] for c in fmt.CHANNELS if c in names}
 
 
-def _write_rows(arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int) -> None:
+def _check_and_write_rows(arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int) -> np.ndarray:
+    """Write rows ``[a, b)`` of every channel; return the NaN/inf count per loss column."""
     for channel, arr in arrays.items():
         arr.write(a, b, blocks[channel])
+    return count_nonfinite(blocks["loss"])
 
 
 def count_nonfinite(block: np.ndarray) -> np.ndarray:
@@ -288,7 +290,7 @@ class SplitWriter:
         arrays = create_segment(self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk())
         nonfinite = np.zeros(width, np.int64)
         step = self._chunk()
-        # One background thread writes block i while this thread reads and checks block i+1;
+        # A background thread checks and writes block i while this thread reads block i+1;
         # at most two blocks are in memory.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cld-lake-write") as pool:
             # a new split's samples table is written while the values stream in
@@ -301,12 +303,11 @@ class SplitWriter:
                 for channel in arrays:
                     block = np.asarray(values[channel])
                     blocks[channel] = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
-                nonfinite += count_nonfinite(blocks["loss"])
                 if pending is not None:
-                    pending.result()
-                pending = pool.submit(_write_rows, arrays, blocks, a, b)
+                    nonfinite += pending.result()
+                pending = pool.submit(_check_and_write_rows, arrays, blocks, a, b)
             if pending is not None:
-                pending.result()
+                nonfinite += pending.result()
             if samples_done is not None:
                 samples_done.result()
         now = time.time()
