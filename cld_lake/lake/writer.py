@@ -41,6 +41,7 @@ RowReader = Callable[[int, int], Mapping[str, np.ndarray]]
 
 GC_GRACE_SECONDS = 600.0  # readers of a retired segment get this long to finish their scan
 COMPACT_FANOUT = 8
+WRITES_IN_FLIGHT = 2  # blocks being checksummed and written while the next one is read
 
 _CHECKPOINT_SCHEMA_FIELDS = (
     ("checkpoint", "int64"),
@@ -290,12 +291,12 @@ class SplitWriter:
         arrays = create_segment(self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk())
         nonfinite = np.zeros(width, np.int64)
         step = self._chunk()
-        # A background thread checks and writes block i while this thread reads block i+1;
-        # at most two blocks are in memory.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cld-lake-write") as pool:
+        # Background threads check and write earlier blocks (each to its own chunk files)
+        # while this thread reads the next one; at most WRITES_IN_FLIGHT + 1 blocks in memory.
+        with ThreadPoolExecutor(max_workers=WRITES_IN_FLIGHT + 1, thread_name_prefix="cld-lake-write") as pool:
             # a new split's samples table is written while the values stream in
             samples_done = pool.submit(self._prepare_new_split, ids_labels) if ids_labels else None
-            pending = None
+            pending: list[Any] = []
             for a in range(0, num_rows, step):
                 b = min(a + step, num_rows)
                 values = read_rows(a, b)
@@ -303,11 +304,11 @@ class SplitWriter:
                 for channel in arrays:
                     block = np.asarray(values[channel])
                     blocks[channel] = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
-                if pending is not None:
-                    nonfinite += pending.result()
-                pending = pool.submit(_check_and_write_rows, arrays, blocks, a, b)
-            if pending is not None:
-                nonfinite += pending.result()
+                if len(pending) >= WRITES_IN_FLIGHT:
+                    nonfinite += pending.pop(0).result()
+                pending.append(pool.submit(_check_and_write_rows, arrays, blocks, a, b))
+            for future in pending:
+                nonfinite += future.result()
             if samples_done is not None:
                 samples_done.result()
         now = time.time()
