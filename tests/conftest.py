@@ -86,3 +86,19 @@ def npy_files(tmp_path):
         np.save(files[name], arr)
     files["arrays"] = {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}
     return files
+
+
+def import_arrays(folder: Path, lake: Path, split: str = "train", **arrays: np.ndarray) -> Path:
+    """Save ``loss``, ``labels`` and optional ``sample_ids`` / ``correct`` / ``margin`` arrays
+    as .npy files in ``folder`` and import them into ``lake`` through the real importer.
+    ``row_chunk`` may be passed as an int."""
+    from cld_lake.lake.importer import import_npy
+
+    row_chunk = int(arrays.pop("row_chunk", 65536))
+    paths = {}
+    for name, values in arrays.items():
+        paths[name] = folder / f"{split}_{name}.npy"
+        np.save(paths[name], values)
+    loss, labels = paths.pop("loss"), paths.pop("labels")
+    import_npy(lake, split, loss, labels, row_chunk=row_chunk, **paths)
+    return lake

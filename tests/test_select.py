@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 import cld_lake
 from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake
-from cld_lake.lake.importer import import_npy
 from cld_lake.select import class_quotas, select_rows
-from tests.conftest import lake_hash, make_arrays
+from tests.conftest import import_arrays, lake_hash, make_arrays
 from tests.test_sql import write_scores
 
 
@@ -182,15 +181,7 @@ def test_selection_properties(table, fraction, balance, lowest):
 @pytest.fixture
 def scored_lake(tmp_path):
     loss, labels, ids = make_arrays(400, 5, 4, seed=21)
-    for k, v in {"l": loss, "y": labels, "i": ids}.items():
-        np.save(tmp_path / f"{k}.npy", v)
-    import_npy(
-        tmp_path / "lk",
-        "train",
-        tmp_path / "l.npy",
-        tmp_path / "y.npy",
-        sample_ids=tmp_path / "i.npy",
-    )
+    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids)
     rng = np.random.default_rng(22)
     cld = rng.uniform(-1, 1, 400)
     cld[:7] = np.nan

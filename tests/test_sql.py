@@ -14,7 +14,7 @@ import pytest
 from cld_lake import sql as lake_sql
 from cld_lake.lake import Lake
 from cld_lake.lake.importer import import_npy
-from tests.conftest import lake_hash, make_arrays
+from tests.conftest import import_arrays, lake_hash, make_arrays
 
 N, T, C = 2000, 6, 5
 CHUNK = 256
@@ -102,15 +102,7 @@ def test_views_samples_checkpoints_and_scores(lake_data, tmp_path):
 
 def test_scores_view_reads_scores_parquet(tmp_path):
     loss, labels, ids = make_arrays(50, 4, 3, seed=9)
-    for k, v in {"l": loss, "y": labels, "i": ids}.items():
-        np.save(tmp_path / f"{k}.npy", v)
-    import_npy(
-        tmp_path / "lk",
-        "train",
-        tmp_path / "l.npy",
-        tmp_path / "y.npy",
-        sample_ids=tmp_path / "i.npy",
-    )
+    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids)
     write_scores(
         tmp_path / "lk", ids, labels, {"cld": np.linspace(-1, 1, 50), "other": np.arange(50.0)}
     )
@@ -201,16 +193,7 @@ def _net_bytes(lake, query: str, baseline: str) -> tuple[lake_sql.ScanStats, int
 def test_one_sample_query_reads_one_block(tmp_path):
     n, t, chunk = 20000, 6, 1024
     loss, labels, ids = make_arrays(n, t, 4, seed=12)
-    for k, v in {"l": loss, "y": labels, "i": ids}.items():
-        np.save(tmp_path / f"{k}.npy", v)
-    import_npy(
-        tmp_path / "lk",
-        "train",
-        tmp_path / "l.npy",
-        tmp_path / "y.npy",
-        sample_ids=tmp_path / "i.npy",
-        row_chunk=chunk,
-    )
+    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids, row_chunk=chunk)
     lake = Lake(tmp_path / "lk")
     sid = int(ids[12345])
     base = f"SELECT count(*) FROM losses WHERE sample_id = {sid}"

@@ -258,11 +258,7 @@ def _row_sums_numpy(
         a, b = piece
         _row_sums_into(loss[a:b], labels[a:b], u_t, tuple(x[a:b] for x in out))
 
-    if threads > 1 and len(pieces) > 1:
-        list(_pool(threads).map(run, pieces))
-    else:
-        for piece in pieces:
-            run(piece)
+    _run_pieces(run, pieces, threads)
     return out
 
 
@@ -338,12 +334,17 @@ def row_sums(
         a, b = piece
         fused(loss[a:b], labels[a:b], u_c, out[0][a:b], out[1][a:b], out[2][a:b])
 
+    _run_pieces(run, pieces, threads)
+    return out
+
+
+def _run_pieces(run: Callable[[tuple[int, int]], None], pieces: list[tuple[int, int]], threads: int) -> None:
+    """Run ``run`` on each row range, on ``threads`` threads (the kernels release the GIL)."""
     if threads > 1 and len(pieces) > 1:
         list(_pool(threads).map(run, pieces))
     else:
         for piece in pieces:
             run(piece)
-    return out
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
