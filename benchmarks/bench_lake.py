@@ -79,7 +79,9 @@ def run_step(name: str, *args: str) -> dict:
     code = CHILD_PRELUDE + textwrap.dedent(STEPS[name])
     proc = subprocess.run(
         ["/usr/bin/time", "-f", "RSS_KB %M", sys.executable, "-c", code, *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
@@ -90,7 +92,9 @@ def run_step(name: str, *args: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_280_000)
     parser.add_argument("--checkpoints", type=int, default=90)
     parser.add_argument("--classes", type=int, default=1000)
@@ -110,16 +114,24 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all alike
             results["np.save"].append(run_step("np.save", str(src), str(copy)))
             results["np.load"].append(run_step("np.load", str(copy)))
-            results["cld-lake import"].append(run_step("cld-lake import", str(src), str(lake), str(labels)))
+            results["cld-lake import"].append(
+                run_step("cld-lake import", str(src), str(lake), str(labels))
+            )
             results["cld-lake scan"].append(run_step("cld-lake scan", str(src), str(lake)))
-        seg_bytes = sum(f.stat().st_size for f in (lake / "splits" / "train" / "segments").rglob("*") if f.is_file())
+        seg_bytes = sum(
+            f.stat().st_size
+            for f in (lake / "splits" / "train" / "segments").rglob("*")
+            if f.is_file()
+        )
         expected = float(np.load(src, mmap_mode="r")[:, -1].astype(np.float64).sum())
         scanned = results["cld-lake scan"][0]["checksum"]
         assert abs(scanned - expected) <= 1e-3 * abs(expected), (scanned, expected)
 
         med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
         rss = {k: max(r["rss_mb"] for r in v) for k, v in results.items()}
-        print(f"\n{args.rows:,} x {args.checkpoints} float32 = {nbytes / 1e6:.0f} MB; median of {args.repeats} runs, warm page cache\n")
+        print(
+            f"\n{args.rows:,} x {args.checkpoints} float32 = {nbytes / 1e6:.0f} MB; median of {args.repeats} runs, warm page cache\n"
+        )
         print("| step | seconds (median) | GB/s | peak RSS (MB, max) | bytes on disk / value |")
         print("|---|---:|---:|---:|---:|")
         disk = {
@@ -129,10 +141,14 @@ def main() -> None:
             "cld-lake scan": seg_bytes / (args.rows * args.checkpoints),
         }
         for k in STEPS:
-            print(f"| {k} | {med[k]:.3f} | {nbytes / med[k] / 1e9:.2f} | {rss[k]:.0f} | {disk[k]:.3f} |")
-        print(f"\nimport / np.save = {med['cld-lake import'] / med['np.save']:.2f}x   "
-              f"scan / np.load = {med['cld-lake scan'] / med['np.load']:.2f}x   "
-              f"scan throughput = {nbytes / med['cld-lake scan'] / 1e9:.2f} GB/s")
+            print(
+                f"| {k} | {med[k]:.3f} | {nbytes / med[k] / 1e9:.2f} | {rss[k]:.0f} | {disk[k]:.3f} |"
+            )
+        print(
+            f"\nimport / np.save = {med['cld-lake import'] / med['np.save']:.2f}x   "
+            f"scan / np.load = {med['cld-lake scan'] / med['np.load']:.2f}x   "
+            f"scan throughput = {nbytes / med['cld-lake scan'] / 1e9:.2f} GB/s"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -53,7 +53,9 @@ def _scores(lake: Lake) -> Any:
     return pq.ParquetFile(path).read()
 
 
-def noise_detection(scores: np.ndarray, noisy: np.ndarray, fractions=(0.05, 0.1, 0.2)) -> list[dict[str, float]]:
+def noise_detection(
+    scores: np.ndarray, noisy: np.ndarray, fractions=(0.05, 0.1, 0.2)
+) -> list[dict[str, float]]:
     """Share of noisy labels among the lowest-scored fraction, next to the base rate."""
     ok = np.isfinite(scores)
     s, y = scores[ok], noisy[ok].astype(bool)
@@ -62,17 +64,21 @@ def noise_detection(scores: np.ndarray, noisy: np.ndarray, fractions=(0.05, 0.1,
     for f in fractions:
         k = max(1, int(round(f * len(s))))
         lowest = y[order[:k]]
-        rows.append({
-            "fraction": f,
-            "noisy_share_lowest": float(lowest.mean()) if k else float("nan"),
-            "recall": float(lowest.sum() / max(y.sum(), 1)),
-            "base_rate": float(y.mean()) if len(y) else float("nan"),
-        })
+        rows.append(
+            {
+                "fraction": f,
+                "noisy_share_lowest": float(lowest.mean()) if k else float("nan"),
+                "recall": float(lowest.sum() / max(y.sum(), 1)),
+                "base_rate": float(y.mean()) if len(y) else float("nan"),
+            }
+        )
     return rows
 
 
 # --- tiny SVG charts ---------------------------------------------------------------------
-def _svg_lines(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, width=560, height=260) -> str:
+def _svg_lines(
+    series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, width=560, height=260
+) -> str:
     pad_l, pad_b, pad_t, pad_r = 50, 30, 24, 12
     xs = np.concatenate([x for x, _ in series.values()]) if series else np.zeros(1)
     ys = np.concatenate([y[np.isfinite(y)] for _, y in series.values()]) if series else np.zeros(1)
@@ -82,17 +88,23 @@ def _svg_lines(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, wid
     y0, y1 = min(0.0, float(ys.min())), float(ys.max()) or 1.0
     sx = lambda v: pad_l + (v - x0) / ((x1 - x0) or 1) * (width - pad_l - pad_r)  # noqa: E731
     sy = lambda v: height - pad_b - (v - y0) / ((y1 - y0) or 1) * (height - pad_b - pad_t)  # noqa: E731
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-             f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - pad_r}" y2="{height - pad_b}" stroke="#999"/>',
-             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#999"/>',
-             f'<text x="4" y="{sy(y1) + 4:.0f}">{y1:.3g}</text><text x="4" y="{sy(y0):.0f}">{y0:.3g}</text>',
-             f'<text x="{pad_l}" y="{height - 8}">{x0:.0f}</text><text x="{width - pad_r - 20}" y="{height - 8}">{x1:.0f}</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+        f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
+        f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - pad_r}" y2="{height - pad_b}" stroke="#999"/>',
+        f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#999"/>',
+        f'<text x="4" y="{sy(y1) + 4:.0f}">{y1:.3g}</text><text x="4" y="{sy(y0):.0f}">{y0:.3g}</text>',
+        f'<text x="{pad_l}" y="{height - 8}">{x0:.0f}</text><text x="{width - pad_r - 20}" y="{height - 8}">{x1:.0f}</text>',
+    ]
     for i, (name, (x, y)) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
-        pts = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True) if np.isfinite(b))
+        pts = " ".join(
+            f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True) if np.isfinite(b)
+        )
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
-        parts.append(f'<text x="{width - pad_r - 150}" y="{pad_t + 14 * i + 10}" fill="{color}">{html.escape(name)}</text>')
+        parts.append(
+            f'<text x="{width - pad_r - 150}" y="{pad_t + 14 * i + 10}" fill="{color}">{html.escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -103,21 +115,31 @@ def _svg_hist(groups: dict[str, np.ndarray], title: str, bins=40, width=560, hei
     if allv.size == 0:
         return f"<p>{html.escape(title)}: no finite values</p>"
     edges = np.linspace(float(allv.min()), float(allv.max()) + 1e-12, bins + 1)
-    counts = {k: np.histogram(v, edges)[0] / max(len(v), 1) for k, v in zip(groups, finite, strict=True)}
+    counts = {
+        k: np.histogram(v, edges)[0] / max(len(v), 1) for k, v in zip(groups, finite, strict=True)
+    }
     top = max(float(c.max()) for c in counts.values()) or 1.0
     pad_l, pad_b = 40, 24
     bw = (width - pad_l - 10) / bins
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-             f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+        f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
+    ]
     for i, (name, c) in enumerate(counts.items()):
         color = COLORS[i % len(COLORS)]
         for j, v in enumerate(c):
             h = v / top * (height - pad_b - 24)
-            parts.append(f'<rect x="{pad_l + j * bw:.1f}" y="{height - pad_b - h:.1f}" width="{bw - 1:.1f}" '
-                         f'height="{h:.1f}" fill="{color}" fill-opacity="0.5"/>')
-        parts.append(f'<text x="{width - 160}" y="{28 + 14 * i}" fill="{color}">{html.escape(name)} (n={len(finite[i]):,})</text>')
-    parts.append(f'<text x="{pad_l}" y="{height - 6}">{edges[0]:.3g}</text>'
-                 f'<text x="{width - 50}" y="{height - 6}">{edges[-1]:.3g}</text></svg>')
+            parts.append(
+                f'<rect x="{pad_l + j * bw:.1f}" y="{height - pad_b - h:.1f}" width="{bw - 1:.1f}" '
+                f'height="{h:.1f}" fill="{color}" fill-opacity="0.5"/>'
+            )
+        parts.append(
+            f'<text x="{width - 160}" y="{28 + 14 * i}" fill="{color}">{html.escape(name)} (n={len(finite[i]):,})</text>'
+        )
+    parts.append(
+        f'<text x="{pad_l}" y="{height - 6}">{edges[0]:.3g}</text>'
+        f'<text x="{width - 50}" y="{height - 6}">{edges[-1]:.3g}</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -126,7 +148,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         return ""
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>"
+        for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -147,13 +170,20 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
     out = Path(out)
     target = out if out.suffix.lower() in (".html", ".htm") else out / "report.html"
     if not target.parent.exists() and target.parent != out:
-        raise BadInputError(f"--out {out}: directory {target.parent} does not exist; create it first")
+        raise BadInputError(
+            f"--out {out}: directory {target.parent} does not exist; create it first"
+        )
     info = lake_info(lake)
     sections = [
         f"<h1>cld_lake report</h1><p>{html.escape(str(lake.path))} · lake {info['lake_id']} · "
         f"{info['num_classes']} classes · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
         "<h2>Splits</h2>",
-        _table([{"split": k, **{c: v for c, v in s.items() if c not in ("metadata_columns",)}} for k, s in info["splits"].items()]),
+        _table(
+            [
+                {"split": k, **{c: v for c, v in s.items() if c not in ("metadata_columns",)}}
+                for k, s in info["splits"].items()
+            ]
+        ),
     ]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     accs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -176,13 +206,17 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
             if noisy is not None:
                 groups = {"clean labels": values[~noisy], "noisy labels": values[noisy]}
                 sections.append(_svg_hist(groups, f"{col}: distribution (share of each group)"))
-                sections.append(f"<h3>{html.escape(col)}: noisy labels among the lowest-scored samples</h3>")
+                sections.append(
+                    f"<h3>{html.escape(col)}: noisy labels among the lowest-scored samples</h3>"
+                )
                 sections.append(_table(noise_detection(values, noisy)))
             else:
                 sections.append(_svg_hist({col: values}, f"{col}: distribution"))
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:13px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "font-size:13px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}"
+    )
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>cld_lake report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
     target.parent.mkdir(parents=True, exist_ok=True)
     from cld_lake._io import atomic_path

@@ -24,8 +24,13 @@ def main(lake_path: str, n: int, total: int, split: str = "train") -> None:
                 continue
             ck = w.checkpoint(t, epoch=t)
             for part in np.array_split(np.random.default_rng(t).permutation(n), 4):
-                ck.add(ids[part], values(n, t)[part], labels=ids[part] % 10,
-                       correct=(ids[part] % 3 == 0), margin=values(n, t)[part] - 1)
+                ck.add(
+                    ids[part],
+                    values(n, t)[part],
+                    labels=ids[part] % 10,
+                    correct=(ids[part] % 3 == 0),
+                    margin=values(n, t)[part] - 1,
+                )
             print(f"commit-start {t}", flush=True)
             ck.commit()
             print(f"commit-end {t}", flush=True)

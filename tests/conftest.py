@@ -81,10 +81,22 @@ def npy_files(tmp_path):
     loss, labels, ids = make_arrays(300, 7, 4, seed=1, nan_rows=3)
     vloss, vlabels, _ = make_arrays(40, 7, 4, seed=2)
     files = {}
-    for name, arr in {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}.items():
+    for name, arr in {
+        "loss": loss,
+        "labels": labels,
+        "ids": ids,
+        "vloss": vloss,
+        "vlabels": vlabels,
+    }.items():
         files[name] = tmp_path / f"{name}.npy"
         np.save(files[name], arr)
-    files["arrays"] = {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}
+    files["arrays"] = {
+        "loss": loss,
+        "labels": labels,
+        "ids": ids,
+        "vloss": vloss,
+        "vlabels": vlabels,
+    }
     return files
 
 

@@ -26,7 +26,14 @@ def read_all(split, channel="loss", **kw):
 def test_npy_round_trip_is_exact_with_shuffled_ids_and_nans(tmp_path, npy_files):
     a = npy_files["arrays"]
     lake_path = tmp_path / "lake"
-    res = import_npy(lake_path, "train", npy_files["loss"], npy_files["labels"], sample_ids=npy_files["ids"], row_chunk=64)
+    res = import_npy(
+        lake_path,
+        "train",
+        npy_files["loss"],
+        npy_files["labels"],
+        sample_ids=npy_files["ids"],
+        row_chunk=64,
+    )
     assert res.nonfinite == 3
     split = open_lake(lake_path).split("train")
     assert split.num_samples == 300 and split.checkpoint_ids.tolist() == list(range(7))
@@ -44,8 +51,15 @@ def test_all_channels_and_float16(tmp_path):
     margin = np.random.default_rng(1).normal(size=(50, 5)).astype(np.float16)
     for name, arr in dict(loss=loss, labels=labels, correct=correct, margin=margin).items():
         np.save(tmp_path / f"{name}.npy", arr)
-    import_npy(tmp_path / "lake", "train", tmp_path / "loss.npy", tmp_path / "labels.npy",
-               correct=tmp_path / "correct.npy", margin=tmp_path / "margin.npy", dtypes={"loss": "float16"})
+    import_npy(
+        tmp_path / "lake",
+        "train",
+        tmp_path / "loss.npy",
+        tmp_path / "labels.npy",
+        correct=tmp_path / "correct.npy",
+        margin=tmp_path / "margin.npy",
+        dtypes={"loss": "float16"},
+    )
     split = open_lake(tmp_path / "lake").split("train")
     assert split.channels == {"loss": "float16", "correct": "bool", "margin": "float16"}
     block = next(split.blocks(channels=["loss", "correct", "margin"]))
@@ -58,13 +72,23 @@ def test_long_parquet_round_trip_any_row_order(tmp_path):
     loss, labels, ids = make_arrays(120, 6, 5, seed=3, nan_rows=2)
     n, t = loss.shape
     ck = np.array([0, 2, 4, 6, 8, 10])
-    long = pa.table({
-        "sample_id": np.repeat(ids, t), "checkpoint": np.tile(ck, n), "loss": loss.reshape(-1),
-    })
+    long = pa.table(
+        {
+            "sample_id": np.repeat(ids, t),
+            "checkpoint": np.tile(ck, n),
+            "loss": loss.reshape(-1),
+        }
+    )
     perm = np.random.default_rng(0).permutation(long.num_rows)
     pq.write_table(long.take(perm), tmp_path / "long.parquet", row_group_size=100)
     pq.write_table(pa.table({"sample_id": ids, "label": labels}), tmp_path / "labels.parquet")
-    import_long_parquet(tmp_path / "lake", "train", tmp_path / "long.parquet", tmp_path / "labels.parquet", row_chunk=16)
+    import_long_parquet(
+        tmp_path / "lake",
+        "train",
+        tmp_path / "long.parquet",
+        tmp_path / "labels.parquet",
+        row_chunk=16,
+    )
     split = open_lake(tmp_path / "lake").split("train")
     assert split.checkpoint_ids.tolist() == ck.tolist()
     got_ids, vals, _ = read_all(split)
@@ -77,12 +101,31 @@ def test_long_parquet_round_trip_any_row_order(tmp_path):
 def test_import_more_checkpoints_into_existing_split_in_another_row_order(tmp_path, npy_files):
     a = npy_files["arrays"]
     lake = tmp_path / "lake"
-    import_npy(lake, "train", npy_files["loss"], npy_files["labels"], sample_ids=npy_files["ids"], row_chunk=32)
+    import_npy(
+        lake,
+        "train",
+        npy_files["loss"],
+        npy_files["labels"],
+        sample_ids=npy_files["ids"],
+        row_chunk=32,
+    )
     perm = np.random.default_rng(5).permutation(300)
     more = np.random.default_rng(6).random((300, 3)).astype(np.float32)
-    for name, arr in {"m": more[perm], "ml": a["labels"][perm], "mi": a["ids"][perm], "mc": np.array([10, 11, 12])}.items():
+    for name, arr in {
+        "m": more[perm],
+        "ml": a["labels"][perm],
+        "mi": a["ids"][perm],
+        "mc": np.array([10, 11, 12]),
+    }.items():
         np.save(tmp_path / f"{name}.npy", arr)
-    import_npy(lake, "train", tmp_path / "m.npy", tmp_path / "ml.npy", sample_ids=tmp_path / "mi.npy", checkpoint_ids=tmp_path / "mc.npy")
+    import_npy(
+        lake,
+        "train",
+        tmp_path / "m.npy",
+        tmp_path / "ml.npy",
+        sample_ids=tmp_path / "mi.npy",
+        checkpoint_ids=tmp_path / "mc.npy",
+    )
     split = open_lake(lake).split("train")
     assert split.checkpoint_ids.tolist() == [0, 1, 2, 3, 4, 5, 6, 10, 11, 12]
     _, vals, _ = read_all(split, block_rows=50)
@@ -180,7 +223,11 @@ def test_declare_samples_and_annotate(tmp_path):
     lake = Lake.create(tmp_path / "lake", num_classes=3)
     ids = np.arange(5) * 10
     with lake.writer("train") as w:
-        w.declare_samples(ids, np.array([0, 1, 2, 0, 1]), metadata={"noisy": np.array([True, False, False, True, False])})
+        w.declare_samples(
+            ids,
+            np.array([0, 1, 2, 0, 1]),
+            metadata={"noisy": np.array([True, False, False, True, False])},
+        )
         w.annotate_samples({"clean_label": np.array([1, 1, 2, 2, 1])})
         ck = w.checkpoint(0)
         ck.add(ids[::-1], np.arange(5.0))
@@ -201,7 +248,9 @@ def test_missing_split_and_bad_window(tmp_path, npy_files):
     assert lake.split("train").select_checkpoints("::2").tolist() == [0, 2, 4, 6]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     n=st.integers(1, 60),
     t=st.integers(1, 9),
@@ -211,13 +260,26 @@ def test_missing_split_and_bad_window(tmp_path, npy_files):
 )
 def test_round_trip_property(tmp_path_factory, n, t, row_chunk, block_rows, data):
     tmp = tmp_path_factory.mktemp("prop")
-    values = data.draw(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=n * t, max_size=n * t))
+    values = data.draw(
+        st.lists(
+            st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=n * t, max_size=n * t
+        )
+    )
     loss = np.array(values, dtype=np.float32).reshape(n, t)
     labels = np.array(data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)))
-    ids = np.array(data.draw(st.lists(st.integers(-10**6, 10**6), min_size=n, max_size=n, unique=True)))
+    ids = np.array(
+        data.draw(st.lists(st.integers(-(10**6), 10**6), min_size=n, max_size=n, unique=True))
+    )
     for name, arr in dict(loss=loss, labels=labels, ids=ids).items():
         np.save(tmp / f"{name}.npy", arr)
-    import_npy(tmp / "lake", "train", tmp / "loss.npy", tmp / "labels.npy", sample_ids=tmp / "ids.npy", row_chunk=row_chunk)
+    import_npy(
+        tmp / "lake",
+        "train",
+        tmp / "loss.npy",
+        tmp / "labels.npy",
+        sample_ids=tmp / "ids.npy",
+        row_chunk=row_chunk,
+    )
     split = open_lake(tmp / "lake").split("train")
     got_ids, vals, _ = read_all(split, block_rows=block_rows)
     np.testing.assert_array_equal(got_ids, ids)

@@ -17,10 +17,29 @@ from tests.conftest import lake_hash, run_cli_subprocess
 @pytest.fixture
 def lake(tmp_path, npy_files, cli):
     path = tmp_path / "lake"
-    r = cli("import", path, "--split", "train", "--loss", npy_files["loss"], "--labels", npy_files["labels"],
-            "--sample-ids", npy_files["ids"])
+    r = cli(
+        "import",
+        path,
+        "--split",
+        "train",
+        "--loss",
+        npy_files["loss"],
+        "--labels",
+        npy_files["labels"],
+        "--sample-ids",
+        npy_files["ids"],
+    )
     assert r.code == 0, r.err
-    r = cli("import", path, "--split", "val", "--loss", npy_files["vloss"], "--labels", npy_files["vlabels"])
+    r = cli(
+        "import",
+        path,
+        "--split",
+        "val",
+        "--loss",
+        npy_files["vloss"],
+        "--labels",
+        npy_files["vlabels"],
+    )
     assert r.code == 0, r.err
     return path
 
@@ -85,29 +104,182 @@ def test_bad_inputs_leave_the_lake_unchanged(lake, tmp_path, npy_files, cli):
         return tmp_path / name
 
     imp = ("import", lake, "--split", "test")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("short.npy", a["labels"][:-3]), match="does not match")
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        save("short.npy", a["labels"][:-3]),
+        match="does not match",
+    )
     dup = a["ids"].copy()
     dup[1] = dup[0]
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--sample-ids", save("dup.npy", dup), match="duplicate")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("neg.npy", a["labels"] - 1), match="negative")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("big.npy", a["labels"] + 4), match="outside the lake's 4 classes")
-    _bad(cli, lake, *imp, "--loss", save("str.npy", np.full((300, 7), "x")), "--labels", f["labels"], match="dtype")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", save("flt.npy", a["labels"].astype(float)), match="dtype")
-    _bad(cli, lake, *imp, "--loss", save("one.npy", a["loss"][:, 0]), "--labels", f["labels"], match="2-D")
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--sample-ids",
+        save("dup.npy", dup),
+        match="duplicate",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        save("neg.npy", a["labels"] - 1),
+        match="negative",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        save("big.npy", a["labels"] + 4),
+        match="outside the lake's 4 classes",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        save("str.npy", np.full((300, 7), "x")),
+        "--labels",
+        f["labels"],
+        match="dtype",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        save("flt.npy", a["labels"].astype(float)),
+        match="dtype",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        save("one.npy", a["loss"][:, 0]),
+        "--labels",
+        f["labels"],
+        match="2-D",
+    )
     # a checkpoint id written twice: re-importing checkpoints 0..6 into train
-    _bad(cli, lake, "import", lake, "--split", "train", "--loss", f["loss"], "--labels", f["labels"],
-         "--sample-ids", f["ids"], match="already committed")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--checkpoint-ids",
-         save("ck.npy", np.array([0, 1, 2, 3, 4, 5, 5])), match="duplicate")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--num-classes", "7", match="has 4 classes")
-    _bad(cli, lake, *imp, "--loss", tmp_path / "nope.npy", "--labels", f["labels"], match="no such file")
+    _bad(
+        cli,
+        lake,
+        "import",
+        lake,
+        "--split",
+        "train",
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--sample-ids",
+        f["ids"],
+        match="already committed",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--checkpoint-ids",
+        save("ck.npy", np.array([0, 1, 2, 3, 4, 5, 5])),
+        match="duplicate",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--num-classes",
+        "7",
+        match="has 4 classes",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        tmp_path / "nope.npy",
+        "--labels",
+        f["labels"],
+        match="no such file",
+    )
     raw = f["loss"].read_bytes()
     (tmp_path / "trunc.npy").write_bytes(raw[: len(raw) // 2])
-    _bad(cli, lake, *imp, "--loss", tmp_path / "trunc.npy", "--labels", f["labels"], match="truncated")
-    _bad(cli, lake, *imp, "--loss", f["loss"], "--labels", f["labels"], "--margin", save("m.npy", a["loss"][:, :3]), match="shape")
-    _bad(cli, lake, "import", lake, "--split", "bogus", "--loss", f["loss"], "--labels", f["labels"], match="bogus")
-    _bad(cli, lake, "import", lake, "--split", "train", "--loss", f["loss"], "--labels", f["labels"],
-         "--checkpoint-ids", save("ck2.npy", np.arange(20, 27)), match="not in split")
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        tmp_path / "trunc.npy",
+        "--labels",
+        f["labels"],
+        match="truncated",
+    )
+    _bad(
+        cli,
+        lake,
+        *imp,
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--margin",
+        save("m.npy", a["loss"][:, :3]),
+        match="shape",
+    )
+    _bad(
+        cli,
+        lake,
+        "import",
+        lake,
+        "--split",
+        "bogus",
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        match="bogus",
+    )
+    _bad(
+        cli,
+        lake,
+        "import",
+        lake,
+        "--split",
+        "train",
+        "--loss",
+        f["loss"],
+        "--labels",
+        f["labels"],
+        "--checkpoint-ids",
+        save("ck2.npy", np.arange(20, 27)),
+        match="not in split",
+    )
 
 
 def test_importing_other_samples_into_an_existing_split_is_refused(lake, tmp_path, npy_files, cli):
@@ -115,8 +287,21 @@ def test_importing_other_samples_into_an_existing_split_is_refused(lake, tmp_pat
     np.save(tmp_path / "l2.npy", a["loss"][:100])
     np.save(tmp_path / "y2.npy", a["labels"][:100])
     np.save(tmp_path / "c2.npy", np.arange(50, 57))
-    _bad(cli, lake, "import", lake, "--split", "train", "--loss", tmp_path / "l2.npy", "--labels", tmp_path / "y2.npy",
-         "--checkpoint-ids", tmp_path / "c2.npy", match="has 300 samples")
+    _bad(
+        cli,
+        lake,
+        "import",
+        lake,
+        "--split",
+        "train",
+        "--loss",
+        tmp_path / "l2.npy",
+        "--labels",
+        tmp_path / "y2.npy",
+        "--checkpoint-ids",
+        tmp_path / "c2.npy",
+        match="has 300 samples",
+    )
 
 
 def test_not_a_lake_and_newer_format(tmp_path, lake, cli):
@@ -131,7 +316,16 @@ def test_not_a_lake_and_newer_format(tmp_path, lake, cli):
     before = lake_hash(notalake)
     np.save(tmp_path / "l.npy", np.zeros((3, 3), np.float32))
     np.save(tmp_path / "y.npy", np.zeros(3, np.int64))
-    r = cli("import", notalake, "--split", "train", "--loss", tmp_path / "l.npy", "--labels", tmp_path / "y.npy")
+    r = cli(
+        "import",
+        notalake,
+        "--split",
+        "train",
+        "--loss",
+        tmp_path / "l.npy",
+        "--labels",
+        tmp_path / "y.npy",
+    )
     assert r.code == 2 and "not a lake" in r.err and lake_hash(notalake) == before
     meta = json.loads((lake / "cld_lake.json").read_text())
     meta["format_version"] = 99
@@ -143,7 +337,16 @@ def test_not_a_lake_and_newer_format(tmp_path, lake, cli):
 def test_failed_import_into_a_new_lake_creates_nothing(tmp_path, npy_files, cli):
     a = npy_files["arrays"]
     np.save(tmp_path / "neg.npy", a["labels"] - 1)
-    r = cli("import", tmp_path / "new", "--split", "train", "--loss", npy_files["loss"], "--labels", tmp_path / "neg.npy")
+    r = cli(
+        "import",
+        tmp_path / "new",
+        "--split",
+        "train",
+        "--loss",
+        npy_files["loss"],
+        "--labels",
+        tmp_path / "neg.npy",
+    )
     assert r.code == 2
     assert not (tmp_path / "new").exists()
 

@@ -24,7 +24,10 @@ N = 200_000
 def start_writer(lake, total, split="train", n=N):
     return subprocess.Popen(
         [sys.executable, "-m", "tests._fault_writer", str(lake), str(n), str(total), split],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -35,7 +38,10 @@ def check_committed_values(lake_path, split="train", n=N):
         for j, t in enumerate(block.checkpoints):
             np.testing.assert_array_equal(block.loss[:, j], values(n, int(t))[rows])
             np.testing.assert_array_equal(block.values["margin"][:, j], values(n, int(t))[rows] - 1)
-        np.testing.assert_array_equal(block.values["correct"], (block.sample_ids % 3 == 0)[:, None].repeat(len(block.checkpoints), 1))
+        np.testing.assert_array_equal(
+            block.values["correct"],
+            (block.sample_ids % 3 == 0)[:, None].repeat(len(block.checkpoints), 1),
+        )
     return split_.checkpoint_ids.tolist()
 
 
@@ -66,10 +72,16 @@ def test_kill_9_mid_commit_leaves_a_verifiable_lake_and_resume_completes(tmp_pat
 def test_second_unrelated_writer_is_refused_while_first_holds_the_split(tmp_path):
     lake = Lake.create(tmp_path / "lake")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys,time; from cld_lake.lake import open_lake; w=open_lake(sys.argv[1]).writer('train'); "
-         "print('locked', flush=True); time.sleep(60)", str(lake.path)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from cld_lake.lake import open_lake; w=open_lake(sys.argv[1]).writer('train'); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(lake.path),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -82,7 +94,16 @@ def test_second_unrelated_writer_is_refused_while_first_holds_the_split(tmp_path
             ck.commit()
         np.save(tmp_path / "l.npy", np.ones((5, 3), np.float32))
         np.save(tmp_path / "y.npy", np.zeros(5, np.int64))
-        r = run_cli_subprocess("import", lake.path, "--split", "train", "--loss", tmp_path / "l.npy", "--labels", tmp_path / "y.npy")
+        r = run_cli_subprocess(
+            "import",
+            lake.path,
+            "--split",
+            "train",
+            "--loss",
+            tmp_path / "l.npy",
+            "--labels",
+            tmp_path / "y.npy",
+        )
         assert r.code == 2 and "being written by another job" in r.err and "pid" in r.err
     finally:
         holder.kill()

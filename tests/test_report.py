@@ -43,8 +43,10 @@ def test_noise_detection_counts_noisy_among_lowest():
 def test_report_cli_writes_html(tmp_path, cli):
     lake = _lake(tmp_path)
     ids = open_lake(lake.path).split("train").sample_ids
-    pq.write_table(pa.table({"sample_id": ids, "label": ids % 3, "cld": np.linspace(-1, 1, len(ids))}),
-                   lake.path / "scores.parquet")
+    pq.write_table(
+        pa.table({"sample_id": ids, "label": ids % 3, "cld": np.linspace(-1, 1, len(ids))}),
+        lake.path / "scores.parquet",
+    )
     r = cli("report", lake.path, "--out", tmp_path / "out")
     assert r.code == 0, r.err
     text = (tmp_path / "out" / "report.html").read_text()

@@ -47,4 +47,6 @@ def test_fused_kernel_checks_shapes_and_labels_before_running_unchecked_code():
 def test_the_compiled_kernel_is_built_in_this_install():
     from cld_lake.score._formula import _fused_kernel
 
-    assert _fused_kernel() is not None, "cld_lake/score/_ckernel.c was not compiled: is gcc installed?"
+    assert _fused_kernel() is not None, (
+        "cld_lake/score/_ckernel.c was not compiled: is gcc installed?"
+    )

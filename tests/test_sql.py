@@ -193,7 +193,9 @@ def _net_bytes(lake, query: str, baseline: str) -> tuple[lake_sql.ScanStats, int
 def test_one_sample_query_reads_one_block(tmp_path):
     n, t, chunk = 20000, 6, 1024
     loss, labels, ids = make_arrays(n, t, 4, seed=12)
-    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids, row_chunk=chunk)
+    import_arrays(
+        tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids, row_chunk=chunk
+    )
     lake = Lake(tmp_path / "lk")
     sid = int(ids[12345])
     base = f"SELECT count(*) FROM losses WHERE sample_id = {sid}"

@@ -28,7 +28,9 @@ def run_main(cli: click.Group, argv: list[str] | None) -> int:
         click.echo("cld-lake: aborted", err=True)
         return 130
     except click.UsageError as exc:
-        where = f" (see: cld-lake {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
+        where = (
+            f" (see: cld-lake {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
+        )
         click.echo(f"cld-lake: error: {' '.join(exc.format_message().split())}{where}", err=True)
         return 2
     except click.ClickException as exc:

@@ -14,35 +14,94 @@ SPLITS = click.Choice(["train", "val", "test"])
 @click.command("import")
 @click.argument("lake", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", type=SPLITS, required=True, help="Split to import into.")
-@click.option("--loss", "loss", required=True, type=click.Path(path_type=Path),
-              help="N x T .npy of losses, or a long .parquet with sample_id, checkpoint, loss[, correct, margin].")
-@click.option("--labels", required=True, type=click.Path(path_type=Path),
-              help="1-D .npy of N labels (or, with a long --loss, a .parquet with sample_id, label).")
-@click.option("--sample-ids", type=click.Path(path_type=Path), help="1-D .npy of N unique sample ids (default 0..N-1).")
-@click.option("--correct", type=click.Path(path_type=Path), help="N x T .npy of correct flags (bool).")
+@click.option(
+    "--loss",
+    "loss",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="N x T .npy of losses, or a long .parquet with sample_id, checkpoint, loss[, correct, margin].",
+)
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="1-D .npy of N labels (or, with a long --loss, a .parquet with sample_id, label).",
+)
+@click.option(
+    "--sample-ids",
+    type=click.Path(path_type=Path),
+    help="1-D .npy of N unique sample ids (default 0..N-1).",
+)
+@click.option(
+    "--correct", type=click.Path(path_type=Path), help="N x T .npy of correct flags (bool)."
+)
 @click.option("--margin", type=click.Path(path_type=Path), help="N x T .npy of logit margins.")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Number of classes (default: max label + 1 of the first import).")
-@click.option("--checkpoint-ids", type=click.Path(path_type=Path), help="1-D .npy of T checkpoint ids (default 0..T-1).")
-@click.option("--loss-dtype", type=click.Choice(["float32", "float16", "float64"]), default=None,
-              help="Stored dtype of the loss channel (default float32).")
-def import_cmd(lake, split, loss, labels, sample_ids, correct, margin, num_classes, checkpoint_ids, loss_dtype):
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=1),
+    help="Number of classes (default: max label + 1 of the first import).",
+)
+@click.option(
+    "--checkpoint-ids",
+    type=click.Path(path_type=Path),
+    help="1-D .npy of T checkpoint ids (default 0..T-1).",
+)
+@click.option(
+    "--loss-dtype",
+    type=click.Choice(["float32", "float16", "float64"]),
+    default=None,
+    help="Stored dtype of the loss channel (default float32).",
+)
+def import_cmd(
+    lake, split, loss, labels, sample_ids, correct, margin, num_classes, checkpoint_ids, loss_dtype
+):
     """Import trajectories into LAKE (created if missing). Streams: a file larger than RAM is fine."""
     from cld_lake.lake.importer import import_long_parquet, import_npy
 
     dtypes = {"loss": loss_dtype} if loss_dtype else None
     if Path(loss).suffix == ".parquet":
-        for opt, value in (("--correct", correct), ("--margin", margin), ("--checkpoint-ids", checkpoint_ids)):
+        for opt, value in (
+            ("--correct", correct),
+            ("--margin", margin),
+            ("--checkpoint-ids", checkpoint_ids),
+        ):
             if value is not None:
                 fail(f"{opt}: not used with a long .parquet --loss (its columns carry them)")
         from cld_lake.export import import_wide_parquet, is_wide_parquet  # wide: one row per sample
 
         if is_wide_parquet(loss):
-            result = import_wide_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
+            result = import_wide_parquet(
+                lake,
+                split,
+                loss,
+                labels,
+                sample_ids=sample_ids,
+                num_classes=num_classes,
+                dtypes=dtypes,
+            )
         else:
-            result = import_long_parquet(lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes)
+            result = import_long_parquet(
+                lake,
+                split,
+                loss,
+                labels,
+                sample_ids=sample_ids,
+                num_classes=num_classes,
+                dtypes=dtypes,
+            )
     else:
-        result = import_npy(lake, split, loss, labels, sample_ids=sample_ids, correct=correct, margin=margin,
-                            checkpoint_ids=checkpoint_ids, num_classes=num_classes, dtypes=dtypes)
+        result = import_npy(
+            lake,
+            split,
+            loss,
+            labels,
+            sample_ids=sample_ids,
+            correct=correct,
+            margin=margin,
+            checkpoint_ids=checkpoint_ids,
+            num_classes=num_classes,
+            dtypes=dtypes,
+        )
     click.echo(
         f"imported {result.num_samples} samples x {len(result.checkpoints)} checkpoints into {lake} [{split}] "
         f"channels={','.join(result.channels)} nonfinite_losses={result.nonfinite}"
@@ -76,7 +135,11 @@ def info_cmd(lake, as_json):
     if not info["splits"]:
         click.echo("  (no splits yet)")
     for name, prov in info["scores"].items():
-        detail = ", ".join(f"{k}={v}" for k, v in prov.items() if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback"))
+        detail = ", ".join(
+            f"{k}={v}"
+            for k, v in prov.items()
+            if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback")
+        )
         click.echo(f"  score {name}: {detail}")
 
 
@@ -90,7 +153,9 @@ def _human(n: int) -> str:
 
 @click.command("verify")
 @click.argument("lake", type=click.Path(path_type=Path))
-@click.option("--quick", is_flag=True, help="Check tables and shapes only; do not read every chunk.")
+@click.option(
+    "--quick", is_flag=True, help="Check tables and shapes only; do not read every chunk."
+)
 def verify_cmd(lake, quick):
     """Check integrity: exit 0 only if every committed byte is readable and consistent."""
     from cld_lake.lake import open_lake
@@ -108,8 +173,12 @@ def verify_cmd(lake, quick):
 
 @click.command("compact")
 @click.argument("lake", type=click.Path(path_type=Path))
-@click.option("--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all).")
-@click.option("--prune", is_flag=True, help="Delete replaced segments now instead of after the grace period.")
+@click.option(
+    "--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all)."
+)
+@click.option(
+    "--prune", is_flag=True, help="Delete replaced segments now instead of after the grace period."
+)
 def compact_cmd(lake, splits, prune):
     """Merge each split's segments into one, for the fastest row-block scans."""
     from cld_lake.lake import open_lake
@@ -133,8 +202,20 @@ def env_cmd():
     from cld_lake import __version__
 
     click.echo(f"cld-lake {__version__}")
-    click.echo(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs")
-    for package in ("numpy", "zarr", "pyarrow", "duckdb", "polars", "torch", "torchvision", "dask", "distributed"):
+    click.echo(
+        f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs"
+    )
+    for package in (
+        "numpy",
+        "zarr",
+        "pyarrow",
+        "duckdb",
+        "polars",
+        "torch",
+        "torchvision",
+        "dask",
+        "distributed",
+    ):
         try:
             version = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -142,7 +223,9 @@ def env_cmd():
         click.echo(f"{package} {version}")
     from cld_lake.score._formula import _fused_kernel
 
-    click.echo(f"CLD kernel: {'compiled C (fused)' if _fused_kernel() else 'NumPy (no compiled kernel)'}")
+    click.echo(
+        f"CLD kernel: {'compiled C (fused)' if _fused_kernel() else 'NumPy (no compiled kernel)'}"
+    )
 
 
 COMMANDS = [import_cmd, info_cmd, verify_cmd, compact_cmd, env_cmd]

@@ -9,8 +9,12 @@ import click
 
 @click.command("report")
 @click.argument("lake", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="An .html file, or a directory to hold report.html.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="An .html file, or a directory to hold report.html.",
+)
 def report_cmd(lake, out):
     """Write an HTML report: splits, loss curves, score distributions, noise detection."""
     from cld_lake.lake import open_lake

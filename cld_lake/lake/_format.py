@@ -72,7 +72,9 @@ def read_root_metadata(path: Path) -> dict[str, Any]:
     """Read and check ``cld_lake.json``; raise a clear error when ``path`` is not a lake."""
     root_file = path / ROOT_FILE
     if not path.exists():
-        raise NotALakeError(f"{path}: no such lake directory; create one with `cld-lake import {path} ...`")
+        raise NotALakeError(
+            f"{path}: no such lake directory; create one with `cld-lake import {path} ...`"
+        )
     if not path.is_dir():
         raise NotALakeError(f"{path}: is a file, not a lake directory")
     if not root_file.exists():
@@ -82,9 +84,13 @@ def read_root_metadata(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(root_file.read_text())
     except (OSError, ValueError) as exc:
-        raise NotALakeError(f"{root_file}: unreadable lake metadata ({exc}); restore it from a backup") from exc
+        raise NotALakeError(
+            f"{root_file}: unreadable lake metadata ({exc}); restore it from a backup"
+        ) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise NotALakeError(f"{root_file}: not a cld_lake metadata file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise NotALakeError(
+            f"{root_file}: not a cld_lake metadata file (format={meta.get('format') if isinstance(meta, dict) else None!r})"
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise LakeVersionError(

@@ -115,7 +115,9 @@ class ChunkReader:
         except FileNotFoundError as exc:
             raise CorruptLakeError(f"{path}: chunk file missing; run `cld-lake verify`") from exc
         if got != nbytes + 4 or extra:
-            raise CorruptLakeError(f"{path}: chunk has {got} bytes, expected {nbytes + 4}; the file is damaged")
+            raise CorruptLakeError(
+                f"{path}: chunk has {got} bytes, expected {nbytes + 4}; the file is damaged"
+            )
         stored = int(buf[-4:].view("<u4")[0])
         if google_crc32c.value(buf[:-4]) != stored:
             raise CorruptLakeError(f"{path}: checksum mismatch; the chunk is damaged")
@@ -173,7 +175,11 @@ class ChunkWriter:
             self.fill = np.asarray(fill, dtype=self.dtype)
 
     def write(self, a: int, b: int, values: np.ndarray) -> None:
-        aligned = a % self.chunk_rows == 0 and (b % self.chunk_rows == 0 or b == self.rows) if self.direct else False
+        aligned = (
+            a % self.chunk_rows == 0 and (b % self.chunk_rows == 0 or b == self.rows)
+            if self.direct
+            else False
+        )
         if not aligned or values.shape != (b - a, self.width):
             self.array[a:b] = values  # type: ignore[index]
             return

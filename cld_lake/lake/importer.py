@@ -41,7 +41,9 @@ def load_npy(path: PathLike, what: str) -> np.ndarray:
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise BadInputError(f"{what} {p}: not a readable .npy file ({str(exc).splitlines()[0]}); is it truncated?") from exc
+        raise BadInputError(
+            f"{what} {p}: not a readable .npy file ({str(exc).splitlines()[0]}); is it truncated?"
+        ) from exc
     return arr
 
 
@@ -116,13 +118,17 @@ def import_npy(
     """Import N x T ``.npy`` arrays into ``split`` (created if missing, with the lake)."""
     loss_arr = load_npy(loss, "--loss")
     if loss_arr.ndim != 2:
-        raise BadInputError(f"--loss {loss}: expected a 2-D N x T array, got shape {loss_arr.shape}")
+        raise BadInputError(
+            f"--loss {loss}: expected a 2-D N x T array, got shape {loss_arr.shape}"
+        )
     _numeric(loss_arr, "--loss", loss, "fiu")
     n, t = loss_arr.shape
     label_arr = load_npy(labels, "--labels")
     _numeric(label_arr, "--labels", labels, "iu")
     if label_arr.shape != (n,):
-        raise BadInputError(f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)")
+        raise BadInputError(
+            f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
+        )
     channels_src: dict[str, np.ndarray] = {"loss": loss_arr}
     paths_src: dict[str, PathLike] = {"loss": loss}
     for name, path, kinds in (("correct", correct, "bi"), ("margin", margin, "fiu")):
@@ -131,7 +137,9 @@ def import_npy(
         arr = load_npy(path, f"--{name}")
         _numeric(arr, f"--{name}", path, kinds)
         if arr.shape != (n, t):
-            raise BadInputError(f"--{name} {path}: shape {arr.shape} does not match --loss shape {(n, t)}")
+            raise BadInputError(
+                f"--{name} {path}: shape {arr.shape} does not match --loss shape {(n, t)}"
+            )
         channels_src[name] = arr
         paths_src[name] = path
     ids = _load_ids(sample_ids, n, "--sample-ids")
@@ -155,7 +163,17 @@ def import_npy(
 
         return read_rows
 
-    return _import(lake_path, split, ids, np.asarray(label_arr), ckpts, channels, source, num_classes, row_chunk)
+    return _import(
+        lake_path,
+        split,
+        ids,
+        np.asarray(label_arr),
+        ckpts,
+        channels,
+        source,
+        num_classes,
+        row_chunk,
+    )
 
 
 def _load_ids(path: PathLike | None, n: int, what: str) -> np.ndarray:
@@ -172,17 +190,27 @@ def _load_ids(path: PathLike | None, n: int, what: str) -> np.ndarray:
     return arr
 
 
-def _import(lake_path, split, ids, labels, ckpts, channels, make_source, num_classes, row_chunk) -> ImportResult:
+def _import(
+    lake_path, split, ids, labels, ckpts, channels, make_source, num_classes, row_chunk
+) -> ImportResult:
     """Validate against the lake (without changing it), then write and commit."""
     labels = np.asarray(labels, dtype=np.int64)
     lake_exists = (Path(lake_path) / fmt.ROOT_FILE).exists()
     if lake_exists:
         lake = Lake(lake_path)
-        if num_classes is not None and lake.num_classes is not None and num_classes != lake.num_classes:
+        if (
+            num_classes is not None
+            and lake.num_classes is not None
+            and num_classes != lake.num_classes
+        ):
             raise BadInputError(
                 f"--num-classes {num_classes}: the lake at {lake_path} has {lake.num_classes} classes; use the same number or a new lake"
             )
-        check_labels(labels, lake.num_classes if lake.num_classes is not None else num_classes, f"--labels for {lake_path}")
+        check_labels(
+            labels,
+            lake.num_classes if lake.num_classes is not None else num_classes,
+            f"--labels for {lake_path}",
+        )
         if lake.has_split(split):
             rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
         else:
@@ -198,12 +226,19 @@ def _import(lake_path, split, ids, labels, ckpts, channels, make_source, num_cla
         if writer.split is not None and rows is None:
             rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
         writer.append_columns(
-            ckpts.tolist(), make_source(rows), num_rows=len(ids), channels=channels, new_samples=new_samples
+            ckpts.tolist(),
+            make_source(rows),
+            num_rows=len(ids),
+            channels=channels,
+            new_samples=new_samples,
         )
         result_split = writer.split
     assert result_split is not None
     return ImportResult(
-        split, len(ids), sorted(int(c) for c in ckpts), dict(channels),
+        split,
+        len(ids),
+        sorted(int(c) for c in ckpts),
+        dict(channels),
         _nonfinite_of(result_split, ckpts),
     )
 
@@ -215,7 +250,9 @@ def _nonfinite_of(split, ckpts) -> int:
     return int(table.column("nonfinite").to_numpy()[chosen].sum())
 
 
-def _rows_in_existing_split(lake: Lake, split_name: str, ids, labels, ckpts, channels) -> np.ndarray | None:
+def _rows_in_existing_split(
+    lake: Lake, split_name: str, ids, labels, ckpts, channels
+) -> np.ndarray | None:
     """Map import rows onto the split's rows; None when they are already in the split's order."""
     split = lake.split(split_name)
     if len(ids) != split.num_samples:
@@ -224,7 +261,9 @@ def _rows_in_existing_split(lake: Lake, split_name: str, ids, labels, ckpts, cha
             "An import adds checkpoints for the same samples"
         )
     if channels != split.channels:
-        raise BadInputError(f"split {split_name!r} stores channels {split.channels}; the import gives {channels}")
+        raise BadInputError(
+            f"split {split_name!r} stores channels {split.channels}; the import gives {channels}"
+        )
     dup = np.intersect1d(ckpts, split.checkpoint_ids)
     if len(dup):
         raise BadInputError(
@@ -236,7 +275,9 @@ def _rows_in_existing_split(lake: Lake, split_name: str, ids, labels, ckpts, cha
         return None
     pos = split.rows_of(ids)
     if (pos < 0).any():
-        raise BadInputError(f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r}")
+        raise BadInputError(
+            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r}"
+        )
     if not np.array_equal(split.labels[pos], labels):
         raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")
     # import row i holds split row pos[i]; the writer wants split order: source row for split row r
@@ -268,38 +309,60 @@ def import_long_parquet(
     loss_path = Path(loss)
     if not loss_path.exists():
         raise InputFileNotFoundError(f"--loss {loss_path}: no such file")
-    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": tempfile.gettempdir()})
+    con = duckdb.connect(
+        config={"memory_limit": memory_limit, "temp_directory": tempfile.gettempdir()}
+    )
     try:
         src = f"read_parquet({_sql_str(loss_path)})"
         try:
             cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         except duckdb.Error as exc:
-            raise BadInputError(f"--loss {loss_path}: not a readable Parquet file ({_first_line(exc)})") from exc
+            raise BadInputError(
+                f"--loss {loss_path}: not a readable Parquet file ({_first_line(exc)})"
+            ) from exc
         for need in ("sample_id", "checkpoint", "loss"):
             if need not in cols:
-                raise BadInputError(f"--loss {loss_path}: missing column {need!r}; a long file has sample_id, checkpoint, loss")
+                raise BadInputError(
+                    f"--loss {loss_path}: missing column {need!r}; a long file has sample_id, checkpoint, loss"
+                )
         present = [c for c in ("loss", "correct", "margin") if c in cols]
         for c in ("sample_id", "checkpoint"):
             if not any(k in cols[c] for k in ("INT",)):
-                raise BadInputError(f"--loss {loss_path}: column {c} is {cols[c]}, expected an integer type")
+                raise BadInputError(
+                    f"--loss {loss_path}: column {c} is {cols[c]}, expected an integer type"
+                )
         for c in present:
             if not any(k in cols[c] for k in ("FLOAT", "DOUBLE", "INT", "BOOLEAN", "DECIMAL")):
-                raise BadInputError(f"--loss {loss_path}: column {c} is {cols[c]}, expected a number")
-        ckpts = np.array([r[0] for r in con.execute(f"SELECT DISTINCT checkpoint FROM {src} ORDER BY 1").fetchall()], np.int64)
+                raise BadInputError(
+                    f"--loss {loss_path}: column {c} is {cols[c]}, expected a number"
+                )
+        ckpts = np.array(
+            [
+                r[0]
+                for r in con.execute(f"SELECT DISTINCT checkpoint FROM {src} ORDER BY 1").fetchall()
+            ],
+            np.int64,
+        )
         if len(ckpts) == 0:
             raise BadInputError(f"--loss {loss_path}: no rows")
         if sample_ids is not None:
             ids = load_npy(sample_ids, "--sample-ids")
             ids = _load_ids(sample_ids, len(ids), "--sample-ids")
         else:
-            ids = con.execute(f"SELECT DISTINCT sample_id FROM {src} ORDER BY 1").fetchnumpy()["sample_id"].astype(np.int64)
+            ids = (
+                con.execute(f"SELECT DISTINCT sample_id FROM {src} ORDER BY 1")
+                .fetchnumpy()["sample_id"]
+                .astype(np.int64)
+            )
         labels_arr = _load_long_labels(con, labels, ids)
         n, t = len(ids), len(ckpts)
         total, distinct_pairs = con.execute(
             f"SELECT count(*), count(DISTINCT (sample_id, checkpoint)) FROM {src}"
         ).fetchall()[0]
         if total != distinct_pairs:
-            raise BadInputError(f"--loss {loss_path}: {total - distinct_pairs} duplicate (sample_id, checkpoint) rows")
+            raise BadInputError(
+                f"--loss {loss_path}: {total - distinct_pairs} duplicate (sample_id, checkpoint) rows"
+            )
         if total != n * t:
             raise BadInputError(
                 f"--loss {loss_path}: {total} rows, expected {n} samples x {t} checkpoints = {n * t}; every sample needs a value at every checkpoint"
@@ -308,9 +371,13 @@ def import_long_parquet(
 
         con.register("_ids", pa.table({"sample_id": ids, "row": np.arange(n, dtype=np.int64)}))
         con.register("_ck", pa.table({"checkpoint": ckpts, "col": np.arange(t, dtype=np.int64)}))
-        unknown = con.execute(f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)").fetchall()[0][0]
+        unknown = con.execute(
+            f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)"
+        ).fetchall()[0][0]
         if unknown:
-            raise BadInputError(f"--loss {loss_path}: {unknown} rows have sample ids not in --sample-ids")
+            raise BadInputError(
+                f"--loss {loss_path}: {unknown} rows have sample ids not in --sample-ids"
+            )
         channels = {c: (dtypes or {}).get(c, fmt.CHANNEL_DTYPES[c][0]) for c in present}
         select_cols = ", ".join(f"l.{c}" for c in present)
 
@@ -318,7 +385,9 @@ def import_long_parquet(
             # the writer asks for split rows [a, b) in order; stream the sorted result once
             order_sql = "i.row" if rows is None else "r.split_row"
             if rows is not None:
-                con.register("_rows", pa.table({"row": rows, "split_row": np.arange(n, dtype=np.int64)}))
+                con.register(
+                    "_rows", pa.table({"row": rows, "split_row": np.arange(n, dtype=np.int64)})
+                )
             join_rows = "" if rows is None else " JOIN _rows r ON r.row = i.row"
             reader = con.sql(
                 f"SELECT {order_sql} AS r, c.col, {select_cols} FROM {src} l JOIN _ids i USING (sample_id) "
@@ -326,7 +395,9 @@ def import_long_parquet(
             ).to_arrow_reader(batch_size=1 << 20)
             return _LongRowReader(reader, t, present)
 
-        return _import(lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk)
+        return _import(
+            lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk
+        )
     finally:
         con.close()
 
@@ -348,7 +419,9 @@ class _LongRowReader:
         while have < need:
             if self._pending is None:
                 batch = self._reader.read_next_batch()
-                self._pending = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in self._channels}
+                self._pending = {
+                    c: batch.column(c).to_numpy(zero_copy_only=False) for c in self._channels
+                }
             take = min(need - have, len(self._pending["loss"]))
             for c in self._channels:
                 parts[c].append(self._pending[c][:take])
@@ -371,17 +444,23 @@ def _load_long_labels(con, labels: PathLike, ids: np.ndarray) -> np.ndarray:
                 f"SELECT w.pos, l.label FROM _want w LEFT JOIN read_parquet({_sql_str(p)}) l USING (sample_id) ORDER BY w.pos"
             ).fetchnumpy()
         except Exception as exc:
-            raise BadInputError(f"--labels {p}: needs columns sample_id, label ({_first_line(exc)})") from exc
+            raise BadInputError(
+                f"--labels {p}: needs columns sample_id, label ({_first_line(exc)})"
+            ) from exc
         lab = got["label"]
         if hasattr(lab, "mask") and np.ma.is_masked(lab):
-            raise BadInputError(f"--labels {p}: no label for {int(np.ma.getmaskarray(lab).sum())} sample ids")
+            raise BadInputError(
+                f"--labels {p}: no label for {int(np.ma.getmaskarray(lab).sum())} sample ids"
+            )
         if len(lab) != len(ids):
             raise BadInputError(f"--labels {p}: sample ids appear more than once")
         return np.asarray(lab).astype(np.int64)
     arr = load_npy(p, "--labels")
     _numeric(arr, "--labels", p, "iu")
     if arr.shape != ids.shape:
-        raise BadInputError(f"--labels {p}: shape {arr.shape} does not match the {len(ids)} sample ids of the long file")
+        raise BadInputError(
+            f"--labels {p}: shape {arr.shape} does not match the {len(ids)} sample ids of the long file"
+        )
     return np.asarray(arr, np.int64)
 
 

@@ -52,7 +52,9 @@ def lake_info(lake: Lake) -> dict[str, Any]:
             "channels": split.channels,
             "segments": len(split.segment_names()),
             "nonfinite_losses": split.nonfinite_losses(),
-            "metadata_columns": [c for c in split.samples_table.column_names if c not in ("sample_id", "label")],
+            "metadata_columns": [
+                c for c in split.samples_table.column_names if c not in ("sample_id", "label")
+            ],
             "bytes_on_disk": _dir_bytes(split.path),
             "bytes_per_value": round(seg_bytes / values, 3) if values else None,
         }
@@ -130,25 +132,36 @@ def _split_dirs(lake: Lake) -> list[str]:
 def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
     split_dir = lake.path / fmt.SPLITS_DIR / name
     if not (split_dir / fmt.CHECKPOINTS_FILE).exists():
-        if (split_dir / fmt.SEGMENTS_DIR).exists() and any((split_dir / fmt.SEGMENTS_DIR).iterdir()):
-            report.warnings.append(f"split {name!r}: uncommitted data from an interrupted first write (no checkpoint committed)")
+        if (split_dir / fmt.SEGMENTS_DIR).exists() and any(
+            (split_dir / fmt.SEGMENTS_DIR).iterdir()
+        ):
+            report.warnings.append(
+                f"split {name!r}: uncommitted data from an interrupted first write (no checkpoint committed)"
+            )
         return
     split = lake.split(name)
     ids = split.sample_ids
     if len(ids) != split.num_samples:
-        report.errors.append(f"split {name!r}: samples.parquet has {len(ids)} rows, checkpoints.parquet says {split.num_samples}")
+        report.errors.append(
+            f"split {name!r}: samples.parquet has {len(ids)} rows, checkpoints.parquet says {split.num_samples}"
+        )
         return
     if count_duplicates(ids):
         report.errors.append(f"split {name!r}: duplicate sample ids in samples.parquet")
     labels = split.labels
-    if len(labels) and (labels.min() < 0 or (lake.num_classes is not None and labels.max() >= lake.num_classes)):
+    if len(labels) and (
+        labels.min() < 0 or (lake.num_classes is not None and labels.max() >= lake.num_classes)
+    ):
         report.errors.append(f"split {name!r}: labels outside 0..{lake.num_classes}")
     ck = split.checkpoint_ids
     if len(np.unique(ck)) != len(ck):
         report.errors.append(f"split {name!r}: a checkpoint id is committed twice")
     referenced = split.segment_names()
     seg_dir = split.path / fmt.SEGMENTS_DIR
-    widths = {s: int(np.sum(np.asarray(split.checkpoint_table.column("segment").to_pylist()) == s)) for s in referenced}
+    widths = {
+        s: int(np.sum(np.asarray(split.checkpoint_table.column("segment").to_pylist()) == s))
+        for s in referenced
+    }
     from cld_lake.lake._segments import open_segment
 
     for seg in referenced:
@@ -165,8 +178,14 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
             arr = arrays.get(channel)
             if arr is None:
                 report.errors.append(f"split {name!r}: segment {seg} lacks channel {channel!r}")
-            elif arr.shape[0] != split.num_samples or arr.shape[1] < widths[seg] or str(arr.dtype) != dtype:
-                report.errors.append(f"split {name!r}: segment {seg}/{channel} has shape {arr.shape} {arr.dtype}")
+            elif (
+                arr.shape[0] != split.num_samples
+                or arr.shape[1] < widths[seg]
+                or str(arr.dtype) != dtype
+            ):
+                report.errors.append(
+                    f"split {name!r}: segment {seg}/{channel} has shape {arr.shape} {arr.dtype}"
+                )
     if report.errors:
         return
     if read_data and len(ck):
@@ -176,14 +195,20 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
                 nonfinite += (~np.isfinite(block.loss)).sum(axis=0)
                 report.checked_values += block.loss.size * len(split.channels)
         except Exception as exc:
-            report.errors.append(f"split {name!r}: stored values unreadable or corrupt ({_one_line(exc)})")
+            report.errors.append(
+                f"split {name!r}: stored values unreadable or corrupt ({_one_line(exc)})"
+            )
             return
         recorded = split.checkpoint_table.column("nonfinite").to_numpy()
         if not np.array_equal(nonfinite, recorded):
-            report.errors.append(f"split {name!r}: NaN/inf counts differ from those recorded at commit (data changed)")
+            report.errors.append(
+                f"split {name!r}: NaN/inf counts differ from those recorded at commit (data changed)"
+            )
     for entry in seg_dir.iterdir() if seg_dir.exists() else []:
         if entry.name not in referenced:
-            report.warnings.append(f"split {name!r}: unreferenced segment {entry.name} (garbage; removed by the next writer)")
+            report.warnings.append(
+                f"split {name!r}: unreferenced segment {entry.name} (garbage; removed by the next writer)"
+            )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -76,7 +76,9 @@ class Split:
             )
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(ck_path).read()  # (pq.read_table would import pyarrow.dataset: +0.3 s)
+        table = pq.ParquetFile(
+            ck_path
+        ).read()  # (pq.read_table would import pyarrow.dataset: +0.3 s)
         meta = json.loads((table.schema.metadata or {}).get(b"cld_lake", b"{}"))
         ids = table.column("checkpoint").to_numpy()
         # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute: +0.1 s)
@@ -125,7 +127,11 @@ class Split:
         sorted_ids, order = index
         pos = np.searchsorted(sorted_ids, ids)
         pos_clipped = np.minimum(pos, len(sorted_ids) - 1) if len(sorted_ids) else pos
-        found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        found = (
+            (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids)
+            if len(sorted_ids)
+            else np.zeros(len(ids), bool)
+        )
         rows = np.where(found, order[pos_clipped] if len(sorted_ids) else 0, -1)
         return rows.astype(np.int64)
 
@@ -149,7 +155,9 @@ class Split:
                     counts += part
         return counts
 
-    def iter_samples(self, batch_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_samples(
+        self, batch_rows: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(sample_ids, labels)`` in row order, one row group (or ``batch_rows``) at a time."""
         step = int(batch_rows or self.row_chunk)
         for a in range(0, self.num_samples, step):
@@ -286,7 +294,9 @@ class Split:
         return list(dict.fromkeys(self.checkpoint_table.column("segment").to_pylist()))
 
     def __repr__(self) -> str:
-        return f"Split({self.name!r}, samples={self.num_samples}, checkpoints={self.num_checkpoints})"
+        return (
+            f"Split({self.name!r}, samples={self.num_samples}, checkpoints={self.num_checkpoints})"
+        )
 
 
 class _SampleRows:
@@ -345,8 +355,10 @@ class Lake:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise NotALakeError(f"{path}: is a file; choose a directory for the lake")
-        if path.exists() and not (path / fmt.ROOT_FILE).exists() and any(
-            p.name != fmt.ROOT_LOCK for p in path.iterdir()
+        if (
+            path.exists()
+            and not (path / fmt.ROOT_FILE).exists()
+            and any(p.name != fmt.ROOT_LOCK for p in path.iterdir())
         ):
             raise NotALakeError(
                 f"{path}: directory exists, is not empty and is not a lake; choose a new or empty directory"

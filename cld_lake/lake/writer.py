@@ -58,13 +58,18 @@ _CHECKPOINT_SCHEMA_FIELDS = (
 def _checkpoint_schema(meta: dict[str, Any]) -> Any:
     import pyarrow as pa
 
-    fields = [pa.field(name, getattr(pa, typ)() if typ != "string" else pa.string()) for name, typ in _CHECKPOINT_SCHEMA_FIELDS]
+    fields = [
+        pa.field(name, getattr(pa, typ)() if typ != "string" else pa.string())
+        for name, typ in _CHECKPOINT_SCHEMA_FIELDS
+    ]
     return pa.schema(fields, metadata={"cld_lake": json.dumps(meta, sort_keys=True)})
 
 
 def check_split_name(split: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split or ""):
-        raise BadInputError(f"split name {split!r}: use letters, digits, '_', '-' or '.' (e.g. train, val, test)")
+        raise BadInputError(
+            f"split name {split!r}: use letters, digits, '_', '-' or '.' (e.g. train, val, test)"
+        )
     return split
 
 
@@ -88,7 +93,9 @@ def default_channels(names: Sequence[str]) -> dict[str, str]:
     return {c: fmt.CHANNEL_DTYPES[c][0] for c in fmt.CHANNELS if c in names}
 
 
-def _check_and_write_rows(arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int) -> np.ndarray:
+def _check_and_write_rows(
+    arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int
+) -> np.ndarray:
     """Write rows ``[a, b)`` of every channel; return the NaN/inf count per loss column."""
     for channel, arr in arrays.items():
         arr.write(a, b, blocks[channel])
@@ -168,7 +175,11 @@ class SplitWriter:
         self.name = check_split_name(split)
         if row_chunk < 1 or row_chunk & (row_chunk - 1):
             raise BadInputError(f"row_chunk must be a power of two, got {row_chunk}")
-        if num_classes is not None and lake.num_classes is not None and num_classes != lake.num_classes:
+        if (
+            num_classes is not None
+            and lake.num_classes is not None
+            and num_classes != lake.num_classes
+        ):
             raise BadInputError(
                 f"--num-classes {num_classes}: the lake at {lake.path} has {lake.num_classes} classes; "
                 "use the same number or a new lake"
@@ -229,14 +240,19 @@ class SplitWriter:
         return CheckpointBuffer(self, int(checkpoint), epoch, step, wall_time, duplicates)
 
     def declare_samples(
-        self, sample_ids: np.ndarray, labels: np.ndarray, metadata: Mapping[str, np.ndarray] | None = None
+        self,
+        sample_ids: np.ndarray,
+        labels: np.ndarray,
+        metadata: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Create the split with its sample set (and metadata columns) and no checkpoints yet."""
         if self.split is not None:
             raise BadInputError(f"split {self.name!r} already exists in {self.lake.path}")
         ids, labels = self._check_new_samples(sample_ids, labels)
         channels = self._requested_channels or default_channels(["loss"])
-        self._commit(ids_labels=(ids, labels, metadata), channels=channels, new_rows=[], segment=None)
+        self._commit(
+            ids_labels=(ids, labels, metadata), channels=channels, new_rows=[], segment=None
+        )
 
     def annotate_samples(self, columns: Mapping[str, np.ndarray]) -> None:
         """Add or replace metadata columns of the samples table (arrays in row order)."""
@@ -249,7 +265,9 @@ class SplitWriter:
                 raise BadInputError(f"metadata column {name!r} is reserved")
             values = np.asarray(values)
             if values.shape != (split.num_samples,):
-                raise BadInputError(f"metadata column {name!r}: expected {split.num_samples} values, got {values.shape}")
+                raise BadInputError(
+                    f"metadata column {name!r}: expected {split.num_samples} values, got {values.shape}"
+                )
             arr = pa.array(values)
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), name, arr)
@@ -288,12 +306,16 @@ class SplitWriter:
         in_order = bool(np.array_equal(order, np.arange(len(ckpts))))
         width = len(ckpts)
         seg_name = new_segment_name()
-        arrays = create_segment(self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk())
+        arrays = create_segment(
+            self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk()
+        )
         nonfinite = np.zeros(width, np.int64)
         step = self._chunk()
         # Background threads check and write earlier blocks (each to its own chunk files)
         # while this thread reads the next one; at most WRITES_IN_FLIGHT + 1 blocks in memory.
-        with ThreadPoolExecutor(max_workers=WRITES_IN_FLIGHT + 1, thread_name_prefix="cld-lake-write") as pool:
+        with ThreadPoolExecutor(
+            max_workers=WRITES_IN_FLIGHT + 1, thread_name_prefix="cld-lake-write"
+        ) as pool:
             # a new split's samples table is written while the values stream in
             samples_done = pool.submit(self._prepare_new_split, ids_labels) if ids_labels else None
             pending: list[Any] = []
@@ -303,7 +325,9 @@ class SplitWriter:
                 blocks = {}
                 for channel in arrays:
                     block = np.asarray(values[channel])
-                    blocks[channel] = (block if in_order else block[:, order]).astype(channels[channel], copy=False)
+                    blocks[channel] = (block if in_order else block[:, order]).astype(
+                        channels[channel], copy=False
+                    )
                 if len(pending) >= WRITES_IN_FLIGHT:
                     nonfinite += pending.pop(0).result()
                 pending.append(pool.submit(_check_and_write_rows, arrays, blocks, a, b))
@@ -313,10 +337,25 @@ class SplitWriter:
                 samples_done.result()
         now = time.time()
         rows = [
-            self._checkpoint_row(ckpts[j], epochs[j] if epochs else None, None, None, seg_name, col, int(nonfinite[col]), now)
+            self._checkpoint_row(
+                ckpts[j],
+                epochs[j] if epochs else None,
+                None,
+                None,
+                seg_name,
+                col,
+                int(nonfinite[col]),
+                now,
+            )
             for col, j in enumerate(order)
         ]
-        self._commit(ids_labels=ids_labels, channels=channels, new_rows=rows, segment=seg_name, samples_written=True)
+        self._commit(
+            ids_labels=ids_labels,
+            channels=channels,
+            new_rows=rows,
+            segment=seg_name,
+            samples_written=True,
+        )
 
     def compact(self, full: bool = True) -> int:
         """Merge segments so scans read few, wide chunks. Returns the number of merges.
@@ -348,7 +387,9 @@ class SplitWriter:
             for entry in seg_dir.iterdir():
                 if entry.name in referenced:
                     continue
-                if now - entry.stat().st_mtime >= grace_seconds or not entry.name.startswith("seg-"):
+                if now - entry.stat().st_mtime >= grace_seconds or not entry.name.startswith(
+                    "seg-"
+                ):
                     delete_segment(entry)
                     deleted.append(entry.name)
         for entry in self.path.glob(".*.tmp-*"):
@@ -378,16 +419,22 @@ class SplitWriter:
                 "committed checkpoints are never overwritten: use new checkpoint ids"
             )
 
-    def _check_new_samples(self, sample_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_new_samples(
+        self, sample_ids: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(sample_ids)
         labels = np.asarray(labels)
         if self.split is not None:
             raise BadInputError(f"split {self.name!r} already has its samples")
         if ids.ndim != 1 or labels.shape != ids.shape:
-            raise BadInputError(f"sample ids {ids.shape} and labels {labels.shape} must be 1-D of the same length")
+            raise BadInputError(
+                f"sample ids {ids.shape} and labels {labels.shape} must be 1-D of the same length"
+            )
         dups = count_duplicates(ids)
         if dups:
-            raise BadInputError(f"sample ids contain {dups} duplicates; each sample id must be unique")
+            raise BadInputError(
+                f"sample ids contain {dups} duplicates; each sample id must be unique"
+            )
         check_labels(labels, self.num_classes, "labels")
         return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
 
@@ -405,7 +452,11 @@ class SplitWriter:
         ckpts = np.sort(ckpts)
         new_name = new_segment_name()
         arrays = create_segment(
-            self.path / fmt.SEGMENTS_DIR / new_name, split.num_samples, len(ckpts), split.channels, split.row_chunk
+            self.path / fmt.SEGMENTS_DIR / new_name,
+            split.num_samples,
+            len(ckpts),
+            split.channels,
+            split.row_chunk,
         )
         for block in split.blocks(checkpoints=ckpts, channels=list(split.channels)):
             for channel, arr in arrays.items():
@@ -425,7 +476,15 @@ class SplitWriter:
         self.split = Split(self.lake, self.name)
 
     def _checkpoint_row(
-        self, ckpt: int, epoch: int | None, step: int | None, wall_time: float | None, segment: str, column: int, nonfinite: int, now: float
+        self,
+        ckpt: int,
+        epoch: int | None,
+        step: int | None,
+        wall_time: float | None,
+        segment: str,
+        column: int,
+        nonfinite: int,
+        now: float,
     ) -> dict[str, Any]:
         return {
             "checkpoint": int(ckpt),
@@ -456,7 +515,9 @@ class SplitWriter:
     ) -> None:
         if self.split is None:
             if ids_labels is None:
-                raise BadInputError(f"split {self.name!r} is new: its sample ids and labels are needed")
+                raise BadInputError(
+                    f"split {self.name!r} is new: its sample ids and labels are needed"
+                )
             ids = ids_labels[0]
             if not samples_written:
                 self._prepare_new_split(ids_labels)
@@ -467,7 +528,9 @@ class SplitWriter:
                 # sample ids and labels never change after creation: record what readers of a
                 # big split would otherwise recompute with a full pass
                 "ids_sha1": ids_digest(ids),
-                "label_counts": np.bincount(ids_labels[1], minlength=self.num_classes or 0).tolist(),
+                "label_counts": np.bincount(
+                    ids_labels[1], minlength=self.num_classes or 0
+                ).tolist(),
             }
             old_rows: list[dict[str, Any]] = []
         else:
@@ -479,7 +542,9 @@ class SplitWriter:
             self.compact(full=False)
             self.gc()
 
-    def _prepare_new_split(self, ids_labels: tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray] | None]) -> None:
+    def _prepare_new_split(
+        self, ids_labels: tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray] | None]
+    ) -> None:
         """Before a new split's first commit: fix the lake's class count, write samples.parquet
         (not yet visible: the split exists once checkpoints.parquet does)."""
         ids, labels, metadata = ids_labels
@@ -502,14 +567,18 @@ class SplitWriter:
             self.num_classes = current
             self.lake.meta = Lake(self.lake.path).meta
 
-    def _write_samples(self, ids: np.ndarray, labels: np.ndarray, metadata: Mapping[str, np.ndarray] | None) -> None:
+    def _write_samples(
+        self, ids: np.ndarray, labels: np.ndarray, metadata: Mapping[str, np.ndarray] | None
+    ) -> None:
         import pyarrow as pa
 
         columns = {"sample_id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())}
         for name, values in (metadata or {}).items():
             columns[name] = pa.array(np.asarray(values))
         # row groups of one chunk: a block scan reads its ids and labels without the whole table
-        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, pa.table(columns), row_group_size=self._chunk())
+        atomic_write_parquet(
+            self.path / fmt.SAMPLES_FILE, pa.table(columns), row_group_size=self._chunk()
+        )
 
 
 def _tail_run_to_merge(widths: Mapping[str, int]) -> list[str]:
@@ -520,7 +589,9 @@ def _tail_run_to_merge(widths: Mapping[str, int]) -> list[str]:
     if len(names) < COMPACT_FANOUT:
         return []
     tail = names[-COMPACT_FANOUT:]
-    levels = {int(np.floor(np.log(max(widths[n], 1)) / np.log(COMPACT_FANOUT) + 1e-9)) for n in tail}
+    levels = {
+        int(np.floor(np.log(max(widths[n], 1)) / np.log(COMPACT_FANOUT) + 1e-9)) for n in tail
+    }
     return tail if len(levels) == 1 else []
 
 
@@ -528,7 +599,13 @@ class CheckpointBuffer:
     """Values of one checkpoint being recorded; nothing is visible until :meth:`commit`."""
 
     def __init__(
-        self, writer: SplitWriter, checkpoint: int, epoch: int | None, step: int | None, wall_time: float | None, duplicates: str
+        self,
+        writer: SplitWriter,
+        checkpoint: int,
+        epoch: int | None,
+        step: int | None,
+        wall_time: float | None,
+        duplicates: str,
     ) -> None:
         if duplicates not in ("error", "first"):
             raise BadInputError(f"duplicates={duplicates!r}: use 'error' or 'first'")
@@ -560,8 +637,12 @@ class CheckpointBuffer:
         batch = {c: np.asarray(v).reshape(-1) for c, v in given.items() if v is not None}
         for channel, values in batch.items():
             if values.shape != ids.shape:
-                raise BadInputError(f"{channel}: {values.shape[0]} values for {ids.shape[0]} sample ids")
-        lab = None if labels is None else np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
+                raise BadInputError(
+                    f"{channel}: {values.shape[0]} values for {ids.shape[0]} sample ids"
+                )
+        lab = (
+            None if labels is None else np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
+        )
         if lab is not None and lab.shape != ids.shape:
             raise BadInputError(f"labels: {lab.shape[0]} values for {ids.shape[0]} sample ids")
         if self._channels is not None:
@@ -581,7 +662,9 @@ class CheckpointBuffer:
         rows = split.rows_of(ids)
         if (rows < 0).any():
             bad = ids[rows < 0][:5].tolist()
-            raise BadInputError(f"sample ids {bad} are not in split {self.writer.name!r} of {self.writer.lake.path}")
+            raise BadInputError(
+                f"sample ids {bad} are not in split {self.writer.name!r} of {self.writer.lake.path}"
+            )
         if lab is not None and not np.array_equal(split.labels[rows], lab):
             i = int(np.flatnonzero(split.labels[rows] != lab)[0])
             raise BadInputError(
@@ -630,11 +713,22 @@ class CheckpointBuffer:
         for channel, arr in arrays.items():
             arr.write(0, n, values[channel].astype(channels[channel], copy=False).reshape(n, 1))
         nonfinite = int(count_nonfinite(values["loss"].astype(channels["loss"], copy=False))[0])
-        row = w._checkpoint_row(self.checkpoint, self.epoch, self.step, self.wall_time, seg_name, 0, nonfinite, time.time())
+        row = w._checkpoint_row(
+            self.checkpoint,
+            self.epoch,
+            self.step,
+            self.wall_time,
+            seg_name,
+            0,
+            nonfinite,
+            time.time(),
+        )
         w._commit(ids_labels=ids_labels, channels=channels, new_rows=[row], segment=seg_name)
         self.committed = True
 
-    def _gather_new_split(self) -> tuple[tuple[np.ndarray, np.ndarray, None], dict[str, np.ndarray]]:
+    def _gather_new_split(
+        self,
+    ) -> tuple[tuple[np.ndarray, np.ndarray, None], dict[str, np.ndarray]]:
         if not self._parts:
             raise BadInputError(f"checkpoint {self.checkpoint}: no values were added")
         keys = self._parts[0].keys()
@@ -651,7 +745,9 @@ class CheckpointBuffer:
         labels_u = labels[first]
         dup_labels = labels != labels_u[np.searchsorted(uniq, ids)]
         if dup_labels.any():
-            raise BadInputError(f"sample {int(ids[dup_labels][0])} was given with two different labels")
+            raise BadInputError(
+                f"sample {int(ids[dup_labels][0])} was given with two different labels"
+            )
         self._parts = []
         return (uniq, labels_u, None), {k: v[first] for k, v in cat.items()}
 

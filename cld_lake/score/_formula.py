@@ -282,18 +282,45 @@ def _load_ckernel() -> Callable[..., None] | None:
     double_p = ctypes.POINTER(ctypes.c_double)
     i64_p = ctypes.POINTER(ctypes.c_int64)
     functions = {}
-    for dtype, name, ctype in (("float32", "cld_row_sums_f32", ctypes.c_float), ("float64", "cld_row_sums_f64", ctypes.c_double)):
+    for dtype, name, ctype in (
+        ("float32", "cld_row_sums_f32", ctypes.c_float),
+        ("float64", "cld_row_sums_f64", ctypes.c_double),
+    ):
         fn = getattr(lib, name)
         fn.restype = None
-        fn.argtypes = [ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64, i64_p, double_p, double_p, double_p, double_p]
+        fn.argtypes = [
+            ctypes.POINTER(ctype),
+            ctypes.c_int64,
+            ctypes.c_int64,
+            i64_p,
+            double_p,
+            double_p,
+            double_p,
+            double_p,
+        ]
         functions[dtype] = (fn, ctype)
 
-    def run(loss: np.ndarray, labels: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, q: np.ndarray) -> None:
+    def run(
+        loss: np.ndarray,
+        labels: np.ndarray,
+        u: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        q: np.ndarray,
+    ) -> None:
         fn, ctype = functions[str(loss.dtype)]
         n, k = loss.shape
         ptr = lambda x, t: x.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
-        fn(ptr(loss, ctype), n, k, ptr(labels, ctypes.c_int64), ptr(u, ctypes.c_double),
-           ptr(a, ctypes.c_double), ptr(b, ctypes.c_double), ptr(q, ctypes.c_double))
+        fn(
+            ptr(loss, ctype),
+            n,
+            k,
+            ptr(labels, ctypes.c_int64),
+            ptr(u, ctypes.c_double),
+            ptr(a, ctypes.c_double),
+            ptr(b, ctypes.c_double),
+            ptr(q, ctypes.c_double),
+        )
 
     return run
 
@@ -313,7 +340,9 @@ def row_sums(
     """
     fused = _fused_kernel() if kernel in ("auto", "fused") else None
     if kernel == "fused" and fused is None:
-        raise ScoringError("the fused kernel was not compiled (no C compiler at install); reinstall with gcc available")
+        raise ScoringError(
+            "the fused kernel was not compiled (no C compiler at install); reinstall with gcc available"
+        )
     if fused is None:
         return _row_sums_numpy(loss, labels, u, threads)
     n_rows = loss.shape[0]
@@ -338,7 +367,9 @@ def row_sums(
     return out
 
 
-def _run_pieces(run: Callable[[tuple[int, int]], None], pieces: list[tuple[int, int]], threads: int) -> None:
+def _run_pieces(
+    run: Callable[[tuple[int, int]], None], pieces: list[tuple[int, int]], threads: int
+) -> None:
     """Run ``run`` on each row range, on ``threads`` threads (the kernels release the GIL)."""
     if threads > 1 and len(pieces) > 1:
         list(_pool(threads).map(run, pieces))

@@ -88,12 +88,18 @@ def _same_rows(path: Any, train: Split) -> bool:
     return True
 
 
-def _metadata(old_schema: Any, name: str, provenance: dict[str, Any], train: Split) -> dict[str, str]:
+def _metadata(
+    old_schema: Any, name: str, provenance: dict[str, Any], train: Split
+) -> dict[str, str]:
     meta = read_provenance(old_schema) if old_schema is not None else {}
     scores_meta = dict(meta.get("scores", {}))
     scores_meta[name] = provenance
     meta["scores"] = scores_meta
-    meta["rows"] = {"split": train.name, "num_rows": train.num_samples, "ids_sha1": train.ids_digest}
+    meta["rows"] = {
+        "split": train.name,
+        "num_rows": train.num_samples,
+        "ids_sha1": train.ids_digest,
+    }
     return {"cld_lake": json.dumps(meta, sort_keys=True)}
 
 
@@ -123,8 +129,13 @@ def _store_streamed(
     n = train.num_samples
     starts = list(range(0, n, BATCH_ROWS)) or [0]
     copy_old = [c for c in old_columns if c != name]
-    aligned = old is not None and old.metadata.num_row_groups == len(starts) and all(
-        old.metadata.row_group(i).num_rows == min(BATCH_ROWS, n - a) for i, a in enumerate(starts)
+    aligned = (
+        old is not None
+        and old.metadata.num_row_groups == len(starts)
+        and all(
+            old.metadata.row_group(i).num_rows == min(BATCH_ROWS, n - a)
+            for i, a in enumerate(starts)
+        )
     )
     old_batches = (
         _exact_batches(old.iter_batches(BATCH_ROWS, columns=copy_old))
@@ -186,12 +197,16 @@ def _store_realigned(
         if column in RESERVED:
             continue
         if column == name:
-            table = table.append_column(name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64)))
+            table = table.append_column(
+                name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64))
+            )
             continue
         carried = np.full(len(ids), np.nan)
         carried[rows[keep]] = old.column(column).to_numpy(zero_copy_only=False)[keep]
         table = table.append_column(column, pa.array(carried))
     if name not in table.column_names:
-        table = table.append_column(name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64)))
+        table = table.append_column(
+            name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64))
+        )
     table = table.replace_schema_metadata(_metadata(old.schema, name, provenance, train))
     atomic_write_parquet(path, table)
