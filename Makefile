@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt setup.py cld_lake/score/_ckernel.c
 	touch $(STAMP)
 
 test: install
+	$(VENV)/bin/ruff check cld_lake pipelines tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: install
