@@ -122,6 +122,7 @@ class ChunkReader:
         if google_crc32c.value(buf[:-4]) != stored:
             raise CorruptLakeError(f"{path}: checksum mismatch; the chunk is damaged")
         chunk = buf[:-4].view(self.dtype).reshape(self.chunk_rows, self.width)
+        chunk.flags.writeable = False  # blocks are views of it: nobody may change another's rows
         self._cached = (i, chunk)
         return chunk
 
