@@ -230,7 +230,8 @@ class Split:
         """Iterate rows ``[start, stop)`` in blocks of ``block_rows`` (default: one chunk).
 
         Memory is O(block_rows x checkpoints); the next block is read in a background thread
-        while the caller works on the current one.
+        while the caller works on the current one. Values may be read-only views of a chunk
+        buffer: copy before changing them.
         """
         for channel in channels:
             if channel not in self.channels:
