@@ -151,7 +151,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _fmt(v: Any) -> str:
@@ -199,7 +199,24 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
     scores = _scores(lake)
     if scores is not None:
         sections.append("<h2>Scores</h2>")
-        sections.append(_table([{"score": k, **v} for k, v in info["scores"].items()]))
+        shown = (
+            "method",
+            "engine",
+            "checkpoints",
+            "nan",
+            "degenerate",
+            "fallback",
+            "val_left_out",
+            "created_at",
+        )
+        sections.append(
+            _table(
+                [
+                    {"score": k, **{f: v.get(f, "") for f in shown}}
+                    for k, v in info["scores"].items()
+                ]
+            )
+        )
         noisy = _noisy_flags(lake, scores.column("sample_id").to_numpy())
         for col in [c for c in scores.column_names if c not in ("sample_id", "label")]:
             values = scores.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -216,6 +233,7 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
         "font-size:13px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}"
+        ".wide{overflow-x:auto}"
     )
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>cld_lake report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -370,6 +370,7 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
             if epoch in to_record:
                 history.append({"train_fit_loss": train_loss, **record(epoch)})
         acc = test_accuracy(model, test_loader, device)
+    compact_lake(cfg.lake, list(targets))
 
     result = ProxyResult(
         lake=Path(cfg.lake),
@@ -382,6 +383,16 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
     )
     (models_dir / RESULT_FILE).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
     return result
+
+
+def compact_lake(lake_path: str | Path, splits: list[str]) -> None:
+    """After training: merge each recorded split's segments into one, so scoring and SQL scans
+    read one wide chunk per block (recording appended one narrow segment per checkpoint)."""
+    lake = cld_lake.open_lake(lake_path)
+    for split in splits:
+        if lake.has_split(split):
+            with lake.writer(split) as writer:
+                writer.compact(full=True)
 
 
 def _fmt_row(row: dict[str, Any]) -> str:

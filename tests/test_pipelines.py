@@ -107,6 +107,7 @@ def test_proxy_on_digits_records_every_epoch_with_noise_metadata(tmp_path: Path)
     np.testing.assert_array_equal(train.checkpoint_ids, [0, 1, 2, 3])
     np.testing.assert_array_equal(val.checkpoint_ids, [0, 1, 2, 3])
     assert set(train.channels) == {"loss", "correct", "margin"}
+    assert len(train.segment_names()) == len(val.segment_names()) == 1  # compacted after training
     assert lake.num_classes == 10
     assert np.intersect1d(train.sample_ids, val.sample_ids).size == 0
     assert len(train.sample_ids) + len(val.sample_ids) == 1437  # the digits training pool
