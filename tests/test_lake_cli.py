@@ -96,190 +96,40 @@ def _bad(cli, lake, *args, match: str):
 
 
 def test_bad_inputs_leave_the_lake_unchanged(lake, tmp_path, npy_files, cli):
-    a = npy_files["arrays"]
-    f = npy_files
+    a, f = npy_files["arrays"], npy_files
 
     def save(name, arr):
         np.save(tmp_path / name, arr)
         return tmp_path / name
 
-    imp = ("import", lake, "--split", "test")
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        save("short.npy", a["labels"][:-3]),
-        match="does not match",
-    )
     dup = a["ids"].copy()
     dup[1] = dup[0]
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--sample-ids",
-        save("dup.npy", dup),
-        match="duplicate",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        save("neg.npy", a["labels"] - 1),
-        match="negative",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        save("big.npy", a["labels"] + 4),
-        match="outside the lake's 4 classes",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        save("str.npy", np.full((300, 7), "x")),
-        "--labels",
-        f["labels"],
-        match="dtype",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        save("flt.npy", a["labels"].astype(float)),
-        match="dtype",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        save("one.npy", a["loss"][:, 0]),
-        "--labels",
-        f["labels"],
-        match="2-D",
-    )
-    # a checkpoint id written twice: re-importing checkpoints 0..6 into train
-    _bad(
-        cli,
-        lake,
-        "import",
-        lake,
-        "--split",
-        "train",
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--sample-ids",
-        f["ids"],
-        match="already committed",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--checkpoint-ids",
-        save("ck.npy", np.array([0, 1, 2, 3, 4, 5, 5])),
-        match="duplicate",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--num-classes",
-        "7",
-        match="has 4 classes",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        tmp_path / "nope.npy",
-        "--labels",
-        f["labels"],
-        match="no such file",
-    )
     raw = f["loss"].read_bytes()
     (tmp_path / "trunc.npy").write_bytes(raw[: len(raw) // 2])
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        tmp_path / "trunc.npy",
-        "--labels",
-        f["labels"],
-        match="truncated",
-    )
-    _bad(
-        cli,
-        lake,
-        *imp,
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--margin",
-        save("m.npy", a["loss"][:, :3]),
-        match="shape",
-    )
-    _bad(
-        cli,
-        lake,
-        "import",
-        lake,
-        "--split",
-        "bogus",
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        match="bogus",
-    )
-    _bad(
-        cli,
-        lake,
-        "import",
-        lake,
-        "--split",
-        "train",
-        "--loss",
-        f["loss"],
-        "--labels",
-        f["labels"],
-        "--checkpoint-ids",
-        save("ck2.npy", np.arange(20, 27)),
-        match="not in split",
-    )
+    # (split, --loss, --labels, extra options, expected words of the one-line error)
+    cases = [
+        ("test", f["loss"], save("short.npy", a["labels"][:-3]), [], "does not match"),
+        ("test", f["loss"], f["labels"], ["--sample-ids", save("dup.npy", dup)], "duplicate"),
+        ("test", f["loss"], save("neg.npy", a["labels"] - 1), [], "negative"),
+        ("test", f["loss"], save("big.npy", a["labels"] + 4), [], "outside the lake's 4 classes"),
+        ("test", save("str.npy", np.full((300, 7), "x")), f["labels"], [], "dtype"),
+        ("test", f["loss"], save("flt.npy", a["labels"].astype(float)), [], "dtype"),
+        ("test", save("one.npy", a["loss"][:, 0]), f["labels"], [], "2-D"),
+        # a checkpoint id written twice: re-importing checkpoints 0..6 into train
+        ("train", f["loss"], f["labels"], ["--sample-ids", f["ids"]], "already committed"),
+        ("test", f["loss"], f["labels"],
+         ["--checkpoint-ids", save("ck.npy", np.array([0, 1, 2, 3, 4, 5, 5]))], "duplicate"),
+        ("test", f["loss"], f["labels"], ["--num-classes", "7"], "has 4 classes"),
+        ("test", tmp_path / "nope.npy", f["labels"], [], "no such file"),
+        ("test", tmp_path / "trunc.npy", f["labels"], [], "truncated"),
+        ("test", f["loss"], f["labels"], ["--margin", save("m.npy", a["loss"][:, :3])], "shape"),
+        ("bogus", f["loss"], f["labels"], [], "bogus"),
+        ("train", f["loss"], f["labels"],
+         ["--checkpoint-ids", save("ck2.npy", np.arange(20, 27))], "not in split"),
+    ]  # fmt: skip
+    for split, loss, labels, extra, match in cases:
+        args = ["import", lake, "--split", split, "--loss", loss, "--labels", labels, *extra]
+        _bad(cli, lake, *args, match=match)
 
 
 def test_importing_other_samples_into_an_existing_split_is_refused(lake, tmp_path, npy_files, cli):

@@ -69,26 +69,10 @@ def import_cmd(
                 fail(f"{opt}: not used with a long .parquet --loss (its columns carry them)")
         from cld_lake.export import import_wide_parquet, is_wide_parquet  # wide: one row per sample
 
-        if is_wide_parquet(loss):
-            result = import_wide_parquet(
-                lake,
-                split,
-                loss,
-                labels,
-                sample_ids=sample_ids,
-                num_classes=num_classes,
-                dtypes=dtypes,
-            )
-        else:
-            result = import_long_parquet(
-                lake,
-                split,
-                loss,
-                labels,
-                sample_ids=sample_ids,
-                num_classes=num_classes,
-                dtypes=dtypes,
-            )
+        import_parquet = import_wide_parquet if is_wide_parquet(loss) else import_long_parquet
+        result = import_parquet(
+            lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes
+        )
     else:
         result = import_npy(
             lake,
