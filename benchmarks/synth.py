@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cld_lake.lake import Lake
+from cld_lake.lake.writer import SplitWriter
 
 GEN_ROWS = 65536
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -98,7 +99,7 @@ def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) 
     lake = Lake.create(path, num_classes=config.classes)
     for split, rows in (("train", config.train), ("val", config.val)):
         labels = labels_for(config, split)
-        with lake.writer(split) as writer:
+        with SplitWriter(lake, split) as writer:
             writer.append_columns(
                 list(range(config.checkpoints)),
                 _RowSource(config, split, labels),

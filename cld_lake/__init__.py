@@ -6,8 +6,7 @@ record (cld_lake.torch) -> lake -> score -> sql / select -> manifest -> train on
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from cld_lake._version import __version__
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Block, Lake, Split, SplitWriter, open_lake
 from cld_lake.manifest import Manifest, load_manifest

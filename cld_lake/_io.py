@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cld_lake.errors import BadInputError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
@@ -55,6 +57,51 @@ def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: An
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **options)
+
+
+def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Is ``path`` (resolved, ``~`` expanded) ``root`` or below it?"""
+    return Path(path).expanduser().resolve().is_relative_to(Path(root).expanduser().resolve())
+
+
+def check_output_path(
+    out: str | os.PathLike[str],
+    lake_path: str | os.PathLike[str] | None,
+    *,
+    what: str = "--out",
+    suffixes: tuple[str, ...] | None = None,
+    allowed_dir: str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """The one guard for every file a command writes (sql/export/select/report ``--out``).
+
+    Refuses, with a one-line :class:`BadInputError` naming ``what`` and the fix: a suffix not
+    in ``suffixes``; a path inside the lake (except directly in ``LAKE/<allowed_dir>/``); a
+    missing parent directory; an existing file unless ``overwrite``.
+    """
+    out = Path(out)
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise BadInputError(
+            f"{what} {out}: expected a {' or '.join(suffixes)} file; name it e.g. out{suffixes[0]}"
+        )
+    resolved = out.expanduser().resolve()
+    if lake_path is not None and is_inside(resolved, lake_path):
+        root = Path(lake_path).expanduser().resolve()
+        if allowed_dir is None or resolved.parent != root / allowed_dir:
+            where = f" or into {Path(lake_path) / allowed_dir}/" if allowed_dir else ""
+            raise BadInputError(
+                f"{what} {out}: inside the lake {lake_path}; the lake is only written by "
+                f"cld-lake, write elsewhere{where}"
+            )
+    if not resolved.parent.is_dir():
+        raise BadInputError(
+            f"{what} {out}: directory {out.expanduser().parent} does not exist; create it first"
+        )
+    if resolved.is_dir():
+        raise BadInputError(f"{what} {out}: is a directory; give a file name")
+    if resolved.exists() and not overwrite:
+        raise BadInputError(f"{what} {out}: file exists; pass --force to overwrite it")
+    return out
 
 
 class FileLock:

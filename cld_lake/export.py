@@ -112,8 +112,8 @@ def export_trajectories(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cld_lake import __version__
     from cld_lake._io import atomic_path
+    from cld_lake._version import __version__
 
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     if layout not in LAYOUTS:

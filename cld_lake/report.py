@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from cld_lake.errors import BadInputError
-from cld_lake.lake import _format as fmt
 from cld_lake.lake.inspect import lake_info
 from cld_lake.lake.store import Lake
 
@@ -45,12 +44,9 @@ def curve_stats(lake: Lake, split_name: str) -> dict[str, np.ndarray]:
 
 
 def _scores(lake: Lake) -> Any:
-    path = lake.path / fmt.SCORES_FILE
-    if not path.exists():
-        return None
-    import pyarrow.parquet as pq
+    from cld_lake.lake.scores import read_scores
 
-    return pq.ParquetFile(path).read()
+    return read_scores(lake)
 
 
 def noise_detection(

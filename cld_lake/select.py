@@ -195,37 +195,26 @@ def _ranks_within_class(sorted_labels: np.ndarray) -> np.ndarray:
 
 # --- reading candidates ------------------------------------------------------------------
 def read_scores(lake: Any, score: str) -> Candidates:
-    """``sample_id, label`` and column ``score`` of ``LAKE/scores.parquet`` with its provenance."""
-    import json
+    """``sample_id, label`` and column ``score`` of the scores table with its provenance."""
+    from cld_lake.lake import scores as scores_table
 
-    import pyarrow.parquet as pq
-
-    from cld_lake.lake import _format as fmt
-
-    path = lake.path / fmt.SCORES_FILE
-    if not path.exists():
+    stored = scores_table.stored_scores(lake)
+    if not stored:
         raise BadInputError(
             f"--score {score}: {lake.path} has no scores yet; compute one with `cld-lake score {lake.path}`"
         )
-    schema = pq.read_schema(path)
-    stored = [c for c in schema.names if c not in ("sample_id", "label")]
     if score not in stored:
         raise BadInputError(
-            f"--score {score}: no such score in {path} (stored: {', '.join(stored) or 'none'}); "
+            f"--score {score}: no such score in {scores_table.scores_path(lake)} (stored: {', '.join(stored) or 'none'}); "
             f"compute it with `cld-lake score {lake.path} --name {score}`"
         )
-    table = pq.ParquetFile(path).read(columns=["sample_id", "label", score])
-    try:
-        meta = json.loads((schema.metadata or {}).get(b"cld_lake", b"{}"))
-    except ValueError:
-        meta = {}
-    provenance = (meta.get("scores", {}) if isinstance(meta, dict) else {}).get(score, {})
+    table = scores_table.read_scores(lake, [score])
     return Candidates(
         table.column("sample_id").to_numpy().astype(np.int64, copy=False),
         table.column("label").to_numpy().astype(np.int64, copy=False),
         table.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
         score,
-        provenance if isinstance(provenance, dict) else {},
+        stored[score],
     )
 
 
@@ -347,7 +336,7 @@ def select(
     """
     import datetime as dt
 
-    from cld_lake import __version__
+    from cld_lake._version import __version__
     from cld_lake.lake.store import Lake
 
     lake = lake if isinstance(lake, Lake) else Lake(lake)

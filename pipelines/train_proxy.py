@@ -33,6 +33,7 @@ from torch.utils.data import Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
+from cld_lake.lake.writer import SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex
 from pipelines._common import (
     RECIPES,
@@ -214,7 +215,7 @@ def _declare_or_check(lake: cld_lake.Lake, run: _Run, channels: dict[str, str]) 
                     "(another dataset, seed, --val-fraction or --noise); use a new lake"
                 )
             continue
-        with lake.writer(name, channels=channels, num_classes=run.data.num_classes) as w:
+        with SplitWriter(lake, name, channels=channels, num_classes=run.data.num_classes) as w:
             w.declare_samples(ids, split_labels, metadata=meta)
 
 
@@ -391,7 +392,7 @@ def compact_lake(lake_path: str | Path, splits: list[str]) -> None:
     lake = cld_lake.open_lake(lake_path)
     for split in splits:
         if lake.has_split(split):
-            with lake.writer(split) as writer:
+            with SplitWriter(lake, split) as writer:
                 writer.compact(full=True)
 
 

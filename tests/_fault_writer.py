@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from cld_lake.lake import Lake
+from cld_lake.lake.writer import SplitWriter
 
 
 def values(n: int, t: int) -> np.ndarray:
@@ -17,7 +18,7 @@ def values(n: int, t: int) -> np.ndarray:
 def main(lake_path: str, n: int, total: int, split: str = "train") -> None:
     lake = Lake.create(lake_path, num_classes=10)
     ids = np.arange(n)
-    with lake.writer(split, row_chunk=4096) as w:
+    with SplitWriter(lake, split, row_chunk=4096) as w:
         done = set(w.committed_checkpoints.tolist())
         for t in range(total):
             if t in done:

@@ -15,6 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from cld_lake.lake import Lake
+from cld_lake.lake.writer import SplitWriter
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def lake_specs(
 
 def write_split(lake: Lake, name: str, spec: SplitSpec, dtype: str, row_chunk: int = 16) -> None:
     """Write ``spec`` as split ``name`` in one bulk commit."""
-    with lake.writer(name, row_chunk=row_chunk, num_classes=lake.num_classes) as writer:
+    with SplitWriter(lake, name, row_chunk=row_chunk, num_classes=lake.num_classes) as writer:
         writer.append_columns(
             spec.checkpoints.tolist(),
             lambda a, b: {"loss": spec.loss[a:b]},

@@ -13,6 +13,7 @@ from cld_lake.errors import BadInputError
 from cld_lake.export import export_trajectories, import_wide_parquet, is_wide_parquet
 from cld_lake.lake import Lake
 from cld_lake.lake.importer import import_npy
+from cld_lake.sql import query as lake_query
 from tests.conftest import lake_hash, make_arrays
 
 N, T = 700, 5
@@ -39,11 +40,10 @@ def lake_arrays(tmp_path):
 
 def _losses(lake_path) -> list:
     return repr(
-        Lake(lake_path)
-        .sql(
-            "SELECT sample_id, label, checkpoint, loss, correct FROM losses ORDER BY sample_id, checkpoint"
-        )
-        .rows()
+        lake_query(
+            Lake(lake_path),
+            "SELECT sample_id, label, checkpoint, loss, correct FROM losses ORDER BY sample_id, checkpoint",
+        ).rows()
     )
 
 
@@ -139,8 +139,9 @@ def test_wide_import_into_existing_split_in_another_row_order(lake_arrays, tmp_p
     pq.write_table(table, tmp_path / "more.parquet", row_group_size=64)
     res = import_wide_parquet(lake.path, "train", tmp_path / "more.parquet")
     assert res.checkpoints == [10, 11]
-    df = Lake(lake.path).sql(
-        "SELECT loss FROM losses WHERE checkpoint >= 10 ORDER BY sample_id, checkpoint"
+    df = lake_query(
+        Lake(lake.path),
+        "SELECT loss FROM losses WHERE checkpoint >= 10 ORDER BY sample_id, checkpoint",
     )
     order = np.argsort(a["ids"])
     np.testing.assert_array_equal(df["loss"].to_numpy(), extra[order].reshape(-1))

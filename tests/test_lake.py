@@ -13,6 +13,7 @@ from cld_lake.errors import BadInputError, CheckpointExistsError, SplitNotFoundE
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.importer import import_long_parquet, import_npy
 from cld_lake.lake.inspect import lake_info, verify_lake
+from cld_lake.lake.writer import SplitWriter
 from tests.conftest import make_arrays
 
 
@@ -134,7 +135,7 @@ def test_import_more_checkpoints_into_existing_split_in_another_row_order(tmp_pa
     _, window, _ = read_all(split, checkpoints="5:8")
     np.testing.assert_array_equal(window, np.concatenate([a["loss"][:, 5:], more[:, :1]], axis=1))
     with pytest.raises(CheckpointExistsError):
-        with open_lake(lake).writer("train") as w:
+        with SplitWriter(open_lake(lake), "train") as w:
             w.checkpoint(10)
 
 
@@ -142,7 +143,7 @@ def test_checkpoint_writer_batches_in_any_order_and_commit_visibility(tmp_path):
     loss, labels, ids = make_arrays(200, 4, 3, seed=7)
     lake = Lake.create(tmp_path / "lake")
     rng = np.random.default_rng(0)
-    with lake.writer("train", row_chunk=16) as w:
+    with SplitWriter(lake, "train", row_chunk=16) as w:
         for t in range(4):
             ck = w.checkpoint(t, epoch=t)
             for part in np.array_split(rng.permutation(200), 7):
@@ -161,7 +162,7 @@ def test_checkpoint_writer_batches_in_any_order_and_commit_visibility(tmp_path):
 def test_checkpoint_writer_rejects_incomplete_unknown_duplicate_and_relabelled(tmp_path):
     loss, labels, ids = make_arrays(30, 2, 3)
     lake = Lake.create(tmp_path / "lake")
-    with lake.writer("train") as w:
+    with SplitWriter(lake, "train") as w:
         ck = w.checkpoint(0)
         ck.add(ids, loss[:, 0], labels=labels)
         ck.commit()
@@ -185,7 +186,7 @@ def test_checkpoint_writer_rejects_incomplete_unknown_duplicate_and_relabelled(t
 def test_duplicates_first_keeps_one_value_per_sample(tmp_path):
     lake = Lake.create(tmp_path / "lake")
     ids = np.arange(10)
-    with lake.writer("train") as w:
+    with SplitWriter(lake, "train") as w:
         ck = w.checkpoint(0, duplicates="first")
         ck.add(ids, np.arange(10.0), labels=ids % 2)
         ck.add(ids[:3], np.arange(3.0), labels=ids[:3] % 2)  # DistributedSampler padding
@@ -199,7 +200,7 @@ def test_tiered_compaction_keeps_values_and_bounds_segments(tmp_path):
     n, t = 70, 20
     loss = rng.random((n, t)).astype(np.float32)
     lake = Lake.create(tmp_path / "lake")
-    with lake.writer("train", row_chunk=16) as w:
+    with SplitWriter(lake, "train", row_chunk=16) as w:
         for c in range(t):
             ck = w.checkpoint(c)
             ck.add(np.arange(n), loss[:, c], labels=np.arange(n) % 4)
@@ -222,7 +223,7 @@ def test_tiered_compaction_keeps_values_and_bounds_segments(tmp_path):
 def test_declare_samples_and_annotate(tmp_path):
     lake = Lake.create(tmp_path / "lake", num_classes=3)
     ids = np.arange(5) * 10
-    with lake.writer("train") as w:
+    with SplitWriter(lake, "train") as w:
         w.declare_samples(
             ids,
             np.array([0, 1, 2, 0, 1]),
@@ -296,7 +297,9 @@ def test_directly_written_chunks_are_plain_zarr_arrays(tmp_path):
     loss = rng.random((n, 3)).astype(np.float32)
     correct = rng.random((n, 3)) > 0.5
     lake = Lake.create(tmp_path / "lake")
-    with lake.writer("train", row_chunk=32, channels={"loss": "float32", "correct": "bool"}) as w:
+    with SplitWriter(
+        lake, "train", row_chunk=32, channels={"loss": "float32", "correct": "bool"}
+    ) as w:
         for t in range(3):
             ck = w.checkpoint(t)
             ck.add(np.arange(n), loss[:, t], labels=np.arange(n) % 2, correct=correct[:, t])

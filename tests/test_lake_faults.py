@@ -15,6 +15,7 @@ import pytest
 from cld_lake.errors import LakeLockedError
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.writer import SplitWriter
 from tests._fault_writer import values
 from tests.conftest import REPO, run_cli_subprocess
 
@@ -75,7 +76,7 @@ def test_second_unrelated_writer_is_refused_while_first_holds_the_split(tmp_path
         [
             sys.executable,
             "-c",
-            "import sys,time; from cld_lake.lake import open_lake; w=open_lake(sys.argv[1]).writer('train'); "
+            "import sys,time; from cld_lake.lake import open_lake; from cld_lake.lake.writer import SplitWriter; w=SplitWriter(open_lake(sys.argv[1]), 'train'); "
             "print('locked', flush=True); time.sleep(60)",
             str(lake.path),
         ],
@@ -86,9 +87,9 @@ def test_second_unrelated_writer_is_refused_while_first_holds_the_split(tmp_path
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LakeLockedError, match="being written by another job"):
-            lake.writer("train")
+            SplitWriter(lake, "train")
         # a different split of the same lake is free (train and val recorded together)
-        with lake.writer("val") as w:
+        with SplitWriter(lake, "val") as w:
             ck = w.checkpoint(0)
             ck.add(np.arange(5), np.ones(5), labels=np.zeros(5, int))
             ck.commit()
@@ -108,7 +109,7 @@ def test_second_unrelated_writer_is_refused_while_first_holds_the_split(tmp_path
     finally:
         holder.kill()
         holder.wait()
-    with lake.writer("train"):  # the kernel released the dead holder's lock
+    with SplitWriter(lake, "train"):  # the kernel released the dead holder's lock
         pass
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import cld_lake
 import cld_lake.torch.record as record_mod
 from cld_lake.errors import BadInputError, CheckpointExistsError
+from cld_lake.lake.writer import SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex, sample_stats
 
 N, D, C = 203, 6, 4
@@ -158,7 +159,7 @@ def test_train_and_val_recorders_in_one_process_and_lock_only_during_commit(tmp_
         train.record(model, loader(x, y), ckpt)
         val.record(model, loader(xv, yv), ckpt)
         # between commits no lock is held: another writer can open (and close) the split
-        with cld_lake.open_lake(lake).writer("train"):
+        with SplitWriter(cld_lake.open_lake(lake), "train"):
             pass
     opened = cld_lake.open_lake(lake)
     assert opened.splits() == ["train", "val"]
@@ -174,7 +175,7 @@ def test_commit_while_another_writer_holds_the_split_fails_cleanly(tmp_path: Pat
     rec = LossRecorder(lake, "train")
     rec.record(model, loader(x, y), 0)
     before = tree_hash(lake)
-    with cld_lake.open_lake(lake).writer("train"):
+    with SplitWriter(cld_lake.open_lake(lake), "train"):
         with pytest.raises(cld_lake.CldLakeError, match="being written by another job"):
             rec.record(model, loader(x, y), 1)
     assert tree_hash(lake) == before

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cld_lake.lake import Lake, open_lake
+from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import curve_stats, noise_detection
 
 
@@ -14,7 +15,9 @@ def _lake(tmp_path):
     lake = Lake.create(tmp_path / "lake", num_classes=3)
     rng = np.random.default_rng(0)
     n = 60
-    with lake.writer("train", row_chunk=16, channels={"loss": "float32", "correct": "bool"}) as w:
+    with SplitWriter(
+        lake, "train", row_chunk=16, channels={"loss": "float32", "correct": "bool"}
+    ) as w:
         w.declare_samples(np.arange(n), np.arange(n) % 3, metadata={"noisy": np.arange(n) < 6})
         for t in range(4):
             ck = w.checkpoint(t)

@@ -13,6 +13,7 @@ import pytest
 import cld_lake
 from cld_lake.errors import ScoringError
 from cld_lake.lake import Lake
+from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import compute_cld
 from tests.cld_reference import reference_cld
 from tests.conftest import lake_hash
@@ -99,7 +100,7 @@ def test_known_values(tmp_path):
     lake = Lake.create(tmp_path / "lake", num_classes=1)
     spec_rows = {"train": rows, "val": val}
     for name, loss in spec_rows.items():
-        with lake.writer(name) as w:
+        with SplitWriter(lake, name) as w:
             w.append_columns(
                 list(range(5)),
                 lambda a, b, x=loss: {"loss": x[a:b]},
@@ -264,7 +265,7 @@ def test_import_cld_lake_stays_light():
 
 def test_store_streams_in_batches_across_row_groups(lake, monkeypatch):
     """Tiny store batches: the copied columns and the new one stay aligned row by row."""
-    from cld_lake.score import _store
+    from cld_lake.lake import scores as _store
 
     monkeypatch.setattr(_store, "BATCH_ROWS", 7)
     first = cld_lake.score(lake, name="a")

@@ -12,6 +12,7 @@ import cld_lake
 from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake
 from cld_lake.select import class_quotas, select_rows
+from cld_lake.sql import query as lake_query
 from tests.conftest import import_arrays, lake_hash, make_arrays
 from tests.test_sql import write_scores
 
@@ -355,7 +356,7 @@ def test_score_then_select_end_to_end(cli, tmp_path):
     r = cli("select", lk, "--score", "cld", "--fraction", "0.1", "--out", tmp_path / "m.parquet")
     assert r.code == 0, r.err
     m = cld_lake.load_manifest(tmp_path / "m.parquet")
-    scores = Lake(lk).sql("SELECT sample_id, label, cld FROM scores")
+    scores = lake_query(Lake(lk), "SELECT sample_id, label, cld FROM scores")
     expect = select_rows(
         scores["sample_id"].to_numpy(),
         scores["label"].to_numpy(),

@@ -14,6 +14,8 @@ import pytest
 from cld_lake import sql as lake_sql
 from cld_lake.lake import Lake
 from cld_lake.lake.importer import import_npy
+from cld_lake.lake.writer import SplitWriter
+from cld_lake.sql import query as lake_query
 from tests.conftest import import_arrays, lake_hash, make_arrays
 
 N, T, C = 2000, 6, 5
@@ -72,9 +74,10 @@ def lake_data(tmp_path_factory):
 
 def test_losses_view_equals_imported_arrays(lake_data):
     lake, a = lake_data
-    df = lake.sql(
+    df = lake_query(
+        lake,
         "SELECT sample_id, label, checkpoint, loss, correct, margin FROM losses "
-        "WHERE split = 'train' ORDER BY sample_id, checkpoint"
+        "WHERE split = 'train' ORDER BY sample_id, checkpoint",
     )
     order = np.argsort(a["ids"])
     assert df.height == N * T
@@ -84,19 +87,21 @@ def test_losses_view_equals_imported_arrays(lake_data):
     np.testing.assert_array_equal(df["loss"].to_numpy(), a["loss"][order].reshape(-1))
     np.testing.assert_array_equal(df["correct"].to_numpy(), a["correct"][order].reshape(-1))
     np.testing.assert_array_equal(df["margin"].to_numpy(), a["margin"][order].reshape(-1))
-    val = lake.sql("SELECT loss FROM losses WHERE split = 'val' ORDER BY sample_id, checkpoint")[
-        "loss"
-    ].to_numpy()
+    val = lake_query(
+        lake, "SELECT loss FROM losses WHERE split = 'val' ORDER BY sample_id, checkpoint"
+    )["loss"].to_numpy()
     np.testing.assert_array_equal(val, a["vloss"].reshape(-1))
 
 
 def test_views_samples_checkpoints_and_scores(lake_data, tmp_path):
     lake, a = lake_data
-    counts = dict(lake.sql("SELECT split, count(*) AS n FROM samples GROUP BY split").iter_rows())
+    counts = dict(
+        lake_query(lake, "SELECT split, count(*) AS n FROM samples GROUP BY split").iter_rows()
+    )
     assert counts == {"train": N, "val": 100}
-    ck = lake.sql("SELECT split, checkpoint FROM checkpoints ORDER BY split, checkpoint")
+    ck = lake_query(lake, "SELECT split, checkpoint FROM checkpoints ORDER BY split, checkpoint")
     assert ck.height == 2 * T and ck["checkpoint"].to_list()[:T] == list(range(T))
-    empty = lake.sql("SELECT * FROM scores")
+    empty = lake_query(lake, "SELECT * FROM scores")
     assert empty.height == 0 and empty.columns == ["sample_id", "label"]
 
 
@@ -106,15 +111,16 @@ def test_scores_view_reads_scores_parquet(tmp_path):
     write_scores(
         tmp_path / "lk", ids, labels, {"cld": np.linspace(-1, 1, 50), "other": np.arange(50.0)}
     )
-    df = Lake(tmp_path / "lk").sql("SELECT * FROM scores ORDER BY cld DESC LIMIT 3")
+    df = lake_query(Lake(tmp_path / "lk"), "SELECT * FROM scores ORDER BY cld DESC LIMIT 3")
     assert df.columns == ["sample_id", "label", "cld", "other"]
     assert df["other"].to_list() == [49.0, 48.0, 47.0]
 
 
 def test_val_reference_leaves_out_nonfinite_samples(lake_data):
     lake, a = lake_data
-    ref = lake.sql(
-        "SELECT label, checkpoint, mean_loss, n_samples FROM val_reference ORDER BY label, checkpoint"
+    ref = lake_query(
+        lake,
+        "SELECT label, checkpoint, mean_loss, n_samples FROM val_reference ORDER BY label, checkpoint",
     )
     vloss, vlabels = a["vloss"].astype(np.float64), a["vlabels"]
     ok = np.isfinite(vloss).all(axis=1)
@@ -215,7 +221,7 @@ def test_one_checkpoint_query_reads_only_its_segment(tmp_path):
     t = 8
     loss, labels, ids = make_arrays(20000, t, 4, seed=11)
     lake = Lake.create(tmp_path / "lk")
-    with lake.writer("train", row_chunk=4096, auto_compact=False) as w:
+    with SplitWriter(lake, "train", row_chunk=4096, auto_compact=False) as w:
         w.declare_samples(ids, labels)
         for k in range(t):
             ck = w.checkpoint(k)
@@ -242,12 +248,12 @@ def test_count_reads_no_trajectory_values(lake_data):
 
 def test_lazy_relation_and_errors(lake_data):
     lake, _ = lake_data
-    rel = lake.sql("SELECT label, count(*) AS n FROM samples GROUP BY label", lazy=True)
+    rel = lake_query(lake, "SELECT label, count(*) AS n FROM samples GROUP BY label", lazy=True)
     assert sum(r[1] for r in rel.fetchall()) == N + 100
     with pytest.raises(lake_sql.SqlError, match="Parser Error"):
-        lake.sql("SELEC 1")
+        lake_query(lake, "SELEC 1")
     with pytest.raises(lake_sql.SqlError, match="nope"):
-        lake.sql("SELECT nope FROM samples")
+        lake_query(lake, "SELECT nope FROM samples")
 
 
 def test_cli_outputs(cli, lake_data, tmp_path):

@@ -11,9 +11,9 @@ import sys
 
 import click
 
-from cld_lake import __version__
 from cld_lake._cli import lake_cmds
 from cld_lake._cli._common import run_main
+from cld_lake._version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cld_lake._cli._common import echo_json, fail
+from cld_lake.lake.writer import SplitWriter
 
 SPLITS = click.Choice(["train", "val", "test"])
 
@@ -169,7 +170,7 @@ def compact_cmd(lake, splits, prune):
 
     lk = open_lake(lake)
     for name in splits or lk.splits():
-        with lk.writer(name) as w:
+        with SplitWriter(lk, name) as w:
             merges = w.compact(full=True)
             if prune:
                 w.gc(grace_seconds=0)
@@ -183,7 +184,7 @@ def env_cmd():
     import platform
     from importlib import metadata
 
-    from cld_lake import __version__
+    from cld_lake._version import __version__
 
     click.echo(f"cld-lake {__version__}")
     click.echo(

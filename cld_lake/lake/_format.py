@@ -56,7 +56,7 @@ def now_iso() -> str:
 
 
 def new_root_metadata(num_classes: int | None) -> dict[str, Any]:
-    from cld_lake import __version__
+    from cld_lake._version import __version__
 
     return {
         "format": FORMAT_NAME,

@@ -63,20 +63,9 @@ def lake_info(lake: Lake) -> dict[str, Any]:
 
 
 def _scores_info(lake: Lake) -> dict[str, Any]:
-    path = lake.path / fmt.SCORES_FILE
-    if not path.exists():
-        return {}
-    import json
+    from cld_lake.lake.scores import stored_scores
 
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    provenance = json.loads((schema.metadata or {}).get(b"cld_lake", b"{}")).get("scores", {})
-    return {
-        name: provenance.get(name, {})
-        for name in schema.names
-        if name not in ("sample_id", "label")
-    }
+    return stored_scores(lake)
 
 
 def _compact_ids(ids: np.ndarray) -> str:

@@ -394,23 +394,8 @@ class Lake:
     def has_split(self, name: str) -> bool:
         return (self.path / fmt.SPLITS_DIR / name / fmt.CHECKPOINTS_FILE).exists()
 
-    def writer(self, split: str, **kwargs: Any) -> Any:
-        """Open the split's single writer (see :class:`cld_lake.lake.writer.SplitWriter`)."""
-        from cld_lake.lake.writer import SplitWriter
-
-        return SplitWriter(self, split, **kwargs)
-
     def reload(self) -> Lake:
         return Lake(self.path)
-
-    def sql(self, query: str, lazy: bool = False) -> Any:
-        """Run DuckDB SQL over the lake's views (see :mod:`cld_lake.sql`).
-
-        Returns a Polars DataFrame, or with ``lazy=True`` a DuckDB relation.
-        """
-        from cld_lake.sql import query as run_query
-
-        return run_query(self, query, lazy=lazy)
 
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, splits={self.splits()})"

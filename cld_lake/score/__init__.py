@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cld_lake.errors import ScoringError
+from cld_lake.lake.scores import check_score_name, store_score
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._formula import (
     MIN_CHECKPOINTS,
@@ -30,7 +31,6 @@ from cld_lake.score._formula import (
     finalise_chunks,
     plan_checkpoints,
 )
-from cld_lake.score._store import check_score_name, store_score
 
 METHODS = ("cld",)
 ENGINES = ("numpy", "duckdb", "polars", "dask")
@@ -145,7 +145,7 @@ def compute_cld(
         train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
     )
     column, counts = finalise_chunks(chunks, train.num_samples, reference, spill=not keep_scores)
-    from cld_lake import __version__
+    from cld_lake._version import __version__
     from cld_lake.lake._format import now_iso
 
     window = (

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from cld_lake.errors import BadInputError, CldLakeError
 from cld_lake.lake import Lake
 from cld_lake.lake import _format as fmt
+from cld_lake.lake.writer import SplitWriter
 
 # Rows kept on the device before one move to the host (a few MB even for ImageNet-size
 # checkpoints, and one transfer per ~256k samples).
@@ -405,7 +406,7 @@ class LossRecorder:
                 f"(e.g. {bad[:3].tolist()}); labels must be class indices 0..{(classes or 1) - 1}"
             )
         lake = Lake.create(self.lake_path, num_classes=classes)
-        with lake.writer(self.split, channels=self.channels, num_classes=classes) as writer:
+        with SplitWriter(lake, self.split, channels=self.channels, num_classes=classes) as writer:
             buffer = writer.checkpoint(checkpoint, epoch=epoch, step=step, duplicates=duplicates)
             buffer.add(
                 values["sample_id"],

@@ -1,19 +1,22 @@
-"""Storing a score as a named column of ``LAKE/scores.parquet`` (atomic replace).
+"""The scores table ``LAKE/scores.parquet``: its one reader and writer.
 
 The table has one row per training sample (``sample_id, label`` in the train split's row
 order) and one column per stored score; the Parquet key-value metadata ``cld_lake`` holds
-``{"scores": {name: provenance}}``.
+``{"scores": {name: provenance}, "rows": {...}}``. Scoring stores a column with
+:func:`store_score` (atomic replace); ``info``, ``select``, ``report`` and the SQL view read it
+through :func:`stored_scores` and :func:`read_scores`.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cld_lake._io import atomic_path, atomic_write_parquet
+from cld_lake._meta import meta_bytes, read_meta
 from cld_lake.errors import ScoringError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake, Split, root_lock
@@ -32,13 +35,43 @@ def check_score_name(name: str) -> str:
     return name
 
 
+def scores_path(lake: Lake) -> Path:
+    return lake.path / fmt.SCORES_FILE
+
+
 def read_provenance(schema: Any) -> dict[str, Any]:
-    raw = (schema.metadata or {}).get(b"cld_lake", b"{}")
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        meta = {}
-    return meta if isinstance(meta, dict) else {}
+    """The scores table's ``cld_lake`` metadata (``{"scores": {...}, "rows": {...}}``)."""
+    return read_meta(schema)
+
+
+def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
+    """Name -> provenance of every stored score, in column order; ``{}`` before any score."""
+    path = scores_path(lake)
+    if not path.exists():
+        return {}
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    provenance = read_meta(schema).get("scores", {})
+    if not isinstance(provenance, dict):
+        provenance = {}
+    return {
+        name: provenance.get(name, {}) if isinstance(provenance.get(name, {}), dict) else {}
+        for name in schema.names
+        if name not in RESERVED
+    }
+
+
+def read_scores(lake: Lake, columns: list[str] | None = None) -> Any:
+    """``sample_id, label`` and the score ``columns`` (default: all) as a pyarrow Table, or
+    None when nothing is scored yet."""
+    path = scores_path(lake)
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    wanted = None if columns is None else ["sample_id", "label", *columns]
+    return pq.ParquetFile(path).read(columns=wanted)
 
 
 def store_score(
@@ -52,7 +85,7 @@ def store_score(
     """
     if not callable(scores):
         scores = _array_reader(np.asarray(scores, dtype=np.float64))
-    path = lake.path / fmt.SCORES_FILE
+    path = scores_path(lake)
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
         if path.exists() and not _same_rows(path, train):
             _store_realigned(path, train, name, scores, provenance)
@@ -90,7 +123,7 @@ def _same_rows(path: Any, train: Split) -> bool:
 
 def _metadata(
     old_schema: Any, name: str, provenance: dict[str, Any], train: Split
-) -> dict[str, str]:
+) -> dict[bytes, bytes]:
     meta = read_provenance(old_schema) if old_schema is not None else {}
     scores_meta = dict(meta.get("scores", {}))
     scores_meta[name] = provenance
@@ -100,7 +133,7 @@ def _metadata(
         "num_rows": train.num_samples,
         "ids_sha1": train.ids_digest,
     }
-    return {"cld_lake": json.dumps(meta, sort_keys=True)}
+    return meta_bytes(meta)
 
 
 # Scores are random-looking doubles: dictionary encoding and general compression buy little
