@@ -1,0 +1,20 @@
+"""Option strings shared by the Python API and the CLI, as ``Literal`` types.
+
+The CLI builds its ``click.Choice`` lists from these (``typing.get_args``), so a new option
+value is added in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Engine = Literal["numpy", "duckdb", "polars", "dask"]
+Balance = Literal["proportional", "equal", "none"]
+Layout = Literal["wide", "columns", "long"]
+Fallback = Literal["global"]
+Duplicates = Literal["error", "first"]
+
+
+def choices(alias: object) -> tuple[str, ...]:
+    """The values of a ``Literal`` alias, for ``click.Choice`` and error messages."""
+    return tuple(get_args(alias))
