@@ -16,8 +16,9 @@ import numpy as np
 
 from cld_lake.errors import BadInputError, InputFileNotFoundError
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._validate import check_labels, count_duplicates
 from cld_lake.lake.store import Lake
-from cld_lake.lake.writer import SplitWriter, check_labels, count_duplicates
+from cld_lake.lake.writer import SplitWriter
 
 PathLike = str | os.PathLike[str]
 

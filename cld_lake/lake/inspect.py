@@ -11,8 +11,8 @@ import numpy as np
 
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._validate import count_duplicates
 from cld_lake.lake.store import Lake
-from cld_lake.lake.writer import count_duplicates
 
 
 def _dir_bytes(path: Path) -> int:

@@ -7,7 +7,6 @@ stream trajectories through it in bounded memory (one block of rows at a time).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cld_lake._io import atomic_write_json
+from cld_lake._meta import read_meta
 from cld_lake.errors import BadInputError, NotALakeError, SplitNotFoundError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
@@ -79,7 +79,7 @@ class Split:
         table = pq.ParquetFile(
             ck_path
         ).read()  # (pq.read_table would import pyarrow.dataset: +0.3 s)
-        meta = json.loads((table.schema.metadata or {}).get(b"cld_lake", b"{}"))
+        meta = read_meta(table.schema)
         ids = table.column("checkpoint").to_numpy()
         # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute: +0.1 s)
         self.checkpoint_table = table if np.all(ids[:-1] < ids[1:]) else table.sort_by("checkpoint")

@@ -20,27 +20,39 @@ Memory: a checkpoint buffer holds O(N) values per channel; never the N x T matri
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import FileLock, atomic_write_parquet
+from cld_lake._io import FileLock, atomic_write_json, atomic_write_parquet
+from cld_lake._meta import meta_bytes
+from cld_lake._types import Duplicates, choices
 from cld_lake.errors import BadInputError, CheckpointExistsError, LakeLockedError
 from cld_lake.lake import _format as fmt
-from cld_lake.lake._segments import create_segment, delete_segment, new_segment_name
+from cld_lake.lake._compact import GC_GRACE_SECONDS, collect_garbage, compact_split
+from cld_lake.lake._segments import ChunkWriter, create_segment, new_segment_name
+from cld_lake.lake._validate import (
+    check_channels,
+    check_labels,
+    check_split_name,
+    count_duplicates,
+    count_nonfinite,
+    default_channels,
+    ids_digest,
+)
 from cld_lake.lake.store import Lake, Split, root_lock
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from numpy.typing import ArrayLike
 
 RowReader = Callable[[int, int], Mapping[str, np.ndarray]]
 
-GC_GRACE_SECONDS = 600.0  # readers of a retired segment get this long to finish their scan
-COMPACT_FANOUT = 8
 WRITES_IN_FLIGHT = 2  # blocks being checksummed and written while the next one is read
 
 _CHECKPOINT_SCHEMA_FIELDS = (
@@ -55,92 +67,23 @@ _CHECKPOINT_SCHEMA_FIELDS = (
 )
 
 
-def _checkpoint_schema(meta: dict[str, Any]) -> Any:
+def _checkpoint_schema(meta: dict[str, Any]) -> pa.Schema:
     import pyarrow as pa
 
     fields = [
         pa.field(name, getattr(pa, typ)() if typ != "string" else pa.string())
         for name, typ in _CHECKPOINT_SCHEMA_FIELDS
     ]
-    return pa.schema(fields, metadata={"cld_lake": json.dumps(meta, sort_keys=True)})
-
-
-def check_split_name(split: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split or ""):
-        raise BadInputError(
-            f"split name {split!r}: use letters, digits, '_', '-' or '.' (e.g. train, val, test)"
-        )
-    return split
-
-
-def check_channels(channels: Mapping[str, str]) -> dict[str, str]:
-    if "loss" not in channels:
-        raise BadInputError("every split stores a 'loss' channel; none was given")
-    out = {}
-    for name, dtype in channels.items():
-        if name not in fmt.CHANNEL_DTYPES:
-            raise BadInputError(f"unknown channel {name!r}; channels are {', '.join(fmt.CHANNELS)}")
-        dtype = str(np.dtype(dtype))
-        if dtype not in fmt.CHANNEL_DTYPES[name]:
-            raise BadInputError(
-                f"channel {name!r} cannot be stored as {dtype}; choose one of {', '.join(fmt.CHANNEL_DTYPES[name])}"
-            )
-        out[name] = dtype
-    return {c: out[c] for c in fmt.CHANNELS if c in out}
-
-
-def default_channels(names: Sequence[str]) -> dict[str, str]:
-    return {c: fmt.CHANNEL_DTYPES[c][0] for c in fmt.CHANNELS if c in names}
+    return pa.schema(fields, metadata=meta_bytes(meta))
 
 
 def _check_and_write_rows(
-    arrays: Mapping[str, Any], blocks: Mapping[str, np.ndarray], a: int, b: int
+    arrays: Mapping[str, ChunkWriter], blocks: Mapping[str, np.ndarray], a: int, b: int
 ) -> np.ndarray:
     """Write rows ``[a, b)`` of every channel; return the NaN/inf count per loss column."""
     for channel, arr in arrays.items():
         arr.write(a, b, blocks[channel])
     return count_nonfinite(blocks["loss"])
-
-
-def count_nonfinite(block: np.ndarray) -> np.ndarray:
-    """NaN/inf count per column (one vectorised pass when, as usual, all values are finite)."""
-    if block.ndim == 1:
-        block = block[:, None]
-    finite = np.isfinite(block)
-    if finite.all():
-        return np.zeros(block.shape[1], np.int64)
-    return (~finite).sum(axis=0).astype(np.int64)
-
-
-def ids_digest(ids: np.ndarray) -> str:
-    """Fingerprint of a split's sample ids in row order (int64 little endian, SHA-1)."""
-    import hashlib
-
-    return hashlib.sha1(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
-
-
-def count_duplicates(values: np.ndarray) -> int:
-    """How many entries repeat an earlier one (a sort, not a hash set: fast for int64)."""
-    values = np.asarray(values)
-    if len(values) < 2:
-        return 0
-    if values[0] == 0 and values[-1] == len(values) - 1 and (np.diff(values) == 1).all():
-        return 0  # the common 0..N-1
-    s = np.sort(values)
-    return int((s[1:] == s[:-1]).sum())
-
-
-def check_labels(labels: np.ndarray, num_classes: int | None, what: str) -> None:
-    if labels.size == 0:
-        return
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0:
-        raise BadInputError(f"{what}: label {lo} is negative; labels must be class indices 0..C-1")
-    if num_classes is not None and hi >= num_classes:
-        raise BadInputError(
-            f"{what}: label {hi} is outside the lake's {num_classes} classes (0..{num_classes - 1}); "
-            "fix the labels or use a new lake with more classes"
-        )
 
 
 class SplitWriter:
@@ -233,7 +176,7 @@ class SplitWriter:
         epoch: int | None = None,
         step: int | None = None,
         wall_time: float | None = None,
-        duplicates: str = "error",
+        duplicates: Duplicates = "error",
     ) -> CheckpointBuffer:
         """Start a checkpoint; add values in batches (any order), then ``commit()``."""
         self._check_new_checkpoints([checkpoint])
@@ -318,7 +261,7 @@ class SplitWriter:
         ) as pool:
             # a new split's samples table is written while the values stream in
             samples_done = pool.submit(self._prepare_new_split, ids_labels) if ids_labels else None
-            pending: list[Any] = []
+            pending: list[Future[np.ndarray]] = []
             for a in range(0, num_rows, step):
                 b = min(a + step, num_rows)
                 values = read_rows(a, b)
@@ -361,41 +304,15 @@ class SplitWriter:
         """Merge segments so scans read few, wide chunks. Returns the number of merges.
 
         ``full=True`` merges everything into one segment; ``full=False`` applies the tiered
-        policy used after each commit (merge runs of ``COMPACT_FANOUT`` equal-level segments).
+        policy used after each commit (see :mod:`cld_lake.lake._compact`).
         """
-        merges = 0
-        while True:
-            split = self._require_split()
-            widths = self._segment_widths(split)
-            if full:
-                run = list(widths) if len(widths) > 1 else []
-            else:
-                run = _tail_run_to_merge(widths)
-            if not run:
-                return merges
-            self._merge(split, run)
-            merges += 1
+        return compact_split(self._require_split(), self._replace_record, full=full)
 
     def gc(self, grace_seconds: float = GC_GRACE_SECONDS) -> list[str]:
         """Delete unreferenced segments (crashed writes, compacted-away segments) older than
         ``grace_seconds``, and stray temp files. Returns what was deleted."""
         referenced = set(self.split.segment_names()) if self.split is not None else set()
-        deleted = []
-        seg_dir = self.path / fmt.SEGMENTS_DIR
-        now = time.time()
-        if seg_dir.exists():
-            for entry in seg_dir.iterdir():
-                if entry.name in referenced:
-                    continue
-                if now - entry.stat().st_mtime >= grace_seconds or not entry.name.startswith(
-                    "seg-"
-                ):
-                    delete_segment(entry)
-                    deleted.append(entry.name)
-        for entry in self.path.glob(".*.tmp-*"):
-            entry.unlink(missing_ok=True)
-            deleted.append(entry.name)
-        return deleted
+        return collect_garbage(self.path, referenced, grace_seconds)
 
     # --- internals -----------------------------------------------------------------------
     def _require_split(self) -> Split:
@@ -438,42 +355,11 @@ class SplitWriter:
         check_labels(labels, self.num_classes, "labels")
         return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
 
-    def _segment_widths(self, split: Split) -> dict[str, int]:
-        widths: dict[str, int] = {}
-        for name in split.checkpoint_table.column("segment").to_pylist():
-            widths[name] = widths.get(name, 0) + 1
-        # segment order: by the smallest checkpoint id they hold (append order)
-        return widths
-
-    def _merge(self, split: Split, segments: Sequence[str]) -> None:
-        table = split.checkpoint_table
-        seg_col = np.asarray(table.column("segment").to_pylist(), dtype=object)
-        ckpts = table.column("checkpoint").to_numpy()[np.isin(seg_col, list(segments))]
-        ckpts = np.sort(ckpts)
-        new_name = new_segment_name()
-        arrays = create_segment(
-            self.path / fmt.SEGMENTS_DIR / new_name,
-            split.num_samples,
-            len(ckpts),
-            split.channels,
-            split.row_chunk,
-        )
-        for block in split.blocks(checkpoints=ckpts, channels=list(split.channels)):
-            for channel, arr in arrays.items():
-                arr.write(block.start, block.start + len(block), block.values[channel])
-        position = {int(c): i for i, c in enumerate(ckpts)}
-        rows = table.to_pylist()
-        for row in rows:
-            if row["segment"] in segments:
-                row["column"] = position[int(row["checkpoint"])]
-                row["segment"] = new_name
-        self._write_checkpoints(rows, split.meta)
-        now = time.time()
-        for name in segments:  # retired now: gc() deletes them after the grace period
-            path = self.path / fmt.SEGMENTS_DIR / name
-            if path.exists():
-                os.utime(path, (now, now))
+    def _replace_record(self, rows: list[dict[str, Any]]) -> Split:
+        """Commit ``rows`` as the whole commit record (compaction); return the new snapshot."""
+        self._write_checkpoints(rows, self._require_split().meta)
         self.split = Split(self.lake, self.name)
+        return self.split
 
     def _checkpoint_row(
         self,
@@ -559,8 +445,6 @@ class SplitWriter:
             if current is None:
                 value = self.num_classes if self.num_classes is not None else inferred
                 meta = dict(lake.meta, num_classes=value)
-                from cld_lake._io import atomic_write_json
-
                 atomic_write_json(self.lake.path / fmt.ROOT_FILE, meta)
                 current = value
             check_labels(labels, current, f"split {self.name!r}")
@@ -581,20 +465,6 @@ class SplitWriter:
         )
 
 
-def _tail_run_to_merge(widths: Mapping[str, int]) -> list[str]:
-    """Tiered policy: merge the last ``COMPACT_FANOUT`` segments when they share a level
-    (level = floor(log_F(width))): widths 1x8 -> 8, 8x8 -> 64... Each value is rewritten
-    about log_F(T) times and a split holds at most (F-1) segments per level."""
-    names = list(widths)
-    if len(names) < COMPACT_FANOUT:
-        return []
-    tail = names[-COMPACT_FANOUT:]
-    levels = {
-        int(np.floor(np.log(max(widths[n], 1)) / np.log(COMPACT_FANOUT) + 1e-9)) for n in tail
-    }
-    return tail if len(levels) == 1 else []
-
-
 class CheckpointBuffer:
     """Values of one checkpoint being recorded; nothing is visible until :meth:`commit`."""
 
@@ -605,10 +475,11 @@ class CheckpointBuffer:
         epoch: int | None,
         step: int | None,
         wall_time: float | None,
-        duplicates: str,
+        duplicates: Duplicates,
     ) -> None:
-        if duplicates not in ("error", "first"):
-            raise BadInputError(f"duplicates={duplicates!r}: use 'error' or 'first'")
+        if duplicates not in choices(Duplicates):
+            allowed = " or ".join(repr(c) for c in choices(Duplicates))
+            raise BadInputError(f"duplicates={duplicates!r}: use {allowed}")
         self.writer = writer
         self.checkpoint = checkpoint
         self.epoch, self.step, self.wall_time = epoch, step, wall_time
@@ -625,11 +496,11 @@ class CheckpointBuffer:
 
     def add(
         self,
-        sample_ids: Any,
-        loss: Any,
-        labels: Any = None,
-        correct: Any = None,
-        margin: Any = None,
+        sample_ids: ArrayLike,
+        loss: ArrayLike,
+        labels: ArrayLike | None = None,
+        correct: ArrayLike | None = None,
+        margin: ArrayLike | None = None,
     ) -> None:
         """Add values for a batch of samples (numpy arrays or anything array-like)."""
         ids = np.asarray(sample_ids).astype(np.int64, copy=False).reshape(-1)
@@ -752,5 +623,5 @@ class CheckpointBuffer:
         return (uniq, labels_u, None), {k: v[first] for k, v in cat.items()}
 
 
-def _fill(dtype: str) -> Any:
+def _fill(dtype: str) -> bool | float:
     return False if dtype == "bool" else np.nan

@@ -136,7 +136,7 @@ class LossRecorder:
         group: Any = None,
         dst: int = 0,
     ) -> None:
-        from cld_lake.lake.writer import check_split_name
+        from cld_lake.lake._validate import check_split_name
 
         self.lake_path = Path(lake_path)
         self.split = check_split_name(split)
