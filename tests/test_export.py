@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cld_lake.errors import BadInputError
-from cld_lake.export import export_trajectories, import_wide_parquet, is_wide_parquet
+from cld_lake.export import export_trajectories
 from cld_lake.lake import Lake
-from cld_lake.lake.importer import import_npy
+from cld_lake.lake.importer import import_npy, import_wide_parquet, is_wide_parquet
 from cld_lake.sql import query as lake_query
 from tests.conftest import lake_hash, make_arrays
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cld_lake._types import Layout, choices
+
 
 @click.command("export")
 @click.argument("lake", type=click.Path(path_type=Path))
@@ -18,7 +20,7 @@ import click
 )
 @click.option(
     "--layout",
-    type=click.Choice(["wide", "columns", "long"]),
+    type=click.Choice(choices(Layout)),
     default="wide",
     show_default=True,
     help="wide: one row per sample, a list per channel; columns: loss_<checkpoint> columns; long: one row per (sample, checkpoint).",

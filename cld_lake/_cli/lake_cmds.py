@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cld_lake._cli._common import echo_json, fail
-from cld_lake.lake.writer import SplitWriter
+from cld_lake._cli._common import echo_json
+from cld_lake.lake import SplitWriter, import_file
 
 SPLITS = click.Choice(["train", "val", "test"])
 
@@ -20,13 +20,13 @@ SPLITS = click.Choice(["train", "val", "test"])
     "loss",
     required=True,
     type=click.Path(path_type=Path),
-    help="N x T .npy of losses, or a long .parquet with sample_id, checkpoint, loss[, correct, margin].",
+    help="N x T .npy of losses, or a .parquet: long (sample_id, checkpoint, loss[, correct, margin]) or wide (one row per sample, as `cld-lake export` writes).",
 )
 @click.option(
     "--labels",
     required=True,
     type=click.Path(path_type=Path),
-    help="1-D .npy of N labels (or, with a long --loss, a .parquet with sample_id, label).",
+    help="1-D .npy of N labels (or, with a .parquet --loss, a .parquet with sample_id, label).",
 )
 @click.option(
     "--sample-ids",
@@ -57,36 +57,18 @@ def import_cmd(
     lake, split, loss, labels, sample_ids, correct, margin, num_classes, checkpoint_ids, loss_dtype
 ):
     """Import trajectories into LAKE (created if missing). Streams: a file larger than RAM is fine."""
-    from cld_lake.lake.importer import import_long_parquet, import_npy
-
-    dtypes = {"loss": loss_dtype} if loss_dtype else None
-    if Path(loss).suffix == ".parquet":
-        for opt, value in (
-            ("--correct", correct),
-            ("--margin", margin),
-            ("--checkpoint-ids", checkpoint_ids),
-        ):
-            if value is not None:
-                fail(f"{opt}: not used with a long .parquet --loss (its columns carry them)")
-        from cld_lake.export import import_wide_parquet, is_wide_parquet  # wide: one row per sample
-
-        import_parquet = import_wide_parquet if is_wide_parquet(loss) else import_long_parquet
-        result = import_parquet(
-            lake, split, loss, labels, sample_ids=sample_ids, num_classes=num_classes, dtypes=dtypes
-        )
-    else:
-        result = import_npy(
-            lake,
-            split,
-            loss,
-            labels,
-            sample_ids=sample_ids,
-            correct=correct,
-            margin=margin,
-            checkpoint_ids=checkpoint_ids,
-            num_classes=num_classes,
-            dtypes=dtypes,
-        )
+    result = import_file(
+        lake,
+        split,
+        loss=loss,
+        labels=labels,
+        sample_ids=sample_ids,
+        correct=correct,
+        margin=margin,
+        num_classes=num_classes,
+        checkpoint_ids=checkpoint_ids,
+        dtypes={"loss": loss_dtype} if loss_dtype else None,
+    )
     click.echo(
         f"imported {result.num_samples} samples x {len(result.checkpoints)} checkpoints into {lake} [{split}] "
         f"channels={','.join(result.channels)} nonfinite_losses={result.nonfinite}"

@@ -1,7 +1,10 @@
-"""Import trajectories from files: ``.npy`` N x T arrays (memory-mapped, streamed in row
-blocks) and long Parquet (``sample_id, checkpoint, loss[, correct, margin]``, re-ordered by
-DuckDB's out-of-core sort). Every input is validated before anything is written, so a bad
-input leaves the lake exactly as it was.
+"""Bring trajectories into a lake: :func:`import_file` detects the input and dispatches.
+
+``.npy`` N x T arrays are read by row range and streamed in row blocks; long Parquet
+(``sample_id, checkpoint, loss[, correct, margin]``) is re-ordered by DuckDB's out-of-core
+sort; wide Parquet (``wide`` list columns or ``loss_<checkpoint>`` columns, as
+``cld-lake export`` writes) is read row group by row group (:mod:`._import_wide`). Every input
+is validated before anything is written, so a bad input leaves the lake exactly as it was.
 """
 
 from __future__ import annotations
@@ -9,43 +12,139 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cld_lake.errors import BadInputError, InputFileNotFoundError
 from cld_lake.lake import _format as fmt
-from cld_lake.lake._validate import check_labels, count_duplicates
+from cld_lake.lake._import_common import (
+    ImportResult,
+    PathLike,
+    channel_dtype,
+    check_kind,
+    first_line,
+    import_rows,
+    load_ids,
+    load_labels,
+    load_npy,
+    sql_str,
+)
+from cld_lake.lake._import_wide import import_wide_parquet, is_wide_parquet
 from cld_lake.lake.store import Lake
-from cld_lake.lake.writer import SplitWriter
+from cld_lake.lake.writer import RowReader
 
-PathLike = str | os.PathLike[str]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "ImportResult",
+    "import_file",
+    "import_long_parquet",
+    "import_npy",
+    "import_wide_parquet",
+    "is_wide_parquet",
+]
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    split: str
-    num_samples: int
-    checkpoints: list[int]
-    channels: dict[str, str]
-    nonfinite: int
+def import_file(
+    lake: Lake | PathLike,
+    split: str,
+    *,
+    loss: PathLike,
+    labels: PathLike | None,
+    sample_ids: PathLike | None = None,
+    correct: PathLike | None = None,
+    margin: PathLike | None = None,
+    num_classes: int | None = None,
+    checkpoint_ids: PathLike | None = None,
+    dtypes: Mapping[str, str] | None = None,
+    row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
+) -> ImportResult:
+    """Import trajectories into ``split`` of ``lake`` (both created if missing).
+
+    The kind of ``loss`` is detected: a ``.npy`` N x T array, a long ``.parquet`` (one row per
+    sample and checkpoint) or a wide ``.parquet`` (one row per sample). Nothing is written
+    unless the whole input is valid.
+
+    Parameters
+    ----------
+    lake : Lake or path
+    split : str
+    loss : path
+        ``.npy`` (N x T, float), or ``.parquet`` long (``sample_id, checkpoint, loss[, correct,
+        margin]``) or wide (``sample_id[, label], loss`` as a list, or ``loss_<checkpoint>``).
+    labels : path or None
+        ``.npy`` of N labels; with a ``.parquet`` loss also a ``.parquet`` with ``sample_id,
+        label``. None only for a wide file with a ``label`` column (the file's own labels).
+    sample_ids, checkpoint_ids : path, optional
+        ``.npy`` of N unique sample ids (default ``0..N-1``) / T checkpoint ids (default
+        ``0..T-1``). A Parquet file carries its checkpoint ids, a wide one its sample ids.
+    correct, margin : path, optional
+        ``.npy`` N x T arrays of those channels (``.npy`` loss only; Parquet files carry them
+        as columns).
+    num_classes : int, optional
+        Number of classes (default: max label + 1 of the lake's first import).
+    dtypes : mapping of channel to dtype, optional
+        Stored dtypes, e.g. ``{"loss": "float16"}``.
+    row_chunk : int
+        Rows per chunk of a new split.
+    """
+    lake_path = lake.path if isinstance(lake, Lake) else Path(lake)
+    if Path(loss).suffix == ".parquet":
+        for option, value in (
+            ("--correct", correct),
+            ("--margin", margin),
+            ("--checkpoint-ids", checkpoint_ids),
+        ):
+            if value is not None:
+                raise BadInputError(
+                    f"{option}: not used with a .parquet --loss (its columns carry them)"
+                )
+        if is_wide_parquet(loss):
+            return import_wide_parquet(
+                lake_path,
+                split,
+                loss,
+                labels,
+                sample_ids=sample_ids,
+                num_classes=num_classes,
+                dtypes=dtypes,
+                row_chunk=row_chunk,
+            )
+        return import_long_parquet(
+            lake_path,
+            split,
+            loss,
+            _required_labels(labels, "a long .parquet"),
+            sample_ids=sample_ids,
+            num_classes=num_classes,
+            dtypes=dtypes,
+            row_chunk=row_chunk,
+        )
+    return import_npy(
+        lake_path,
+        split,
+        loss,
+        _required_labels(labels, "a .npy"),
+        sample_ids=sample_ids,
+        correct=correct,
+        margin=margin,
+        checkpoint_ids=checkpoint_ids,
+        num_classes=num_classes,
+        dtypes=dtypes,
+        row_chunk=row_chunk,
+    )
 
 
-def load_npy(path: PathLike, what: str) -> np.ndarray:
-    """Memory-map a ``.npy`` file (no copy into RAM) with a clear error when it is unusable."""
-    p = Path(path)
-    if not p.exists():
-        raise InputFileNotFoundError(f"{what} {p}: no such file")
-    if p.suffix != ".npy":
-        raise BadInputError(f"{what} {p}: expected a .npy file (or a long .parquet for --loss)")
-    try:
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+def _required_labels(labels: PathLike | None, kind: str) -> PathLike:
+    if labels is None:
         raise BadInputError(
-            f"{what} {p}: not a readable .npy file ({str(exc).splitlines()[0]}); is it truncated?"
-        ) from exc
-    return arr
+            f"--labels: {kind} --loss has no labels; give a .npy of labels "
+            "(or, with a long .parquet, a .parquet with sample_id, label)"
+        )
+    return labels
 
 
 class NpyRows:
@@ -78,28 +177,11 @@ class NpyRows:
         return out
 
 
-def _rows_reader(path: PathLike, mm: np.ndarray):
+def _rows_reader(path: PathLike, mm: np.ndarray) -> RowReader:
     """``f(a, b) -> rows a..b`` of a .npy: pread for C order, the memory map otherwise."""
     if mm.flags.c_contiguous and isinstance(mm, np.memmap):
         return NpyRows(path, mm).read
     return lambda a, b: np.asarray(mm[a:b])
-
-
-def _numeric(arr: np.ndarray, what: str, path: PathLike, kinds: str) -> None:
-    if arr.dtype.kind not in kinds:
-        names = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool"}
-        allowed = "/".join(names[k] for k in kinds)
-        raise BadInputError(f"{what} {path}: dtype {arr.dtype} is not {allowed}")
-
-
-def _channel_dtype(channel: str, arr: np.ndarray, requested: Mapping[str, str] | None) -> str:
-    if requested and channel in requested:
-        return requested[channel]
-    if channel == "loss" and arr.dtype in (np.float16, np.float64):
-        return str(arr.dtype)
-    if channel == "margin" and arr.dtype == np.float16:
-        return "float16"
-    return fmt.CHANNEL_DTYPES[channel][0]
 
 
 def import_npy(
@@ -122,10 +204,10 @@ def import_npy(
         raise BadInputError(
             f"--loss {loss}: expected a 2-D N x T array, got shape {loss_arr.shape}"
         )
-    _numeric(loss_arr, "--loss", loss, "fiu")
+    check_kind(loss_arr, "--loss", loss, "fiu")
     n, t = loss_arr.shape
     label_arr = load_npy(labels, "--labels")
-    _numeric(label_arr, "--labels", labels, "iu")
+    check_kind(label_arr, "--labels", labels, "iu")
     if label_arr.shape != (n,):
         raise BadInputError(
             f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
@@ -136,20 +218,20 @@ def import_npy(
         if path is None:
             continue
         arr = load_npy(path, f"--{name}")
-        _numeric(arr, f"--{name}", path, kinds)
+        check_kind(arr, f"--{name}", path, kinds)
         if arr.shape != (n, t):
             raise BadInputError(
                 f"--{name} {path}: shape {arr.shape} does not match --loss shape {(n, t)}"
             )
         channels_src[name] = arr
         paths_src[name] = path
-    ids = _load_ids(sample_ids, n, "--sample-ids")
-    ckpts = _load_ids(checkpoint_ids, t, "--checkpoint-ids")
+    ids = load_ids(sample_ids, n, "--sample-ids")
+    ckpts = load_ids(checkpoint_ids, t, "--checkpoint-ids")
     if (ckpts < 0).any():
         raise BadInputError(f"--checkpoint-ids {checkpoint_ids}: checkpoint ids must be >= 0")
-    channels = {c: _channel_dtype(c, a, dtypes) for c, a in channels_src.items()}
+    channels = {c: channel_dtype(c, a.dtype, dtypes) for c, a in channels_src.items()}
 
-    def source(rows: np.ndarray | None):
+    def source(rows: np.ndarray | None) -> RowReader:
         readers = {c: _rows_reader(paths_src[c], arr) for c, arr in channels_src.items()}
 
         def read_rows(a: int, b: int) -> dict[str, np.ndarray]:
@@ -164,7 +246,7 @@ def import_npy(
 
         return read_rows
 
-    return _import(
+    return import_rows(
         lake_path,
         split,
         ids,
@@ -175,116 +257,6 @@ def import_npy(
         num_classes,
         row_chunk,
     )
-
-
-def _load_ids(path: PathLike | None, n: int, what: str) -> np.ndarray:
-    if path is None:
-        return np.arange(n, dtype=np.int64)
-    arr = load_npy(path, what)
-    _numeric(arr, what, path, "iu")
-    if arr.shape != (n,):
-        raise BadInputError(f"{what} {path}: shape {arr.shape}, expected ({n},) to match --loss")
-    arr = np.asarray(arr, dtype=np.int64)
-    dups = count_duplicates(arr)
-    if dups:
-        raise BadInputError(f"{what} {path}: {dups} duplicate ids; every id must be unique")
-    return arr
-
-
-def _import(
-    lake_path, split, ids, labels, ckpts, channels, make_source, num_classes, row_chunk
-) -> ImportResult:
-    """Validate against the lake (without changing it), then write and commit."""
-    labels = np.asarray(labels, dtype=np.int64)
-    lake_exists = (Path(lake_path) / fmt.ROOT_FILE).exists()
-    if lake_exists:
-        lake = Lake(lake_path)
-        if (
-            num_classes is not None
-            and lake.num_classes is not None
-            and num_classes != lake.num_classes
-        ):
-            raise BadInputError(
-                f"--num-classes {num_classes}: the lake at {lake_path} has {lake.num_classes} classes; use the same number or a new lake"
-            )
-        check_labels(
-            labels,
-            lake.num_classes if lake.num_classes is not None else num_classes,
-            f"--labels for {lake_path}",
-        )
-        if lake.has_split(split):
-            rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-        else:
-            rows = None
-    else:
-        check_labels(labels, num_classes, "--labels")
-        if num_classes is None and len(labels) == 0:
-            raise BadInputError("no samples to import")
-        rows = None
-        lake = Lake.create(lake_path, num_classes)
-    with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
-        new_samples = (ids, labels) if writer.split is None else None
-        if writer.split is not None and rows is None:
-            rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-        writer.append_columns(
-            ckpts.tolist(),
-            make_source(rows),
-            num_rows=len(ids),
-            channels=channels,
-            new_samples=new_samples,
-        )
-        result_split = writer.split
-    assert result_split is not None
-    return ImportResult(
-        split,
-        len(ids),
-        sorted(int(c) for c in ckpts),
-        dict(channels),
-        _nonfinite_of(result_split, ckpts),
-    )
-
-
-def _nonfinite_of(split, ckpts) -> int:
-    """NaN/inf losses recorded at commit for these checkpoints."""
-    table = split.checkpoint_table
-    chosen = np.isin(table.column("checkpoint").to_numpy(), np.asarray(ckpts, np.int64))
-    return int(table.column("nonfinite").to_numpy()[chosen].sum())
-
-
-def _rows_in_existing_split(
-    lake: Lake, split_name: str, ids, labels, ckpts, channels
-) -> np.ndarray | None:
-    """Map import rows onto the split's rows; None when they are already in the split's order."""
-    split = lake.split(split_name)
-    if len(ids) != split.num_samples:
-        raise BadInputError(
-            f"split {split_name!r} of {lake.path} has {split.num_samples} samples; the import has {len(ids)}. "
-            "An import adds checkpoints for the same samples"
-        )
-    if channels != split.channels:
-        raise BadInputError(
-            f"split {split_name!r} stores channels {split.channels}; the import gives {channels}"
-        )
-    dup = np.intersect1d(ckpts, split.checkpoint_ids)
-    if len(dup):
-        raise BadInputError(
-            f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r}; use --checkpoint-ids with new ids"
-        )
-    if np.array_equal(ids, split.sample_ids):
-        if not np.array_equal(labels, split.labels):
-            raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")
-        return None
-    pos = split.rows_of(ids)
-    if (pos < 0).any():
-        raise BadInputError(
-            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r}"
-        )
-    if not np.array_equal(split.labels[pos], labels):
-        raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")
-    # import row i holds split row pos[i]; the writer wants split order: source row for split row r
-    source_rows = np.empty_like(pos)
-    source_rows[pos] = np.arange(len(pos))
-    return source_rows
 
 
 def import_long_parquet(
@@ -314,12 +286,12 @@ def import_long_parquet(
         config={"memory_limit": memory_limit, "temp_directory": tempfile.gettempdir()}
     )
     try:
-        src = f"read_parquet({_sql_str(loss_path)})"
+        src = f"read_parquet({sql_str(loss_path)})"
         try:
             cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         except duckdb.Error as exc:
             raise BadInputError(
-                f"--loss {loss_path}: not a readable Parquet file ({_first_line(exc)})"
+                f"--loss {loss_path}: not a readable Parquet file ({first_line(exc)})"
             ) from exc
         for need in ("sample_id", "checkpoint", "loss"):
             if need not in cols:
@@ -348,14 +320,14 @@ def import_long_parquet(
             raise BadInputError(f"--loss {loss_path}: no rows")
         if sample_ids is not None:
             ids = load_npy(sample_ids, "--sample-ids")
-            ids = _load_ids(sample_ids, len(ids), "--sample-ids")
+            ids = load_ids(sample_ids, len(ids), "--sample-ids")
         else:
             ids = (
                 con.execute(f"SELECT DISTINCT sample_id FROM {src} ORDER BY 1")
                 .fetchnumpy()["sample_id"]
                 .astype(np.int64)
             )
-        labels_arr = _load_long_labels(con, labels, ids)
+        labels_arr = load_labels(con, labels, ids)
         n, t = len(ids), len(ckpts)
         total, distinct_pairs = con.execute(
             f"SELECT count(*), count(DISTINCT (sample_id, checkpoint)) FROM {src}"
@@ -382,7 +354,7 @@ def import_long_parquet(
         channels = {c: (dtypes or {}).get(c, fmt.CHANNEL_DTYPES[c][0]) for c in present}
         select_cols = ", ".join(f"l.{c}" for c in present)
 
-        def make_source(rows: np.ndarray | None):
+        def make_source(rows: np.ndarray | None) -> RowReader:
             # the writer asks for split rows [a, b) in order; stream the sorted result once
             order_sql = "i.row" if rows is None else "r.split_row"
             if rows is not None:
@@ -396,7 +368,7 @@ def import_long_parquet(
             ).to_arrow_reader(batch_size=1 << 20)
             return _LongRowReader(reader, t, present)
 
-        return _import(
+        return import_rows(
             lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk
         )
     finally:
@@ -406,7 +378,7 @@ def import_long_parquet(
 class _LongRowReader:
     """Turns a (row, col)-sorted long stream into dense row blocks on demand."""
 
-    def __init__(self, reader, t: int, channels: list[str]) -> None:
+    def __init__(self, reader: pa.RecordBatchReader, t: int, channels: list[str]) -> None:
         self._reader = reader
         self._t = t
         self._channels = channels
@@ -430,44 +402,3 @@ class _LongRowReader:
             self._pending = rest if len(rest["loss"]) else None
             have += take
         return {c: np.concatenate(v).reshape(b - a, t) for c, v in parts.items()}
-
-
-def _load_long_labels(con, labels: PathLike, ids: np.ndarray) -> np.ndarray:
-    p = Path(labels)
-    if p.suffix == ".parquet":
-        if not p.exists():
-            raise InputFileNotFoundError(f"--labels {p}: no such file")
-        import pyarrow as pa
-
-        con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
-        try:
-            got = con.execute(
-                f"SELECT w.pos, l.label FROM _want w LEFT JOIN read_parquet({_sql_str(p)}) l USING (sample_id) ORDER BY w.pos"
-            ).fetchnumpy()
-        except Exception as exc:
-            raise BadInputError(
-                f"--labels {p}: needs columns sample_id, label ({_first_line(exc)})"
-            ) from exc
-        lab = got["label"]
-        if hasattr(lab, "mask") and np.ma.is_masked(lab):
-            raise BadInputError(
-                f"--labels {p}: no label for {int(np.ma.getmaskarray(lab).sum())} sample ids"
-            )
-        if len(lab) != len(ids):
-            raise BadInputError(f"--labels {p}: sample ids appear more than once")
-        return np.asarray(lab).astype(np.int64)
-    arr = load_npy(p, "--labels")
-    _numeric(arr, "--labels", p, "iu")
-    if arr.shape != ids.shape:
-        raise BadInputError(
-            f"--labels {p}: shape {arr.shape} does not match the {len(ids)} sample ids of the long file"
-        )
-    return np.asarray(arr, np.int64)
-
-
-def _sql_str(path: PathLike) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,298 @@
+"""Import of the wide trajectory layouts: one row per sample, as ``cld-lake export`` writes.
+
+``wide``: ``sample_id[, label]`` and a list column per channel (``loss``, ``correct``,
+``margin``), checkpoint ids in the file's ``cld_lake`` metadata (default ``0..K-1``).
+``columns``: one column per channel and checkpoint, ``loss_<checkpoint>``. The file is checked
+in full before anything is written; values stream in row groups.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from cld_lake._meta import read_meta
+from cld_lake.errors import BadInputError, InputFileNotFoundError
+from cld_lake.lake import _format as fmt
+from cld_lake.lake._import_common import (
+    ImportResult,
+    PathLike,
+    channel_dtype,
+    import_rows,
+    load_labels,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+_COLUMN_NAME = re.compile(r"^(loss|correct|margin)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class WideLayout:
+    """How a wide Parquet file holds its trajectories."""
+
+    kind: Literal["wide", "columns"]  # list columns, or one column per checkpoint
+    checkpoints: np.ndarray
+    columns: dict[str, list[str]]  # channel -> the file's column(s) holding it, in checkpoint order
+    dtypes: dict[str, np.dtype]  # channel -> numpy dtype of the values
+
+
+def wide_layout(path: PathLike) -> WideLayout | None:
+    """The wide layout of a Parquet file, or None when it is not wide (e.g. long)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    names = schema.names
+    if "sample_id" not in names:
+        return None
+    field = schema.field("loss") if "loss" in names else None
+    if field is not None and (
+        pa.types.is_list(field.type)
+        or pa.types.is_fixed_size_list(field.type)
+        or pa.types.is_large_list(field.type)
+    ):
+        meta = read_meta(schema)
+        k = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+        ckpts = meta.get("checkpoints")
+        if ckpts is not None and (k is None or len(ckpts) == k):
+            ckpts = np.asarray(ckpts, dtype=np.int64)
+        elif k is not None:
+            ckpts = np.arange(k, dtype=np.int64)
+        else:
+            ckpts = None  # variable lists without metadata: width found on reading
+        columns: dict[str, list[str]] = {}
+        dtypes: dict[str, np.dtype] = {}
+        for c in fmt.CHANNELS:
+            if c in names and hasattr(schema.field(c).type, "value_type"):
+                columns[c] = [c]
+                dtypes[c] = np.dtype(schema.field(c).type.value_type.to_pandas_dtype())
+        return WideLayout(
+            "wide", ckpts if ckpts is not None else np.zeros(0, np.int64), columns, dtypes
+        )
+    matches = [(m.group(1), int(m.group(2)), n) for n in names if (m := _COLUMN_NAME.match(n))]
+    if not any(ch == "loss" for ch, _, _ in matches):
+        return None
+    ckpts = np.array(sorted({k for ch, k, _ in matches if ch == "loss"}), dtype=np.int64)
+    columns, dtypes = {}, {}
+    for c in fmt.CHANNELS:
+        have = {k: n for ch, k, n in matches if ch == c}
+        if not have:
+            continue
+        if set(have) != set(ckpts.tolist()):
+            raise BadInputError(
+                f"--loss {path}: channel {c} has columns for checkpoints {sorted(have)}, loss for {ckpts.tolist()}"
+            )
+        columns[c] = [have[int(k)] for k in ckpts]
+        dtypes[c] = np.dtype(schema.field(columns[c][0]).type.to_pandas_dtype())
+    return WideLayout("columns", ckpts, columns, dtypes)
+
+
+def is_wide_parquet(path: PathLike) -> bool:
+    """Whether ``path`` is a Parquet file in the ``wide`` or ``columns`` layout."""
+    try:
+        return wide_layout(path) is not None
+    except Exception:  # unreadable: let the long importer report it
+        return False
+
+
+def import_wide_parquet(
+    lake_path: PathLike,
+    split: str,
+    loss: PathLike,
+    labels: PathLike | None = None,
+    *,
+    sample_ids: PathLike | None = None,
+    num_classes: int | None = None,
+    dtypes: Mapping[str, str] | None = None,
+    row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
+) -> ImportResult:
+    """Import a wide Parquet file (``wide`` or ``columns`` layout, e.g. from ``cld-lake export``).
+
+    Sample ids come from the file's ``sample_id`` column; labels from its ``label`` column
+    when ``labels`` is None or the file itself, else from ``labels`` (``.npy`` aligned with the
+    rows, or ``.parquet`` with ``sample_id, label``). Checkpoint ids come from the column names
+    (``columns``) or the file's ``cld_lake`` metadata (``wide``; default ``0..K-1``). The file
+    is checked in full before anything is written.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(loss)
+    if not path.exists():
+        raise InputFileNotFoundError(f"--loss {path}: no such file")
+    if sample_ids is not None:
+        raise BadInputError(
+            "--sample-ids: not used with a wide .parquet --loss (its sample_id column carries them)"
+        )
+    layout = wide_layout(path)
+    if layout is None:
+        raise BadInputError(
+            f"--loss {path}: not a wide trajectory file (needs sample_id and a list column loss, or loss_<checkpoint> columns)"
+        )
+    pf = pq.ParquetFile(path)
+    ids_col = pf.read(columns=["sample_id"]).column("sample_id")
+    if not str(ids_col.type).startswith(("int", "uint")):
+        raise BadInputError(f"--loss {path}: sample_id is {ids_col.type}, expected integers")
+    if ids_col.null_count:
+        raise BadInputError(f"--loss {path}: {ids_col.null_count} rows have no sample_id")
+    ids = ids_col.to_numpy().astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise BadInputError(
+            f"--loss {path}: {len(ids) - len(np.unique(ids))} duplicate sample ids; one row per sample"
+        )
+    if not len(ids):
+        raise BadInputError(f"--loss {path}: no rows")
+    label_arr = _wide_labels(pf, path, labels, ids)
+    width = _check_values(pf, path, layout)
+    ckpts = layout.checkpoints if len(layout.checkpoints) else np.arange(width, dtype=np.int64)
+    if len(ckpts) != width:
+        raise BadInputError(
+            f"--loss {path}: lists hold {width} values but the metadata names {len(ckpts)} checkpoints"
+        )
+    if len(np.unique(ckpts)) != len(ckpts) or (ckpts < 0).any():
+        raise BadInputError(
+            f"--loss {path}: checkpoint ids {ckpts.tolist()[:10]} must be unique and >= 0"
+        )
+    channels = {c: channel_dtype(c, layout.dtypes[c], dtypes) for c in layout.columns}
+
+    def make_source(rows: np.ndarray | None) -> _WideRows:
+        return _WideRows(pf, layout, width, rows)
+
+    return import_rows(
+        lake_path, split, ids, label_arr, ckpts, channels, make_source, num_classes, row_chunk
+    )
+
+
+def _wide_labels(
+    pf: pq.ParquetFile, path: Path, labels: PathLike | None, ids: np.ndarray
+) -> np.ndarray:
+    if labels is None or Path(labels).resolve() == path.resolve():  # the file's own column
+        if "label" not in pf.schema_arrow.names:
+            raise BadInputError(
+                f"--loss {path}: no label column; give --labels FILE (.npy or .parquet with sample_id, label)"
+            )
+        col = pf.read(columns=["label"]).column("label")
+        if col.null_count or not str(col.type).startswith(("int", "uint")):
+            raise BadInputError(
+                f"--loss {path}: column label must be integers without nulls, got {col.type}"
+            )
+        return col.to_numpy().astype(np.int64)
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        return load_labels(con, labels, ids)
+    finally:
+        con.close()
+
+
+def _check_values(pf: pq.ParquetFile, path: Path, layout: WideLayout) -> int:
+    """A pass over the value columns: no nulls, every list the same length. Returns the width."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = [n for names in layout.columns.values() for n in names]
+    width = len(layout.checkpoints) if layout.kind == "columns" else None
+    for batch in pf.iter_batches(columns=cols, batch_size=65536):
+        for name in cols:
+            col = batch.column(name)
+            if col.null_count:
+                raise BadInputError(f"--loss {path}: column {name} has {col.null_count} null rows")
+            if layout.kind != "wide":
+                continue
+            if pa.types.is_fixed_size_list(col.type):
+                lengths = np.array([col.type.list_size])
+            else:
+                lengths = np.unique(pc.list_value_length(col).to_numpy())
+            if col.flatten().null_count:
+                raise BadInputError(f"--loss {path}: column {name} holds null values")
+            if len(lengths) > 1 or (width is not None and len(lengths) and lengths[0] != width):
+                raise BadInputError(
+                    f"--loss {path}: column {name} has lists of lengths {sorted(set(lengths.tolist()) | ({width} if width else set()))}; "
+                    "every sample needs a value at every checkpoint"
+                )
+            if len(lengths):
+                width = int(lengths[0])
+    if not width:
+        raise BadInputError(f"--loss {path}: no checkpoint values")
+    return width
+
+
+class _WideRows:
+    """Dense ``(rows, T)`` blocks from a wide file, for the split's row order.
+
+    ``rows`` None: the file's row order is the split's (sequential read). Otherwise split row
+    ``r`` is file row ``rows[r]``: the row groups needed are read (the last one cached).
+    """
+
+    def __init__(
+        self, pf: pq.ParquetFile, layout: WideLayout, width: int, rows: np.ndarray | None
+    ) -> None:
+        self.pf, self.layout, self.width, self.rows = pf, layout, width, rows
+        self._iter = None if rows is not None else self._sequential()
+        self._pending: dict[str, np.ndarray] | None = None
+        meta = pf.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self._group_starts = np.cumsum([0, *sizes])
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def _dense(self, table: pa.Table) -> dict[str, np.ndarray]:
+        out = {}
+        n = table.num_rows
+        for channel, names in self.layout.columns.items():
+            if self.layout.kind == "wide":
+                col = table.column(names[0]).combine_chunks()
+                out[channel] = col.flatten().to_numpy(zero_copy_only=False).reshape(n, self.width)
+            else:
+                out[channel] = np.column_stack(
+                    [table.column(nm).to_numpy(zero_copy_only=False) for nm in names]
+                ).reshape(n, self.width)
+        return out
+
+    def _sequential(self) -> Iterator[dict[str, np.ndarray]]:
+        import pyarrow as pa
+
+        cols = [n for names in self.layout.columns.values() for n in names]
+        for batch in self.pf.iter_batches(columns=cols, batch_size=65536):
+            yield self._dense(pa.Table.from_batches([batch]))
+
+    def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
+        if self.rows is None:
+            return self._next_rows(b - a)
+        src = self.rows[a:b]
+        out = {c: np.empty((b - a, self.width), dtype=dt_) for c, dt_ in self.layout.dtypes.items()}
+        groups = np.searchsorted(self._group_starts, src, side="right") - 1
+        for g in np.unique(groups):
+            dense = self._group(int(g))
+            hit = groups == g
+            for c in out:
+                out[c][hit] = dense[c][src[hit] - self._group_starts[g]]
+        return out
+
+    def _group(self, g: int) -> dict[str, np.ndarray]:
+        if self._cache is None or self._cache[0] != g:
+            cols = [n for names in self.layout.columns.values() for n in names]
+            self._cache = (g, self._dense(self.pf.read_row_group(g, columns=cols)))
+        return self._cache[1]
+
+    def _next_rows(self, need: int) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in self.layout.columns}
+        have = 0
+        while have < need:
+            if self._pending is None:
+                self._pending = next(self._iter)  # type: ignore[arg-type]
+            first = next(iter(self._pending.values()))
+            take = min(need - have, len(first))
+            for c in parts:
+                parts[c].append(self._pending[c][:take])
+            rest = {c: v[take:] for c, v in self._pending.items()}
+            self._pending = rest if len(next(iter(rest.values()))) else None
+            have += take
+        return {c: np.concatenate(v) for c, v in parts.items()}
