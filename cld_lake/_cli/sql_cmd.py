@@ -1,8 +1,11 @@
-"""The sql command: DuckDB SQL over the lake's views."""
+"""The sql command: DuckDB SQL over the lake's views, printed as a table or written to a file."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +18,7 @@ import click
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the result to .parquet, .csv or .json (streamed; must be outside the lake).",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option(
     "--max-rows",
     type=click.IntRange(min=1),
@@ -29,12 +33,15 @@ import click
     show_default=True,
     help="Characters per printed cell.",
 )
-def sql_cmd(lake: Path, query: str, out: Path | None, max_rows: int, max_width: int) -> None:
+def sql_cmd(
+    lake: Path, query: str, out: Path | None, force: bool, max_rows: int, max_width: int
+) -> None:
     """Run DuckDB SQL over the lake's views.
 
     \b
     Views: samples, scores, checkpoints, losses (long form, streamed), val_reference.
     Filters on split, sample_id, label and checkpoint are pushed into the losses scan.
+    The query runs sandboxed: it cannot write into the lake, load extensions or change settings.
     Example: cld-lake sql LAKE "SELECT checkpoint, avg(loss) FROM losses WHERE split='train' GROUP BY 1"
     """
     from cld_lake import sql as lake_sql
@@ -42,10 +49,69 @@ def sql_cmd(lake: Path, query: str, out: Path | None, max_rows: int, max_width: 
 
     lk = open_lake(lake)
     if out is not None:
-        rows = lake_sql.write_query(lk, query, out)
+        rows = lake_sql.write_query(lk, query, out, overwrite=force)
         click.echo(f"wrote {rows:,} rows to {out}")
         return
-    click.echo(lake_sql.format_table(lk, query, max_rows=max_rows, max_width=max_width))
+    results = lake_sql.iter_result(lk, query)
+    try:
+        click.echo(format_table(results, max_rows=max_rows, max_width=max_width))
+    finally:
+        results.close()
+
+
+def format_table(results: Any, max_rows: int = 40, max_width: int = 32) -> str:
+    """An aligned text table of a result (``iter_result``'s schema, then record batches).
+
+    The first and last rows when there are more than ``max_rows``, cells cut at ``max_width``
+    characters, and the row count; only the shown rows are held in memory.
+    """
+    head_n = max(1, (max_rows + 1) // 2)
+    tail_n = max(0, max_rows - head_n)
+    schema = next(results)
+    if schema is None:
+        return "ok"
+    head: list[tuple[Any, ...]] = []
+    tail: deque[tuple[Any, ...]] = deque(maxlen=tail_n or 1)
+    total = 0
+    for batch in results:
+        cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        for row in zip(*cols, strict=True) if cols else ([()] * batch.num_rows):
+            if len(head) < head_n:
+                head.append(row)
+            elif tail_n:
+                tail.append(row)
+            total += 1
+    names = list(schema.names)
+    types = [str(t) for t in schema.types]
+    body = [[_cell(v, max_width) for v in row] for row in head]
+    tail_rows = [[_cell(v, max_width) for v in row] for row in (tail if tail_n else [])]
+    shown = len(body) + len(tail_rows)
+    widths = [
+        max([len(n), len(t)] + [len(r[i]) for r in body + tail_rows])
+        for i, (n, t) in enumerate(zip(names, types, strict=True))
+    ]
+    numeric = [t.startswith(("int", "uint", "float", "double", "decimal")) for t in types]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    lines = [line(names), line(types), "  ".join("-" * w for w in widths)]
+    lines += [line(r) for r in body]
+    if total > shown:
+        lines.append("  ".join("…".center(w) for w in widths).rstrip())
+    lines += [line(r) for r in tail_rows]
+    noun = "row" if total == 1 else "rows"
+    lines.append(f"({total:,} {noun}{f', {shown} shown' if total > shown else ''})")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, max_width: int) -> str:
+    text = "NULL" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
 
 COMMANDS = [sql_cmd]

@@ -15,7 +15,6 @@ the stream passes through the join one batch at a time.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,26 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from cld_lake import _duckdb
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums
 from cld_lake.score._wide import BATCH_ROWS, arrow_schema, record_batches, reference_table
-
-try:  # DuckDB >= 2.0: a scan source that can state its row count
-    from duckdb._sources import ArrowScanSource as _ScanBase
-
-    SCAN_SOURCE = True
-except ImportError:  # pragma: no cover - older DuckDB: a plain stream, join order pinned below
-    _ScanBase = object  # type: ignore[assignment,misc]
-    SCAN_SOURCE = False
 
 RESULT_BATCH_ROWS = 1 << 16
 MEMORY_LIMIT = "512MB"
 
 
-class TrajectorySource(_ScanBase):  # type: ignore[misc,valid-type]
+class TrajectorySource(_duckdb.ScanSource):
     """The split's selected losses as a stream of wide Arrow batches, with a known row count."""
-
-    schema_is_stable = True
 
     def __init__(
         self,
@@ -52,28 +42,23 @@ class TrajectorySource(_ScanBase):  # type: ignore[misc,valid-type]
         progress: Progress | None = None,
         batch_rows: int = BATCH_ROWS,
     ) -> None:
-        if SCAN_SOURCE:
-            super().__init__(self)
+        super().__init__()
         self.split, self.reference = split, reference
         self.block_rows, self.progress, self.batch_rows = block_rows, progress, batch_rows
-        self.schema = arrow_schema(split, len(reference.checkpoints))
+        self._schema = arrow_schema(split, len(reference.checkpoints))
+
+    @property
+    def schema(self) -> Any:
+        return self._schema
 
     def rows(self) -> int:
         return self.split.num_samples
 
-    def reader(self) -> Any:
-        import pyarrow as pa
-
-        batches = record_batches(
+    def batches(self, columns: list[str] | None, filters: Sequence[Any]) -> Iterator[Any]:
+        """Every column of every row (the source takes no filters and does not narrow)."""
+        return record_batches(
             self.split, self.reference, self.block_rows, self.progress, self.batch_rows
         )
-        return pa.RecordBatchReader.from_batches(self.schema, batches)
-
-    def __arrow_c_schema__(self) -> Any:
-        return self.schema.__arrow_c_schema__()
-
-    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self.reader().__arrow_c_stream__(requested_schema)
 
     def stream(self, columns: Sequence[int] | None, filters: Sequence[Any]) -> tuple[object, bool]:
         return self.reader().__arrow_c_stream__(), False
@@ -109,22 +94,18 @@ def compute(
     ``threads`` defaults to the CPU count, at most 4; ``batch_rows`` is the size of the Arrow
     batches DuckDB is handed (the lake is still read in ``block_rows`` blocks).
     """
-    import duckdb
-
     k = len(reference.checkpoints)
     temp_dir = tempfile.mkdtemp(prefix="cld-lake-duckdb-")
-    config: dict[str, Any] = {
-        "memory_limit": memory_limit,
-        "temp_directory": temp_dir,
-        "threads": threads or min(os.cpu_count() or 1, 4),
-    }
-    con = duckdb.connect(config=config)
+    con = _duckdb.connect(
+        memory_limit=memory_limit,
+        threads=threads or _duckdb.default_threads(),
+        temp_directory=temp_dir,
+        # Without a row count DuckDB may build the join's hash table on the stream.
+        pin_join_order=not _duckdb.SCAN_SOURCES,
+    )
     try:
-        if not SCAN_SOURCE:  # pragma: no cover - keep the class table on the build side
-            con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-        con.register(
-            "trajectories", TrajectorySource(split, reference, block_rows, progress, batch_rows)
-        )
+        source = TrajectorySource(split, reference, block_rows, progress, batch_rows)
+        _duckdb.register(con, "trajectories", source)
         con.register("reference", reference_table(reference))
         result = con.sql(sums_sql(k)).to_arrow_reader(RESULT_BATCH_ROWS)
         for batch in result:

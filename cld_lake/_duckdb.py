@@ -1,0 +1,243 @@
+"""The one adapter between cld_lake and DuckDB.
+
+Everything cld_lake asks of DuckDB beyond running SQL lives here:
+
+- :func:`connect`: every connection setting (memory limit, threads, temp directory, join-order
+  pinning, and the file-access sandbox of user SQL);
+- :class:`ScanSource`: the base of the Python scan sources (the ``losses`` view, the scoring
+  engine's trajectories). It builds on DuckDB's *private* ``duckdb._sources`` module, which
+  offers a source the query's filters and asks it for its row count. That module is imported
+  here and nowhere else; when it is missing or changed, :data:`SCAN_SOURCES` is False and
+  :func:`register` hands DuckDB a plain Arrow stream instead (same rows, no pushdown, join order
+  pinned by :func:`connect`). ``tests/test_duckdb_adapter.py`` runs that fallback on purpose;
+  the dependency is bounded in ``pyproject.toml`` so a new DuckDB is adopted deliberately;
+- the predicate node classes the pushdown analysis matches on (placeholders that match nothing
+  when the module is missing);
+- SQL quoting (:func:`sql_str`, :func:`sql_ident`) and error text (:func:`first_line`).
+
+This module imports duckdb: import it only where DuckDB is used (``import cld_lake`` must not).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+try:  # DuckDB 2.0's private source protocol: filters offered to the source, row counts
+    from duckdb._sources import ArrowScanSource as _ScanBase
+    from duckdb._sources.nodes import Binary, Col, In, Lit, Postfix, Unary
+
+    _IMPORTED = True
+except ImportError:  # pragma: no cover - exercised in a subprocess by tests/test_duckdb_adapter.py
+    _ScanBase = object  # type: ignore[assignment,misc]
+    _IMPORTED = False
+
+    class _NoNode:  # isinstance() against these is always False: nothing is pushed down
+        pass
+
+    Binary = Col = In = Lit = Postfix = Unary = _NoNode  # type: ignore[misc,assignment]
+
+#: Whether sources are registered through ``duckdb._sources`` (pushdown, row counts). Read at
+#: call time by :func:`register`, so a test can switch the fallback on.
+SCAN_SOURCES: bool = _IMPORTED
+
+Error = duckdb.Error
+#: What a locked connection raises for a file outside its list.
+SandboxError = duckdb.PermissionException
+Connection = duckdb.DuckDBPyConnection
+
+__all__ = [
+    "SCAN_SOURCES",
+    "Binary",
+    "Col",
+    "Connection",
+    "Error",
+    "In",
+    "Lit",
+    "Postfix",
+    "SandboxError",
+    "ScanSource",
+    "Unary",
+    "connect",
+    "first_line",
+    "lock_down",
+    "register",
+    "sql_ident",
+    "sql_str",
+]
+
+
+def sql_str(value: str | os.PathLike[str]) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (DuckDB appends context and Python tracebacks)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def default_threads() -> int:
+    return min(os.cpu_count() or 1, 4)
+
+
+def private_temp_dir(prefix: str = "cld-lake-duckdb-") -> Path:
+    """A fresh, not yet created directory under the system temp dir for DuckDB to spill into.
+
+    DuckDB creates it on the first spill and removes it when the connection closes.
+    """
+    return Path(tempfile.gettempdir()) / f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def connect(
+    *,
+    memory_limit: str,
+    threads: int | None = None,
+    temp_directory: str | os.PathLike[str] | None = None,
+    pin_join_order: bool = False,
+) -> Connection:
+    """An in-memory DuckDB connection with cld_lake's settings.
+
+    Parameters
+    ----------
+    memory_limit : str
+        DuckDB's memory limit; larger sorts and joins spill to ``temp_directory``.
+    threads : int, optional
+        Worker threads (default: DuckDB's own choice).
+    temp_directory : path, optional
+        Where DuckDB spills (default: a private directory under the system temp dir).
+    pin_join_order : bool
+        Keep joins in the order written (the scoring engine's small class table on the build
+        side) when a stream cannot state its row count.
+
+    Extensions are never installed or loaded on demand (those cld_lake uses are built in).
+    """
+    temp = Path(temp_directory) if temp_directory is not None else private_temp_dir()
+    config: dict[str, Any] = {
+        "memory_limit": memory_limit,
+        "temp_directory": str(temp),
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if threads is not None:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
+    if pin_join_order:
+        con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    return con
+
+
+def lock_down(con: Connection, files: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Sandbox ``con`` for user SQL, for good.
+
+    Afterwards the connection opens no file except its spill directory and exactly ``files``
+    (read or write: DuckDB does not tell the two apart), installs or loads no extension, and
+    no statement can change a setting (``SET``, ``RESET``, ``PRAGMA`` ... fail), so neither
+    can be undone. Python objects registered on the connection (the lake's views) stay
+    readable, before or after.
+    """
+    temp = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    files = sorted({str(p) for p in files})
+    # allowed_* can only be set on a running database, and only before access is disabled.
+    con.execute(f"SET allowed_directories = [{sql_str(os.path.join(temp, ''))}]")
+    con.execute(f"SET allowed_paths = [{', '.join(map(sql_str, files))}]")
+    con.execute("SET allow_community_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+class ScanSource(_ScanBase):  # type: ignore[misc,valid-type]
+    """A table DuckDB reads from Python, batch by batch, optionally with filter pushdown.
+
+    Subclasses define :attr:`schema` and :meth:`batches`; they may override :meth:`accepts`
+    (take a filter and apply it exactly in :meth:`batches`) and :meth:`rows` (the row count, so
+    DuckDB's join planner knows the size). Every scan calls :meth:`batches` afresh (self-joins
+    and sub-queries work). An exception raised while reading is kept in :attr:`failure`, so the
+    caller can report it instead of DuckDB's wrapped traceback text.
+    """
+
+    schema_is_stable = True
+
+    def __init__(self) -> None:
+        if _IMPORTED:
+            super().__init__(self)
+        self.failure: BaseException | None = None
+
+    @property
+    def schema(self) -> pa.Schema:
+        raise NotImplementedError
+
+    def batches(
+        self, columns: list[str] | None, filters: Sequence[Any]
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches holding ``columns`` (None: all) of the rows passing ``filters``."""
+        raise NotImplementedError
+
+    def accepts(self, predicate: Any) -> bool:
+        return False
+
+    def rows(self) -> int | None:
+        return None
+
+    def reader(
+        self, columns: list[str] | None = None, filters: Sequence[Any] = ()
+    ) -> pa.RecordBatchReader:
+        import pyarrow as pa
+
+        schema = self.schema
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return pa.RecordBatchReader.from_batches(schema, self._kept(columns, filters))
+
+    def _kept(self, columns: list[str] | None, filters: Sequence[Any]) -> Iterator[Any]:
+        try:
+            yield from self.batches(columns, filters)
+        except Exception as exc:
+            self.failure = exc
+            raise
+
+    # DuckDB's source protocol (used when duckdb._sources is present) ---------------------
+    def stream(self, columns: Sequence[int] | None, filters: Sequence[Any]) -> tuple[object, bool]:
+        names = self.schema.names
+        chosen = None if columns is None else [names[i] for i in columns]
+        return self.reader(chosen, filters).__arrow_c_stream__(), chosen is not None
+
+    # The Arrow PyCapsule interface (the fallback: every column, no filters) ---------------
+    def __arrow_c_schema__(self) -> Any:
+        return self.schema.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.reader().__arrow_c_stream__(requested_schema)
+
+
+class _PlainStream:
+    """A source seen by DuckDB as a bare Arrow stream (the fallback without ``duckdb._sources``)."""
+
+    def __init__(self, source: ScanSource) -> None:
+        self.source = source
+
+    def __arrow_c_schema__(self) -> Any:
+        return self.source.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.source.__arrow_c_stream__(requested_schema)
+
+
+def register(con: Connection, name: str, source: ScanSource) -> None:
+    """Register ``source`` as table ``name``: as a scan source, or as a plain Arrow stream."""
+    con.register(name, source if SCAN_SOURCES else _PlainStream(source))

@@ -1,0 +1,77 @@
+"""The lake's SQL views, registered on a DuckDB connection.
+
+Every table behind a view is a Python object DuckDB reads through Arrow (a pyarrow dataset
+over a Parquet file, or the ``losses`` scan source), never a path DuckDB opens itself: so the
+views keep working on a connection whose file access is locked down, and no SQL statement can
+be pointed at the lake's files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cld_lake._duckdb import Connection, register, sql_str
+from cld_lake.lake import _format as fmt
+from cld_lake.lake.scores import scores_path
+from cld_lake.lake.store import Lake
+from cld_lake.sql._losses import LossSource, ScanStats
+
+_IDS = "REPLACE (sample_id::BIGINT AS sample_id, label::BIGINT AS label)"
+_EMPTY = {
+    "samples": "SELECT NULL::VARCHAR split, NULL::BIGINT sample_id, NULL::BIGINT label WHERE false",
+    "checkpoints": "SELECT NULL::VARCHAR split, NULL::BIGINT checkpoint WHERE false",
+    "losses": "SELECT NULL::VARCHAR split, NULL::BIGINT sample_id, NULL::BIGINT label, "
+    "NULL::BIGINT checkpoint, NULL::FLOAT loss WHERE false",
+    "scores": "SELECT NULL::BIGINT sample_id, NULL::BIGINT label WHERE false",
+}
+_VAL_REFERENCE = (
+    "WITH v AS (SELECT sample_id, label, checkpoint, loss FROM losses WHERE split = 'val'), "
+    "bad AS (SELECT DISTINCT sample_id FROM v WHERE NOT isfinite(loss)) "
+    "SELECT label, checkpoint, avg(loss::DOUBLE) AS mean_loss, count(*) AS n_samples FROM v "
+    "WHERE sample_id NOT IN (SELECT sample_id FROM bad) "
+    "GROUP BY label, checkpoint ORDER BY label, checkpoint"
+)
+
+
+def _parquet(path: Any) -> Any:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet")
+
+
+def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
+    body = f" {union} ".join(parts) if parts else _EMPTY[name]
+    con.execute(f"CREATE VIEW {name} AS {body}")
+
+
+def create_views(
+    con: Connection, lake: Lake, stats: ScanStats | None = None, block_rows: int | None = None
+) -> list[LossSource]:
+    """Create ``samples``, ``checkpoints``, ``losses``, ``scores`` and ``val_reference``.
+
+    Returns the ``losses`` sources (one per split), whose ``failure`` tells why a scan failed.
+    """
+    samples, checkpoints, losses, sources = [], [], [], []
+    for i, name in enumerate(lake.splits()):
+        split = lake.split(name)
+        label = sql_str(split.name)
+        con.register(f"_samples_{i}", _parquet(split.path / fmt.SAMPLES_FILE))
+        con.register(f"_checkpoints_{i}", _parquet(split.path / fmt.CHECKPOINTS_FILE))
+        source = LossSource(split, block_rows=block_rows, stats=stats)
+        register(con, f"_losses_{i}", source)
+        sources.append(source)
+        samples.append(f"SELECT * {_IDS} FROM (SELECT {label} AS split, * FROM _samples_{i})")
+        checkpoints.append(
+            f"SELECT {label} AS split, checkpoint::BIGINT AS checkpoint, epoch, step, wall_time, "
+            f"committed_at, nonfinite, true AS complete FROM _checkpoints_{i}"
+        )
+        losses.append(f"SELECT {label} AS split, * FROM _losses_{i}")
+    _view(con, "samples", samples, "UNION ALL BY NAME")
+    _view(con, "checkpoints", checkpoints, "UNION ALL")
+    _view(con, "losses", losses, "UNION ALL BY NAME")
+    scores = scores_path(lake)
+    if scores.exists():
+        con.register("_scores", _parquet(scores))
+    _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
+    con.execute(f"CREATE VIEW val_reference AS {_VAL_REFERENCE}")
+    return sources
