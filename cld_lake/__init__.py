@@ -10,17 +10,23 @@ from cld_lake._version import __version__
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Block, Lake, Split, SplitWriter, open_lake
 from cld_lake.manifest import Manifest, load_manifest
-from cld_lake.score import score  # the function; the subpackage stays importable by name
+from cld_lake.score import (
+    CLDAccumulator,
+    cld_reference,
+    score,  # the function; the subpackage stays importable by name
+)
 from cld_lake.select import select  # the function (module: cld_lake.select)
 
 __all__ = [
     "Block",
+    "CLDAccumulator",
     "CldLakeError",
     "Lake",
     "Manifest",
     "Split",
     "SplitWriter",
     "__version__",
+    "cld_reference",
     "load_manifest",
     "open_lake",
     "score",

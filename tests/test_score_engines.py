@@ -1,23 +1,32 @@
-"""Engine parity: every engine equals the independent float64 reference on real lakes.
+"""Engine contract and parity: every registered engine, checked the same way.
 
-One contract, run by each engine (parametrised): within 1e-9 of ``cld_reference`` on the stored
-values, NaN exactly where the reference has NaN, the same NaN / degenerate / fallback counts,
+The contract (:class:`cld_lake.score.EngineCompute`): the registry is the ``Engine`` literal and
+the CLI's choices; each engine's ``compute`` has the declared signature and yields chunks that
+cover every row once. Parity, run by each engine (parametrised): within 1e-9 of
+``cld_reference`` on the stored values, NaN exactly where the reference has NaN, the same NaN / degenerate / fallback counts,
 identical scores at block sizes 1, an odd size and more than N; and within 1e-5 of the
 reference on the original float64 values when stored as float32.
 """
 
 from __future__ import annotations
 
+import inspect
 import tempfile
+import typing
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from cld_lake._types import Engine, Fallback, choices
 from cld_lake.errors import ScoringError
 from cld_lake.lake import parse_window
-from cld_lake.score import ENGINES, compute_cld
+from cld_lake.lake.store import Split
+from cld_lake.score import ENGINES, METHODS, compute_cld
+from cld_lake.score._engines import ENGINE_MODULES, load_engine
+from cld_lake.score._formula import Chunk, Reference
 from tests.cld_reference import MissingClassesError, reference_cld
 from tests.strategies import LakeSpec, build_spec, lake_specs, write_lake
 
@@ -43,6 +52,57 @@ def engine(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+# --- the contract ------------------------------------------------------------------------
+def test_the_registry_is_the_engine_literal_and_the_cli_choices():
+    from cld_lake._cli.score_cmd import score_cmd
+
+    assert ENGINES == choices(Engine) == tuple(ENGINE_MODULES)
+    options = {p.name: p for p in score_cmd.params}
+    assert tuple(options["engine"].type.choices) == ENGINES
+    assert tuple(options["fallback"].type.choices) == choices(Fallback)
+    assert tuple(options["method"].type.choices) == METHODS
+
+
+def test_engine_signature_meets_the_protocol(engine: str) -> None:
+    compute = load_engine(engine)
+    params = list(inspect.signature(compute).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    assert [p.kind in positional for p in params[:2]] == [True, True]
+    rest = {p.name: p for p in params[2:]}
+    for name in ("block_rows", "progress"):
+        assert rest[name].kind == inspect.Parameter.KEYWORD_ONLY and rest[name].default is None
+    for p in rest.values():  # engine options: keyword-only with a default, or **options
+        assert p.kind == inspect.Parameter.VAR_KEYWORD or (
+            p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty
+        ), p.name
+    hints = typing.get_type_hints(compute)
+    assert hints[params[0].name] is Split and hints[params[1].name] is Reference
+    assert hints["return"] == Iterator[Chunk]
+
+
+def test_engine_chunks_cover_every_row_once(engine: str, tmp_path) -> None:
+    spec = build_spec(seed=4, n_train=150, n_val=30, n_checkpoints=5, n_classes=3)
+    lake = write_lake(tmp_path / "lake", spec, row_chunk=32)
+    train, val = lake.split("train"), lake.split("val")
+    from cld_lake.score import cld_reference
+
+    ckpts = spec.common_checkpoints
+    reference = cld_reference(
+        ((b.loss, b.labels) for b in val.blocks(checkpoints=ckpts)), 3, checkpoints=ckpts
+    )
+    done: list[int] = []
+    seen = np.zeros(train.num_samples, dtype=np.int64)
+    for chunk in load_engine(engine)(train, reference, block_rows=50, progress=done.append):
+        assert isinstance(chunk, Chunk)
+        rows = np.arange(train.num_samples)[chunk.rows]
+        np.add.at(seen, rows, 1)
+        np.testing.assert_array_equal(chunk.labels, train.labels[rows])
+        for values in (chunk.sums.a, chunk.sums.b, chunk.sums.q):
+            assert values.dtype == np.float64 and values.shape == rows.shape
+    assert (seen == 1).all() and sum(done) == train.num_samples
+
+
+# --- parity with the reference ---------------------------------------------------------------
 def _expected(spec: LakeSpec, window: str | None, fallback: str | None, stored: bool = True):
     common = spec.common_checkpoints
     ckpts = common if window is None else common[parse_window(window)]

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from cld_lake._types import Engine, Fallback, choices
+from cld_lake.score import ENGINES, METHODS
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from cld_lake.lake import Lake
 
 # Show a progress bar on a terminal only for runs big enough to take a moment.
 PROGRESS_MIN_VALUES = 20_000_000
@@ -14,11 +24,11 @@ PROGRESS_MIN_VALUES = 20_000_000
 @click.command("score")
 @click.argument("lake", type=click.Path(path_type=Path))
 @click.option(
-    "--method", type=click.Choice(["cld"]), default="cld", show_default=True, help="Scoring method."
+    "--method", type=click.Choice(METHODS), default="cld", show_default=True, help="Scoring method."
 )
 @click.option(
     "--engine",
-    type=click.Choice(["numpy", "duckdb", "polars", "dask"]),
+    type=click.Choice(ENGINES),
     default="numpy",
     show_default=True,
     help="How rows stream through the formula (same scores from each).",
@@ -33,14 +43,22 @@ PROGRESS_MIN_VALUES = 20_000_000
 @click.option("--name", help="Column name in the scores table (default: the method name).")
 @click.option(
     "--fallback",
-    type=click.Choice(["global"]),
+    type=click.Choice(choices(Fallback)),
     help="For classes without validation samples, use the global validation trajectory "
     "(rows are flagged) instead of failing.",
 )
 @click.option(
     "--block-rows", type=click.IntRange(min=1), help="Rows per block read (default: one chunk)."
 )
-def score_cmd(lake, method, engine, window, name, fallback, block_rows):
+def score_cmd(
+    lake: Path,
+    method: str,
+    engine: Engine,
+    window: str | None,
+    name: str | None,
+    fallback: Fallback | None,
+    block_rows: int | None,
+) -> None:
     """Score every training sample of LAKE and store the column NAME in LAKE/scores.parquet."""
     from cld_lake.lake import open_lake
     from cld_lake.score import compute_cld
@@ -70,25 +88,25 @@ def score_cmd(lake, method, engine, window, name, fallback, block_rows):
 class _progress:
     """A rich progress bar on stderr when it is a terminal and the run is not tiny."""
 
-    def __init__(self, lake) -> None:
+    def __init__(self, lake: Lake) -> None:
         self.total = 0
-        self.bar = None
+        self.bar: Progress | None = None
         if not sys.stderr.isatty() or not lake.has_split("train"):
             return
         train = lake.split("train")
         if train.num_samples * train.num_checkpoints >= PROGRESS_MIN_VALUES:
             self.total = train.num_samples
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[int], None] | None:
         if not self.total:
             return None
         from rich.console import Console
         from rich.progress import Progress
 
-        self.bar = Progress(console=Console(stderr=True), transient=True)
-        self.bar.start()
-        task = self.bar.add_task("scoring", total=self.total)
-        return lambda rows: self.bar.advance(task, rows)
+        bar = self.bar = Progress(console=Console(stderr=True), transient=True)
+        bar.start()
+        task = bar.add_task("scoring", total=self.total)
+        return lambda rows: bar.advance(task, rows)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:

@@ -1,42 +1,63 @@
 """CLD scores out of core: one formula (``_formula``), several engines that stream rows through it.
 
 ``score(lake)`` computes the Correlation of Loss Differences of every training sample and
-stores it as a named column of ``LAKE/scores.parquet``.
+stores it as a named column of ``LAKE/scores.parquet``. Without a lake, on arrays in memory or
+blocks from any storage: ``cld_reference(val_blocks, num_classes)`` then
+``CLDAccumulator(reference).update(losses, labels)`` block by block, ``.finalise()``.
 
 Score range and direction: CLD is a Pearson correlation in ``[-1, 1]``; higher = the sample's
 loss moves with its class's validation loss = more useful; a coreset keeps the highest scores
-of every class. NaN rule: NaN exactly for a sample with a NaN or infinite loss at a selected
-checkpoint (never selected). A sample whose loss differences, or whose class's validation
-differences, are constant scores 0.0 ("degenerate"). See ``docs/scores.md``.
+of every class. Undefined rule: a sample with a NaN or infinite loss at a selected checkpoint
+has no score (NaN in NumPy arrays, null in DataFrames, the scores table and SQL; never
+selected). A sample whose loss differences, or whose class's validation differences, are
+constant scores 0.0 ("degenerate"). See ``docs/scores.md``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cld_lake._types import Engine, Fallback
 from cld_lake.errors import ScoringError
 from cld_lake.lake.scores import check_score_name, store_score
 from cld_lake.lake.store import Lake, Split
+from cld_lake.score._engines import ENGINES, EngineCompute, load_engine
 from cld_lake.score._formula import (
     MIN_CHECKPOINTS,
     Chunk,
+    Counts,
     Reference,
-    build_reference,
-    finalise_chunks,
+    ScoreColumn,
+    check_fallback,
     plan_checkpoints,
 )
+from cld_lake.score._stream import CLDAccumulator, CLDScores, cld_reference
+
+if TYPE_CHECKING:
+    import polars as pl
 
 METHODS = ("cld",)
-ENGINES = ("numpy", "duckdb", "polars", "dask")
 TRAIN, VAL = "train", "val"
 
-__all__ = ["ENGINES", "METHODS", "MIN_CHECKPOINTS", "ScoreResult", "compute_cld", "score"]
+__all__ = [
+    "ENGINES",
+    "METHODS",
+    "MIN_CHECKPOINTS",
+    "CLDAccumulator",
+    "CLDScores",
+    "EngineCompute",
+    "Reference",
+    "ScoreResult",
+    "cld_reference",
+    "compute_cld",
+    "score",
+]
 
 
 @dataclass(frozen=True)
@@ -61,21 +82,22 @@ class ScoreResult:
     def labels(self) -> np.ndarray:
         return self._ids_labels[1] if self._ids_labels else self.train.labels
 
-    def to_polars(self) -> Any:
+    def to_polars(self) -> pl.DataFrame:
+        """``sample_id, label, score``; an undefined score is null (as in the scores table)."""
         import polars as pl
 
+        if self.scores is None:
+            raise ScoringError(
+                f"score {self.name!r} was not kept in memory (keep_scores=False); read it from "
+                "the scores table, e.g. cld_lake.sql.query(lake, 'SELECT * FROM scores')"
+            )
         return pl.DataFrame(
-            {"sample_id": self.sample_ids, "label": self.labels, "score": self.scores},
-            schema={"sample_id": pl.Int64, "label": pl.Int64, "score": pl.Float64},
+            [
+                pl.Series("sample_id", self.sample_ids, dtype=pl.Int64),
+                pl.Series("label", self.labels, dtype=pl.Int64),
+                pl.Series("score", self.scores, dtype=pl.Float64, nan_to_null=True),
+            ]
         )
-
-
-def _engine(name: str) -> Callable[..., Iterator[Chunk]]:
-    if name not in ENGINES:
-        raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
-    from importlib import import_module
-
-    return import_module(f"cld_lake.score._{name}").compute
 
 
 def _open_splits(lake: Lake) -> tuple[Split, Split]:
@@ -108,10 +130,10 @@ def _compact(ids: np.ndarray) -> str:
 def compute_cld(
     lake: Lake | str | os.PathLike[str],
     *,
-    engine: str = "numpy",
+    engine: Engine = "numpy",
     checkpoints: str | slice | None = None,
     name: str | None = None,
-    fallback: str | None = None,
+    fallback: Fallback | None = None,
     store: bool = True,
     block_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -122,6 +144,8 @@ def compute_cld(
 ) -> ScoreResult:
     """Compute CLD for every training sample and (``store``) save it; see :func:`score`.
 
+    The lake-level orchestrator of the streaming API: :func:`cld_reference` over the val
+    split's blocks, the engine's chunks of row sums through one :class:`CLDAccumulator`.
     ``collect_ids=False`` keeps only the score column in memory; the result's ``sample_ids`` /
     ``labels`` are then read from the lake on first use. ``keep_scores=False`` (with ``store``,
     the CLI's way) spills the column to a temporary file while it is computed, so nothing
@@ -131,20 +155,26 @@ def compute_cld(
     if method not in METHODS:
         raise ScoringError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     name = check_score_name(name if name is not None else method)
-    compute = _engine(engine)
+    compute = load_engine(engine)
+    check_fallback(fallback)
     if block_rows is not None and block_rows < 1:
         raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     train, val = _open_splits(lake)
     ckpts = plan_checkpoints(train, val, checkpoints)
     num_classes = _num_classes(lake, train, val)
-    reference: Reference = build_reference(
-        train.label_counts(num_classes), val, ckpts, num_classes, fallback, block_rows
+    val_blocks = val.blocks(block_rows=block_rows, checkpoints=ckpts)
+    reference = cld_reference(
+        ((block.loss, block.labels) for block in val_blocks),
+        num_classes,
+        checkpoints=ckpts,
+        fallback=fallback,
+        train_classes=np.flatnonzero(train.label_counts(num_classes)),
     )
     chunks = compute(
         train, reference, block_rows=block_rows, progress=progress, **(engine_options or {})
     )
-    column, counts = finalise_chunks(chunks, train.num_samples, reference, spill=not keep_scores)
+    column, counts = _collect(chunks, train.num_samples, reference, spill=not keep_scores)
     from cld_lake._version import __version__
     from cld_lake.lake._format import now_iso
 
@@ -179,18 +209,36 @@ def compute_cld(
     return ScoreResult(name, train, column.values, provenance, ids_labels)
 
 
+def _collect(
+    chunks: Iterable[Chunk], num_rows: int, reference: Reference, spill: bool
+) -> tuple[ScoreColumn, Counts]:
+    """Score the engine's chunks as they arrive, into a column of ``num_rows`` (on disk with
+    ``spill``): memory holds at most the score column, never the sums."""
+    accumulator = CLDAccumulator(reference, keep=False)
+    column = ScoreColumn(num_rows, spill=spill)
+    try:
+        for chunk in chunks:
+            sums = chunk.sums
+            column.write(chunk.rows, accumulator.add_sums(sums.a, sums.b, sums.q, chunk.labels))
+        column.check_complete()
+    except BaseException:
+        column.close()
+        raise
+    return column, accumulator.counts
+
+
 def score(
     lake: Lake | str | os.PathLike[str],
-    engine: str = "numpy",
+    engine: Engine = "numpy",
     checkpoints: str | slice | None = None,
     name: str | None = None,
-    fallback: str | None = None,
+    fallback: Fallback | None = None,
     store: bool = True,
     *,
     block_rows: int | None = None,
     method: str = "cld",
     progress: Callable[[int], None] | None = None,
-) -> Any:
+) -> pl.DataFrame:
     """CLD score of every training sample, as a Polars DataFrame ``sample_id, label, score``.
 
     Parameters
@@ -216,8 +264,9 @@ def score(
     -------
     polars.DataFrame
         One row per training sample in the train split's order. ``score`` in ``[-1, 1]``,
-        higher = more useful; NaN for a sample with a non-finite loss at a selected
-        checkpoint; 0.0 when its loss differences or its class's are constant.
+        higher = more useful; null for a sample with a non-finite loss at a selected
+        checkpoint (as in the scores table); 0.0 when its loss differences or its class's
+        are constant.
 
     Raises
     ------

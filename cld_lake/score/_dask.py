@@ -52,12 +52,13 @@ def _task(
     start: int,
     stop: int,
     block_rows: int | None,
-):
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row sums of rows ``[start, stop)``, on a worker: ``(start, labels, a, b, q)``."""
     split = Lake(lake_path).split(split_name)
     chunks = list(sums_over_blocks(split, reference, block_rows=block_rows, start=start, stop=stop))
     joined = [np.concatenate([getattr(c.sums, x) for c in chunks]) for x in ("a", "b", "q")]
     labels = np.concatenate([c.labels for c in chunks])
-    return start, labels, *joined
+    return start, labels, joined[0], joined[1], joined[2]
 
 
 def compute(
@@ -86,10 +87,9 @@ def compute(
         ranges = row_ranges(split.num_samples, workers * TASKS_PER_WORKER, align)
         # The reference table is small (C x K floats): it travels with each task. (A scattered
         # copy could be lost with a worker that had not finished starting: "lost dependencies".)
-        ref = reference
         futures = [
             client.submit(
-                _task, str(split.lake.path), split.name, ref, a, b, block_rows, pure=False
+                _task, str(split.lake.path), split.name, reference, a, b, block_rows, pure=False
             )
             for a, b in ranges
         ]

@@ -2,7 +2,9 @@
 
 Every engine streams training rows through :func:`row_sums` (or the same sums written in SQL /
 Polars expressions) and hands the three sums to :func:`finalise`, so the edge cases are decided
-in exactly one place. See ``shared/spec/CLD.md`` and ``docs/scores.md``.
+in exactly one place. The public streaming API (:mod:`cld_lake.score._stream`) and the lake
+orchestrator (:func:`cld_lake.score.compute_cld`) are both built on these functions. See
+``docs/scores.md``.
 
 The three sums of a row with selected losses ``l_0..l_{K-1}`` (float64), ``n = K - 1``
 differences ``d_t = l_{t+1} - l_t``, shifted by the row's first difference
@@ -19,7 +21,7 @@ differences ``d_t = l_{t+1} - l_t``, shifted by the row's first difference
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,9 @@ class Reference:
         ``u_c`` is constant: every score of the class is 0.0 (degenerate).
     fallback : (C,) bool
         The class has no usable validation samples and uses the global trajectory.
+    usable : (C,) bool
+        The class has a trajectory (its own or the global one); rows of other classes cannot
+        be scored.
     val_counts : (C,) int64
         Validation samples used per class.
     val_left_out : int
@@ -67,12 +72,17 @@ class Reference:
     u2: np.ndarray
     constant: np.ndarray
     fallback: np.ndarray
+    usable: np.ndarray
     val_counts: np.ndarray
     val_left_out: int
 
     @property
     def num_diffs(self) -> int:
         return len(self.checkpoints) - 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.u)
 
 
 @dataclass
@@ -138,23 +148,27 @@ def _window_text(window: str | slice) -> str:
 
 
 # --- the reference table ----------------------------------------------------------------------
-def class_sums(
-    val: Split, checkpoints: np.ndarray, num_classes: int, block_rows: int | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """One streaming pass over ``val``: per-class float64 loss sums (C x K), finite-row counts
-    per class, and the number of rows left out for a non-finite loss."""
-    k = len(checkpoints)
-    sums = np.zeros((num_classes, k), dtype=np.float64)
-    counts = np.zeros(num_classes, dtype=np.int64)
-    left_out = 0
-    for block in val.blocks(block_rows=block_rows, checkpoints=checkpoints):
-        loss = block.loss.astype(np.float64)
+class ClassSums:
+    """Running per-class float64 loss sums over validation rows, and finite-row counts.
+
+    A row with a NaN or infinite loss at any selected checkpoint is left out and counted
+    (``left_out``). Rows are added in order with ``np.add.at`` (unbuffered, row after row), so
+    the sums do not depend on how the rows were cut into blocks.
+    """
+
+    def __init__(self, num_classes: int, num_checkpoints: int) -> None:
+        self.sums = np.zeros((num_classes, num_checkpoints), dtype=np.float64)
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.left_out = 0
+
+    def add(self, loss: np.ndarray, labels: np.ndarray) -> None:
+        """Add a block of rows: ``loss`` (m, K) at the selected checkpoints, ``labels`` (m,)."""
+        loss = loss.astype(np.float64)
         ok = np.isfinite(loss).all(axis=1)
-        left_out += int(len(ok) - ok.sum())
-        labels = block.labels[ok]
-        np.add.at(sums, labels, loss[ok])
-        counts += np.bincount(labels, minlength=num_classes)
-    return sums, counts, left_out
+        self.left_out += int(len(ok) - ok.sum())
+        kept = labels[ok]
+        np.add.at(self.sums, kept, loss[ok])
+        self.counts += np.bincount(kept, minlength=len(self.counts))
 
 
 def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,29 +183,36 @@ def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return u_c, np.einsum("ij,ij->i", u_c, u_c), constant
 
 
-def build_reference(
-    train_class_counts: np.ndarray,
-    val: Split,
-    checkpoints: np.ndarray,
-    num_classes: int,
-    fallback: str | None = None,
-    block_rows: int | None = None,
-) -> Reference:
-    """Compute the C x (K-1) reference table and check every training class has one."""
+def check_fallback(fallback: str | None) -> None:
     if fallback not in FALLBACKS:
         raise ScoringError(f"--fallback {fallback!r}: use 'global' or leave it unset")
-    sums, counts, left_out = class_sums(val, checkpoints, num_classes, block_rows)
-    train_classes = np.flatnonzero(train_class_counts)
-    missing = train_classes[counts[train_classes] == 0]
-    use_global = np.zeros(num_classes, dtype=bool)
-    if len(missing) and fallback is None:
-        shown = ", ".join(str(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+
+
+def reference_from_sums(
+    class_sums: ClassSums,
+    checkpoints: np.ndarray,
+    fallback: str | None = None,
+    train_classes: np.ndarray | None = None,
+) -> Reference:
+    """The C x (K-1) reference table from the validation class sums.
+
+    ``train_classes`` (the classes that have training rows) makes a class without a usable
+    validation sample an error here (or, with ``fallback="global"``, a fallback class); left
+    unknown, every such class falls back (``"global"``) or is marked unusable, and scoring a
+    row of it is the error (:func:`check_usable`).
+    """
+    check_fallback(fallback)
+    sums, counts = class_sums.sums, class_sums.counts
+    empty = np.flatnonzero(counts == 0)
+    missing = empty if train_classes is None else np.intersect1d(empty, train_classes)
+    if len(missing) and fallback is None and train_classes is not None:
         raise ScoringError(
             f"{len(missing)} class(es) with training samples have no validation sample with finite "
-            f"losses at the selected checkpoints: {shown}; add validation samples for them or pass "
-            "--fallback global to use the global validation trajectory for those classes"
+            f"losses at the selected checkpoints: {_shown(missing)}; add validation samples for "
+            "them or pass --fallback global to use the global validation trajectory for those classes"
         )
-    if len(missing):
+    use_global = np.zeros(len(counts), dtype=bool)
+    if len(missing) and fallback is not None:
         if counts.sum() == 0:
             raise ScoringError(
                 "the validation split has no sample with finite losses at the selected checkpoints; "
@@ -204,7 +225,33 @@ def build_reference(
     if use_global.any():
         means[use_global] = sums.sum(axis=0) / counts.sum()
     u, u2, constant = centred_differences(means)
-    return Reference(checkpoints, u, u2, constant, use_global, counts, left_out)
+    usable = (counts > 0) | use_global
+    return Reference(
+        np.asarray(checkpoints, dtype=np.int64),
+        u,
+        u2,
+        constant,
+        use_global,
+        usable,
+        counts,
+        class_sums.left_out,
+    )
+
+
+def check_usable(reference: Reference, labels: np.ndarray) -> None:
+    """Every row's class has a validation trajectory (its own or, by fallback, the global one)."""
+    unusable = ~reference.usable[labels]
+    if unusable.any():
+        classes = np.unique(labels[unusable])
+        raise ScoringError(
+            f"{len(classes)} class(es) of these training rows have no validation sample with "
+            f"finite losses: {_shown(classes)}; add validation samples for them or pass "
+            "fallback='global' to use the global validation trajectory for those classes"
+        )
+
+
+def _shown(classes: np.ndarray) -> str:
+    return ", ".join(str(c) for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
 
 
 # --- the three sums (NumPy kernel; numpy and dask engines) ----------------------------------
@@ -502,18 +549,3 @@ class ScoreColumn:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-def finalise_chunks(
-    chunks: Iterable[Chunk], num_rows: int, reference: Reference, spill: bool = False
-) -> tuple[ScoreColumn, Counts]:
-    """Finalise chunks as they arrive: memory is at most the score column (none with
-    ``spill``), never the sums."""
-    column = ScoreColumn(num_rows, spill=spill)
-    counts = Counts()
-    for chunk in chunks:
-        part, part_counts = finalise(chunk.sums, chunk.labels, reference)
-        column.write(chunk.rows, part)
-        counts += part_counts
-    column.check_complete()
-    return column, counts

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import reduce
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums
@@ -21,6 +21,9 @@ from cld_lake.score._wide import (
     wide_batches,
 )
 
+if TYPE_CHECKING:
+    import polars as pl
+
 RESULT_BATCH_ROWS = 1 << 16
 
 
@@ -30,7 +33,7 @@ def _source(
     block_rows: int | None,
     progress: Progress | None,
     batch_rows: int = BATCH_ROWS,
-) -> Any:
+) -> pl.LazyFrame:
     import polars as pl
 
     k = len(reference.checkpoints)
@@ -39,7 +42,10 @@ def _source(
     schema = {"r": pl.Int64, "label": pl.Int64, **{c: float_type for c in names}}
 
     def io_source(
-        with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None
+        with_columns: list[str] | None,
+        predicate: pl.Expr | None,
+        n_rows: int | None,
+        batch_size: int | None,
     ) -> Iterator[pl.DataFrame]:
         size = min(batch_size or batch_rows, batch_rows)
         produced = 0
@@ -61,7 +67,7 @@ def _source(
     return register_io_source(io_source, schema=schema, explain_name="cld_lake row blocks")
 
 
-def sums_plan(lazy: Any, reference: Any, k: int) -> Any:
+def sums_plan(lazy: pl.LazyFrame, reference: pl.LazyFrame, k: int) -> pl.LazyFrame:
     """The plan computing ``r, a, b, q`` from a wide LazyFrame and the per-class table."""
     import polars as pl
 
