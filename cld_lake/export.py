@@ -65,7 +65,7 @@ def _arrow_type(dtype: str) -> pa.DataType:
     }[dtype]
 
 
-def export_schema(
+def _export_schema(
     split: Split, layout: Layout, channels: Sequence[str], ckpts: np.ndarray
 ) -> pa.Schema:
     """The Arrow schema of an export of ``channels`` at checkpoints ``ckpts`` in ``layout``."""
@@ -131,7 +131,7 @@ def export_trajectories(
             f"--checkpoints {checkpoints}: selects no checkpoint of split {split!r}"
         )
     out = check_output_path(out, lake.path, suffixes=(".parquet",))
-    schema = export_schema(sp, layout, channels, ckpts)
+    schema = _export_schema(sp, layout, channels, ckpts)
     meta = {
         "kind": EXPORT_KIND,
         "layout": layout,

@@ -11,16 +11,14 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from cld_lake.lake._format import chunk_rows_for
 
-
-def _zarr():  # zarr is imported on first use: `cld-lake --help` stays fast
+if TYPE_CHECKING:
     import zarr
-
-    return zarr
 
 
 def new_segment_name() -> str:
@@ -31,11 +29,11 @@ def create_segment(
     path: Path, num_rows: int, width: int, channels: Mapping[str, str], row_chunk: int
 ) -> dict[str, ChunkWriter]:
     """Create empty arrays for a new segment; return a writer for each channel."""
-    zarr = _zarr()
+    import zarr  # on first use: `cld-lake --help` stays fast
     from zarr.codecs import Crc32cCodec
 
     group = zarr.open_group(store=str(path), mode="w-")
-    arrays: dict[str, object] = {}
+    arrays: dict[str, zarr.Array] = {}
     for channel, dtype in channels.items():
         itemsize = np.dtype(dtype).itemsize
         rows = chunk_rows_for(width, itemsize, row_chunk)
@@ -51,9 +49,10 @@ def create_segment(
     return {channel: ChunkWriter(path / channel, arr) for channel, arr in arrays.items()}
 
 
-def open_segment(path: Path) -> dict[str, object]:
+def open_segment(path: Path) -> dict[str, zarr.Array]:
     """Open a segment read-only; return its arrays by channel."""
-    zarr = _zarr()
+    import zarr  # on first use: `cld-lake --help` stays fast
+
     group = zarr.open_group(store=str(path), mode="r")
     return {name: arr for name, arr in group.arrays()}
 
@@ -73,20 +72,20 @@ class ChunkReader:
     through Zarr. The checksum is always verified.
     """
 
-    def __init__(self, path: Path, array: object) -> None:
+    def __init__(self, path: Path, array: zarr.Array) -> None:
         self.array = array
         self.path = path
         self._cached: tuple[int, np.ndarray] | None = None
         self.direct = _is_plain_layout(array)
         if self.direct:
-            self.chunk_rows = int(array.chunks[0])  # type: ignore[attr-defined]
-            self.width = int(array.shape[1])  # type: ignore[attr-defined]
-            self.dtype = np.dtype(array.dtype)  # type: ignore[attr-defined]
+            self.chunk_rows = int(array.chunks[0])
+            self.width = int(array.shape[1])
+            self.dtype = np.dtype(array.dtype)
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)``, all columns (a view of a chunk buffer when the range fits one chunk)."""
         if not self.direct or b <= a:
-            return np.asarray(self.array[a:b])  # type: ignore[index]
+            return np.asarray(self.array[a:b])
         first, last = a // self.chunk_rows, (b - 1) // self.chunk_rows
         if first == last:
             base = first * self.chunk_rows
@@ -127,10 +126,10 @@ class ChunkReader:
         return chunk
 
 
-def _is_plain_layout(array: object) -> bool:
+def _is_plain_layout(array: zarr.Array) -> bool:
     try:
-        meta = array.metadata.to_dict()  # type: ignore[attr-defined]
-        store = array.store  # type: ignore[attr-defined]
+        meta = array.metadata.to_dict()
+        store = array.store
     except AttributeError:
         return False
     from zarr.storage import LocalStore
@@ -149,7 +148,7 @@ def _is_plain_layout(array: object) -> bool:
         and chunks[1] == shape[1]
         and key.get("name") == "default"
         and key.get("configuration", {}).get("separator", "/") == "/"
-        and np.dtype(str(array.dtype)).byteorder in ("=", "<", "|")  # type: ignore[attr-defined]
+        and np.dtype(str(array.dtype)).byteorder in ("=", "<", "|")
     )
 
 
@@ -163,16 +162,16 @@ class ChunkWriter:
     chunks (or run to the end of the array); anything else goes through Zarr.
     """
 
-    def __init__(self, path: Path, array: object) -> None:
+    def __init__(self, path: Path, array: zarr.Array) -> None:
         self.array = array
         self.path = path
         self.direct = _is_plain_layout(array)
         if self.direct:
-            self.chunk_rows = int(array.chunks[0])  # type: ignore[attr-defined]
-            self.rows = int(array.shape[0])  # type: ignore[attr-defined]
-            self.width = int(array.shape[1])  # type: ignore[attr-defined]
-            self.dtype = np.dtype(array.dtype)  # type: ignore[attr-defined]
-            fill = array.metadata.fill_value  # type: ignore[attr-defined]
+            self.chunk_rows = int(array.chunks[0])
+            self.rows = int(array.shape[0])
+            self.width = int(array.shape[1])
+            self.dtype = np.dtype(array.dtype)
+            fill = array.metadata.fill_value
             self.fill = np.asarray(fill, dtype=self.dtype)
 
     def write(self, a: int, b: int, values: np.ndarray) -> None:
@@ -182,7 +181,7 @@ class ChunkWriter:
             else False
         )
         if not aligned or values.shape != (b - a, self.width):
-            self.array[a:b] = values  # type: ignore[index]
+            self.array[a:b] = values
             return
         import google_crc32c
 
@@ -203,7 +202,7 @@ class ChunkWriter:
                 _write_all(fh, memoryview(crc.view(np.uint8)))
 
 
-def _write_all(fh: object, view: memoryview) -> None:
+def _write_all(fh: BinaryIO, view: memoryview) -> None:
     done = 0
     while done < len(view):
-        done += fh.write(view[done:])  # type: ignore[attr-defined]
+        done += fh.write(view[done:])

@@ -12,6 +12,7 @@ import numpy as np
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._validate import count_duplicates
+from cld_lake.lake.scores import stored_scores
 from cld_lake.lake.store import Lake
 
 
@@ -58,14 +59,8 @@ def lake_info(lake: Lake) -> dict[str, Any]:
             "bytes_on_disk": _dir_bytes(split.path),
             "bytes_per_value": round(seg_bytes / values, 3) if values else None,
         }
-    info["scores"] = _scores_info(lake)
+    info["scores"] = stored_scores(lake)
     return info
-
-
-def _scores_info(lake: Lake) -> dict[str, Any]:
-    from cld_lake.lake.scores import stored_scores
-
-    return stored_scores(lake)
 
 
 def _compact_ids(ids: np.ndarray) -> str:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from cld_lake._meta import read_meta
 from cld_lake.errors import BadInputError, NotALakeError, SplitNotFoundError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CheckpointSelection = str | slice | Sequence[int] | np.ndarray | None
 
@@ -90,13 +93,13 @@ class Split:
 
     # --- samples -------------------------------------------------------------------------
     @cached_property
-    def _samples(self) -> Any:
+    def _samples(self) -> pa.Table:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(self.path / fmt.SAMPLES_FILE).read()
 
     @property
-    def samples_table(self) -> Any:
+    def samples_table(self) -> pa.Table:
         """The samples table (pyarrow): sample_id, label, and any metadata columns."""
         return self._samples
 
