@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cld_lake._version import __version__
 from cld_lake.errors import CldLakeError
-from cld_lake.lake import Block, Lake, Split, SplitWriter, open_lake
+from cld_lake.lake import Block, Lake, Split, SplitWriter, import_file, open_lake
 from cld_lake.manifest import Manifest, load_manifest
 from cld_lake.score import (
     CLDAccumulator,
@@ -26,6 +26,7 @@ __all__ = [
     "Split",
     "SplitWriter",
     "__version__",
+    "import_file",
     "cld_reference",
     "load_manifest",
     "open_lake",
