@@ -5,13 +5,18 @@ order) and one column per stored score; the Parquet key-value metadata ``cld_lak
 ``{"scores": {name: provenance}, "rows": {...}}``. Scoring stores a column with
 :func:`store_score` (atomic replace); ``info``, ``select``, ``report`` and the SQL view read it
 through :func:`stored_scores` and :func:`read_scores`.
+
+An undefined score (NaN in the NumPy column scoring produces) is stored as null, so SQL
+orderings put it last (``ORDER BY cld DESC`` in DuckDB) and aggregates skip it. Readers that
+need NumPy get NaN back: Arrow's ``to_numpy`` turns a null float into NaN.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +25,12 @@ from cld_lake._meta import meta_bytes, read_meta
 from cld_lake.errors import ScoringError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake, Split, root_lock
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# rows [start, stop) of a score column
+ScoreReader = Callable[[int, int], np.ndarray]
 
 RESERVED = ("sample_id", "label")
 BATCH_ROWS = 1 << 16
@@ -37,11 +48,6 @@ def check_score_name(name: str) -> str:
 
 def scores_path(lake: Lake) -> Path:
     return lake.path / fmt.SCORES_FILE
-
-
-def read_provenance(schema: Any) -> dict[str, Any]:
-    """The scores table's ``cld_lake`` metadata (``{"scores": {...}, "rows": {...}}``)."""
-    return read_meta(schema)
 
 
 def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
@@ -62,9 +68,9 @@ def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
     }
 
 
-def read_scores(lake: Lake, columns: list[str] | None = None) -> Any:
+def read_scores(lake: Lake, columns: list[str] | None = None) -> pa.Table | None:
     """``sample_id, label`` and the score ``columns`` (default: all) as a pyarrow Table, or
-    None when nothing is scored yet."""
+    None when nothing is scored yet. Undefined scores are null (``to_numpy`` gives NaN)."""
     path = scores_path(lake)
     if not path.exists():
         return None
@@ -75,29 +81,50 @@ def read_scores(lake: Lake, columns: list[str] | None = None) -> Any:
 
 
 def store_score(
-    lake: Lake, train: Split, name: str, scores: Any, provenance: dict[str, Any]
+    lake: Lake,
+    train: Split,
+    name: str,
+    scores: np.ndarray | ScoreReader,
+    provenance: dict[str, Any],
 ) -> None:
     """Add or replace column ``name`` of the scores table, with its provenance.
 
     The new file is streamed in row batches next to the old one and renamed over it
     (atomic); memory is one batch of the table, not the whole table. ``scores`` is the column
-    (an array) or a function ``read(start, stop)`` returning rows of it.
+    (an array, NaN where undefined) or a function ``read(start, stop)`` returning rows of it;
+    NaN is stored as null.
     """
-    if not callable(scores):
-        scores = _array_reader(np.asarray(scores, dtype=np.float64))
+    read = scores if callable(scores) else _array_reader(np.asarray(scores, dtype=np.float64))
     path = scores_path(lake)
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
         if path.exists() and not _same_rows(path, train):
-            _store_realigned(path, train, name, scores, provenance)
+            _store_realigned(path, train, name, read, provenance)
         else:
-            _store_streamed(path, train, name, scores, provenance)
+            _store_streamed(path, train, name, read, provenance)
 
 
-def _array_reader(values: np.ndarray) -> Any:
+def _array_reader(values: np.ndarray) -> ScoreReader:
     return lambda a, b: values[a:b]
 
 
-def _same_rows(path: Any, train: Split) -> bool:
+def _nullable(values: np.ndarray) -> pa.Array:
+    """A float64 score array with null where the value is NaN (undefined)."""
+    import pyarrow as pa
+
+    values = np.asarray(values, dtype=np.float64)
+    return pa.array(values, type=pa.float64(), mask=np.isnan(values))
+
+
+def _nan_to_null(column: pa.Array) -> pa.Array:
+    """A stored score column as float64 with NaN (files of older versions) turned into null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column.cast(pa.float64())
+    return pc.if_else(pc.is_nan(column), pa.scalar(None, pa.float64()), column)
+
+
+def _same_rows(path: Path, train: Split) -> bool:
     """Does the old scores file hold the train split's rows, in order?
 
     O(1) when both carry the fingerprint of the sample ids recorded at the split's creation;
@@ -108,7 +135,7 @@ def _same_rows(path: Any, train: Split) -> bool:
     pf = pq.ParquetFile(path)
     if pf.metadata.num_rows != train.num_samples:
         return False
-    recorded = read_provenance(pf.schema_arrow).get("rows", {}).get("ids_sha1")
+    recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
     if recorded is not None and train.ids_digest is not None:
         return bool(recorded == train.ids_digest)
     pos = 0
@@ -122,9 +149,9 @@ def _same_rows(path: Any, train: Split) -> bool:
 
 
 def _metadata(
-    old_schema: Any, name: str, provenance: dict[str, Any], train: Split
+    old_schema: pa.Schema | None, name: str, provenance: dict[str, Any], train: Split
 ) -> dict[bytes, bytes]:
-    meta = read_provenance(old_schema) if old_schema is not None else {}
+    meta = read_meta(old_schema) if old_schema is not None else {}
     scores_meta = dict(meta.get("scores", {}))
     scores_meta[name] = provenance
     meta["scores"] = scores_meta
@@ -142,7 +169,7 @@ WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"]}
 
 
 def _store_streamed(
-    path: Any, train: Split, name: str, scores: np.ndarray, provenance: dict[str, Any]
+    path: Path, train: Split, name: str, scores: ScoreReader, provenance: dict[str, Any]
 ) -> None:
     """The old file (if any) holds the train rows in order: copy it row group by row group.
 
@@ -188,17 +215,17 @@ def _store_streamed(
             arrays = [pa.array(ids, pa.int64()), pa.array(labels, pa.int64())]
             for column in columns:
                 if column == name:
-                    arrays.append(pa.array(np.asarray(scores(a, b), dtype=np.float64)))
+                    arrays.append(_nullable(scores(a, b)))
                 else:
-                    arrays.append(batch.column(column).combine_chunks().cast(pa.float64()))
+                    arrays.append(_nan_to_null(batch.column(column).combine_chunks()))
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))  # one row group
 
 
-def _exact_batches(batches: Any) -> Any:
+def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
     """Re-cut record batches (which may end early at row-group ends) to exactly BATCH_ROWS."""
     import pyarrow as pa
 
-    pending: list[Any] = []
+    pending: list[pa.RecordBatch] = []
     size = 0
     for batch in batches:
         pending.append(batch)
@@ -213,7 +240,7 @@ def _exact_batches(batches: Any) -> Any:
 
 
 def _store_realigned(
-    path: Any, train: Split, name: str, scores: np.ndarray, provenance: dict[str, Any]
+    path: Path, train: Split, name: str, scores: ScoreReader, provenance: dict[str, Any]
 ) -> None:
     """The train split's rows differ from the old file's: carry old scores over by sample_id."""
     import pyarrow as pa
@@ -230,16 +257,60 @@ def _store_realigned(
         if column in RESERVED:
             continue
         if column == name:
-            table = table.append_column(
-                name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64))
-            )
+            table = table.append_column(name, _nullable(scores(0, len(ids))))
             continue
         carried = np.full(len(ids), np.nan)
         carried[rows[keep]] = old.column(column).to_numpy(zero_copy_only=False)[keep]
-        table = table.append_column(column, pa.array(carried))
+        table = table.append_column(column, _nullable(carried))
     if name not in table.column_names:
-        table = table.append_column(
-            name, pa.array(np.asarray(scores(0, len(ids)), dtype=np.float64))
-        )
+        table = table.append_column(name, _nullable(scores(0, len(ids))))
     table = table.replace_schema_metadata(_metadata(old.schema, name, provenance, train))
     atomic_write_parquet(path, table)
+
+
+def stale_scores(lake: Lake) -> dict[str, str]:
+    """Stored scores computed over other checkpoints than they would be now: name -> reason.
+
+    A score's provenance records the checkpoint ids it used (``checkpoint_ids``), the window
+    asked for (``window``, None = all) and, optionally, the splits it read (``splits``,
+    default train and val). It is stale when that window over the checkpoints now committed
+    in all of those splits picks other checkpoints, e.g. after checkpoints were appended.
+    Scores without recorded checkpoint ids are not judged. ``select``, ``report`` and ``info``
+    warn with the reason; nothing is refused.
+    """
+    import functools
+
+    from cld_lake.errors import BadInputError
+    from cld_lake.lake.store import parse_window
+
+    stale: dict[str, str] = {}
+    committed: dict[tuple[str, ...], np.ndarray] = {}
+    for name, prov in stored_scores(lake).items():
+        used = prov.get("checkpoint_ids")
+        splits = tuple(prov.get("splits") or ("train", "val"))
+        if not isinstance(used, list) or not all(lake.has_split(s) for s in splits):
+            continue
+        if splits not in committed:
+            ids = (lake.split(s).checkpoint_ids for s in splits)
+            committed[splits] = functools.reduce(np.intersect1d, ids)
+        window = prov.get("window")
+        try:
+            now = committed[splits][parse_window(window) if window else slice(None)]
+        except BadInputError:
+            continue
+        if [int(c) for c in now] == [int(c) for c in used]:
+            continue
+        window_arg = f" --checkpoints {window}" if window else ""
+        stale[name] = (
+            f"computed over {_span(used)}, but {' and '.join(splits)} now give {_span(now)}; "
+            f"recompute it: cld-lake score {lake.path} --method {prov.get('method', name)} "
+            f"--name {name}{window_arg}"
+        )
+    return stale
+
+
+def _span(ids: Any) -> str:
+    """``5 checkpoints (0..4)`` for a list of checkpoint ids."""
+    ids = [int(c) for c in ids]
+    ends = f" ({ids[0]}..{ids[-1]})" if ids else ""
+    return f"{len(ids)} checkpoint{'s' if len(ids) != 1 else ''}{ends}"
