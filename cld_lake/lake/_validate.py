@@ -17,6 +17,22 @@ from cld_lake.errors import BadInputError
 from cld_lake.lake import _format as fmt
 
 
+# The most classes a lake holds. Scoring keeps a (classes x checkpoints) float64 reference in
+# memory and the class counts are a table of this many rows: 2**20 classes x 90 checkpoints is
+# 755 MB, the most one scoring process should hold. Larger label spaces are refused up front.
+MAX_CLASSES = 1 << 20
+
+
+def check_num_classes(num_classes: int, what: str = "--num-classes") -> int:
+    """``num_classes`` when 1 <= it <= :data:`MAX_CLASSES`, else :class:`BadInputError`."""
+    if not 1 <= int(num_classes) <= MAX_CLASSES:
+        raise BadInputError(
+            f"{what} {num_classes}: a lake holds 1 to {MAX_CLASSES:,} classes; labels must be "
+            f"class indices 0..C-1 (remap sparse labels to dense indices first)"
+        )
+    return int(num_classes)
+
+
 def check_split_name(split: str) -> str:
     """``split`` when it is a usable directory name, else :class:`BadInputError`."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split or ""):
