@@ -1,4 +1,4 @@
-"""An independent, in-memory, float64 CLD reference written from shared/spec/CLD.md.
+"""An independent, in-memory, float64 CLD reference, written from the definition in docs/scores.md.
 
 Plain NumPy on whole arrays: class means of the validation losses, ``np.diff``, and a
 per-sample ``np.corrcoef``. It shares no code with ``cld_lake.score``; tests compare every

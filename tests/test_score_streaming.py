@@ -202,3 +202,14 @@ def test_the_api_is_public():
     for name in ("cld_reference", "CLDAccumulator", "CLDScores", "Reference"):
         assert name in module.__all__
     assert cld_lake.cld_reference is cld_reference and cld_lake.CLDAccumulator is CLDAccumulator
+
+
+def test_the_example_in_docs_scores_md_runs(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scores.md").read_text()
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "finalise()" in b]
+    exec(compile(code, "docs/scores.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed == re.search(r"# (\(1000,\) .*)", code).group(1)
