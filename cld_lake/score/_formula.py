@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from cld_lake._types import Fallback, choices
 from cld_lake.errors import ScoringError
 from cld_lake.lake.store import Split, parse_window
 
 MIN_CHECKPOINTS = 3
-FALLBACKS = (None, "global")
+FALLBACKS = (None, *choices(Fallback))
 # u_c counts as constant when its spread is within float64 rounding of the class means.
 U_CONSTANT_RTOL = 1e-12
 # Rows per inner step of the NumPy kernel: keeps the float64 temporaries cache-sized.
@@ -185,13 +186,14 @@ def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 def check_fallback(fallback: str | None) -> None:
     if fallback not in FALLBACKS:
-        raise ScoringError(f"--fallback {fallback!r}: use 'global' or leave it unset")
+        allowed = " or ".join(repr(f) for f in FALLBACKS if f is not None)
+        raise ScoringError(f"--fallback {fallback!r}: use {allowed} or leave it unset")
 
 
 def reference_from_sums(
     class_sums: ClassSums,
     checkpoints: np.ndarray,
-    fallback: str | None = None,
+    fallback: Fallback | None = None,
     train_classes: np.ndarray | None = None,
 ) -> Reference:
     """The C x (K-1) reference table from the validation class sums.
