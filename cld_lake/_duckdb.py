@@ -3,7 +3,7 @@
 Everything cld_lake asks of DuckDB beyond running SQL lives here:
 
 - :func:`connect`: every connection setting (memory limit, threads, temp directory, join-order
-  pinning, and the file-access sandbox of user SQL);
+  pinning, no extension autoinstall/autoload); :func:`lock_down`: the sandbox of user SQL;
 - :class:`ScanSource`: the base of the Python scan sources (the ``losses`` view, the scoring
   engine's trajectories). It builds on DuckDB's *private* ``duckdb._sources`` module, which
   offers a source the query's filters and asks it for its row count. That module is imported
@@ -13,7 +13,7 @@ Everything cld_lake asks of DuckDB beyond running SQL lives here:
   the dependency is bounded in ``pyproject.toml`` so a new DuckDB is adopted deliberately;
 - the predicate node classes the pushdown analysis matches on (placeholders that match nothing
   when the module is missing);
-- SQL quoting (:func:`sql_str`, :func:`sql_ident`) and error text (:func:`first_line`).
+- SQL quoting (:func:`sql_str`) and error text (:func:`first_line`).
 
 This module imports duckdb: import it only where DuckDB is used (``import cld_lake`` must not).
 """
@@ -71,7 +71,6 @@ __all__ = [
     "first_line",
     "lock_down",
     "register",
-    "sql_ident",
     "sql_str",
 ]
 
@@ -79,11 +78,6 @@ __all__ = [
 def sql_str(value: str | os.PathLike[str]) -> str:
     """A SQL string literal."""
     return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_ident(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def first_line(exc: BaseException) -> str:

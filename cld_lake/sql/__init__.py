@@ -67,7 +67,7 @@ def _open(
     stats: ScanStats | None = None,
     block_rows: int | None = None,
     memory_limit: str = MEMORY_LIMIT,
-) -> tuple[Any, list[Any], list[LossSource]]:
+) -> tuple[_duckdb.Connection, list[Any], list[LossSource]]:
     """A locked connection with the views, the statements of ``query`` and the loss sources."""
     con = _duckdb.connect(memory_limit=memory_limit)
     try:
@@ -85,7 +85,7 @@ def connect(
     memory_limit: str = MEMORY_LIMIT,
     stats: ScanStats | None = None,
     block_rows: int | None = None,
-) -> Any:
+) -> _duckdb.Connection:
     """A sandboxed DuckDB connection with the lake's views (see the module docstring).
 
     Parameters
@@ -133,7 +133,7 @@ def _translated(sources: list[LossSource], lake: Lake) -> Iterator[None]:
         raise _error(exc, sources, lake) from exc
 
 
-def _run_all_but_last(con: Any, statements: list[Any]) -> None:
+def _run_all_but_last(con: _duckdb.Connection, statements: list[Any]) -> None:
     for st in statements[:-1]:
         con.execute(st.query)
 

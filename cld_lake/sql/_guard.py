@@ -1,6 +1,6 @@
 """What a query may touch on disk: parsing its statements into the sandbox's file list.
 
-The sandbox (:func:`cld_lake._duckdb.connect`) is the guarantee: a locked connection reaches
+The sandbox (:func:`cld_lake._duckdb.lock_down`) is the guarantee: a locked connection reaches
 no file except the ones listed here and its private spill directory. This module decides the
 list, before the connection is locked:
 
