@@ -10,13 +10,15 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cld_lake.errors import BadInputError, CldLakeError
+
+OptimizerName = Literal["sgd", "adam"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Recipe:
     model: str
     epochs: int
     batch_size: int
-    optimizer: str = "sgd"  # sgd (momentum, optional Nesterov) or adam
+    optimizer: OptimizerName = "sgd"  # sgd (momentum, optional Nesterov) or adam
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -60,7 +62,7 @@ def recipe_for(dataset: str, **overrides: Any) -> Recipe:
         raise BadInputError(f"--batch-size {recipe.batch_size}: must be at least 1")
     if not recipe.lr > 0:
         raise BadInputError(f"--lr {recipe.lr}: must be positive")
-    if recipe.optimizer not in ("sgd", "adam"):
+    if recipe.optimizer not in get_args(OptimizerName):
         raise BadInputError(f"--optimizer {recipe.optimizer!r}: choose sgd or adam")
     return recipe
 
@@ -142,16 +144,11 @@ def make_loader(
         generator=generator,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
     )
 
 
 def train_epoch(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    opt: torch.optim.Optimizer,
-    device: torch.device,
-    advance: Callable[[int], None] | None = None,
+    model: torch.nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, device: torch.device
 ) -> float:
     """One epoch of plain cross-entropy training; returns the mean training loss."""
     model.train()
@@ -165,9 +162,37 @@ def train_epoch(
         opt.step()
         total += loss.detach() * len(y)
         seen += len(y)
-        if advance is not None:
-            advance(1)
     return float(total) / max(seen, 1)
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    recipe: Recipe,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    *,
+    seed: int,
+    device: torch.device,
+    start: int = 1,
+    workers: int = 0,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> None:
+    """Train epochs ``start..recipe.epochs`` on ``dataset`` (shuffled, ``recipe.batch_size``).
+
+    The scheduler steps once per epoch; ``on_epoch_end(epoch, mean_train_loss)`` runs after
+    each. Every epoch is seeded from (seed, epoch) alone (:func:`seed_epoch`), so a run resumed
+    at ``start`` trains exactly as an uninterrupted one.
+    """
+    for epoch in range(start, recipe.epochs + 1):
+        gen = seed_epoch(seed, epoch)
+        loader = make_loader(
+            dataset, recipe.batch_size, shuffle=True, generator=gen, workers=workers
+        )
+        loss = train_epoch(model, loader, opt, device)
+        sched.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, loss)
 
 
 @torch.no_grad()

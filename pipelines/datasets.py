@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from cld_lake.errors import BadInputError, InputFileNotFoundError
 
-DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "imagefolder")
+DatasetName = Literal["mnist1d", "digits", "cifar10", "cifar100", "imagefolder"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

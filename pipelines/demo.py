@@ -23,13 +23,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
+from cld_lake.torch import subset
 from pipelines._common import progress_bar, recipe_for, resolve_device, run_cli
+from pipelines._config import build_parser as build_config_parser
+from pipelines._config import option, parse_config
 from pipelines.datasets import load_dataset
 from pipelines.train_proxy import ProxyConfig, train_proxy
-from pipelines.train_subset import SubsetResult, pool_labels, train_on_ids
+from pipelines.train_subset import SubsetResult, train_model, training_pool
 
 METHODS = ("cld_top", "cld_lowest", "random")
 METHOD_TITLES = {
@@ -42,31 +46,20 @@ METHOD_TITLES = {
 
 @dataclass
 class DemoConfig:
-    out: Path = Path("runs/demo")
-    num_samples: int = 10000
+    """The demo's settings; one command-line flag per field (see ``--help``)."""
+
+    out: Path = option(Path("runs/demo"), help="output directory (its lake/manifests are replaced)")
+    num_samples: int = option(10000, help="MNIST-1D samples (80%% train pool)")
     noise: float = 0.2
-    val_fraction: float = 0.1
-    fractions: tuple[float, ...] = (0.1, 0.3, 0.5)
+    val_fraction: float = option(0.1, help="per-class held-out validation fraction")
+    fractions: tuple[float, ...] = option((0.1, 0.3, 0.5), help="e.g. 0.1,0.3,0.5")
     seeds: int = 2
     proxy_epochs: int = 30
-    epochs: int = 30
-    threads: int | None = (
-        1  # tiny convolutions: one thread is fastest and immune to oversubscription
-    )
+    epochs: int = option(30, help="epochs of each subset training")
+    # tiny convolutions: one thread is fastest and immune to oversubscription
+    threads: int | None = option(1, help="torch CPU threads (default 1)")
     device: str | None = None
     progress: bool = True
-
-
-def _parse_fractions(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated fractions, got {text!r}"
-        ) from exc
-    if not values or any(not 0.0 < v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"fractions must lie in (0, 1), got {text!r}")
-    return values
 
 
 def _noisy_count(lake: cld_lake.Lake, manifest: Path) -> tuple[int, int]:
@@ -87,6 +80,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if cfg.seeds < 1:
         raise BadInputError(f"--seeds {cfg.seeds}: must be at least 1")
+    if not cfg.fractions or any(not 0.0 < f < 1.0 for f in cfg.fractions):
+        raise BadInputError(
+            f"--fractions {cfg.fractions}: each must lie in (0, 1), e.g. 0.1,0.3,0.5"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -181,14 +178,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     step("manifests", t0)
 
     recipe = recipe_for("mnist1d", epochs=cfg.epochs, milestones=(int(cfg.epochs * 2 / 3),))
-    pool, labels = pool_labels(data, lake)
-    runs: list[tuple[str, float, int, np.ndarray]] = [
-        (m, f, s, cld_lake.load_manifest(manifests[(m, f, s)]).sample_ids)
+    train_set, pool = training_pool(data, lake)
+    runs: list[tuple[str, float, int, Dataset]] = [
+        (m, f, s, subset(train_set, manifests[(m, f, s)]))
         for f in cfg.fractions
         for m in METHODS
         for s in range(cfg.seeds)
     ]
-    runs += [("full", 1.0, s, pool) for s in range(cfg.seeds)]
+    runs += [("full", 1.0, s, Subset(train_set, pool.tolist())) for s in range(cfg.seeds)]
     print(
         f"[6/6] training a fresh 1-D CNN on each subset: {len(runs)} runs x {cfg.epochs} epochs "
         f"({cfg.seeds} seeds; trained on the labels as recorded, noisy ones included)",
@@ -198,10 +195,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     results: list[tuple[str, float, SubsetResult]] = []
     with progress_bar(cfg.progress) as bar:
         task = bar.task("coreset training (epochs)", len(runs) * cfg.epochs)
-        for method, f, seed, ids in runs:
+        for method, f, seed, chosen in runs:
             bar.info(task, f"{METHOD_TITLES[method]} {f:g} seed {seed}")
-            res = train_on_ids(
-                data, ids, labels, recipe, seed=seed, device=device, source=f"{method} {f:g}",
+            res = train_model(
+                data, chosen, recipe, seed=seed, device=device, source=f"{method} {f:g}",
                 on_epoch=lambda _e, _a: bar.advance(task, 1),
             )  # fmt: skip
             results.append((method, f, res))
@@ -235,7 +232,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     (out / "report.md").write_text(_markdown(report))
     from cld_lake.report import build_report
 
-    build_report(lake, out / "report.html")  # curves, score histograms, noisy-label detection
+    build_report(lake, out / "report.html", force=True)  # the demo replaces its own report
     return report
 
 
@@ -317,43 +314,13 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = DemoConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0]
+    return build_config_parser(
+        DemoConfig, prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--out", type=Path, default=d.out, help="output directory (its lake/manifests are replaced)"
-    )
-    p.add_argument(
-        "--num-samples", type=int, default=d.num_samples, help="MNIST-1D samples (80%% train pool)"
-    )
-    p.add_argument("--noise", type=float, default=d.noise)
-    p.add_argument(
-        "--fractions", type=_parse_fractions, default=d.fractions, help="e.g. 0.1,0.3,0.5"
-    )
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--proxy-epochs", type=int, default=d.proxy_epochs)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of each subset training")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
-    p.add_argument("--device")
-    p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = DemoConfig(
-        out=args.out,
-        num_samples=args.num_samples,
-        noise=args.noise,
-        fractions=args.fractions,
-        seeds=args.seeds,
-        proxy_epochs=args.proxy_epochs,
-        epochs=args.epochs,
-        threads=args.threads,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    cfg = parse_config(DemoConfig, build_parser(), argv)
     report = run_demo(cfg)
     print()
     print(

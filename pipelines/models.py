@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-MODELS = ("cnn1d", "mlp", "resnet18")
+ModelName = Literal["cnn1d", "mlp", "resnet18"]
+MODELS: tuple[str, ...] = get_args(ModelName)
 
 
 class ConvNet1D(nn.Module):

@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from cld_lake.lake.writer import SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex
 from pipelines._common import (
     RECIPES,
+    OptimizerName,
+    Recipe,
     atomic_torch_save,
     check_model_output,
     fault_point,
@@ -47,13 +49,14 @@ from pipelines._common import (
     recipe_for,
     resolve_device,
     run_cli,
-    seed_epoch,
     symmetric_noise,
-    train_epoch,
+    train_epochs,
 )
 from pipelines._common import accuracy as test_accuracy
-from pipelines.datasets import DATASETS, DataBundle, Relabeled, load_dataset
-from pipelines.models import MODELS, build_model
+from pipelines._config import build_parser as build_config_parser
+from pipelines._config import option, parse_config
+from pipelines.datasets import DATASETS, DataBundle, DatasetName, Relabeled, load_dataset
+from pipelines.models import MODELS, ModelName, build_model
 
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
@@ -61,32 +64,37 @@ RESULT_FILE = "result.json"
 
 @dataclass
 class ProxyConfig:
-    """Everything a proxy run depends on (see ``--help`` for each field)."""
+    """Everything a proxy run depends on; one command-line flag per field (see ``--help``)."""
 
-    dataset: str
-    lake: Path
-    root: Path | None = None
-    models_dir: Path | None = None
-    val_fraction: float = 0.1
-    noise: float = 0.0
+    dataset: DatasetName
+    lake: Path = option(help="lake directory (created if missing)")
+    root: Path | None = option(
+        None, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
+    )
+    models_dir: Path | None = option(None, help="model checkpoints (default: LAKE with .models)")
+    val_fraction: float = option(0.1, help="per-class held-out validation fraction")
+    noise: float = option(0.0, help="symmetric label noise fraction of train")
     noise_seed: int = 0
-    seed: int = 0
-    model: str | None = None
+    seed: int = option(0, help="model init, holdout split and epoch shuffles")
+    model: ModelName | None = option(None, help="default: the dataset's recipe")
     epochs: int | None = None
     batch_size: int | None = None
-    optimizer: str | None = None
+    optimizer: OptimizerName | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    milestones: tuple[int, ...] | None = None
-    record_every: int = 1
+    milestones: tuple[int, ...] | None = option(
+        None, help="epochs where lr is multiplied by 0.1, e.g. 81,121"
+    )
+    record_every: int = option(1, help="record every k-th epoch (0 and last always)")
     record_batch_size: int = 512
-    record_test: bool = False
-    margin_dtype: str = "float32"
-    keep_checkpoints: int = 2
-    num_samples: int | None = None
-    image_size: int | None = None
-    device: str | None = None
-    workers: int = 0
+    record_test: bool = option(False, help="also record the test split")
+    margin_dtype: Literal["float32", "float16"] = "float32"
+    keep_checkpoints: int = option(2, help="model checkpoints kept on disk")
+    num_samples: int | None = option(None, help="mnist1d: samples to generate (80%% train)")
+    image_size: int | None = option(None, help="imagefolder: crop size (default 224)")
+    device: str | None = option(None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    workers: int = option(0, help="DataLoader worker processes")
+    threads: int | None = option(None, help="torch CPU threads")
     progress: bool = True
 
     def identity(self) -> dict[str, Any]:
@@ -100,7 +108,7 @@ class ProxyConfig:
         out["recipe"] = dataclasses.asdict(self.recipe())
         return json.loads(json.dumps(out))
 
-    def recipe(self) -> Any:
+    def recipe(self) -> Recipe:
         return recipe_for(
             self.dataset,
             model=self.model,
@@ -162,9 +170,7 @@ def check_config(cfg: ProxyConfig) -> None:
         raise BadInputError(
             f"--noise {cfg.noise}: must be in [0, 1) (e.g. 0.2 for 20% noisy labels)"
         )
-    recipe = cfg.recipe()
-    if cfg.epochs is not None and recipe.epochs < 1:
-        raise BadInputError(f"--epochs {recipe.epochs}: must be at least 1")
+    cfg.recipe()  # checks the recipe's overrides
 
 
 def record_epochs(epochs: int, every: int) -> list[int]:
@@ -262,6 +268,8 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
     """Run (or resume) a proxy training with recording. See the module docstring."""
     started = time.perf_counter()
     check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     recipe = cfg.recipe()
     device = resolve_device(cfg.device)
     models_dir = cfg.resolved_models_dir()
@@ -352,24 +360,22 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
                 _checkpoint_path(models_dir, old).unlink(missing_ok=True)
             fault_point("after_save", epoch)
 
-        if last is None:
-            save(0)
-            last = 0
-        if last in to_record and any(last not in committed[s] for s in targets):
-            history.append(record(last))
-        for epoch in range(last + 1, recipe.epochs + 1):
-            gen = seed_epoch(cfg.seed, epoch)
-            fit_loader = make_loader(
-                train_fit, recipe.batch_size, shuffle=True, generator=gen, workers=cfg.workers
-            )
-            fault_point("mid_epoch", epoch)
-            train_loss = train_epoch(model, fit_loader, opt, device)
-            sched.step()
+        def epoch_end(epoch: int, train_loss: float) -> None:
             save(epoch)
             bar.advance(train_task, 1)
             bar.info(train_task, f"epoch {epoch} train loss {train_loss:.3f}")
             if epoch in to_record:
                 history.append({"train_fit_loss": train_loss, **record(epoch)})
+
+        if last is None:
+            save(0)
+            last = 0
+        if last in to_record and any(last not in committed[s] for s in targets):
+            history.append(record(last))
+        train_epochs(
+            model, train_fit, recipe, opt, sched, seed=cfg.seed, device=device, start=last + 1,
+            workers=cfg.workers, on_epoch_end=epoch_end,
+        )  # fmt: skip
         acc = test_accuracy(model, test_loader, device)
     compact_lake(cfg.lake, list(targets))
 
@@ -410,94 +416,17 @@ def _jsonable(result: ProxyResult) -> dict[str, Any]:
     return out
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    return build_config_parser(
+        ProxyConfig,
         prog="python -m pipelines.train_proxy",
         description="Train a proxy model and record train/val loss trajectories into a lake (resumable).",
+        epilog="Recipes: " + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()),
     )
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--lake", required=True, type=Path, help="lake directory (created if missing)")
-    p.add_argument(
-        "--root", type=Path, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
-    )
-    p.add_argument("--models-dir", type=Path, help="model checkpoints (default: LAKE with .models)")
-    p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="per-class held-out validation fraction"
-    )
-    p.add_argument(
-        "--noise", type=float, default=0.0, help="symmetric label noise fraction of train"
-    )
-    p.add_argument("--noise-seed", type=int, default=0)
-    p.add_argument(
-        "--seed", type=int, default=0, help="model init, holdout split and epoch shuffles"
-    )
-    p.add_argument("--model", choices=MODELS, help="default: the dataset's recipe")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument(
-        "--milestones", type=_int_list, help="epochs where lr is multiplied by 0.1, e.g. 81,121"
-    )
-    p.add_argument(
-        "--record-every", type=int, default=1, help="record every k-th epoch (0 and last always)"
-    )
-    p.add_argument("--record-batch-size", type=int, default=512)
-    p.add_argument("--record-test", action="store_true", help="also record the test split")
-    p.add_argument("--margin-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="model checkpoints kept on disk")
-    p.add_argument("--num-samples", type=int, help="mnist1d: samples to generate (80%% train)")
-    p.add_argument("--image-size", type=int, help="imagefolder: crop size (default 224)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
-    p.epilog = "Recipes: " + "; ".join(f"{k}: {v}" for k, v in RECIPES.items())
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = ProxyConfig(
-        dataset=args.dataset,
-        lake=args.lake,
-        root=args.root,
-        models_dir=args.models_dir,
-        val_fraction=args.val_fraction,
-        noise=args.noise,
-        noise_seed=args.noise_seed,
-        seed=args.seed,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        milestones=args.milestones,
-        record_every=args.record_every,
-        record_batch_size=args.record_batch_size,
-        record_test=args.record_test,
-        margin_dtype=args.margin_dtype,
-        keep_checkpoints=args.keep_checkpoints,
-        num_samples=args.num_samples,
-        image_size=args.image_size,
-        device=args.device,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
-    result = train_proxy(cfg)
+    result = train_proxy(parse_config(ProxyConfig, build_parser(), argv))
     print(f"lake:        {result.lake}")
     print(f"models:      {result.models_dir}")
     print(f"test acc:    {result.test_accuracy:.4f} (final epoch {result.epochs})")

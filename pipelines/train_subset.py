@@ -24,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
+from cld_lake.torch import subset
 from pipelines._common import (
+    OptimizerName,
     Recipe,
     accuracy,
     check_model_output,
@@ -37,11 +40,48 @@ from pipelines._common import (
     recipe_for,
     resolve_device,
     run_cli,
-    seed_epoch,
-    train_epoch,
+    train_epochs,
 )
-from pipelines.datasets import DATASETS, DataBundle, Relabeled, load_dataset
-from pipelines.models import MODELS, build_model
+from pipelines._config import build_parser as build_config_parser
+from pipelines._config import option, parse_config
+from pipelines.datasets import DataBundle, DatasetName, Relabeled, load_dataset
+from pipelines.models import ModelName, build_model
+
+
+@dataclass
+class SubsetConfig:
+    """One training run on a subset; one command-line flag per field (see ``--help``)."""
+
+    dataset: DatasetName
+    root: Path | None = option(
+        None, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
+    )
+    lake: Path | None = option(None, help="the lake: training pool and (noisy) labels as recorded")
+    manifest: Path | None = option(
+        None, help="a manifest written by cld-lake select", one_of="source"
+    )
+    random: float | None = option(
+        None,
+        help="class-balanced random fraction (needs --lake)",
+        metavar="F",
+        one_of="source",
+    )
+    full: bool = option(False, help="all of the training pool", one_of="source")
+    seed: int = option(0, help="model init, epoch shuffles, random subset")
+    model: ModelName | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: OptimizerName | None = None
+    lr: float | None = None
+    num_samples: int | None = option(
+        None, help="mnist1d: samples generated (must match the lake's)"
+    )
+    image_size: int | None = None
+    device: str | None = None
+    workers: int = 0
+    threads: int | None = None
+    out: Path | None = option(None, help="write the result as JSON")
+    progress: bool = True
 
 
 @dataclass
@@ -58,10 +98,9 @@ class SubsetResult:
     wall_seconds: float
 
 
-def train_on_ids(
+def train_model(
     data: DataBundle,
-    ids: np.ndarray,
-    labels: np.ndarray,
+    train_set: Dataset,
     recipe: Recipe,
     *,
     seed: int,
@@ -71,59 +110,53 @@ def train_on_ids(
     workers: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> SubsetResult:
-    """Train a fresh ``recipe.model`` on the pool items ``ids`` with ``labels[ids]``.
+    """Train a fresh ``recipe.model`` on ``train_set`` and measure test accuracy every epoch.
 
-    ``labels`` covers the whole training pool (index = sample id). Returns final and best
-    test accuracy; ``on_epoch(epoch, test_acc)`` is called after each epoch.
+    Returns final and best test accuracy; ``on_epoch(epoch, test_acc)`` is called after each
+    epoch.
     """
     started = time.perf_counter()
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size == 0:
+    if len(train_set) == 0:  # type: ignore[arg-type]
         raise BadInputError(f"{source or 'subset'}: no samples to train on")
-    if ids.min() < 0 or ids.max() >= len(labels):
-        raise BadInputError(
-            f"{source or 'subset'}: sample ids outside the training set (0..{len(labels) - 1})"
-        )
-    if len(np.unique(ids)) != len(ids):
-        raise BadInputError(f"{source or 'subset'}: sample ids repeat")
     torch.manual_seed(seed)
     model = build_model(recipe.model, data.num_classes, data.input_shape).to(device)
     check_model_output(model, data.train[0][0], data.num_classes, device)
     opt, sched = make_optimizer(recipe, model)
-    train_set = torch.utils.data.Subset(Relabeled(data.train_aug, labels), ids.tolist())
     test_loader = make_loader(data.test, eval_batch_size, shuffle=False, workers=workers)
-    best, best_epoch, acc = -1.0, 0, 0.0
-    for epoch in range(1, recipe.epochs + 1):
-        gen = seed_epoch(seed, epoch)
-        loader = make_loader(
-            train_set, recipe.batch_size, shuffle=True, generator=gen, workers=workers
-        )
-        train_epoch(model, loader, opt, device)
-        sched.step()
-        acc = accuracy(model, test_loader, device)
-        if acc > best:
-            best, best_epoch = acc, epoch
+    accs: list[float] = []
+
+    def epoch_end(epoch: int, _train_loss: float) -> None:
+        accs.append(accuracy(model, test_loader, device))
         if on_epoch is not None:
-            on_epoch(epoch, acc)
+            on_epoch(epoch, accs[-1])
+
+    train_epochs(
+        model, train_set, recipe, opt, sched, seed=seed, device=device, workers=workers,
+        on_epoch_end=epoch_end,
+    )  # fmt: skip
+    best_epoch = int(np.argmax(accs)) + 1  # the first epoch reaching the best accuracy
     return SubsetResult(
         source=source,
-        num_samples=len(ids),
+        num_samples=len(train_set),  # type: ignore[arg-type]
         seed=seed,
         epochs=recipe.epochs,
-        final_test_acc=acc,
-        best_test_acc=best,
+        final_test_acc=accs[-1],
+        best_test_acc=accs[best_epoch - 1],
         best_epoch=best_epoch,
         wall_seconds=time.perf_counter() - started,
     )
 
 
-def pool_labels(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[np.ndarray, np.ndarray]:
-    """(pool sample ids, labels of the whole training set as trained on).
+def training_pool(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[Dataset, np.ndarray]:
+    """(the training set as trained on, the pool's sample ids).
 
-    With a lake: its train split's ids and recorded labels (others keep the dataset's)."""
+    Item ``i`` of the training set is sample id ``i`` with training transforms. With a lake,
+    the pool is its train split and those samples carry the labels recorded there (noisy labels
+    stay noisy: a coreset is trained on what the proxy saw); without one, the pool is the whole
+    training set with the dataset's labels."""
     labels = data.train_labels.copy()
     if lake is None:
-        return np.arange(len(labels), dtype=np.int64), labels
+        return Relabeled(data.train_aug, labels), np.arange(len(labels), dtype=np.int64)
     split = lake.split("train")
     ids = split.sample_ids
     if ids.size and (ids.min() < 0 or ids.max() >= len(labels)):
@@ -132,126 +165,112 @@ def pool_labels(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[np.ndarra
             f"{data.name} has {len(labels)} training samples; is it the dataset the lake was recorded from?"
         )
     labels[ids] = split.labels
-    return ids, labels
+    return Relabeled(data.train_aug, labels), ids
 
 
-def manifest_ids(path: Path, lake: cld_lake.Lake | None, pool: np.ndarray) -> np.ndarray:
-    """The manifest's sample ids, checked against the lake (identity) and the pool."""
-    manifest = cld_lake.load_manifest(path)
-    ids = np.asarray(manifest.sample_ids, dtype=np.int64)
-    recorded = (manifest.metadata.get("lake") or {}).get("lake_id")
+def manifest_subset(
+    manifest: Path | cld_lake.Manifest,
+    train_set: Dataset,
+    pool: np.ndarray,
+    lake: cld_lake.Lake | None = None,
+) -> Subset:
+    """The manifest's samples of ``train_set`` (``cld_lake.torch.subset``), in manifest order.
+
+    Refuses a manifest selected from another lake than ``lake``, or naming ids outside the
+    pool (e.g. held-out validation samples)."""
+    m = cld_lake.load_manifest(manifest)
+    where = f"--manifest {m.path}" if m.path is not None else "the manifest"
+    recorded = (m.metadata.get("lake") or {}).get("lake_id")
     if lake is not None and recorded is not None and recorded != lake.lake_id:
         raise BadInputError(
-            f"--manifest {path} was selected from lake {recorded}, not from --lake {lake.path} "
+            f"{where} was selected from lake {recorded}, not from --lake {lake.path} "
             f"({lake.lake_id}); pass the lake it came from"
         )
-    outside = ~np.isin(ids, pool)
+    outside = ~np.isin(m.sample_ids, pool)
     if outside.any():
         raise BadInputError(
-            f"--manifest {path}: {int(outside.sum())} sample ids (e.g. {ids[outside][:5].tolist()}) are not in "
+            f"{where}: {int(outside.sum())} sample ids (e.g. {m.sample_ids[outside][:5].tolist()}) are not in "
             "the training pool; is it the dataset (and lake) the manifest was selected from?"
         )
-    return ids
+    return subset(train_set, m)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.train_subset",
-        description="Train a fresh model on a manifest's samples (or random / full data); report test accuracy.",
-    )
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument(
-        "--root", type=Path, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
-    )
-    p.add_argument(
-        "--lake", type=Path, help="the lake: training pool and (noisy) labels as recorded"
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--manifest", type=Path, help="a manifest written by cld-lake select")
-    what.add_argument(
-        "--random", type=float, metavar="F", help="class-balanced random fraction (needs --lake)"
-    )
-    what.add_argument("--full", action="store_true", help="all of the training pool")
-    p.add_argument("--seed", type=int, default=0, help="model init, epoch shuffles, random subset")
-    p.add_argument("--model", choices=MODELS)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float)
-    p.add_argument(
-        "--num-samples", type=int, help="mnist1d: samples generated (must match the lake's)"
-    )
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--device")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out", type=Path, help="write the result as JSON")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def train_subset(cfg: SubsetConfig) -> SubsetResult:
+    """Train a fresh model on the subset ``cfg`` names (see the module docstring)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     recipe = recipe_for(
-        args.dataset,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
+        cfg.dataset,
+        model=cfg.model,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
     )
-    device = resolve_device(args.device)
-    if args.random is not None and args.lake is None:
+    device = resolve_device(cfg.device)
+    sources = sum((cfg.manifest is not None, cfg.random is not None, cfg.full))
+    if sources != 1:
+        raise BadInputError("give exactly one of --manifest, --random, --full")
+    if cfg.random is not None and cfg.lake is None:
         raise BadInputError(
             "--random needs --lake (the pool and class sizes come from its train split)"
         )
-    if args.random is not None and not 0.0 < args.random <= 1.0:
-        raise BadInputError(f"--random {args.random}: must be in (0, 1]")
-    lake = cld_lake.open_lake(args.lake) if args.lake is not None else None
-    if args.manifest is not None:
-        cld_lake.load_manifest(args.manifest)  # a bad manifest fails before data are loaded
+    if cfg.random is not None and not 0.0 < cfg.random <= 1.0:
+        raise BadInputError(f"--random {cfg.random}: must be in (0, 1]")
+    lake = cld_lake.open_lake(cfg.lake) if cfg.lake is not None else None
+    if cfg.manifest is not None:
+        cld_lake.load_manifest(cfg.manifest)  # a bad manifest fails before data are loaded
     data = load_dataset(
-        args.dataset, args.root, num_samples=args.num_samples, image_size=args.image_size
+        cfg.dataset, cfg.root, num_samples=cfg.num_samples, image_size=cfg.image_size
     )
-    pool, labels = pool_labels(data, lake)
-    if args.manifest is not None:
-        ids, source = manifest_ids(args.manifest, lake, pool), f"manifest {args.manifest}"
-    elif args.random is not None:
+    train_set, pool = training_pool(data, lake)
+    if cfg.manifest is not None:
+        chosen, source = (
+            manifest_subset(cfg.manifest, train_set, pool, lake),
+            f"manifest {cfg.manifest}",
+        )
+    elif cfg.random is not None:
         assert lake is not None
-        ids = cld_lake.select(lake, random=True, fraction=args.random, seed=args.seed).sample_ids
-        source = f"random {args.random:g} (seed {args.seed})"
+        picked = cld_lake.select(lake, random=True, fraction=cfg.random, seed=cfg.seed)
+        chosen, source = subset(train_set, picked), f"random {cfg.random:g} (seed {cfg.seed})"
     else:
-        ids, source = pool, "full"
-    with progress_bar(not args.no_progress) as bar:
+        chosen, source = Subset(train_set, pool.tolist()), "full"
+    with progress_bar(cfg.progress) as bar:
         task = bar.task("training (epochs)", recipe.epochs)
 
         def on_epoch(epoch: int, acc: float) -> None:
             bar.advance(task, 1)
             bar.info(task, f"test acc {acc:.3f}")
 
-        result = train_on_ids(
-            data,
-            ids,
-            labels,
-            recipe,
-            seed=args.seed,
-            device=device,
-            source=source,
-            workers=args.workers,
-            on_epoch=on_epoch,
-        )
+        result = train_model(
+            data, chosen, recipe, seed=cfg.seed, device=device, source=source,
+            workers=cfg.workers, on_epoch=on_epoch,
+        )  # fmt: skip
+    if cfg.out is not None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_config_parser(
+        SubsetConfig,
+        prog="python -m pipelines.train_subset",
+        description="Train a fresh model on a manifest's samples (or random / full data); report test accuracy.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(SubsetConfig, build_parser(), argv)
+    result = train_subset(cfg)
     print(f"source:          {result.source}")
     print(f"samples:         {result.num_samples}")
     print(f"final_test_acc:  {result.final_test_acc:.4f} (epoch {result.epochs})")
     print(
         f"best_test_acc:   {result.best_test_acc:.4f} (epoch {result.best_epoch}; chosen on the test set)"
     )
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(asdict(result), indent=2) + "\n")
-        print(f"result:          {args.out}")
+    if cfg.out is not None:
+        print(f"result:          {cfg.out}")
     return 0
 
 

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,11 +16,16 @@ import torch
 
 import cld_lake
 from cld_lake.errors import BadInputError, CldLakeError
-from pipelines._common import check_model_output, holdout_split, symmetric_noise
+from pipelines import demo as demo_cli
+from pipelines import train_proxy as train_proxy_cli
+from pipelines import train_subset as train_subset_cli
+from pipelines._common import check_model_output, holdout_split, recipe_for, symmetric_noise
+from pipelines._config import parse_config
 from pipelines.datasets import load_dataset
+from pipelines.demo import DemoConfig, run_demo
 from pipelines.train_proxy import ProxyConfig, record_epochs, train_proxy
+from pipelines.train_subset import SubsetConfig, manifest_subset, train_model, training_pool
 from pipelines.train_subset import main as subset_main
-from pipelines.train_subset import manifest_ids, pool_labels, train_on_ids
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,6 +211,62 @@ def test_model_with_the_wrong_output_width_is_refused() -> None:
         check_model_output(torch.nn.Linear(64, 9), torch.zeros(64), 10, torch.device("cpu"))
 
 
+def test_command_lines_of_the_docs_parse_into_the_configs(tmp_path: Path) -> None:
+    """Flags are derived from the config dataclasses: the docs' command lines, every kind of
+    flag (path, choice, comma list, switch, required group) and the defaults."""
+
+    configs = {train_proxy_cli: ProxyConfig, train_subset_cli: SubsetConfig, demo_cli: DemoConfig}
+
+    def parse(module: Any, argv: str) -> Any:
+        return parse_config(configs[module], module.build_parser(), argv.split())
+
+    assert parse(
+        train_proxy_cli, "--dataset cifar100 --root data/cifar100 --lake runs/c100.lake"
+    ) == ProxyConfig(dataset="cifar100", root=Path("data/cifar100"), lake=Path("runs/c100.lake"))
+    assert parse(
+        train_proxy_cli, "--dataset mnist1d --lake runs/m1d.lake --noise 0.2 --epochs 30"
+    ) == ProxyConfig(dataset="mnist1d", lake=Path("runs/m1d.lake"), noise=0.2, epochs=30)
+    assert parse(
+        train_proxy_cli,
+        "--dataset digits --lake L --model mlp --milestones 81,121 --record-every 3 "
+        "--val-fraction 0.05 --record-test --margin-dtype float16 --threads 2 --no-progress",
+    ) == ProxyConfig(
+        dataset="digits", lake=Path("L"), model="mlp", milestones=(81, 121), record_every=3,
+        val_fraction=0.05, record_test=True, margin_dtype="float16", threads=2, progress=False,
+    )  # fmt: skip
+    assert parse(
+        train_subset_cli, "--dataset cifar100 --root data/cifar100 --manifest coreset.parquet"
+    ) == SubsetConfig(
+        dataset="cifar100", root=Path("data/cifar100"), manifest=Path("coreset.parquet")
+    )
+    assert parse(train_subset_cli, "--dataset mnist1d --lake L --random 0.1 --seed 1") == (
+        SubsetConfig(dataset="mnist1d", lake=Path("L"), random=0.1, seed=1)
+    )
+    assert parse(train_subset_cli, "--dataset digits --lake L --full --out r.json") == (
+        SubsetConfig(dataset="digits", lake=Path("L"), full=True, out=Path("r.json"))
+    )
+    assert parse(demo_cli, "") == DemoConfig() == parse(demo_cli, "--fractions 0.1,0.3,0.5")
+    assert DemoConfig().out == Path("runs/demo") and DemoConfig().threads == 1
+    assert parse(demo_cli, "--out o --fractions 0.2,0.4 --seeds 3 --no-progress") == DemoConfig(
+        out=Path("o"), fractions=(0.2, 0.4), seeds=3, progress=False
+    )
+    for module, argv in (
+        (train_proxy_cli, "--dataset digits"),  # --lake is required
+        (train_proxy_cli, "--dataset mnist2d --lake L"),
+        (train_proxy_cli, "--dataset digits --lake L --milestones 8x"),
+        (train_proxy_cli, "--dataset digits --lake L --optimizer rmsprop"),
+        (train_subset_cli, "--dataset digits"),  # one of --manifest, --random, --full
+        (train_subset_cli, "--dataset digits --manifest m.parquet --full"),
+        (demo_cli, "--seeds two"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            parse(module, argv)
+        assert exc.value.code == 2, argv
+    with pytest.raises(BadInputError, match="--fractions"):
+        run_demo(DemoConfig(out=tmp_path / "demo", fractions=(0.3, 1.5), progress=False))
+    assert not (tmp_path / "demo").exists()
+
+
 def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -235,61 +297,61 @@ def test_train_subset_on_a_manifest_random_and_full(tmp_path: Path) -> None:
     cld_lake.score(lake_path)
     manifest = cld_lake.select(lake_path, "cld", fraction=0.2, out=tmp_path / "top.parquet")
     lake = cld_lake.open_lake(lake_path)
+    recorded = lake.split("train")
     data = load_dataset("digits")
-    pool, labels = pool_labels(data, lake)
-    np.testing.assert_array_equal(
-        labels[pool], lake.split("train").labels
-    )  # noisy labels as recorded
-    ids = manifest_ids(tmp_path / "top.parquet", lake, pool)
-    np.testing.assert_array_equal(np.sort(ids), np.sort(manifest.sample_ids))
-    from pipelines._common import recipe_for
+    train_set, pool = training_pool(data, lake)
+    np.testing.assert_array_equal(pool, recorded.sample_ids)
 
-    res = train_on_ids(
-        data, ids, labels, recipe_for("digits", epochs=2), seed=0, device=torch.device("cpu")
+    # a manifest of known ids (10 per class, class-major like every manifest): exactly those
+    # samples, in that order, with the labels recorded in the lake (noisy ones included)
+    labels = recorded.labels
+    rows = np.concatenate([np.flatnonzero(labels == c)[::5][:10] for c in range(10)])
+    known = pool[rows]
+    chosen = manifest_subset(
+        write_ids_manifest(tmp_path, known, labels[rows]), train_set, pool, lake
     )
-    assert (
-        res.num_samples == len(manifest) and 0.0 <= res.final_test_acc <= res.best_test_acc <= 1.0
+    assert chosen.indices == known.tolist()
+    assert [y for _, y in chosen] == labels[rows].tolist()
+    assert (labels[rows] != data.train_labels[known]).sum() > 5  # noisy labels as recorded
+    torch.testing.assert_close(chosen[3][0], data.train_aug[int(known[3])][0])
+
+    # the CLD top-20% manifest trains a model clearly above chance (0.1); measured 0.567
+    chosen = manifest_subset(tmp_path / "top.parquet", train_set, pool, lake)
+    assert chosen.indices == manifest.sample_ids.tolist()
+    res = train_model(
+        data, chosen, recipe_for("digits", epochs=2), seed=0, device=torch.device("cpu")
     )
+    assert res.num_samples == len(manifest) == round(0.2 * recorded.num_samples)
+    assert res.final_test_acc > 0.4 and res.best_test_acc >= res.final_test_acc
 
     out = tmp_path / "r.json"
-    argv = [
-        "--dataset",
-        "digits",
-        "--lake",
-        str(lake_path),
-        "--epochs",
-        "2",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    argv = ["--dataset", "digits", "--lake", str(lake_path), "--epochs", "2", "--no-progress", "--out", str(out)]  # fmt: skip
     assert subset_main([*argv, "--manifest", str(tmp_path / "top.parquet")]) == 0
     got = json.loads(out.read_text())
-    assert got["num_samples"] == len(manifest) and got["final_test_acc"] == pytest.approx(
-        res.final_test_acc
-    )
+    assert got["num_samples"] == len(manifest)
+    assert got["final_test_acc"] == pytest.approx(res.final_test_acc)  # same seeds: same model
     assert subset_main([*argv, "--random", "0.2", "--seed", "1"]) == 0
-    assert json.loads(out.read_text())["num_samples"] == len(manifest)
+    got = json.loads(out.read_text())
+    assert got["num_samples"] == len(manifest) and got["final_test_acc"] > 0.4  # measured 0.503
     assert subset_main([*argv, "--full"]) == 0
-    assert json.loads(out.read_text())["num_samples"] == lake.split("train").num_samples
+    got = json.loads(out.read_text())
+    assert got["num_samples"] == recorded.num_samples and got["final_test_acc"] > 0.75  # 0.883
 
     # a manifest naming held-out validation ids (or any id outside the pool) is refused
     val_ids = lake.split("val").sample_ids
     with pytest.raises(BadInputError, match="not in the training pool"):
-        manifest_ids_from(tmp_path, val_ids, lake, pool)
+        manifest_subset(
+            write_ids_manifest(tmp_path, val_ids, np.zeros(len(val_ids))), train_set, pool, lake
+        )
     other = tmp_path / "other.lake"
     train_proxy(ProxyConfig(dataset="digits", lake=other, epochs=3, progress=False))
     with pytest.raises(BadInputError, match="was selected from lake"):
-        manifest_ids(tmp_path / "top.parquet", cld_lake.open_lake(other), pool)
+        manifest_subset(tmp_path / "top.parquet", train_set, pool, cld_lake.open_lake(other))
 
 
-def manifest_ids_from(
-    tmp_path: Path, ids: np.ndarray, lake: cld_lake.Lake, pool: np.ndarray
-) -> np.ndarray:
+def write_ids_manifest(tmp_path: Path, ids: np.ndarray, labels: np.ndarray) -> Path:
+    """A manifest of ``ids`` (ranked in the given order within each class)."""
     from cld_lake.manifest import manifest_table, write_manifest
 
-    table = manifest_table(
-        ids, np.zeros(len(ids), np.int64), np.zeros(len(ids)), np.ones(len(ids), np.int64)
-    )
-    path = write_manifest(tmp_path / "bad.parquet", table, {"score": "x"})
-    return manifest_ids(path, lake, pool)
+    table = manifest_table(ids, labels, np.zeros(len(ids)), np.arange(len(ids)))
+    return write_manifest(tmp_path / "ids.parquet", table, {"score": "x"})
