@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +27,43 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_path_for(path: Path) -> Path:
-    """A unique sibling temp name; never matches a committed name."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    """A unique sibling temp name; never matches a committed name.
+
+    It names the writer (host and pid) so that a later writer of ``path`` can delete what a
+    killed one left behind (:func:`remove_dead_temps`).
+    """
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete the temp files of ``path`` left by writers of this host that no longer run.
+
+    A temp file whose writer is alive (or on another host, or unknown) is kept. Returns the
+    paths deleted.
+    """
+    removed = []
+    prefix = f".{path.name}.tmp-"
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*"):
+        host, _, rest = entry.name[len(prefix) :].rpartition("-")[0].rpartition("-")
+        if host == _HOST and rest.isdigit() and not _pid_alive(int(rest)):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -55,5 +55,11 @@ class CorruptLakeError(CldLakeError):
     exit_code = 1
 
 
+class CorruptFileError(CldLakeError):
+    """A file outside the lake (e.g. a manifest) fails its checksum or cannot be decoded."""
+
+    exit_code = 1
+
+
 class ScoringError(CldLakeError, ValueError):
     """Scoring cannot run on this lake with these options."""
