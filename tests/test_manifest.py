@@ -11,7 +11,7 @@ import pytest
 
 import cld_lake
 from cld_lake.errors import BadInputError, InputFileNotFoundError
-from cld_lake.manifest import COLUMNS, manifest_table, write_manifest
+from cld_lake.manifest import COLUMNS, manifest_table, seal, write_manifest
 from tests.test_select import scored_lake  # noqa: F401  (fixture)
 
 
@@ -56,7 +56,8 @@ def test_interrupted_write_leaves_no_manifest(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(pq, "write_table", real)
     write_manifest(out, table, {"score": "x"})
-    assert cld_lake.load_manifest(out).metadata == {"score": "x"}
+    assert cld_lake.load_manifest(out).metadata == seal(table, {"score": "x"})
+    assert seal(table, {"score": "x"}).keys() == {"score", "checksum"}
 
 
 def test_load_errors(tmp_path):
