@@ -6,6 +6,7 @@ an import against the lake (changing nothing) before it writes and commits one s
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +14,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake.errors import BadInputError, InputFileNotFoundError
+from cld_lake._io import atomic_path
+from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError
 from cld_lake.lake import _format as fmt
-from cld_lake.lake._validate import check_labels, count_duplicates
-from cld_lake.lake.store import Lake, Split
+from cld_lake.lake._validate import (
+    arrow_dtype,
+    as_checkpoint_ids,
+    as_ids,
+    as_labels,
+    check_channels,
+    check_labels,
+    check_num_classes,
+    check_split_name,
+)
+from cld_lake.lake.store import Lake, Split, root_lock
 from cld_lake.lake.writer import RowReader, SplitWriter
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 PathLike = str | os.PathLike[str]
 # Given the split's rows for each import row (None: same order), a reader of row blocks.
@@ -55,14 +67,6 @@ def load_npy(path: PathLike, what: str) -> np.ndarray:
     return arr
 
 
-def check_kind(arr: np.ndarray, what: str, path: PathLike, kinds: str) -> None:
-    """``arr``'s dtype kind must be one of ``kinds`` (numpy kind letters ``f i u b``)."""
-    if arr.dtype.kind not in kinds:
-        names = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool"}
-        allowed = "/".join(names[k] for k in kinds)
-        raise BadInputError(f"{what} {path}: dtype {arr.dtype} is not {allowed}")
-
-
 def channel_dtype(channel: str, dtype: np.dtype, requested: Mapping[str, str] | None) -> str:
     """The stored dtype of ``channel``: as requested, else the input's when it is allowed and
     narrower or wider than the default on purpose (float16/float64 loss, float16 margin)."""
@@ -75,54 +79,80 @@ def channel_dtype(channel: str, dtype: np.dtype, requested: Mapping[str, str] | 
     return fmt.CHANNEL_DTYPES[channel][0]
 
 
-def load_ids(path: PathLike | None, n: int, what: str) -> np.ndarray:
-    """Unique int64 ids from a 1-D ``.npy`` of length ``n``; ``0..n-1`` when ``path`` is None."""
+def load_ids(path: PathLike | None, n: int, what: str, *, checkpoints: bool = False) -> np.ndarray:
+    """Unique int64 ids from a 1-D ``.npy`` of length ``n``; ``0..n-1`` when ``path`` is None.
+
+    ``checkpoints``: the ids must also be >= 0 (:func:`as_checkpoint_ids`).
+    """
     if path is None:
         return np.arange(n, dtype=np.int64)
     arr = load_npy(path, what)
-    check_kind(arr, what, path, "iu")
     if arr.shape != (n,):
         raise BadInputError(f"{what} {path}: shape {arr.shape}, expected ({n},) to match --loss")
-    arr = np.asarray(arr, dtype=np.int64)
-    dups = count_duplicates(arr)
-    if dups:
-        raise BadInputError(f"{what} {path}: {dups} duplicate ids; every id must be unique")
-    return arr
+    return (as_checkpoint_ids if checkpoints else as_ids)(arr, f"{what} {path}")
 
 
 def load_labels(con: duckdb.DuckDBPyConnection, labels: PathLike, ids: np.ndarray) -> np.ndarray:
     """Labels for ``ids`` from a ``.parquet`` with ``sample_id, label`` (joined by DuckDB on
     ``con``) or from a ``.npy`` aligned with ``ids``."""
     p = Path(labels)
-    if p.suffix == ".parquet":
-        if not p.exists():
-            raise InputFileNotFoundError(f"--labels {p}: no such file")
-        import pyarrow as pa
-
-        con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
-        try:
-            got = con.execute(
-                f"SELECT w.pos, l.label FROM _want w LEFT JOIN read_parquet({sql_str(p)}) l USING (sample_id) ORDER BY w.pos"
-            ).fetchnumpy()
-        except Exception as exc:
+    if p.suffix != ".parquet":
+        arr = load_npy(p, "--labels")
+        if arr.shape != ids.shape:
             raise BadInputError(
-                f"--labels {p}: needs columns sample_id, label ({first_line(exc)})"
-            ) from exc
-        lab = got["label"]
-        if hasattr(lab, "mask") and np.ma.is_masked(lab):
-            raise BadInputError(
-                f"--labels {p}: no label for {int(np.ma.getmaskarray(lab).sum())} sample ids"
+                f"--labels {p}: shape {arr.shape} does not match the {len(ids)} sample ids; "
+                f"expected ({len(ids)},)"
             )
-        if len(lab) != len(ids):
-            raise BadInputError(f"--labels {p}: sample ids appear more than once")
-        return np.asarray(lab).astype(np.int64)
-    arr = load_npy(p, "--labels")
-    check_kind(arr, "--labels", p, "iu")
-    if arr.shape != ids.shape:
+        return as_labels(arr, f"--labels {p}")
+    schema = parquet_schema(p, "--labels")
+    for need in ("sample_id", "label"):
+        if need not in schema.names:
+            raise BadInputError(
+                f"--labels {p}: missing column {need!r}; a labels .parquet has sample_id, label"
+            )
+    id_dtype, id_type = arrow_dtype(schema.field("sample_id").type)
+    as_ids(np.zeros(0, id_dtype), f"--labels {p}", id_type)
+    label_dtype, label_type = arrow_dtype(schema.field("label").type)
+    if label_dtype.kind != "f":  # float labels are refused after the read: NaN is named
+        as_labels(np.zeros(0, label_dtype), f"--labels {p}", type_label=label_type)
+    import duckdb
+    import pyarrow as pa
+
+    con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
+    try:
+        got = con.execute(
+            f"SELECT w.pos, l.label FROM _want w LEFT JOIN read_parquet({sql_str(p)}) l "
+            "USING (sample_id) ORDER BY w.pos"
+        ).fetchnumpy()
+    except duckdb.Error as exc:
+        raise BadInputError(f"--labels {p}: could not be read ({first_line(exc)})") from exc
+    lab = got["label"]
+    if len(lab) != len(ids):
         raise BadInputError(
-            f"--labels {p}: shape {arr.shape} does not match the {len(ids)} sample ids of the long file"
+            f"--labels {p}: {len(lab) - len(ids)} rows repeat a sample id; one label per sample"
         )
-    return np.asarray(arr, np.int64)
+    if np.ma.is_masked(lab):
+        raise BadInputError(
+            f"--labels {p}: {int(np.ma.getmaskarray(lab).sum())} sample ids have no label "
+            "(missing row or null label)"
+        )
+    return as_labels(np.ma.getdata(lab), f"--labels {p}")
+
+
+def parquet_schema(path: PathLike, what: str) -> pa.Schema:
+    """The Arrow schema of a Parquet file, with one-line errors when it is missing or unreadable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise InputFileNotFoundError(f"{what} {p}: no such file")
+    try:
+        return pq.read_schema(p)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadInputError(
+            f"{what} {p}: not a readable Parquet file ({first_line(exc)}); is it truncated?"
+        ) from exc
 
 
 def sql_str(path: PathLike) -> str:
@@ -132,6 +162,30 @@ def sql_str(path: PathLike) -> str:
 
 def first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class ImportWriteError(CldLakeError, OSError):
+    """Writing an import failed (disk full, permissions...); what the import wrote is removed."""
+
+    exit_code = 1  # a failure of the machine, not of the input
+
+
+def check_import_options(
+    split: str, num_classes: int | None, dtypes: Mapping[str, str] | None, row_chunk: int
+) -> None:
+    """Options every importer checks first, before it reads its inputs."""
+    check_split_name(split)
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    if dtypes:
+        unknown = sorted(set(dtypes) - set(fmt.CHANNELS))
+        if unknown:
+            raise BadInputError(
+                f"dtypes: unknown channel(s) {unknown}; channels are {fmt.CHANNELS}"
+            )
+        check_channels({"loss": fmt.CHANNEL_DTYPES["loss"][0], **dtypes})
+    if row_chunk < 1 or row_chunk & (row_chunk - 1):
+        raise BadInputError(f"row_chunk must be a power of two, got {row_chunk}")
 
 
 def import_rows(
@@ -145,10 +199,23 @@ def import_rows(
     num_classes: int | None,
     row_chunk: int,
 ) -> ImportResult:
-    """Validate against the lake (without changing it), then write and commit."""
-    labels = np.asarray(labels, dtype=np.int64)
-    lake_exists = (Path(lake_path) / fmt.ROOT_FILE).exists()
-    if lake_exists:
+    """Validate against the lake (without changing it), then write and commit.
+
+    Everything that can be checked is checked before the lake (or split) is created. If writing
+    still fails, what this call created is removed again (see :class:`_Undo`), and an
+    ``OSError`` becomes :class:`ImportWriteError` (exit 1).
+    """
+    lake_path = Path(lake_path)
+    check_import_options(split, num_classes, None, row_chunk)
+    labels = as_labels(labels, "--labels", num_classes)
+    ckpts = as_checkpoint_ids(ckpts, "checkpoint ids")
+    channels = check_channels(channels)
+    if len(ids) == 0:
+        raise BadInputError("--loss: no samples to import (0 rows)")
+    if len(ckpts) == 0:
+        raise BadInputError("--loss: no checkpoints to import (0 columns)")
+    rows: np.ndarray | None = None
+    if (lake_path / fmt.ROOT_FILE).exists():
         lake = Lake(lake_path)
         if (
             num_classes is not None
@@ -165,26 +232,35 @@ def import_rows(
         )
         if lake.has_split(split):
             rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-        else:
-            rows = None
-    else:
-        check_labels(labels, num_classes, "--labels")
-        if num_classes is None and len(labels) == 0:
-            raise BadInputError("no samples to import")
-        rows = None
-        lake = Lake.create(lake_path, num_classes)
-    with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
-        new_samples = (ids, labels) if writer.split is None else None
-        if writer.split is not None and rows is None:
-            rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-        writer.append_columns(
-            ckpts.tolist(),
-            make_source(rows),
-            num_rows=len(ids),
-            channels=channels,
-            new_samples=new_samples,
-        )
-        result_split = writer.split
+    undo = _Undo(lake_path, split)
+    try:
+        if not (lake_path / fmt.ROOT_FILE).exists():
+            lake = Lake.create(lake_path, num_classes)
+        with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
+            new_samples = (ids, labels) if writer.split is None else None
+            if writer.split is not None and rows is None:  # created meanwhile by another job
+                rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
+            try:
+                writer.append_columns(
+                    ckpts.tolist(),
+                    make_source(rows),
+                    num_rows=len(ids),
+                    channels=channels,
+                    new_samples=new_samples,
+                )
+            except BaseException:
+                undo.remove_new_segments()  # while the lock still keeps other writers out
+                raise
+            result_split = writer.split
+    except BaseException as exc:
+        undo.run()
+        if isinstance(exc, OSError) and not isinstance(exc, CldLakeError):
+            raise ImportWriteError(
+                f"{lake_path}: writing split {split!r} failed ({exc.strerror or first_line(exc)}"
+                f"{f': {exc.filename}' if exc.filename else ''}); nothing of this import was "
+                "kept; check free space and permissions, then run it again"
+            ) from exc
+        raise
     assert result_split is not None
     return ImportResult(
         split,
@@ -193,6 +269,86 @@ def import_rows(
         dict(channels),
         _nonfinite_of(result_split, ckpts),
     )
+
+
+class _Undo:
+    """What one import may create, noted before it starts, and removed if the import fails.
+
+    * a lake path that did not exist: the whole directory, with any parent this call made;
+    * an existing directory that was not yet a lake: the entries this call added;
+    * a split that did not exist: its directory (and ``num_classes`` of a lake with no split
+      left, which the first split sets);
+    * an existing split: new segment directories its commit record does not reference
+      (:meth:`remove_new_segments`, called while the import holds the split's writer lock, so
+      nobody else made them).
+    """
+
+    def __init__(self, lake_path: Path, split: str) -> None:
+        self.lake_path = lake_path
+        self.top_created = _first_missing_ancestor(lake_path)
+        root = lake_path / fmt.ROOT_FILE
+        self.root_bytes = root.read_bytes() if root.exists() else None
+        self.entries = (
+            set(os.listdir(lake_path))
+            if self.top_created is None and self.root_bytes is None and lake_path.is_dir()
+            else None
+        )
+        self.split_dir = lake_path / fmt.SPLITS_DIR / split
+        self.split_existed = self.split_dir.exists()
+        segments = self.split_dir / fmt.SEGMENTS_DIR
+        self.segments = set(os.listdir(segments)) if segments.is_dir() else set()
+
+    def run(self) -> None:
+        if self.top_created is not None:
+            shutil.rmtree(self.top_created, ignore_errors=True)
+        elif self.entries is not None:
+            for name in set(os.listdir(self.lake_path)) - self.entries:
+                _remove(self.lake_path / name)
+        elif not self.split_existed:
+            shutil.rmtree(self.split_dir, ignore_errors=True)
+            self._restore_root()
+
+    def remove_new_segments(self) -> None:
+        """Segments this import made that its split's commit record does not reference; call
+        it while holding the split's writer lock."""
+        if not self.split_existed:
+            return  # run() removes the whole split
+        segments = self.split_dir / fmt.SEGMENTS_DIR
+        if not segments.is_dir():
+            return
+        try:
+            referenced = set(Lake(self.lake_path).split(self.split_dir.name).segment_names())
+        except CldLakeError:
+            return  # the commit record is unreadable: leave everything for verify / gc
+        for name in set(os.listdir(segments)) - self.segments - referenced:
+            _remove(segments / name)
+
+    def _restore_root(self) -> None:
+        """Put back ``num_classes: null`` that the failed first split wrote into a lake whose
+        root had none, unless another split now relies on it."""
+        root = self.lake_path / fmt.ROOT_FILE
+        if self.root_bytes is None or not root.exists() or root.read_bytes() == self.root_bytes:
+            return
+        with root_lock(self.lake_path):
+            if not Lake(self.lake_path).splits():
+                with atomic_path(root) as tmp:
+                    tmp.write_bytes(self.root_bytes)
+
+
+def _first_missing_ancestor(path: Path) -> Path | None:
+    """The highest of ``path`` and its parents that does not exist (None: ``path`` exists)."""
+    top = None
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        top, p = p, p.parent
+    return top
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _nonfinite_of(split: Split, ckpts: np.ndarray) -> int:

@@ -17,21 +17,33 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from cld_lake._meta import read_meta
-from cld_lake.errors import BadInputError, InputFileNotFoundError
+from cld_lake.errors import BadInputError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
     channel_dtype,
+    check_import_options,
+    first_line,
     import_rows,
     load_labels,
+    parquet_schema,
+)
+from cld_lake.lake._validate import (
+    arrow_dtype,
+    as_checkpoint_ids,
+    as_ids,
+    as_labels,
+    check_channel_dtype,
+    check_correct_values,
 )
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-_COLUMN_NAME = re.compile(r"^(loss|correct|margin)_(\d+)$")
+_COLUMN_NAME = re.compile(r"^(loss|correct|margin)_([0-9]+)$")
+_CHANNEL_PREFIXES = tuple(f"{c}_" for c in fmt.CHANNELS)
 
 
 @dataclass(frozen=True)
@@ -41,15 +53,16 @@ class WideLayout:
     kind: Literal["wide", "columns"]  # list columns, or one column per checkpoint
     checkpoints: np.ndarray
     columns: dict[str, list[str]]  # channel -> the file's column(s) holding it, in checkpoint order
-    dtypes: dict[str, np.dtype]  # channel -> numpy dtype of the values
+    dtypes: dict[str, np.dtype]  # channel -> numpy dtype of the values (object: not a number)
+    types: dict[str, str]  # channel -> the Arrow type of the values, for messages
 
 
-def wide_layout(path: PathLike) -> WideLayout | None:
-    """The wide layout of a Parquet file, or None when it is not wide (e.g. long)."""
+def wide_layout(schema: pa.Schema, path: PathLike) -> WideLayout | None:
+    """The wide layout of a Parquet file with ``schema``, or None when it is not wide (e.g.
+    long). A file that is meant to be wide but cannot be read as such is refused, naming the
+    columns at fault."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
     names = schema.names
     if "sample_id" not in names:
         return None
@@ -59,31 +72,34 @@ def wide_layout(path: PathLike) -> WideLayout | None:
         or pa.types.is_fixed_size_list(field.type)
         or pa.types.is_large_list(field.type)
     ):
-        meta = read_meta(schema)
-        k = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
-        ckpts = meta.get("checkpoints")
-        if ckpts is not None and (k is None or len(ckpts) == k):
-            ckpts = np.asarray(ckpts, dtype=np.int64)
-        elif k is not None:
-            ckpts = np.arange(k, dtype=np.int64)
-        else:
-            ckpts = None  # variable lists without metadata: width found on reading
-        columns: dict[str, list[str]] = {}
-        dtypes: dict[str, np.dtype] = {}
-        for c in fmt.CHANNELS:
-            if c in names and hasattr(schema.field(c).type, "value_type"):
-                columns[c] = [c]
-                dtypes[c] = np.dtype(schema.field(c).type.value_type.to_pandas_dtype())
-        return WideLayout(
-            "wide", ckpts if ckpts is not None else np.zeros(0, np.int64), columns, dtypes
-        )
+        return _list_layout(schema, path)
+    if "checkpoint" in names:
+        return None  # long: one row per (sample, checkpoint)
     matches = [(m.group(1), int(m.group(2)), n) for n in names if (m := _COLUMN_NAME.match(n))]
-    if not any(ch == "loss" for ch, _, _ in matches):
+    unparsed = [n for n in names if n.startswith(_CHANNEL_PREFIXES) and not _COLUMN_NAME.match(n)]
+    if not matches and not unparsed:
         return None
+    if unparsed:
+        raise BadInputError(
+            f"--loss {path}: columns {unparsed[:5]} are not <channel>_<checkpoint> with a "
+            "checkpoint id >= 0 (e.g. loss_12); rename or drop them"
+        )
     ckpts = np.array(sorted({k for ch, k, _ in matches if ch == "loss"}), dtype=np.int64)
-    columns, dtypes = {}, {}
+    if not len(ckpts):
+        raise BadInputError(f"--loss {path}: no loss_<checkpoint> columns, only {names[:5]}")
+    columns: dict[str, list[str]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    types: dict[str, str] = {}
     for c in fmt.CHANNELS:
-        have = {k: n for ch, k, n in matches if ch == c}
+        have: dict[int, str] = {}
+        for ch, k, n in matches:
+            if ch != c:
+                continue
+            if k in have:
+                raise BadInputError(
+                    f"--loss {path}: columns {have[k]!r} and {n!r} both hold {c} at checkpoint {k}"
+                )
+            have[k] = n
         if not have:
             continue
         if set(have) != set(ckpts.tolist()):
@@ -91,15 +107,60 @@ def wide_layout(path: PathLike) -> WideLayout | None:
                 f"--loss {path}: channel {c} has columns for checkpoints {sorted(have)}, loss for {ckpts.tolist()}"
             )
         columns[c] = [have[int(k)] for k in ckpts]
-        dtypes[c] = np.dtype(schema.field(columns[c][0]).type.to_pandas_dtype())
-    return WideLayout("columns", ckpts, columns, dtypes)
+        col_types = {arrow_dtype(schema.field(n).type) for n in columns[c]}
+        if len(col_types) > 1:
+            raise BadInputError(
+                f"--loss {path}: the {c}_<checkpoint> columns have different types "
+                f"{sorted(t for _, t in col_types)}; give them one type"
+            )
+        dtypes[c], types[c] = col_types.pop()
+    return WideLayout("columns", ckpts, columns, dtypes, types)
+
+
+def _list_layout(schema: pa.Schema, path: PathLike) -> WideLayout:
+    """The ``wide`` layout: list columns, checkpoint ids from the metadata (or ``0..K-1``)."""
+    import pyarrow as pa
+
+    field = schema.field("loss")
+    meta = read_meta(schema)
+    k = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+    ckpts = meta.get("checkpoints")
+    if ckpts is not None and (k is None or len(ckpts) == k):
+        try:
+            ckpts = np.asarray(ckpts)
+        except ValueError:
+            ckpts = np.asarray([str(c) for c in ckpts])
+        ckpts = as_checkpoint_ids(ckpts, f"--loss {path}: checkpoint ids in its metadata")
+    elif k is not None:
+        ckpts = np.arange(k, dtype=np.int64)
+    else:
+        ckpts = None  # variable lists without metadata: width found on reading
+    columns: dict[str, list[str]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    types: dict[str, str] = {}
+    for c in fmt.CHANNELS:
+        if c not in schema.names:
+            continue
+        value_type = getattr(schema.field(c).type, "value_type", None)
+        if value_type is None:
+            raise BadInputError(
+                f"--loss {path}: column {c} is {schema.field(c).type}; in a wide file every "
+                "channel is a list column like loss"
+            )
+        columns[c] = [c]
+        dtypes[c], types[c] = arrow_dtype(value_type)
+    return WideLayout(
+        "wide", ckpts if ckpts is not None else np.zeros(0, np.int64), columns, dtypes, types
+    )
 
 
 def is_wide_parquet(path: PathLike) -> bool:
     """Whether ``path`` is a Parquet file in the ``wide`` or ``columns`` layout."""
+    import pyarrow.parquet as pq
+
     try:
-        return wide_layout(path) is not None
-    except Exception:  # unreadable: let the long importer report it
+        return wide_layout(pq.read_schema(path), path) is not None
+    except Exception:  # unreadable or a broken wide file: the importers report it
         return False
 
 
@@ -120,50 +181,51 @@ def import_wide_parquet(
     when ``labels`` is None or the file itself, else from ``labels`` (``.npy`` aligned with the
     rows, or ``.parquet`` with ``sample_id, label``). Checkpoint ids come from the column names
     (``columns``) or the file's ``cld_lake`` metadata (``wide``; default ``0..K-1``). The file
-    is checked in full before anything is written.
+    is checked in full before anything is written, with the type rules of every importer
+    (:mod:`._validate`).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_import_options(split, num_classes, dtypes, row_chunk)
     path = Path(loss)
-    if not path.exists():
-        raise InputFileNotFoundError(f"--loss {path}: no such file")
+    what = f"--loss {path}"
+    schema = parquet_schema(path, "--loss")
     if sample_ids is not None:
         raise BadInputError(
             "--sample-ids: not used with a wide .parquet --loss (its sample_id column carries them)"
         )
-    layout = wide_layout(path)
+    layout = wide_layout(schema, path)
     if layout is None:
         raise BadInputError(
-            f"--loss {path}: not a wide trajectory file (needs sample_id and a list column loss, or loss_<checkpoint> columns)"
+            f"{what}: not a wide trajectory file (needs sample_id and a list column loss, or loss_<checkpoint> columns)"
         )
-    pf = pq.ParquetFile(path)
-    ids_col = pf.read(columns=["sample_id"]).column("sample_id")
-    if not str(ids_col.type).startswith(("int", "uint")):
-        raise BadInputError(f"--loss {path}: sample_id is {ids_col.type}, expected integers")
-    if ids_col.null_count:
-        raise BadInputError(f"--loss {path}: {ids_col.null_count} rows have no sample_id")
-    ids = ids_col.to_numpy().astype(np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise BadInputError(
-            f"--loss {path}: {len(ids) - len(np.unique(ids))} duplicate sample ids; one row per sample"
-        )
-    if not len(ids):
-        raise BadInputError(f"--loss {path}: no rows")
-    label_arr = _wide_labels(pf, path, labels, ids)
-    width = _check_values(pf, path, layout)
+    # the type rules, on the schema: nothing is read yet
+    id_dtype, id_type = arrow_dtype(schema.field("sample_id").type)
+    as_ids(np.zeros(0, id_dtype), f"{what} column sample_id", id_type)
+    for c in layout.columns:
+        check_channel_dtype(c, layout.dtypes[c], what, layout.types[c])
+    try:
+        pf = pq.ParquetFile(path)
+        ids_col = pf.read(columns=["sample_id"]).column("sample_id")
+        if ids_col.null_count:
+            raise BadInputError(f"{what}: sample_id has {ids_col.null_count} null values")
+        ids = as_ids(ids_col.to_numpy(), f"{what} column sample_id")
+        if not len(ids):
+            raise BadInputError(f"{what}: no rows; nothing to import")
+        label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)
+        width = _check_values(pf, path, layout)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadInputError(f"{what}: could not be read ({first_line(exc)})") from exc
     ckpts = layout.checkpoints if len(layout.checkpoints) else np.arange(width, dtype=np.int64)
     if len(ckpts) != width:
         raise BadInputError(
-            f"--loss {path}: lists hold {width} values but the metadata names {len(ckpts)} checkpoints"
-        )
-    if len(np.unique(ckpts)) != len(ckpts) or (ckpts < 0).any():
-        raise BadInputError(
-            f"--loss {path}: checkpoint ids {ckpts.tolist()[:10]} must be unique and >= 0"
+            f"{what}: lists hold {width} values but the metadata names {len(ckpts)} checkpoints"
         )
     channels = {c: channel_dtype(c, layout.dtypes[c], dtypes) for c in layout.columns}
 
     def make_source(rows: np.ndarray | None) -> _WideRows:
-        return _WideRows(pf, layout, width, rows)
+        return _WideRows(pf, layout, width, rows, what)
 
     return import_rows(
         lake_path, split, ids, label_arr, ckpts, channels, make_source, num_classes, row_chunk
@@ -179,11 +241,12 @@ def _wide_labels(
                 f"--loss {path}: no label column; give --labels FILE (.npy or .parquet with sample_id, label)"
             )
         col = pf.read(columns=["label"]).column("label")
-        if col.null_count or not str(col.type).startswith(("int", "uint")):
-            raise BadInputError(
-                f"--loss {path}: column label must be integers without nulls, got {col.type}"
-            )
-        return col.to_numpy().astype(np.int64)
+        if col.null_count:
+            raise BadInputError(f"--loss {path}: label has {col.null_count} null values")
+        dtype, type_label = arrow_dtype(col.type)
+        if dtype.kind != "f":  # float labels are refused after the read: NaN is named
+            as_labels(np.zeros(0, dtype), f"--loss {path} column label", type_label=type_label)
+        return as_labels(col.to_numpy(), f"--loss {path} column label")
     import duckdb
 
     con = duckdb.connect()
@@ -194,34 +257,40 @@ def _wide_labels(
 
 
 def _check_values(pf: pq.ParquetFile, path: Path, layout: WideLayout) -> int:
-    """A pass over the value columns: no nulls, every list the same length. Returns the width."""
+    """A pass over the value columns: no nulls, every list the same length, correct 0/1.
+    Returns the width."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    what = f"--loss {path}"
     cols = [n for names in layout.columns.values() for n in names]
+    channel_of = {n: c for c, names in layout.columns.items() for n in names}
     width = len(layout.checkpoints) if layout.kind == "columns" else None
     for batch in pf.iter_batches(columns=cols, batch_size=65536):
         for name in cols:
             col = batch.column(name)
             if col.null_count:
-                raise BadInputError(f"--loss {path}: column {name} has {col.null_count} null rows")
-            if layout.kind != "wide":
-                continue
-            if pa.types.is_fixed_size_list(col.type):
-                lengths = np.array([col.type.list_size])
-            else:
-                lengths = np.unique(pc.list_value_length(col).to_numpy())
-            if col.flatten().null_count:
-                raise BadInputError(f"--loss {path}: column {name} holds null values")
-            if len(lengths) > 1 or (width is not None and len(lengths) and lengths[0] != width):
-                raise BadInputError(
-                    f"--loss {path}: column {name} has lists of lengths {sorted(set(lengths.tolist()) | ({width} if width else set()))}; "
-                    "every sample needs a value at every checkpoint"
-                )
-            if len(lengths):
-                width = int(lengths[0])
+                raise BadInputError(f"{what}: column {name} has {col.null_count} null rows")
+            values = col
+            if layout.kind == "wide":
+                if pa.types.is_fixed_size_list(col.type):
+                    lengths = np.array([col.type.list_size])
+                else:
+                    lengths = np.unique(pc.list_value_length(col).to_numpy())
+                values = col.flatten()
+                if values.null_count:
+                    raise BadInputError(f"{what}: column {name} holds null values")
+                if len(lengths) > 1 or (width is not None and len(lengths) and lengths[0] != width):
+                    raise BadInputError(
+                        f"{what}: column {name} has lists of lengths {sorted(set(lengths.tolist()) | ({width} if width else set()))}; "
+                        "every sample needs a value at every checkpoint"
+                    )
+                if len(lengths):
+                    width = int(lengths[0])
+            if channel_of[name] == "correct":
+                check_correct_values(values.to_numpy(zero_copy_only=False), what)
     if not width:
-        raise BadInputError(f"--loss {path}: no checkpoint values")
+        raise BadInputError(f"{what}: no checkpoint values")
     return width
 
 
@@ -233,9 +302,14 @@ class _WideRows:
     """
 
     def __init__(
-        self, pf: pq.ParquetFile, layout: WideLayout, width: int, rows: np.ndarray | None
+        self,
+        pf: pq.ParquetFile,
+        layout: WideLayout,
+        width: int,
+        rows: np.ndarray | None,
+        what: str,
     ) -> None:
-        self.pf, self.layout, self.width, self.rows = pf, layout, width, rows
+        self.pf, self.layout, self.width, self.rows, self.what = pf, layout, width, rows, what
         self._iter = None if rows is not None else self._sequential()
         self._pending: dict[str, np.ndarray] | None = None
         meta = pf.metadata
@@ -264,6 +338,14 @@ class _WideRows:
             yield self._dense(pa.Table.from_batches([batch]))
 
     def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+
+        try:
+            return self._rows(a, b)
+        except (OSError, pa.ArrowException, StopIteration) as exc:  # changed since the check
+            raise BadInputError(f"{self.what}: could not be read ({first_line(exc)})") from exc
+
+    def _rows(self, a: int, b: int) -> dict[str, np.ndarray]:
         if self.rows is None:
             return self._next_rows(b - a)
         src = self.rows[a:b]

@@ -16,7 +16,6 @@ import numpy as np
 from cld_lake.errors import BadInputError
 from cld_lake.lake import _format as fmt
 
-
 # The most classes a lake holds. Scoring keeps a (classes x checkpoints) float64 reference in
 # memory and the class counts are a table of this many rows: 2**20 classes x 90 checkpoints is
 # 755 MB, the most one scoring process should hold. Larger label spaces are refused up front.
@@ -65,7 +64,7 @@ def default_channels(names: Sequence[str]) -> dict[str, str]:
 
 
 def check_labels(labels: np.ndarray, num_classes: int | None, what: str) -> None:
-    """Labels must be class indices ``0..num_classes-1`` (any non-negative when unknown)."""
+    """Labels must be class indices ``0..num_classes-1`` (``0..MAX_CLASSES-1`` when unknown)."""
     if labels.size == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
@@ -76,6 +75,159 @@ def check_labels(labels: np.ndarray, num_classes: int | None, what: str) -> None
             f"{what}: label {hi} is outside the lake's {num_classes} classes (0..{num_classes - 1}); "
             "fix the labels or use a new lake with more classes"
         )
+    if hi >= MAX_CLASSES:
+        raise BadInputError(
+            f"{what}: label {hi} is beyond the {MAX_CLASSES:,} classes a lake holds; labels must "
+            "be class indices 0..C-1 (remap sparse labels to dense indices first)"
+        )
+
+
+# --- type rules of every importer ------------------------------------------------------------
+# One set of rules for .npy, long, wide and columns Parquet (the .npy importer's rules are the
+# reference): ids and labels are integers (never floats, even whole ones like 1.0, never bool,
+# never strings); ids fit in int64; labels are class indices; loss and margin are numbers (not
+# bool); correct is bool or the integers 0/1. Each ``as_*`` names ``what`` (the argument and
+# file) in its one-line error.
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_CHANNEL_KINDS = {"loss": "fiu", "correct": "biu", "margin": "fiu"}
+_CHANNEL_RULES = {
+    "loss": "numbers (float or int)",
+    "correct": "bool (or the integers 0/1)",
+    "margin": "numbers (float or int)",
+}
+
+
+def type_name(values: np.ndarray) -> str:
+    """The dtype of ``values`` for a message; for an object array, its elements' Python type."""
+    if values.dtype.kind != "O":
+        return str(values.dtype)
+    for v in values.reshape(-1)[:1000]:
+        if v is not None:
+            return f"object ({type(v).__name__} values)"
+    return "object"
+
+
+def _require_integers(values: np.ndarray, what: str, role: str, type_label: str = "") -> None:
+    if values.dtype.kind not in "iu":
+        raise BadInputError(
+            f"{what}: dtype {type_label or type_name(values)} is not allowed for {role}; {role} must be integers "
+            "(int8..int64 or uint8..uint64; floats, bools and strings are refused)"
+        )
+    if values.dtype.kind == "u" and values.size and int(values.max()) > _INT64_MAX:
+        raise BadInputError(
+            f"{what}: {role[:-1]} {int(values.max())} does not fit in int64; "
+            f"{role} must be below 2**63"
+        )
+
+
+def as_ids(values: np.ndarray, what: str, type_label: str = "") -> np.ndarray:
+    """Unique int64 ids from a 1-D integer array (``uint64`` values >= 2**63 are refused).
+
+    ``type_label`` names the input's type in the error instead of the array's dtype (e.g. the
+    Parquet column's type).
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise BadInputError(f"{what}: shape {arr.shape}; ids are a 1-D array")
+    _require_integers(arr, what, "ids", type_label)
+    out = arr.astype(np.int64)
+    dups = count_duplicates(out)
+    if dups:
+        raise BadInputError(f"{what}: {dups} duplicate ids; every id must be unique")
+    return out
+
+
+def as_checkpoint_ids(values: np.ndarray, what: str, type_label: str = "") -> np.ndarray:
+    """Unique, non-negative int64 checkpoint ids (see :func:`as_ids`)."""
+    out = as_ids(values, what, type_label)
+    if out.size and int(out.min()) < 0:
+        raise BadInputError(f"{what}: checkpoint id {int(out.min())} is negative; ids must be >= 0")
+    return out
+
+
+def as_labels(
+    values: np.ndarray, what: str, num_classes: int | None = None, type_label: str = ""
+) -> np.ndarray:
+    """int64 class indices from an integer array, checked by :func:`check_labels`.
+
+    Float labels are refused even when whole (1.0), as the ``.npy`` importer always did: a
+    float label column usually means a join or a cast went wrong upstream.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        nan = np.isnan(arr)
+        if nan.any():
+            raise BadInputError(
+                f"{what}: label is NaN in {int(nan.sum())} rows (first at row "
+                f"{int(np.flatnonzero(nan.reshape(-1))[0])}); labels must be integer class "
+                "indices 0..C-1"
+            )
+    _require_integers(arr, what, "labels", type_label)
+    out = arr.astype(np.int64)
+    check_labels(out, num_classes, what)
+    return out
+
+
+def check_channel_dtype(channel: str, dtype: np.dtype, what: str, type_label: str = "") -> None:
+    """The input dtype of ``channel`` must follow its rule (``type_label`` names it instead)."""
+    if np.dtype(dtype).kind not in _CHANNEL_KINDS[channel]:
+        raise BadInputError(
+            f"{what}: dtype {type_label or dtype} is not allowed for {channel}; "
+            f"{channel} must be {_CHANNEL_RULES[channel]}"
+        )
+
+
+def check_correct_values(block: np.ndarray, what: str) -> None:
+    """Integer ``correct`` values must be 0 or 1 (bool needs no check)."""
+    if block.dtype.kind in "iu" and block.size:
+        bad = (block != 0) & (block != 1)
+        if bad.any():
+            raise BadInputError(
+                f"{what}: correct holds {block[bad].reshape(-1)[0]}; correct must be bool "
+                "(or the integers 0/1)"
+            )
+
+
+def as_loss(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` (any shape, not copied) when they may be stored as losses."""
+    check_channel_dtype("loss", values.dtype, what, type_name(values))
+    return values
+
+
+def as_margin(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` (not copied) when they may be stored as margins."""
+    check_channel_dtype("margin", values.dtype, what, type_name(values))
+    return values
+
+
+def as_correct(values: np.ndarray, what: str, block_rows: int = 65536) -> np.ndarray:
+    """``values`` (not copied) when they are bool or 0/1 integers (checked in row blocks, so a
+    memory-mapped file is never read whole)."""
+    check_channel_dtype("correct", values.dtype, what, type_name(values))
+    if values.dtype.kind in "iu":
+        for a in range(0, len(values), block_rows):
+            check_correct_values(np.asarray(values[a : a + block_rows]), what)
+    return values
+
+
+def arrow_dtype(arrow_type: object) -> tuple[np.dtype, str]:
+    """The NumPy dtype a Parquet/Arrow column converts to, and its name for messages.
+
+    Types without a NumPy number dtype (strings, decimals, nested, dictionaries) map to
+    ``object`` so the ``as_*`` rules refuse them with the Arrow name.
+    """
+    import pyarrow as pa
+
+    assert isinstance(arrow_type, pa.DataType)
+    if (
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_boolean(arrow_type)
+    ):
+        dtype = np.dtype(arrow_type.to_pandas_dtype())
+        return dtype, str(dtype)  # NumPy's name: the same words as for a .npy input
+    return np.dtype(object), str(arrow_type)
 
 
 def count_duplicates(values: np.ndarray) -> int:

@@ -17,25 +17,38 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake.errors import BadInputError, InputFileNotFoundError
+from cld_lake.errors import BadInputError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
     channel_dtype,
-    check_kind,
+    check_import_options,
     first_line,
     import_rows,
     load_ids,
     load_labels,
     load_npy,
+    parquet_schema,
     sql_str,
 )
-from cld_lake.lake._import_wide import import_wide_parquet, is_wide_parquet
+from cld_lake.lake._import_wide import import_wide_parquet, is_wide_parquet, wide_layout
+from cld_lake.lake._validate import (
+    arrow_dtype,
+    as_checkpoint_ids,
+    as_correct,
+    as_ids,
+    as_labels,
+    as_loss,
+    as_margin,
+    check_channel_dtype,
+    check_correct_values,
+)
 from cld_lake.lake.store import Lake
 from cld_lake.lake.writer import RowReader
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
 
 __all__ = [
@@ -92,6 +105,7 @@ def import_file(
         Rows per chunk of a new split.
     """
     lake_path = lake.path if isinstance(lake, Lake) else Path(lake)
+    check_import_options(split, num_classes, dtypes, row_chunk)
     if Path(loss).suffix == ".parquet":
         for option, value in (
             ("--correct", correct),
@@ -102,7 +116,7 @@ def import_file(
                 raise BadInputError(
                     f"{option}: not used with a .parquet --loss (its columns carry them)"
                 )
-        if is_wide_parquet(loss):
+        if wide_layout(parquet_schema(loss, "--loss"), loss) is not None:
             return import_wide_parquet(
                 lake_path,
                 split,
@@ -198,37 +212,44 @@ def import_npy(
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
 ) -> ImportResult:
-    """Import N x T ``.npy`` arrays into ``split`` (created if missing, with the lake)."""
+    """Import N x T ``.npy`` arrays into ``split`` (created if missing, with the lake).
+
+    Type rules (shared with every importer, :mod:`._validate`): loss and margin are float or
+    int, correct is bool or 0/1 integers, labels and ids are integers (floats refused even when
+    whole), ids below 2**63, checkpoint ids >= 0.
+    """
+    check_import_options(split, num_classes, dtypes, row_chunk)
     loss_arr = load_npy(loss, "--loss")
     if loss_arr.ndim != 2:
         raise BadInputError(
             f"--loss {loss}: expected a 2-D N x T array, got shape {loss_arr.shape}"
         )
-    check_kind(loss_arr, "--loss", loss, "fiu")
+    as_loss(loss_arr, f"--loss {loss}")
     n, t = loss_arr.shape
+    if n == 0 or t == 0:
+        raise BadInputError(
+            f"--loss {loss}: shape {loss_arr.shape} has no {'rows' if n == 0 else 'checkpoints (0 columns)'}; nothing to import"
+        )
     label_arr = load_npy(labels, "--labels")
-    check_kind(label_arr, "--labels", labels, "iu")
     if label_arr.shape != (n,):
         raise BadInputError(
             f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
         )
+    label_arr = as_labels(label_arr, f"--labels {labels}", num_classes)
     channels_src: dict[str, np.ndarray] = {"loss": loss_arr}
     paths_src: dict[str, PathLike] = {"loss": loss}
-    for name, path, kinds in (("correct", correct, "bi"), ("margin", margin, "fiu")):
+    for name, path, rule in (("correct", correct, as_correct), ("margin", margin, as_margin)):
         if path is None:
             continue
         arr = load_npy(path, f"--{name}")
-        check_kind(arr, f"--{name}", path, kinds)
         if arr.shape != (n, t):
             raise BadInputError(
                 f"--{name} {path}: shape {arr.shape} does not match --loss shape {(n, t)}"
             )
-        channels_src[name] = arr
+        channels_src[name] = rule(arr, f"--{name} {path}")
         paths_src[name] = path
     ids = load_ids(sample_ids, n, "--sample-ids")
-    ckpts = load_ids(checkpoint_ids, t, "--checkpoint-ids")
-    if (ckpts < 0).any():
-        raise BadInputError(f"--checkpoint-ids {checkpoint_ids}: checkpoint ids must be >= 0")
+    ckpts = load_ids(checkpoint_ids, t, "--checkpoint-ids", checkpoints=True)
     channels = {c: channel_dtype(c, a.dtype, dtypes) for c, a in channels_src.items()}
 
     def source(rows: np.ndarray | None) -> RowReader:
@@ -250,7 +271,7 @@ def import_npy(
         lake_path,
         split,
         ids,
-        np.asarray(label_arr),
+        label_arr,
         ckpts,
         channels,
         source,
@@ -279,112 +300,148 @@ def import_long_parquet(
     """
     import duckdb
 
+    check_import_options(split, num_classes, dtypes, row_chunk)
     loss_path = Path(loss)
-    if not loss_path.exists():
-        raise InputFileNotFoundError(f"--loss {loss_path}: no such file")
+    what = f"--loss {loss_path}"
+    schema = parquet_schema(loss_path, "--loss")
+    for need in ("sample_id", "checkpoint", "loss"):
+        if need not in schema.names:
+            raise BadInputError(
+                f"{what}: missing column {need!r}; a long file has sample_id, checkpoint, loss"
+            )
+    present = [c for c in fmt.CHANNELS if c in schema.names]
+    types = {c: arrow_dtype(schema.field(c).type) for c in ("sample_id", "checkpoint", *present)}
+    # the type rules, on the schema: nothing is read yet
+    as_ids(np.zeros(0, types["sample_id"][0]), f"{what} column sample_id", types["sample_id"][1])
+    as_ids(np.zeros(0, types["checkpoint"][0]), f"{what} column checkpoint", types["checkpoint"][1])
+    for c in present:
+        check_channel_dtype(c, types[c][0], what, types[c][1])
     con = duckdb.connect(
         config={"memory_limit": memory_limit, "temp_directory": tempfile.gettempdir()}
     )
     try:
-        src = f"read_parquet({sql_str(loss_path)})"
-        try:
-            cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-        except duckdb.Error as exc:
-            raise BadInputError(
-                f"--loss {loss_path}: not a readable Parquet file ({first_line(exc)})"
-            ) from exc
-        for need in ("sample_id", "checkpoint", "loss"):
-            if need not in cols:
-                raise BadInputError(
-                    f"--loss {loss_path}: missing column {need!r}; a long file has sample_id, checkpoint, loss"
-                )
-        present = [c for c in ("loss", "correct", "margin") if c in cols]
-        for c in ("sample_id", "checkpoint"):
-            if not any(k in cols[c] for k in ("INT",)):
-                raise BadInputError(
-                    f"--loss {loss_path}: column {c} is {cols[c]}, expected an integer type"
-                )
-        for c in present:
-            if not any(k in cols[c] for k in ("FLOAT", "DOUBLE", "INT", "BOOLEAN", "DECIMAL")):
-                raise BadInputError(
-                    f"--loss {loss_path}: column {c} is {cols[c]}, expected a number"
-                )
-        ckpts = np.array(
-            [
-                r[0]
-                for r in con.execute(f"SELECT DISTINCT checkpoint FROM {src} ORDER BY 1").fetchall()
-            ],
-            np.int64,
-        )
-        if len(ckpts) == 0:
-            raise BadInputError(f"--loss {loss_path}: no rows")
-        if sample_ids is not None:
-            ids = load_npy(sample_ids, "--sample-ids")
-            ids = load_ids(sample_ids, len(ids), "--sample-ids")
-        else:
-            ids = (
-                con.execute(f"SELECT DISTINCT sample_id FROM {src} ORDER BY 1")
-                .fetchnumpy()["sample_id"]
-                .astype(np.int64)
-            )
-        labels_arr = load_labels(con, labels, ids)
-        n, t = len(ids), len(ckpts)
-        total, distinct_pairs = con.execute(
-            f"SELECT count(*), count(DISTINCT (sample_id, checkpoint)) FROM {src}"
-        ).fetchall()[0]
-        if total != distinct_pairs:
-            raise BadInputError(
-                f"--loss {loss_path}: {total - distinct_pairs} duplicate (sample_id, checkpoint) rows"
-            )
-        if total != n * t:
-            raise BadInputError(
-                f"--loss {loss_path}: {total} rows, expected {n} samples x {t} checkpoints = {n * t}; every sample needs a value at every checkpoint"
-            )
-        import pyarrow as pa
-
-        con.register("_ids", pa.table({"sample_id": ids, "row": np.arange(n, dtype=np.int64)}))
-        con.register("_ck", pa.table({"checkpoint": ckpts, "col": np.arange(t, dtype=np.int64)}))
-        unknown = con.execute(
-            f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)"
-        ).fetchall()[0][0]
-        if unknown:
-            raise BadInputError(
-                f"--loss {loss_path}: {unknown} rows have sample ids not in --sample-ids"
-            )
-        channels = {c: (dtypes or {}).get(c, fmt.CHANNEL_DTYPES[c][0]) for c in present}
-        select_cols = ", ".join(f"l.{c}" for c in present)
-
-        def make_source(rows: np.ndarray | None) -> RowReader:
-            # the writer asks for split rows [a, b) in order; stream the sorted result once
-            order_sql = "i.row" if rows is None else "r.split_row"
-            if rows is not None:
-                con.register(
-                    "_rows", pa.table({"row": rows, "split_row": np.arange(n, dtype=np.int64)})
-                )
-            join_rows = "" if rows is None else " JOIN _rows r ON r.row = i.row"
-            reader = con.sql(
-                f"SELECT {order_sql} AS r, c.col, {select_cols} FROM {src} l JOIN _ids i USING (sample_id) "
-                f"JOIN _ck c USING (checkpoint){join_rows} ORDER BY 1, 2"
-            ).to_arrow_reader(batch_size=1 << 20)
-            return _LongRowReader(reader, t, present)
-
-        return import_rows(
-            lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk
-        )
+        return _import_long(
+            con, lake_path, split, loss_path, labels, sample_ids, present, types,
+            num_classes, dtypes, row_chunk,
+        )  # fmt: skip
+    except duckdb.Error as exc:
+        raise BadInputError(f"{what}: could not be read ({first_line(exc)})") from exc
     finally:
         con.close()
+
+
+def _import_long(
+    con: duckdb.DuckDBPyConnection,
+    lake_path: PathLike,
+    split: str,
+    loss_path: Path,
+    labels: PathLike,
+    sample_ids: PathLike | None,
+    present: list[str],
+    types: dict[str, tuple[np.dtype, str]],
+    num_classes: int | None,
+    dtypes: Mapping[str, str] | None,
+    row_chunk: int,
+) -> ImportResult:
+    import pyarrow as pa
+
+    what = f"--loss {loss_path}"
+    src = f"read_parquet({sql_str(loss_path)})"
+    cols = ["sample_id", "checkpoint", *present]
+    counts = con.execute(
+        f"SELECT count(*), {', '.join(f'count(*) - count({c})' for c in cols)} FROM {src}"
+    ).fetchall()[0]
+    total = int(counts[0])
+    for c, nulls in zip(cols, counts[1:], strict=True):
+        if nulls:
+            raise BadInputError(
+                f"{what}: {c} has {nulls} null values; every row needs sample_id, checkpoint and its values"
+            )
+    if total == 0:
+        raise BadInputError(f"{what}: no rows; nothing to import")
+    if "correct" in present and types["correct"][0].kind in "iu":
+        bad = con.execute(
+            f"SELECT correct FROM {src} WHERE correct NOT IN (0, 1) LIMIT 1"
+        ).fetchall()
+        if bad:
+            check_correct_values(np.array([bad[0][0]]), what)
+    ckpts = as_checkpoint_ids(
+        con.execute(f"SELECT DISTINCT checkpoint FROM {src} ORDER BY 1").fetchnumpy()["checkpoint"],
+        f"{what} column checkpoint",
+    )
+    if sample_ids is not None:
+        ids = load_ids(sample_ids, len(load_npy(sample_ids, "--sample-ids")), "--sample-ids")
+    else:
+        ids = as_ids(
+            con.execute(f"SELECT DISTINCT sample_id FROM {src} ORDER BY 1").fetchnumpy()[
+                "sample_id"
+            ],
+            f"{what} column sample_id",
+        )
+    labels_arr = as_labels(load_labels(con, labels, ids), "--labels", num_classes)
+    n, t = len(ids), len(ckpts)
+    distinct_pairs = con.execute(
+        f"SELECT count(DISTINCT (sample_id, checkpoint)) FROM {src}"
+    ).fetchall()[0][0]
+    if total != distinct_pairs:
+        raise BadInputError(
+            f"{what}: {total - distinct_pairs} duplicate (sample_id, checkpoint) rows"
+        )
+    con.register("_ids", pa.table({"sample_id": ids, "row": np.arange(n, dtype=np.int64)}))
+    con.register("_ck", pa.table({"checkpoint": ckpts, "col": np.arange(t, dtype=np.int64)}))
+    unknown = con.execute(
+        f"SELECT count(*) FROM {src} l ANTI JOIN _ids USING (sample_id)"
+    ).fetchall()[0][0]
+    if unknown:
+        raise BadInputError(f"{what}: {unknown} rows have sample ids not in --sample-ids")
+    if total != n * t:
+        raise BadInputError(
+            f"{what}: {total} rows, expected {n} samples x {t} checkpoints = {n * t}; every sample needs a value at every checkpoint"
+        )
+    channels = {c: channel_dtype(c, types[c][0], dtypes) for c in present}
+    select_cols = ", ".join(f"l.{c}" for c in present)
+
+    def make_source(rows: np.ndarray | None) -> RowReader:
+        # the writer asks for split rows [a, b) in order; stream the sorted result once
+        order_sql = "i.row" if rows is None else "r.split_row"
+        if rows is not None:
+            con.register(
+                "_rows", pa.table({"row": rows, "split_row": np.arange(n, dtype=np.int64)})
+            )
+        join_rows = "" if rows is None else " JOIN _rows r ON r.row = i.row"
+        reader = con.sql(
+            f"SELECT {order_sql} AS r, c.col, {select_cols} FROM {src} l JOIN _ids i USING (sample_id) "
+            f"JOIN _ck c USING (checkpoint){join_rows} ORDER BY 1, 2"
+        ).to_arrow_reader(batch_size=1 << 20)
+        return _LongRowReader(reader, t, present, what)
+
+    return import_rows(
+        lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk
+    )
 
 
 class _LongRowReader:
     """Turns a (row, col)-sorted long stream into dense row blocks on demand."""
 
-    def __init__(self, reader: pa.RecordBatchReader, t: int, channels: list[str]) -> None:
+    def __init__(
+        self, reader: pa.RecordBatchReader, t: int, channels: list[str], what: str
+    ) -> None:
         self._reader = reader
         self._t = t
         self._channels = channels
+        self._what = what
         self._pending: dict[str, np.ndarray] | None = None
 
     def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
+        import duckdb
+        import pyarrow as pa
+
+        try:
+            return self._rows(a, b)
+        except (duckdb.Error, pa.ArrowException, StopIteration) as exc:
+            raise BadInputError(f"{self._what}: could not be read ({first_line(exc)})") from exc
+
+    def _rows(self, a: int, b: int) -> dict[str, np.ndarray]:
         t = self._t
         need = (b - a) * t
         parts: dict[str, list[np.ndarray]] = {c: [] for c in self._channels}
