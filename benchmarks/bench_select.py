@@ -26,7 +26,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import cld_lake
 t1 = time.perf_counter()
-m = cld_lake.select(sys.argv[1], "cld", fraction=float(sys.argv[3]), balance=sys.argv[4], out=sys.argv[2])
+m = cld_lake.select(sys.argv[1], "cld", fraction=float(sys.argv[3]), balance=sys.argv[4], out=sys.argv[2], force=True)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "select_s": t2 - t1, "rows": len(m),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -81,6 +81,7 @@ def run_cli(lake: Path, out: Path, fraction: float, balance: str) -> tuple[float
         balance,
         "--out",
         str(out),
+        "--force",
     ]
     timer = Path("/usr/bin/time")
     prefix = [str(timer), "-f", "%M"] if timer.exists() else []

@@ -11,14 +11,19 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
 from cld_lake.errors import BadInputError
 from cld_lake.lake.inspect import lake_info
+from cld_lake.lake.scores import read_scores, stale_scores
 from cld_lake.lake.store import Lake
+from cld_lake.select import fraction_size
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
@@ -43,22 +48,20 @@ def curve_stats(lake: Lake, split_name: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _scores(lake: Lake) -> Any:
-    from cld_lake.lake.scores import read_scores
-
-    return read_scores(lake)
-
-
 def noise_detection(
-    scores: np.ndarray, noisy: np.ndarray, fractions=(0.05, 0.1, 0.2)
+    scores: np.ndarray, noisy: np.ndarray, fractions: Sequence[float] = (0.05, 0.1, 0.2)
 ) -> list[dict[str, float]]:
-    """Share of noisy labels among the lowest-scored fraction, next to the base rate."""
+    """Share of noisy labels among the lowest-scored fraction, next to the base rate.
+
+    The lowest ``fraction`` of the finite scores are ``round(fraction x n)`` samples, halves
+    up (at least one), as ``cld-lake select --lowest --balance none`` counts them.
+    """
     ok = np.isfinite(scores)
     s, y = scores[ok], noisy[ok].astype(bool)
     order = np.argsort(s, kind="stable")
     rows = []
     for f in fractions:
-        k = max(1, int(round(f * len(s))))
+        k = min(max(1, fraction_size(f, len(s))), len(s))
         lowest = y[order[:k]]
         rows.append(
             {
@@ -73,7 +76,10 @@ def noise_detection(
 
 # --- tiny SVG charts ---------------------------------------------------------------------
 def _svg_lines(
-    series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, width=560, height=260
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+    width: int = 560,
+    height: int = 260,
 ) -> str:
     pad_l, pad_b, pad_t, pad_r = 50, 30, 24, 12
     xs = np.concatenate([x for x, _ in series.values()]) if series else np.zeros(1)
@@ -105,7 +111,9 @@ def _svg_lines(
     return "".join(parts)
 
 
-def _svg_hist(groups: dict[str, np.ndarray], title: str, bins=40, width=560, height=220) -> str:
+def _svg_hist(
+    groups: dict[str, np.ndarray], title: str, bins: int = 40, width: int = 560, height: int = 220
+) -> str:
     finite = [g[np.isfinite(g)] for g in groups.values()]
     allv = np.concatenate(finite) if finite else np.zeros(0)
     if allv.size == 0:
@@ -158,17 +166,45 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def report_path(
+    lake: Lake, out: str | os.PathLike[str], *, force: bool = False, create: bool = False
+) -> Path:
+    """The file the report goes to: ``out`` (``.html``) or ``out/report.html``, guarded.
+
+    Refused: a path inside the lake, a missing parent directory of an ``.html`` file, a file
+    that is not ``.html`` given as the directory, an existing report unless ``force``. With
+    ``create`` a missing directory ``out`` is created (after the checks).
+    """
+    out = Path(out)
+    html_file = out.suffix.lower() in (".html", ".htm")
+    target = out if html_file else out / "report.html"
+    if is_inside(out, lake.path):  # the lake, a file or a directory in it: refused as given
+        return check_output_path(out, lake.path, what="--out", overwrite=force)
+    if not html_file:
+        if out.exists() and not out.is_dir():
+            raise BadInputError(
+                f"--out {out}: is a file, not a directory; give an .html file or a directory"
+            )
+        if not out.exists():
+            if not create:  # nothing there to overwrite; the directory comes later
+                return target
+            out.mkdir(parents=True)
+    return check_output_path(target, lake.path, what="--out", overwrite=force)
+
+
+def build_report(
+    lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> Path:
     """Write the HTML report to ``out`` (a ``.html`` file, or a directory to hold
-    ``report.html``) and return its path."""
+    ``report.html``, created if missing) and return its path.
+
+    ``out`` may not be inside the lake; an existing report is replaced only with ``force``.
+    Stale scores (see :func:`cld_lake.lake.scores.stale_scores`) are reported with a
+    ``UserWarning`` and a note in the report.
+    """
     if not isinstance(lake, Lake):
         lake = Lake(lake)
-    out = Path(out)
-    target = out if out.suffix.lower() in (".html", ".htm") else out / "report.html"
-    if not target.parent.exists() and target.parent != out:
-        raise BadInputError(
-            f"--out {out}: directory {target.parent} does not exist; create it first"
-        )
+    report_path(lake, out, force=force)  # refuse before the (long) computation
     info = lake_info(lake)
     sections = [
         f"<h1>cld_lake report</h1><p>{html.escape(str(lake.path))} · lake {info['lake_id']} · "
@@ -192,9 +228,12 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
         sections += ["<h2>Training dynamics</h2>", _svg_lines(curves, "mean loss per checkpoint")]
     if accs:
         sections.append(_svg_lines(accs, "accuracy per checkpoint"))
-    scores = _scores(lake)
+    scores = read_scores(lake)
     if scores is not None:
         sections.append("<h2>Scores</h2>")
+        for name, reason in stale_scores(lake).items():
+            warnings.warn(f"score {name}: {reason}", UserWarning, stacklevel=2)
+            sections.append(f"<p><b>Stale score {html.escape(name)}</b>: {html.escape(reason)}</p>")
         shown = (
             "method",
             "engine",
@@ -232,9 +271,8 @@ def build_report(lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str
         ".wide{overflow-x:auto}"
     )
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>cld_lake report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from cld_lake._io import atomic_path
-
+    target = report_path(lake, out, force=force, create=True)
+    remove_dead_temps(target)
     with atomic_path(target) as tmp:
         tmp.write_text(doc)
     return target

@@ -2,9 +2,9 @@
 
 Rules (see ``docs/sql.md``):
 
-- Size: ``fraction`` of the candidates (``round(fraction x N)``, halves rounded up) or
-  ``count`` rows in total. Candidates are the training samples of ``LAKE/scores.parquet`` (or
-  the rows of ``query``).
+- Size: ``fraction`` of the candidates (``round(fraction x N)``, halves rounded up, exact for
+  the decimal fraction as written) or ``count`` rows in total. Candidates are the training
+  samples of ``LAKE/scores.parquet`` (or the rows of ``query``).
 - Balance: ``proportional`` (default) gives class ``c`` ``total x n_c / N`` rows, rounded by
   largest remainder (ties: smaller label) so the total is exact; ``equal`` gives every class
   ``total // C`` rows, the first ``total % C`` classes by label one more (the authors' rule);
@@ -14,28 +14,39 @@ Rules (see ``docs/sql.md``):
 - NaN scores are never selected. They still count in the class sizes (the class balance of
   the data); a class with fewer non-NaN samples than its quota gives all it has and the
   shortfall is reported, not moved to other classes.
+- A stored score computed over fewer checkpoints than the lake now holds (see
+  :func:`cld_lake.lake.scores.stale_scores`) is used, with a warning recorded in the
+  manifest's ``score_stale``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cld_lake.errors import BadInputError
+from cld_lake._io import check_output_path
+from cld_lake._types import Balance, choices
+from cld_lake.errors import BadInputError, ScoringError
+from cld_lake.lake import scores as scores_table
+from cld_lake.lake.store import Lake
 from cld_lake.manifest import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
     Manifest,
     manifest_table,
+    seal,
     write_manifest,
 )
 
-BALANCES = ("proportional", "equal", "none")
+BALANCES = choices(Balance)
 MANIFESTS_DIR = "manifests"
 
 
@@ -62,8 +73,8 @@ class Picked:
 
 
 # --- the core: pure numpy ----------------------------------------------------------------
-def target_size(n: int, fraction: float | None, count: int | None) -> int:
-    """Total rows asked for: ``round(fraction x n)`` (halves up) or ``count``; validated."""
+def check_size_args(fraction: float | None, count: int | None) -> None:
+    """The checks of ``fraction`` / ``count`` that need no candidate count."""
     if (fraction is None) == (count is None):
         raise BadInputError("give exactly one of --fraction F (0 < F <= 1) or --count K (K >= 1)")
     if fraction is not None:
@@ -71,29 +82,45 @@ def target_size(n: int, fraction: float | None, count: int | None) -> int:
             raise BadInputError(
                 f"--fraction {fraction}: must be in (0, 1], e.g. 0.1 for a 10% coreset"
             )
-        total = int(math.floor(fraction * n + 0.5))
+    elif isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise BadInputError(f"--count {count}: must be an integer >= 1")
+
+
+def fraction_size(fraction: float, n: int) -> int:
+    """``round(fraction x n)``, halves rounded up, exact for ``fraction`` as written in decimal.
+
+    ``0.29 x 50`` is 14.5 and gives 15 (binary floating point makes it 14.499999999999998).
+    """
+    return math.floor(Fraction(str(float(fraction))) * n + Fraction(1, 2))
+
+
+def target_size(
+    n: int, fraction: float | None, count: int | None, *, pool: str = "candidate samples"
+) -> int:
+    """Total rows asked for: :func:`fraction_size` or ``count``; validated against the ``n``
+    samples of ``pool`` (named in the error)."""
+    check_size_args(fraction, count)
+    if fraction is not None:
+        total = fraction_size(fraction, n)
         if total < 1:
             raise BadInputError(
                 f"--fraction {fraction}: selects 0 of {n} samples; use a larger fraction or --count"
             )
         return total
-    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
-        raise BadInputError(f"--count {count}: must be an integer >= 1")
+    assert count is not None  # check_size_args: exactly one is given
     if count > n:
-        raise BadInputError(
-            f"--count {count}: more than the {n} candidate samples; use --count <= {n}"
-        )
+        raise BadInputError(f"--count {count}: exceeds the {n} {pool}; use --count <= {n}")
     return int(count)
 
 
-def class_quotas(labels: np.ndarray, total: int, balance: str) -> dict[int, int]:
+def class_quotas(labels: np.ndarray, total: int, balance: Balance) -> dict[int, int]:
     """Rows per class for ``total`` rows under ``balance`` (``proportional`` or ``equal``)."""
     classes, _, sizes = _class_index(np.asarray(labels, dtype=np.int64))
     quota = _quotas(sizes, classes, total, balance)
     return {int(c): int(q) for c, q in zip(classes, quota, strict=True)}
 
 
-def _quotas(sizes: np.ndarray, classes: np.ndarray, total: int, balance: str) -> np.ndarray:
+def _quotas(sizes: np.ndarray, classes: np.ndarray, total: int, balance: Balance) -> np.ndarray:
     n = int(sizes.sum())
     if balance == "proportional":
         exact = total * sizes.astype(np.int64)
@@ -131,7 +158,7 @@ def select_rows(
     *,
     fraction: float | None = None,
     count: int | None = None,
-    balance: str = "proportional",
+    balance: Balance = "proportional",
     lowest: bool = False,
     seed: int | None = None,
     selectable: np.ndarray | None = None,
@@ -194,19 +221,27 @@ def _ranks_within_class(sorted_labels: np.ndarray) -> np.ndarray:
 
 
 # --- reading candidates ------------------------------------------------------------------
-def read_scores(lake: Any, score: str) -> Candidates:
+def _score_candidates(lake: Lake, score: str) -> Candidates:
     """``sample_id, label`` and column ``score`` of the scores table with its provenance."""
-    from cld_lake.lake import scores as scores_table
-
     stored = scores_table.stored_scores(lake)
+    if score in scores_table.RESERVED:
+        raise BadInputError(
+            f"--score {score}: {' and '.join(scores_table.RESERVED)} are columns of the scores "
+            f"table, not scores; stored scores: {', '.join(stored) or 'none'}"
+        )
     if not stored:
         raise BadInputError(
             f"--score {score}: {lake.path} has no scores yet; compute one with `cld-lake score {lake.path}`"
         )
     if score not in stored:
+        where = scores_table.scores_path(lake)
         raise BadInputError(
-            f"--score {score}: no such score in {scores_table.scores_path(lake)} (stored: {', '.join(stored) or 'none'}); "
-            f"compute it with `cld-lake score {lake.path} --name {score}`"
+            f"--score {score}: no such score in {where} (stored: {', '.join(stored)}); "
+            + (
+                f"compute it with `cld-lake score {lake.path} --name {score}`"
+                if _valid_score_name(score)
+                else "give one of the stored names"
+            )
         )
     table = scores_table.read_scores(lake, [score])
     return Candidates(
@@ -218,31 +253,40 @@ def read_scores(lake: Any, score: str) -> Candidates:
     )
 
 
-def _train_candidates(lake: Any) -> Candidates:
+def _valid_score_name(name: str) -> bool:
+    try:
+        scores_table.check_score_name(name)
+    except ScoringError:
+        return False
+    return True
+
+
+def _train_candidates(lake: Lake) -> Candidates:
     train = lake.split("train")
     return Candidates(train.sample_ids, train.labels, np.full(train.num_samples, np.nan), None, {})
 
 
-def _query_candidates(lake: Any, query: str, score: str | None, need_score: bool) -> Candidates:
+def _query_candidates(lake: Lake, query: str, score: str | None, need_score: bool) -> Candidates:
     """Candidates from a SQL query returning ``sample_id`` (and optionally ``score``)."""
+    import pyarrow as pa
+
     from cld_lake import sql as lake_sql
 
-    table = lake_sql.query(lake, query, lazy=True)
-    if table is None:
+    relation = lake_sql.query(lake, query, lazy=True)
+    if relation is None:
         raise BadInputError(
             "--query: the statement returns no rows; give a SELECT returning sample_id"
         )
-    table = table.to_arrow_table()
+    table = relation.to_arrow_table()
     if "sample_id" not in table.column_names:
         raise BadInputError(
             f"--query: the result has no sample_id column (columns: {', '.join(table.column_names)})"
         )
-    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
-    if ids.dtype.kind not in "iu":
-        raise BadInputError(
-            f"--query: sample_id must be an integer column, got {table.schema.field('sample_id').type}"
-        )
-    ids = ids.astype(np.int64)
+    id_column = table.column("sample_id")
+    if not pa.types.is_integer(id_column.type) or id_column.null_count:
+        found = f"{id_column.null_count} null(s)" if id_column.null_count else id_column.type
+        raise BadInputError(f"--query: sample_id must be an integer column, got {found}")
+    ids = id_column.to_numpy().astype(np.int64)
     if len(np.unique(ids)) != len(ids):
         raise BadInputError(
             f"--query: {len(ids) - len(np.unique(ids))} duplicate sample ids in the result; add DISTINCT"
@@ -255,13 +299,19 @@ def _query_candidates(lake: Any, query: str, score: str | None, need_score: bool
         )
     labels = train.labels[rows]
     if score is not None:
-        stored = read_scores(lake, score)
+        stored = _score_candidates(lake, score)
         where = np.full(train.num_samples, -1, dtype=np.int64)
         where[train.rows_of(stored.sample_ids)] = np.arange(len(stored.sample_ids))
         at = where[rows]
         values = np.where(at >= 0, stored.scores[np.maximum(at, 0)], np.nan)
         return Candidates(ids, labels, values, score, stored.provenance)
     if "score" in table.column_names:
+        kind = table.schema.field("score").type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
+            raise BadInputError(
+                f"--query: the score column is {kind}, not a number; return a numeric score, "
+                "e.g. CAST(x AS DOUBLE) AS score"
+            )
         values = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
         return Candidates(ids, labels, values, "query", {"method": "sql", "query": query})
     if need_score:
@@ -271,42 +321,20 @@ def _query_candidates(lake: Any, query: str, score: str | None, need_score: bool
     return Candidates(ids, labels, np.full(len(ids), np.nan), None, {})
 
 
-# --- output path -------------------------------------------------------------------------
-def check_manifest_path(out: str | os.PathLike[str], lake: Any) -> Path:
-    """A manifest goes outside the lake or into ``LAKE/manifests/``; its directory must exist."""
-    out = Path(out)
-    if out.suffix.lower() != ".parquet":
-        raise BadInputError(
-            f"--out {out}: a manifest is a .parquet file; name it e.g. coreset.parquet"
-        )
-    root = lake.path.resolve()
-    resolved = out.expanduser().resolve()
-    if resolved.is_relative_to(root):
-        if resolved.parent != root / MANIFESTS_DIR:
-            raise BadInputError(
-                f"--out {out}: inside the lake {lake.path}; write manifests outside it or into {lake.path / MANIFESTS_DIR}/"
-            )
-        return out
-    if not resolved.parent.is_dir():
-        raise BadInputError(
-            f"--out {out}: directory {out.expanduser().parent} does not exist; create it first"
-        )
-    return out
-
-
 # --- the public function -----------------------------------------------------------------
 def select(
-    lake: Any,
+    lake: Lake | str | os.PathLike[str],
     score: str | None = None,
     *,
     fraction: float | None = None,
     count: int | None = None,
-    balance: str = "proportional",
+    balance: Balance = "proportional",
     lowest: bool = False,
     random: bool = False,
     seed: int | None = None,
     query: str | None = None,
     out: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> Manifest:
     """Select a class-balanced coreset and (optionally) write its manifest.
 
@@ -329,32 +357,80 @@ def select(
         candidates, e.g. to filter by metadata before ranking.
     out : path, optional
         Where to write the manifest (atomically): outside the lake, or in ``LAKE/manifests/``.
+    force : bool
+        Overwrite ``out`` if it exists (otherwise an existing file is an error).
 
     Returns
     -------
     Manifest
+        Its metadata is what the file holds (checksum included). A stale score (its window
+        now picks other checkpoints, e.g. after more were appended) is used with a
+        ``UserWarning`` and the reason in ``metadata["score_stale"]``.
     """
-    import datetime as dt
-
-    from cld_lake._version import __version__
-    from cld_lake.lake.store import Lake
-
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     if balance not in BALANCES:
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
-    target_size(1 << 62, fraction, count)  # argument checks before any reading
+    check_size_args(fraction, count)  # argument checks before any reading
     if random and lowest:
         raise BadInputError("--lowest has no meaning with --random; drop one of them")
-    if out is not None:
-        out = check_manifest_path(out, lake)
+    if out is None:
+        return _select(lake, score, fraction, count, balance, lowest, random, seed, query, None)
+    created = _make_manifests_dir(Path(out), lake)
+    try:
+        path = check_output_path(
+            out,
+            lake.path,
+            what="--out",
+            suffixes=(".parquet",),
+            allowed_dir=MANIFESTS_DIR,
+            overwrite=force,
+        )
+        return _select(lake, score, fraction, count, balance, lowest, random, seed, query, path)
+    except BaseException:
+        if created:  # a failed call leaves the lake as it was
+            with contextlib.suppress(OSError):
+                (lake.path / MANIFESTS_DIR).rmdir()
+        raise
+
+
+def _make_manifests_dir(out: Path, lake: Lake) -> bool:
+    """Create ``LAKE/manifests/`` when ``out`` goes directly into it; True if created here."""
+    manifests = lake.path / MANIFESTS_DIR
+    if out.expanduser().resolve().parent != manifests.resolve() or manifests.exists():
+        return False
+    manifests.mkdir()
+    return True
+
+
+def _select(
+    lake: Lake,
+    score: str | None,
+    fraction: float | None,
+    count: int | None,
+    balance: Balance,
+    lowest: bool,
+    random: bool,
+    seed: int | None,
+    query: str | None,
+    out: Path | None,
+) -> Manifest:
+    import datetime as dt
+
+    from cld_lake._version import __version__
+
     if query is not None:
         cand = _query_candidates(lake, query, score, need_score=not random)
     elif score is not None:
-        cand = read_scores(lake, score)
+        cand = _score_candidates(lake, score)
     elif random:
         cand = _train_candidates(lake)
     else:
         raise BadInputError("give --score NAME (a stored score), --random, or --query")
+    pool = "rows of --query" if query is not None else "training samples"
+    target_size(len(cand.sample_ids), fraction, count, pool=pool)
+    stale = scores_table.stale_scores(lake).get(score) if score is not None else None
+    if stale is not None:
+        warnings.warn(f"--score {score}: {stale}", UserWarning, stacklevel=3)
     scored = cand.score_name is not None
     seed = (0 if seed is None else int(seed)) if random else None
     selectable = ~np.isnan(cand.scores) if scored else np.ones(len(cand.sample_ids), dtype=bool)
@@ -380,6 +456,7 @@ def select(
         "score": cand.score_name,
         "method": "random" if random else prov.get("method"),
         "score_provenance": prov,
+        "score_stale": stale,
         "checkpoints": prov.get("checkpoint_ids", prov.get("checkpoints")),
         "selection": {
             "rule": "random" if random else ("lowest" if lowest else "highest"),
@@ -404,10 +481,5 @@ def select(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cld_lake_version": __version__,
     }
-    manifest = Manifest(table, metadata)
-    if out is not None:
-        out = Path(out)
-        if out.expanduser().resolve().parent == lake.path.resolve() / MANIFESTS_DIR:
-            out.expanduser().parent.mkdir(exist_ok=True)
-        manifest = Manifest(table, metadata, write_manifest(out, table, metadata))
-    return manifest
+    sealed = seal(table, metadata)
+    return Manifest(table, sealed, None if out is None else write_manifest(out, table, sealed))

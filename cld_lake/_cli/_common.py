@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from cld_lake.errors import CldLakeError
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit."""
-    click.echo(f"cld-lake: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
 
 
 def run_main(cli: click.Group, argv: list[str] | None) -> int:
@@ -44,9 +40,34 @@ def run_main(cli: click.Group, argv: list[str] | None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # disk full, permissions, damaged files, bugs: one line each
+        from cld_lake._cli._failures import failure_line
+
+        line, code = failure_line(exc, cli, argv)
+        click.echo(line, err=True)
+        return code
 
 
 def echo_json(obj: Any) -> None:
     import json
 
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print each ``UserWarning`` raised inside as one line on stderr (``cld-lake: warning:``).
+
+    Other warnings are shown as Python shows them.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            mine = [w for w in caught if issubclass(w.category, UserWarning)]
+            for w in mine:
+                click.echo(f"cld-lake: warning: {' '.join(str(w.message).split())}", err=True)
+    for w in caught:
+        if not issubclass(w.category, UserWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)

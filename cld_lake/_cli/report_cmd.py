@@ -13,14 +13,17 @@ import click
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="An .html file, or a directory to hold report.html.",
+    help="An .html file, or a directory to hold report.html (outside the lake).",
 )
-def report_cmd(lake, out):
+@click.option("--force", is_flag=True, help="Overwrite an existing report.")
+def report_cmd(lake: Path, out: Path, force: bool) -> None:
     """Write an HTML report: splits, loss curves, score distributions, noise detection."""
+    from cld_lake._cli._common import warnings_as_lines
     from cld_lake.lake import open_lake
     from cld_lake.report import build_report
 
-    path = build_report(open_lake(lake), out)
+    with warnings_as_lines():  # stale scores: one line each on stderr
+        path = build_report(open_lake(lake), out, force=force)
     click.echo(f"wrote {path}")
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cld_lake._types import Balance, choices
+
 
 @click.command("select")
 @click.argument("lake", type=click.Path(path_type=Path))
@@ -16,7 +18,7 @@ import click
 @click.option("--count", type=int, help="Total number of rows to keep (>= 1).")
 @click.option(
     "--balance",
-    type=click.Choice(["proportional", "equal", "none"]),
+    type=click.Choice(choices(Balance)),
     default="proportional",
     show_default=True,
     help="proportional: classes keep their share; equal: the same k per class; none: global top-k.",
@@ -40,13 +42,27 @@ import click
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest .parquet to write (outside the lake, or in LAKE/manifests/).",
 )
-def select_cmd(lake, score, fraction, count, balance, lowest, random_, seed, query, out):
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def select_cmd(
+    lake: Path,
+    score: str | None,
+    fraction: float | None,
+    count: int | None,
+    balance: Balance,
+    lowest: bool,
+    random_: bool,
+    seed: int | None,
+    query: str | None,
+    out: Path,
+    force: bool,
+) -> None:
     """Select a class-balanced coreset and write its manifest (Parquet).
 
     \b
     Example: cld-lake select LAKE --score cld --fraction 0.1 --out coreset.parquet
     Baseline: cld-lake select LAKE --random --seed 1 --fraction 0.1 --out random.parquet
     """
+    from cld_lake._cli._common import warnings_as_lines
     from cld_lake.errors import BadInputError
     from cld_lake.lake import open_lake
     from cld_lake.select import select
@@ -54,18 +70,20 @@ def select_cmd(lake, score, fraction, count, balance, lowest, random_, seed, que
     if seed is not None and not random_:
         raise BadInputError("--seed is used with --random only")
     lk = open_lake(lake)
-    m = select(
-        lk,
-        score,
-        fraction=fraction,
-        count=count,
-        balance=balance,
-        lowest=lowest,
-        random=random_,
-        seed=seed,
-        query=query,
-        out=out,
-    )
+    with warnings_as_lines():  # a stale score: one line on stderr, the selection goes on
+        m = select(
+            lk,
+            score,
+            fraction=fraction,
+            count=count,
+            balance=balance,
+            lowest=lowest,
+            random=random_,
+            seed=seed,
+            query=query,
+            out=out,
+            force=force,
+        )
     meta = m.metadata
     rule = meta["selection"]["rule"]
     what = f"score {meta['score']} ({rule})" if meta["score"] and rule != "random" else rule
