@@ -6,6 +6,8 @@ record (cld_lake.torch) -> lake -> score -> sql / select -> manifest -> train on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cld_lake._version import __version__
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Block, Lake, Split, SplitWriter, import_file, open_lake
@@ -16,6 +18,24 @@ from cld_lake.score import (
     score,  # the function; the subpackage stays importable by name
 )
 from cld_lake.select import select  # the function (module: cld_lake.select)
+
+if TYPE_CHECKING:
+    import os
+
+    import polars as pl
+
+
+def query(lake: Lake | str | os.PathLike[str], sql: str) -> pl.DataFrame:
+    """Run DuckDB SQL over the lake's views and return a Polars DataFrame.
+
+    The same as :func:`cld_lake.sql.query`, loaded on first use so that ``import cld_lake``
+    does not import DuckDB. Views: ``samples``, ``scores``, ``checkpoints``, ``losses``,
+    ``val_reference`` (see ``docs/sql.md``).
+    """
+    from cld_lake.sql import query as run_query
+
+    return run_query(lake, sql)
+
 
 __all__ = [
     "Block",
@@ -30,6 +50,7 @@ __all__ = [
     "cld_reference",
     "load_manifest",
     "open_lake",
+    "query",
     "score",
     "select",
 ]
