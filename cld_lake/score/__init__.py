@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cld_lake._io import remove_dead_temps
 from cld_lake._types import Engine, Fallback
 from cld_lake.errors import ScoringError
-from cld_lake.lake.scores import check_score_name, store_score
+from cld_lake.lake.scores import check_score_name, scores_path, store_score
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._engines import ENGINES, EngineCompute, load_engine
 from cld_lake.score._formula import (
@@ -203,6 +204,8 @@ def compute_cld(
     ids_labels = (train.sample_ids, train.labels) if collect_ids else None
     try:
         if store:
+            # a scorer killed mid-write (kill -9) left its temp file in the lake root
+            remove_dead_temps(scores_path(lake))
             store_score(lake, train, name, column.read, provenance)
     finally:
         column.close()
@@ -219,12 +222,26 @@ def _collect(
     try:
         for chunk in chunks:
             sums = chunk.sums
-            column.write(chunk.rows, accumulator.add_sums(sums.a, sums.b, sums.q, chunk.labels))
+            part = accumulator.add_sums(sums.a, sums.b, sums.q, chunk.labels)
+            try:
+                column.write(chunk.rows, part)
+            except OSError as exc:
+                raise _spill_error(exc) if spill else exc from exc
         column.check_complete()
     except BaseException:
         column.close()
         raise
     return column, accumulator.counts
+
+
+def _spill_error(exc: OSError) -> OSError:
+    """A failed write of the (unnamed) spill file, naming the directory it lives in."""
+    import tempfile
+
+    if exc.filename is not None:
+        return exc
+    where = f"{tempfile.gettempdir()} (the temporary directory scoring spills to; set TMPDIR)"
+    return OSError(exc.errno, exc.strerror, where)
 
 
 def score(

@@ -527,7 +527,10 @@ class ScoreColumn:
         else:
             import os
 
-            os.pwrite(self._file.fileno(), part.tobytes(), start * 8)
+            data, offset = memoryview(part.tobytes()), start * 8
+            while data:  # a short write (disk nearly full) is retried and then raises ENOSPC
+                written = os.pwrite(self._file.fileno(), data, offset)
+                data, offset = data[written:], offset + written
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Scores of rows ``[start, stop)``."""
