@@ -223,8 +223,13 @@ def _traceback_paths(tb: TracebackType | None) -> Iterator[object]:
                 isinstance(value, str) and os.sep in value and len(value) < 4096
             ):
                 yield value
-            elif isinstance(getattr(value, "path", None), os.PathLike):
-                yield value.path
+            else:
+                try:  # a ``path`` property may do anything: never let it raise here
+                    path = getattr(value, "path", None)
+                except Exception:
+                    continue
+                if isinstance(path, os.PathLike):
+                    yield path
 
 
 _LAKE_PACKAGE = str(Path(__file__).resolve().parents[1] / "lake")
