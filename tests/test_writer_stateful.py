@@ -211,6 +211,7 @@ class WriterMachine(RuleBasedStateMachine):
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
+            proc.stderr.close()
         assert verify_lake(open_lake(self.path)).ok
         committed = ckpt in open_lake(self.path).split(SPLIT).checkpoint_ids
         event(f"kill -9: the checkpoint was {'' if committed else 'not '}committed")
