@@ -126,6 +126,12 @@ def test_bad_inputs_leave_the_lake_unchanged(lake, tmp_path, npy_files, cli):
         ("bogus", f["loss"], f["labels"], [], "bogus"),
         ("train", f["loss"], f["labels"],
          ["--checkpoint-ids", save("ck2.npy", np.arange(20, 27))], "not in split"),
+        # issue 9: the class limit, ids beyond int64, a loss without checkpoints
+        ("test", f["loss"], f["labels"], ["--num-classes", "40000000"], "1,048,576 classes"),
+        ("test", f["loss"], f["labels"],
+         ["--sample-ids", save("u64.npy", a["ids"].astype(np.uint64) + np.uint64(2**63))],
+         "below 2**63"),
+        ("test", save("n0.npy", a["loss"][:, :0]), f["labels"], [], "no checkpoints"),
     ]  # fmt: skip
     for split, loss, labels, extra, match in cases:
         args = ["import", lake, "--split", split, "--loss", loss, "--labels", labels, *extra]

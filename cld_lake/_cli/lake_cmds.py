@@ -40,7 +40,7 @@ SPLITS = click.Choice(["train", "val", "test"])
 @click.option(
     "--num-classes",
     type=click.IntRange(min=1),
-    help="Number of classes (default: max label + 1 of the first import).",
+    help="Number of classes, at most 1,048,576; labels are 0..C-1 (default: max label + 1 of the first import).",
 )
 @click.option(
     "--checkpoint-ids",

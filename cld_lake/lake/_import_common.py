@@ -164,12 +164,6 @@ def first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-class ImportWriteError(CldLakeError, OSError):
-    """Writing an import failed (disk full, permissions...); what the import wrote is removed."""
-
-    exit_code = 1  # a failure of the machine, not of the input
-
-
 def check_import_options(
     split: str, num_classes: int | None, dtypes: Mapping[str, str] | None, row_chunk: int
 ) -> None:
@@ -202,8 +196,8 @@ def import_rows(
     """Validate against the lake (without changing it), then write and commit.
 
     Everything that can be checked is checked before the lake (or split) is created. If writing
-    still fails, what this call created is removed again (see :class:`_Undo`), and an
-    ``OSError`` becomes :class:`ImportWriteError` (exit 1).
+    still fails (disk full, permissions, an interrupt), what this call created is removed
+    again (see :class:`_Undo`) and the error propagates (the CLI words it in one line, exit 1).
     """
     lake_path = Path(lake_path)
     check_import_options(split, num_classes, None, row_chunk)
@@ -254,12 +248,8 @@ def import_rows(
             result_split = writer.split
     except BaseException as exc:
         undo.run()
-        if isinstance(exc, OSError) and not isinstance(exc, CldLakeError):
-            raise ImportWriteError(
-                f"{lake_path}: writing split {split!r} failed ({exc.strerror or first_line(exc)}"
-                f"{f': {exc.filename}' if exc.filename else ''}); nothing of this import was "
-                "kept; check free space and permissions, then run it again"
-            ) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, CldLakeError) and exc.filename is None:
+            exc.filename = str(lake_path)  # e.g. EFBIG from a chunk write: name the lake
         raise
     assert result_split is not None
     return ImportResult(
@@ -375,12 +365,13 @@ def _rows_in_existing_split(
         )
     if channels != split.channels:
         raise BadInputError(
-            f"split {split_name!r} stores channels {split.channels}; the import gives {channels}"
+            f"split {split_name!r} of {lake.path} stores channels {split.channels}; the import "
+            f"gives {channels}; import the same channels with the same dtypes (see --loss-dtype)"
         )
     dup = np.intersect1d(ckpts, split.checkpoint_ids)
     if len(dup):
         raise BadInputError(
-            f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r}; use --checkpoint-ids with new ids"
+            f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r} of {lake.path}; use --checkpoint-ids with new ids"
         )
     if np.array_equal(ids, split.sample_ids):
         if not np.array_equal(labels, split.labels):
@@ -389,7 +380,7 @@ def _rows_in_existing_split(
     pos = split.rows_of(ids)
     if (pos < 0).any():
         raise BadInputError(
-            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r}"
+            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r} of {lake.path}"
         )
     if not np.array_equal(split.labels[pos], labels):
         raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")

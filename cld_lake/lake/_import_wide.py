@@ -84,9 +84,14 @@ def wide_layout(schema: pa.Schema, path: PathLike) -> WideLayout | None:
             f"--loss {path}: columns {unparsed[:5]} are not <channel>_<checkpoint> with a "
             "checkpoint id >= 0 (e.g. loss_12); rename or drop them"
         )
-    ckpts = np.array(sorted({k for ch, k, _ in matches if ch == "loss"}), dtype=np.int64)
-    if not len(ckpts):
+    loss_ckpts = sorted({k for ch, k, _ in matches if ch == "loss"})
+    if not loss_ckpts:
         raise BadInputError(f"--loss {path}: no loss_<checkpoint> columns, only {names[:5]}")
+    as_ids(  # Python ints: beyond uint64 they become objects, refused as not integers
+        np.array(loss_ckpts if loss_ckpts[-1] < 2**64 else [str(k) for k in loss_ckpts]),
+        f"--loss {path}: checkpoint ids of the loss_<checkpoint> columns",
+    )
+    ckpts = np.array(loss_ckpts, dtype=np.int64)
     columns: dict[str, list[str]] = {}
     dtypes: dict[str, np.dtype] = {}
     types: dict[str, str] = {}
