@@ -13,8 +13,10 @@ an existing split. Whatever the input, the outcome is one of:
   lake, a fresh path left absent and an existing lake byte-identical.
 
 An unmodified input (or one changed only in a harmless way: narrower ints, uint64 ids below
-2**63, int losses, an extra column, shuffled long rows) must import. A measured run executes
-about 330 cases in about 60 s (the module prints the count: ``fuzz cases run: N``).
+2**63, int losses, an extra column, shuffled long rows) must import. Per importer: 150 random
+draws, a sweep of every mutation into every target (153) and one run of the installed
+executable. A measured run: 1,228 cases (318 imported, 910 refused with exit 2) in 50 s on
+2 cores; the module prints the count (``fuzz cases run: ...``).
 """
 
 from __future__ import annotations
