@@ -233,6 +233,7 @@ def import_rows(
         with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
             new_samples = (ids, labels) if writer.split is None else None
             if writer.split is not None and rows is None:  # created meanwhile by another job
+                undo.split_existed = True  # not ours to remove
                 rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
             try:
                 writer.append_columns(
