@@ -97,6 +97,7 @@ def export_trajectories(
     channels: Sequence[str] | None = None,
     checkpoints: CheckpointSelection = None,
     block_rows: int | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Write the trajectories of ``split`` to ``out`` (Parquet), streamed in row groups.
 
@@ -113,6 +114,8 @@ def export_trajectories(
         ``"START:STOP[:STEP]"`` over checkpoint positions, or a list of ids (default: all).
     block_rows : int, optional
         Samples per row block / row group (default: the split's chunk rows).
+    force : bool
+        Replace ``out`` if it exists (otherwise an existing file is refused).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -130,7 +133,7 @@ def export_trajectories(
         raise BadInputError(
             f"--checkpoints {checkpoints}: selects no checkpoint of split {split!r}"
         )
-    out = check_output_path(out, lake.path, suffixes=(".parquet",))
+    out = check_output_path(out, lake.path, suffixes=(".parquet",), overwrite=force)
     schema = _export_schema(sp, layout, channels, ckpts)
     meta = {
         "kind": EXPORT_KIND,

@@ -190,3 +190,15 @@ def test_float16_lake_exports_float32(tmp_path):
         np.stack(t["loss"].to_numpy(zero_copy_only=False)),
         loss.astype(np.float16).astype(np.float32),
     )
+
+
+def test_export_out_existing_file_is_not_overwritten_without_force(cli, lake_arrays, tmp_path):
+    """issue 9: the outputs of export refuse to replace an existing file unless --force."""
+    lake, _ = lake_arrays
+    out = tmp_path / "t.parquet"
+    out.write_bytes(b"precious")
+    r = cli("export", lake.path, "--out", out)
+    assert r.code == 2 and "exists" in r.err and "--force" in r.err and len(r.err.splitlines()) == 1
+    assert out.read_bytes() == b"precious"
+    assert cli("export", lake.path, "--out", out, "--force").code == 0
+    assert pq.ParquetFile(out).metadata.num_rows == lake.split("train").num_samples

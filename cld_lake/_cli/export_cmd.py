@@ -34,7 +34,8 @@ from cld_lake._types import Layout, choices
     type=click.IntRange(min=1),
     help="Samples per row group (default: the split's chunk rows).",
 )
-def export_cmd(lake, split, out, layout, channels, checkpoints, block_rows):
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def export_cmd(lake, split, out, layout, channels, checkpoints, block_rows, force):
     """Export trajectories to Parquet, streamed in row groups (bounded memory).
 
     \b
@@ -53,6 +54,7 @@ def export_cmd(lake, split, out, layout, channels, checkpoints, block_rows):
         channels=chans,
         checkpoints=checkpoints,
         block_rows=block_rows,
+        force=force,
     )
     click.echo(
         f"exported {res.samples:,} samples x {len(res.checkpoints)} checkpoints of [{split}] as {res.layout} "
