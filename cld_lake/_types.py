@@ -10,6 +10,7 @@ from typing import Literal, get_args
 
 Engine = Literal["numpy", "duckdb", "polars", "dask"]
 Balance = Literal["proportional", "equal", "none"]
+Strategy = Literal["topk", "ccs"]
 Layout = Literal["wide", "columns", "long"]
 Fallback = Literal["global"]
 Duplicates = Literal["error", "first"]

@@ -17,6 +17,10 @@ Rules (see ``docs/sql.md``):
 - A stored score computed over fewer checkpoints than the lake now holds (see
   :func:`cld_lake.lake.scores.stale_scores`) is used, with a warning recorded in the
   manifest's ``score_stale``.
+- Strategy ``ccs`` (Coverage-Centric Coreset Selection, Zheng et al., ICLR 2023) replaces the
+  top-k within each class by: prune the hardest ``prune`` share, split the rest into ``bins``
+  equal-width score bins, spread the quota over the bins from the least-filled bin up, and
+  draw within each bin at random (seeded). See :func:`ccs_rows`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from cld_lake._io import check_output_path
-from cld_lake._types import Balance, choices
+from cld_lake._types import Balance, Strategy, choices
 from cld_lake.errors import BadInputError, ScoringError
 from cld_lake.lake import scores as scores_table
 from cld_lake.lake.store import Lake
@@ -47,7 +51,13 @@ from cld_lake.manifest import (
 )
 
 BALANCES = choices(Balance)
+STRATEGIES = choices(Strategy)
 MANIFESTS_DIR = "manifests"
+DIRECTIONS = ("higher_keep", "higher_harder")
+# CCS defaults: 50 strata as in the authors' code; a hard cut-off of 10% (the paper tunes it per
+# pruning rate, larger for smaller coresets, e.g. 0.3 for a 10% coreset of CIFAR-10)
+CCS_PRUNE = 0.1
+CCS_BINS = 50
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,159 @@ def _ranks_within_class(sorted_labels: np.ndarray) -> np.ndarray:
     return np.arange(n, dtype=np.int64) - run + 1
 
 
+# --- CCS: coverage-centric selection -----------------------------------------------------
+def score_direction(provenance: dict[str, Any]) -> str:
+    """``"higher_keep"`` (high = more useful, e.g. CLD) or ``"higher_harder"`` (high = harder,
+    e.g. forgetting counts), from a stored score's provenance; missing = ``higher_keep``."""
+    direction = provenance.get("direction", "higher_keep")
+    if direction not in DIRECTIONS:
+        raise BadInputError(
+            f"score provenance has direction {direction!r}; expected one of {', '.join(DIRECTIONS)} "
+            "(recompute the score with this version of cld_lake)"
+        )
+    return str(direction)
+
+
+def check_ccs_args(prune: float, bins: int, seed: int) -> None:
+    """The checks of the CCS parameters that need no data."""
+    if isinstance(prune, bool) or not isinstance(prune, int | float) or not 0 <= prune < 1:
+        raise BadInputError(
+            f"--ccs-prune {prune}: must be in [0, 1), the share of hardest samples dropped, e.g. 0.1"
+        )
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or not 1 <= bins <= 100_000:
+        raise BadInputError(f"--ccs-bins {bins}: must be an integer in [1, 100000], e.g. 50")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise BadInputError(f"--seed {seed}: must be an integer >= 0")
+
+
+def ccs_rows(
+    sample_ids: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: Balance = "proportional",
+    prune: float = CCS_PRUNE,
+    bins: int = CCS_BINS,
+    seed: int = 0,
+    direction: str = "higher_keep",
+    selectable: np.ndarray | None = None,
+) -> Picked:
+    """Choose rows by Coverage-Centric Coreset Selection, per class (or globally for ``none``).
+
+    Within each class (the quotas are those of the top-k rule, NaN scores counted in the class
+    sizes, never selected):
+
+    1. *Hard cut-off*: drop the ``floor(prune x n)`` hardest of the class's ``n`` selectable
+       samples: the lowest scores for a ``higher_keep`` score (CLD), the highest for a
+       ``higher_harder`` one; equal scores: the smaller sample id is dropped first.
+    2. *Strata*: split the remaining scores into ``bins`` equal-width bins over their
+       ``[min, max]`` (bin ``min(floor((s - min) / (max - min) x bins), bins - 1)``; all in
+       bin 0 when ``min == max``).
+    3. *Budget*: visit the bins from the least filled up (ties: lower bin first); each gets
+       ``min(its size, floor(budget left / bins left))`` (the authors' ``bin_allocate``).
+    4. *Draw*: within a bin, the samples with the smallest random keys, where the keys are a
+       permutation drawn from ``seed`` and laid on the samples in ``sample_id`` order (so the
+       draw does not depend on row order).
+
+    Ranks within a class follow the score, most useful first (highest for ``higher_keep``),
+    ties by the smaller sample id. A class whose pruned pool is smaller than its quota gives
+    all it has (shortfall). Raises :class:`BadInputError` when pruning leaves fewer samples
+    than the total asked for.
+    """
+    if balance not in BALANCES:
+        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+    if direction not in DIRECTIONS:
+        raise BadInputError(f"direction {direction!r}: use one of {', '.join(DIRECTIONS)}")
+    check_ccs_args(prune, bins, seed)
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(ids)
+    if n == 0:
+        raise BadInputError("no candidate samples to select from")
+    total = target_size(n, fraction, count)
+    ok = ~np.isnan(scores) if selectable is None else np.asarray(selectable, dtype=bool)
+    if balance == "none":
+        groups, group, sizes = np.zeros(1, np.int64), np.zeros(n, np.int64), np.array([n])
+        quota = np.array([total], dtype=np.int64)
+    else:
+        groups, group, sizes = _class_index(labels)
+        quota = _quotas(sizes, groups, total, balance)
+    n_groups = len(groups)
+    keep = np.where(ok, scores if direction == "higher_keep" else -scores, 0.0)
+    n_ok = np.bincount(group[ok], minlength=n_groups)
+    beta = Fraction(str(float(prune)))
+    hard = n_ok * beta.numerator // beta.denominator  # floor(prune x n), exact
+    if total > n - int(hard.sum()):
+        most = math.floor((n - total) / n * 1000) / 1000
+        raise BadInputError(
+            f"--ccs-prune {prune}: dropping the hardest {int(hard.sum())} leaves "
+            f"{n - int(hard.sum())} of {n} samples, fewer than the {total} asked for; "
+            f"use --ccs-prune <= {most:g} or a smaller coreset"
+        )
+    # hardest first within each group (lowest keep value, then smaller id); unselectable last
+    order = np.lexsort((ids, keep, ~ok, group))
+    start = np.r_[0, np.cumsum(sizes)[:-1]]
+    g_sorted = group[order]
+    position = np.arange(n) - start[g_sorted]
+    in_pool = (position >= hard[g_sorted]) & (position < n_ok[g_sorted])
+    pool = order[in_pool]
+    g_pool = g_sorted[in_pool]
+    s_pool = scores[pool]
+    # the pool of a group is a contiguous run sorted by keep value: its ends are min and max
+    has = n_ok > hard
+    first = np.where(has, start + hard, 0)
+    last = np.where(has, start + n_ok - 1, 0)
+    ends = np.stack([scores[order[first]], scores[order[last]]])
+    lo, hi = ends.min(axis=0), ends.max(axis=0)
+    strata = ccs_bin_index(s_pool, lo[g_pool], hi[g_pool], bins)
+    counts = np.bincount(g_pool * bins + strata, minlength=n_groups * bins).reshape(n_groups, bins)
+    budget = ccs_bin_budgets(counts, quota)
+    key = np.empty(n, dtype=np.int64)
+    key[np.argsort(ids, kind="stable")] = np.random.default_rng(seed).permutation(n)
+    cell = g_pool * bins + strata
+    within = np.lexsort((key[pool], cell))
+    cell_start = np.r_[0, np.cumsum(counts.ravel())[:-1]]
+    cell_sorted = cell[within]
+    rank_in_cell = np.arange(len(pool)) - cell_start[cell_sorted]
+    chosen = pool[within[rank_in_cell < budget.ravel()[cell_sorted]]]
+    rows = chosen[np.lexsort((ids[chosen], -keep[chosen], labels[chosen]))]
+    short = quota - budget.sum(axis=1)
+    if balance == "none":
+        quotas: dict[int, int] = {}
+        shortfall = {-1: int(short[0])} if short[0] else {}
+    else:
+        quotas = {int(c): int(q) for c, q in zip(groups, quota, strict=True)}
+        shortfall = {int(c): int(s) for c, s in zip(groups, short, strict=True) if s > 0}
+    return Picked(rows, _ranks_within_class(labels[rows]), total, quotas, shortfall)
+
+
+def ccs_bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
+    """Equal-width bin of each value over ``[lo, hi]`` (per value), the maximum in the last bin."""
+    span = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = np.floor((values - lo) / span * bins)
+    return np.where(span > 0, np.clip(raw, 0, bins - 1), 0).astype(np.int64)
+
+
+def ccs_bin_budgets(counts: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """Rows per bin (``groups x bins``): the least-filled bin first, each bin
+    ``min(size, floor(left / bins left))``, as the CCS authors' ``bin_allocate``."""
+    order = np.argsort(counts, axis=1, kind="stable")
+    sorted_counts = np.take_along_axis(counts, order, axis=1)
+    left = np.asarray(quota, dtype=np.int64).copy()
+    taken = np.zeros_like(sorted_counts)
+    width = counts.shape[1]
+    for i in range(width):
+        taken[:, i] = np.minimum(sorted_counts[:, i], left // (width - i))
+        left -= taken[:, i]
+    budget = np.empty_like(taken)
+    np.put_along_axis(budget, order, taken, axis=1)
+    return budget
+
+
 # --- reading candidates ------------------------------------------------------------------
 def _score_candidates(lake: Lake, score: str) -> Candidates:
     """``sample_id, label`` and column ``score`` of the scores table with its provenance."""
@@ -335,6 +498,9 @@ def select(
     query: str | None = None,
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
+    strategy: Strategy = "topk",
+    ccs_prune: float | None = None,
+    ccs_bins: int | None = None,
 ) -> Manifest:
     """Select a class-balanced coreset and (optionally) write its manifest.
 
@@ -342,16 +508,18 @@ def select(
     ----------
     lake : Lake or path
     score : str, optional
-        Name of a stored score (a column of the ``scores`` view). Higher = more useful (CLD:
-        Pearson correlation in [-1, 1], NaN for samples with non-finite losses).
+        Name of a stored score (a column of the ``scores`` view). ``topk`` takes the highest
+        values (CLD: Pearson correlation in [-1, 1], higher = more useful, NaN for samples with
+        non-finite losses); ``ccs`` reads the score's direction from its provenance.
     fraction, count : exactly one
         ``fraction`` in (0, 1] of the candidates, or ``count`` >= 1 rows in total.
     balance : {"proportional", "equal", "none"}
     lowest : bool
-        Take the lowest scores instead (e.g. to inspect likely mislabeled samples).
+        ``topk`` only: take the lowest scores instead (e.g. likely mislabeled samples).
     random, seed : bool, int
         A seeded random selection with the same class balance (the baseline); ``seed``
         defaults to 0. With ``score`` the NaN-score samples are left out as for the coreset.
+        ``seed`` is also the seed of the ``ccs`` draw.
     query : str, optional
         SQL over the lake's views returning ``sample_id`` (and optionally ``score``): the
         candidates, e.g. to filter by metadata before ranking.
@@ -359,6 +527,14 @@ def select(
         Where to write the manifest (atomically): outside the lake, or in ``LAKE/manifests/``.
     force : bool
         Overwrite ``out`` if it exists (otherwise an existing file is an error).
+    strategy : {"topk", "ccs"}
+        ``topk`` (default): the best ``k`` per class. ``ccs``: Coverage-Centric Coreset
+        Selection (:func:`ccs_rows`): drop the hardest ``ccs_prune`` share of each class, then
+        draw the quota over ``ccs_bins`` equal-width score bins.
+    ccs_prune : float, optional
+        Share in [0, 1) of each class's hardest samples never selected (default 0.1).
+    ccs_bins : int, optional
+        Number of score bins (strata), default 50.
 
     Returns
     -------
@@ -371,10 +547,9 @@ def select(
     if balance not in BALANCES:
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
     check_size_args(fraction, count)  # argument checks before any reading
-    if random and lowest:
-        raise BadInputError("--lowest has no meaning with --random; drop one of them")
+    rule = _check_rule(strategy, lowest, random, seed, ccs_prune, ccs_bins)
     if out is None:
-        return _select(lake, score, fraction, count, balance, lowest, random, seed, query, None)
+        return _select(lake, score, fraction, count, balance, rule, query, None)
     created = _make_manifests_dir(Path(out), lake)
     try:
         path = check_output_path(
@@ -385,12 +560,60 @@ def select(
             allowed_dir=MANIFESTS_DIR,
             overwrite=force,
         )
-        return _select(lake, score, fraction, count, balance, lowest, random, seed, query, path)
+        return _select(lake, score, fraction, count, balance, rule, query, path)
     except BaseException:
         if created:  # a failed call leaves the lake as it was
             with contextlib.suppress(OSError):
                 (lake.path / MANIFESTS_DIR).rmdir()
         raise
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How rows are chosen: top-k (highest/lowest), random, or CCS with its parameters."""
+
+    strategy: str
+    lowest: bool
+    random: bool
+    seed: int | None
+    prune: float = CCS_PRUNE
+    bins: int = CCS_BINS
+
+
+def _check_rule(
+    strategy: str,
+    lowest: bool,
+    random: bool,
+    seed: int | None,
+    prune: float | None,
+    bins: int | None,
+) -> _Rule:
+    if strategy not in STRATEGIES:
+        raise BadInputError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy == "topk":
+        if prune is not None or bins is not None:
+            flag = "--ccs-prune" if prune is not None else "--ccs-bins"
+            raise BadInputError(f"{flag} is used with --strategy ccs only")
+        if random and lowest:
+            raise BadInputError("--lowest has no meaning with --random; drop one of them")
+        return _Rule("topk", lowest, random, (0 if seed is None else int(seed)) if random else None)
+    if lowest:
+        raise BadInputError(
+            "--lowest is for --strategy topk; ccs already drops the hardest samples by the score's direction"
+        )
+    if random:
+        raise BadInputError("--random is its own baseline; drop --strategy ccs or --random")
+    rule = _Rule(
+        "ccs",
+        False,
+        False,
+        0 if seed is None else seed,
+        CCS_PRUNE if prune is None else prune,
+        CCS_BINS if bins is None else bins,
+    )
+    assert rule.seed is not None
+    check_ccs_args(rule.prune, rule.bins, rule.seed)
+    return rule
 
 
 def _make_manifests_dir(out: Path, lake: Lake) -> bool:
@@ -402,15 +625,25 @@ def _make_manifests_dir(out: Path, lake: Lake) -> bool:
     return True
 
 
+def _candidates(lake: Lake, score: str | None, query: str | None, rule: _Rule) -> Candidates:
+    if query is not None:
+        return _query_candidates(lake, query, score, need_score=not rule.random)
+    if score is not None:
+        return _score_candidates(lake, score)
+    if rule.random:
+        return _train_candidates(lake)
+    if rule.strategy == "ccs":
+        raise BadInputError("--strategy ccs needs a score: give --score NAME (a stored score)")
+    raise BadInputError("give --score NAME (a stored score), --random, or --query")
+
+
 def _select(
     lake: Lake,
     score: str | None,
     fraction: float | None,
     count: int | None,
     balance: Balance,
-    lowest: bool,
-    random: bool,
-    seed: int | None,
+    rule: _Rule,
     query: str | None,
     out: Path | None,
 ) -> Manifest:
@@ -418,33 +651,57 @@ def _select(
 
     from cld_lake._version import __version__
 
-    if query is not None:
-        cand = _query_candidates(lake, query, score, need_score=not random)
-    elif score is not None:
-        cand = _score_candidates(lake, score)
-    elif random:
-        cand = _train_candidates(lake)
-    else:
-        raise BadInputError("give --score NAME (a stored score), --random, or --query")
+    cand = _candidates(lake, score, query, rule)
     pool = "rows of --query" if query is not None else "training samples"
     target_size(len(cand.sample_ids), fraction, count, pool=pool)
     stale = scores_table.stale_scores(lake).get(score) if score is not None else None
     if stale is not None:
         warnings.warn(f"--score {score}: {stale}", UserWarning, stacklevel=3)
     scored = cand.score_name is not None
-    seed = (0 if seed is None else int(seed)) if random else None
     selectable = ~np.isnan(cand.scores) if scored else np.ones(len(cand.sample_ids), dtype=bool)
-    picked = select_rows(
-        cand.sample_ids,
-        cand.labels,
-        cand.scores,
-        fraction=fraction,
-        count=count,
-        balance=balance,
-        lowest=lowest,
-        seed=seed,
-        selectable=selectable,
-    )
+    selection: dict[str, Any] = {"strategy": rule.strategy}
+    if rule.strategy == "ccs":
+        direction = score_direction(cand.provenance)
+        picked = ccs_rows(
+            cand.sample_ids,
+            cand.labels,
+            cand.scores,
+            fraction=fraction,
+            count=count,
+            balance=balance,
+            prune=rule.prune,
+            bins=rule.bins,
+            seed=int(rule.seed or 0),
+            direction=direction,
+            selectable=selectable,
+        )
+        selection |= {
+            "rule": "ccs",
+            "ccs": {
+                "prune": rule.prune,
+                "bins": rule.bins,
+                "direction": direction,
+                "pruned": "the floor(prune x n) hardest of each class's scored samples: "
+                + ("lowest" if direction == "higher_keep" else "highest")
+                + " scores, ties: smaller sample_id",
+                "budget": "least-filled bin first, min(size, floor(left / bins left))",
+                "draw": "within a bin: smallest keys of a seeded permutation laid in sample_id order",
+                "rank": "score order within class, most useful first",
+            },
+        }
+    else:
+        picked = select_rows(
+            cand.sample_ids,
+            cand.labels,
+            cand.scores,
+            fraction=fraction,
+            count=count,
+            balance=balance,
+            lowest=rule.lowest,
+            seed=rule.seed,
+            selectable=selectable,
+        )
+        selection["rule"] = "random" if rule.random else ("lowest" if rule.lowest else "highest")
     rows = picked.rows
     table = manifest_table(
         cand.sample_ids[rows], cand.labels[rows], cand.scores[rows], picked.ranks
@@ -454,14 +711,14 @@ def _select(
         "kind": MANIFEST_KIND,
         "manifest_version": MANIFEST_VERSION,
         "score": cand.score_name,
-        "method": "random" if random else prov.get("method"),
+        "method": "random" if rule.random else prov.get("method"),
         "score_provenance": prov,
         "score_stale": stale,
         "checkpoints": prov.get("checkpoint_ids", prov.get("checkpoints")),
-        "selection": {
-            "rule": "random" if random else ("lowest" if lowest else "highest"),
+        "selection": selection
+        | {
             "balance": balance,
-            "seed": seed,
+            "seed": rule.seed,
             "query": query,
             "ties": "equal scores: smaller sample_id first",
             "nan": "never selected; counted in class sizes",

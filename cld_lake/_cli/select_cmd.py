@@ -1,4 +1,4 @@
-"""The select command: class-balanced top-k of a stored score -> a manifest."""
+"""The select command: class-balanced top-k (or CCS) of a stored score -> a manifest."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cld_lake._types import Balance, choices
+from cld_lake._types import Balance, Strategy, choices
 
 
 @click.command("select")
@@ -32,7 +32,30 @@ from cld_lake._types import Balance, choices
     is_flag=True,
     help="Seeded random selection with the same class balance (baseline).",
 )
-@click.option("--seed", type=int, default=None, help="Seed for --random (default 0).")
+@click.option(
+    "--strategy",
+    type=click.Choice(choices(Strategy)),
+    default="topk",
+    show_default=True,
+    help="topk: the best k per class; ccs: coverage-centric (prune the hardest, stratified draw).",
+)
+@click.option(
+    "--ccs-prune",
+    type=float,
+    default=None,
+    metavar="BETA",
+    help="ccs: share in [0, 1) of each class's hardest samples never selected (default 0.1).",
+)
+@click.option(
+    "--ccs-bins",
+    type=int,
+    default=None,
+    metavar="K",
+    help="ccs: number of equal-width score bins (default 50).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed for --random or --strategy ccs (default 0)."
+)
 @click.option(
     "--query", help="SQL over the lake's views returning sample_id [, score]: the candidates."
 )
@@ -51,6 +74,9 @@ def select_cmd(
     balance: Balance,
     lowest: bool,
     random_: bool,
+    strategy: Strategy,
+    ccs_prune: float | None,
+    ccs_bins: int | None,
     seed: int | None,
     query: str | None,
     out: Path,
@@ -61,14 +87,15 @@ def select_cmd(
     \b
     Example: cld-lake select LAKE --score cld --fraction 0.1 --out coreset.parquet
     Baseline: cld-lake select LAKE --random --seed 1 --fraction 0.1 --out random.parquet
+    CCS:      cld-lake select LAKE --score cld --strategy ccs --ccs-prune 0.2 --fraction 0.1 --out ccs.parquet
     """
     from cld_lake._cli._common import warnings_as_lines
     from cld_lake.errors import BadInputError
     from cld_lake.lake import open_lake
     from cld_lake.select import select
 
-    if seed is not None and not random_:
-        raise BadInputError("--seed is used with --random only")
+    if seed is not None and not random_ and strategy != "ccs":
+        raise BadInputError("--seed is used with --random or --strategy ccs only")
     lk = open_lake(lake)
     with warnings_as_lines():  # a stale score: one line on stderr, the selection goes on
         m = select(
@@ -83,10 +110,16 @@ def select_cmd(
             query=query,
             out=out,
             force=force,
+            strategy=strategy,
+            ccs_prune=ccs_prune,
+            ccs_bins=ccs_bins,
         )
     meta = m.metadata
     rule = meta["selection"]["rule"]
     what = f"score {meta['score']} ({rule})" if meta["score"] and rule != "random" else rule
+    if rule == "ccs":
+        ccs = meta["selection"]["ccs"]
+        what += f", hardest {ccs['prune']:g} pruned, {ccs['bins']} bins, seed {meta['selection']['seed']}"
     click.echo(
         f"selected {len(m):,} of {meta['candidates']:,} samples, {len(m.class_counts())} classes, "
         f"balance {balance}, by {what} -> {out}"
