@@ -63,3 +63,10 @@ class CorruptFileError(CldLakeError):
 
 class ScoringError(CldLakeError, ValueError):
     """Scoring cannot run on this lake with these options."""
+
+
+class LakeChangedError(CldLakeError):
+    """The lake changed under a running command (e.g. compaction retired and deleted a segment
+    the command was reading); running it again reads the new state."""
+
+    exit_code = 1

@@ -1,19 +1,22 @@
 """Compaction and garbage collection of a split's segments.
 
 Compaction merges segments into a new, wider one and then swaps the commit record, so a scan
-reads few, large chunks; committed bytes are never rewritten in place. The merged-away
-segments stay on disk until :func:`collect_garbage` finds them older than the grace period,
-so a reader that opened the previous commit record finishes its scan.
+reads few, large chunks; committed bytes are never rewritten in place. The new record lists
+the merged-away segments as retired, with the time; :func:`collect_garbage` keeps them for
+the grace period, so a reader that opened the previous commit record finishes its scan. Any
+other segment no commit references is debris of a failed or killed write: the writer (who
+holds the split's lock) deletes it at once.
 
 The split's writer owns the commit record: these functions get a ``commit`` callback that
-replaces it with the given rows and returns the new snapshot.
+replaces it with the given rows and returns the new snapshot, and a ``guard`` that removes a
+new segment whose commit fails.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ from cld_lake.lake.store import Split
 GC_GRACE_SECONDS = 600.0  # readers of a retired segment get this long to finish their scan
 COMPACT_FANOUT = 8
 
-Commit = Callable[[list[dict[str, Any]]], Split]
+# commit(rows, new segment, retired segments) -> the new snapshot
+Commit = Callable[[list[dict[str, Any]], str, Sequence[str]], Split]
+Guard = Callable[[str], AbstractContextManager[None]]
 
 
-def compact_split(split: Split, commit: Commit, *, full: bool) -> int:
+def compact_split(split: Split, commit: Commit, guard: Guard, *, full: bool) -> int:
     """Merge segments until the policy is met; return the number of merges.
 
     ``full=True`` merges everything into one segment; ``full=False`` applies the tiered
@@ -44,7 +49,7 @@ def compact_split(split: Split, commit: Commit, *, full: bool) -> int:
             run = tail_run_to_merge(widths)
         if not run:
             return merges
-        split = merge_segments(split, run, commit)
+        split = merge_segments(split, run, commit, guard)
         merges += 1
 
 
@@ -70,13 +75,18 @@ def tail_run_to_merge(widths: Mapping[str, int]) -> list[str]:
     return tail if len(levels) == 1 else []
 
 
-def merge_segments(split: Split, segments: Sequence[str], commit: Commit) -> Split:
-    """Copy ``segments`` into one new segment (columns in checkpoint order), commit the
-    record that points to it, and mark the old segments retired; return the new snapshot."""
+def merge_segments(split: Split, segments: Sequence[str], commit: Commit, guard: Guard) -> Split:
+    """Copy ``segments`` into one new segment (columns in checkpoint order) and commit the
+    record that points to it and lists the old ones as retired; return the new snapshot."""
+    new_name = new_segment_name()
+    with guard(new_name):
+        return _merge_into(split, segments, new_name, commit)
+
+
+def _merge_into(split: Split, segments: Sequence[str], new_name: str, commit: Commit) -> Split:
     table = split.checkpoint_table
     seg_col = np.asarray(table.column("segment").to_pylist(), dtype=object)
     ckpts = np.sort(table.column("checkpoint").to_numpy()[np.isin(seg_col, list(segments))])
-    new_name = new_segment_name()
     arrays = create_segment(
         split.path / fmt.SEGMENTS_DIR / new_name,
         split.num_samples,
@@ -93,20 +103,18 @@ def merge_segments(split: Split, segments: Sequence[str], commit: Commit) -> Spl
         if row["segment"] in segments:
             row["column"] = position[int(row["checkpoint"])]
             row["segment"] = new_name
-    merged = commit(rows)
-    now = time.time()
-    for name in segments:  # retired now: collect_garbage() deletes them after the grace period
-        path = split.path / fmt.SEGMENTS_DIR / name
-        if path.exists():
-            os.utime(path, (now, now))
-    return merged
+    return commit(rows, new_name, list(segments))
 
 
 def collect_garbage(
-    split_dir: Path, referenced: set[str], grace_seconds: float = GC_GRACE_SECONDS
+    split_dir: Path,
+    referenced: set[str],
+    retired: Mapping[str, float],
+    grace_seconds: float = GC_GRACE_SECONDS,
 ) -> list[str]:
-    """Delete unreferenced segments (crashed writes, compacted-away segments) older than
-    ``grace_seconds``, and stray temp files. Returns the names deleted."""
+    """Delete what no commit references: ``retired`` segments (name -> time of retirement)
+    once ``grace_seconds`` have passed, every other unreferenced segment and stray temp file
+    at once. Only the split's writer calls this. Returns the names deleted."""
     deleted = []
     seg_dir = split_dir / fmt.SEGMENTS_DIR
     now = time.time()
@@ -114,9 +122,10 @@ def collect_garbage(
         for entry in seg_dir.iterdir():
             if entry.name in referenced:
                 continue
-            if now - entry.stat().st_mtime >= grace_seconds or not entry.name.startswith("seg-"):
-                delete_segment(entry)
-                deleted.append(entry.name)
+            if entry.name in retired and now - float(retired[entry.name]) < grace_seconds:
+                continue  # readers of an older snapshot may still be scanning it
+            delete_segment(entry)
+            deleted.append(entry.name)
     for entry in split_dir.glob(".*.tmp-*"):
         entry.unlink(missing_ok=True)
         deleted.append(entry.name)

@@ -2,16 +2,22 @@
 
 ```
 LAKE/
-  cld_lake.json                     format, version, lake id, number of classes
+  cld_lake.json                     format, version, lake id, number of classes, the committed
+                                    splits, and a CRC32C of its own canonical JSON
   .lake.lock                        short lock for root metadata updates
   splits/<split>/
     samples.parquet                 sample_id, label, [metadata...]; row i = row i of every array
+    classes.parquet                 label, count: samples per class (classes present)
     checkpoints.parquet             THE commit record: one row per committed checkpoint, naming
-                                    the segment and column holding it (replaced atomically)
+                                    the segment and column holding it (replaced atomically);
+                                    its metadata holds the checksums of everything above
     segments/<id>.zarr/             Zarr v3 group: one (N, width) array per channel
     .writer.lock                    held (flock) by the split's single writer
   scores.parquet                    one row per training sample, one column per stored score
 ```
+
+Format 2 checksums every committed byte (see ``docs/ARCHITECTURE.md``); format 1 lakes (no
+checksums, class counts in the commit record's metadata) are read as before, not written.
 """
 
 from __future__ import annotations
@@ -22,14 +28,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cld_lake.errors import LakeVersionError, NotALakeError
+from cld_lake._io import atomic_write_json
+from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex
+from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
 
 FORMAT_NAME = "cld_lake"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUMS_SINCE = 2  # the first format whose every committed file carries a checksum
 ROOT_FILE = "cld_lake.json"
 ROOT_LOCK = ".lake.lock"
 SPLITS_DIR = "splits"
 SAMPLES_FILE = "samples.parquet"
+CLASSES_FILE = "classes.parquet"
 CHECKPOINTS_FILE = "checkpoints.parquet"
 SEGMENTS_DIR = "segments"
 WRITER_LOCK = ".writer.lock"
@@ -65,11 +75,34 @@ def new_root_metadata(num_classes: int | None) -> dict[str, Any]:
         "created_at": now_iso(),
         "created_by": f"cld_lake {__version__}",
         "num_classes": num_classes,
+        "splits": [],
     }
 
 
+def write_root_metadata(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``cld_lake.json`` atomically with the checksum of its canonical JSON; return it.
+
+    Callers hold :class:`~cld_lake.lake.store.root_lock`.
+    """
+    meta = {**meta, CHECKSUM_KEY: crc32c_hex(canonical_json(meta))}
+    atomic_write_json(path / ROOT_FILE, meta)
+    return meta
+
+
+def listed_splits(meta: dict[str, Any]) -> list[str] | None:
+    """The splits the root metadata lists as committed; None for a format 1 lake (no list)."""
+    splits = meta.get("splits")
+    return None if splits is None else [str(s) for s in splits]
+
+
+def has_checksums(meta: dict[str, Any]) -> bool:
+    """Does this lake (its root metadata) carry checksums (format 2 and later)?"""
+    return int(meta["format_version"]) >= CHECKSUMS_SINCE
+
+
 def read_root_metadata(path: Path) -> dict[str, Any]:
-    """Read and check ``cld_lake.json``; raise a clear error when ``path`` is not a lake."""
+    """Read and check ``cld_lake.json``; raise a clear error when ``path`` is not a lake,
+    :class:`CorruptLakeError` when the file fails its checksum."""
     root_file = path / ROOT_FILE
     if not path.exists():
         raise NotALakeError(
@@ -77,25 +110,49 @@ def read_root_metadata(path: Path) -> dict[str, Any]:
         )
     if not path.is_dir():
         raise NotALakeError(f"{path}: is a file, not a lake directory")
+    fix = f"run `cld-lake verify {path}` and restore it from a backup"
     if not root_file.exists():
+        if (path / SPLITS_DIR).is_dir() and any((path / SPLITS_DIR).iterdir()):
+            raise CorruptLakeError(f"{root_file} is missing but {path} holds splits; {fix}")
         raise NotALakeError(
             f"{path}: not a cld_lake lake (no {ROOT_FILE}); point to a lake directory or create one with `cld-lake import`"
         )
     try:
-        meta = json.loads(root_file.read_text())
+        meta = json.loads(root_file.read_bytes())
     except (OSError, ValueError) as exc:
-        raise NotALakeError(
-            f"{root_file}: unreadable lake metadata ({exc}); restore it from a backup"
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise NotALakeError(
-            f"{root_file}: not a cld_lake metadata file (format={meta.get('format') if isinstance(meta, dict) else None!r})"
-        )
+        raise CorruptLakeError(f"{root_file}: unreadable lake metadata ({exc}); {fix}") from exc
+    if not isinstance(meta, dict):
+        raise CorruptLakeError(f"{root_file}: not a JSON object; {fix}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and version > FORMAT_VERSION:  # its checksum rules are newer
         raise LakeVersionError(
             f"{path}: lake format version {version} is newer than this cld_lake reads ({FORMAT_VERSION}); upgrade cld_lake"
         )
+    stored = meta.get(CHECKSUM_KEY)
+    if stored is None and meta.get("format") != FORMAT_NAME:
+        raise NotALakeError(
+            f"{root_file}: not a cld_lake metadata file (format={meta.get('format')!r})"
+        )
+    if stored is not None or not (isinstance(version, int) and version < CHECKSUMS_SINCE):
+        computed = crc32c_hex(canonical_json(meta))
+        if stored != computed:
+            why = (
+                "no checksum recorded"
+                if stored is None
+                else f"stored {stored}, computed {computed}"
+            )
+            raise CorruptLakeError(f"{root_file} fails its checksum ({why}); {fix}")
+    if meta.get("format") != FORMAT_NAME:
+        raise NotALakeError(
+            f"{root_file}: not a cld_lake metadata file (format={meta.get('format')!r})"
+        )
+    if not isinstance(version, int) or version < 1:
+        raise CorruptLakeError(f"{root_file}: format_version {version!r} is not valid; {fix}")
+    splits = meta.get("splits")
+    if version >= CHECKSUMS_SINCE and not (
+        isinstance(splits, list) and all(isinstance(s, str) for s in splits)
+    ):
+        raise CorruptLakeError(f"{root_file}: no list of committed splits; {fix}")
     return meta
 
 

@@ -2,20 +2,29 @@
 
 A checkpoint is committed as a new segment of width 1 (cheap to append); segments are merged
 into wider ones (compaction) so row-block scans read few, large, contiguous chunks. Every
-chunk carries a CRC32C checksum so ``verify`` detects damaged bytes.
+chunk carries a CRC32C checksum (the Zarr ``crc32c`` codec), and the commit record holds a
+CRC32C of each segment's metadata files (``zarr.json``), checked when the segment is opened.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from cld_lake._meta import crc32c_hex
+from cld_lake.errors import CorruptLakeError
 from cld_lake.lake._format import chunk_rows_for
+
+METADATA_FILE = "zarr.json"
+DEFAULT_FIX = "run `cld-lake verify LAKE` and restore it from a backup"
 
 if TYPE_CHECKING:
     import zarr
@@ -49,12 +58,87 @@ def create_segment(
     return {channel: ChunkWriter(path / channel, arr) for channel, arr in arrays.items()}
 
 
-def open_segment(path: Path) -> dict[str, zarr.Array]:
-    """Open a segment read-only; return its arrays by channel."""
-    import zarr  # on first use: `cld-lake --help` stays fast
+def segment_checksums(path: Path) -> dict[str, str]:
+    """CRC32C of each metadata file of a segment (``zarr.json`` of the group and of each
+    array), by path relative to the segment: what the commit record keeps for it."""
+    return {
+        str(f.relative_to(path)): crc32c_hex(f.read_bytes())
+        for f in sorted(path.rglob(METADATA_FILE))
+    }
 
-    group = zarr.open_group(store=str(path), mode="r")
-    return {name: arr for name, arr in group.arrays()}
+
+@dataclass(frozen=True)
+class SegmentArray:
+    """One channel of a segment, as its ``zarr.json`` describes it.
+
+    ``plain`` arrays (the layout this package writes) are read straight from their chunk
+    files; any other layout through Zarr (:attr:`zarr`, opened on first use).
+    """
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.meta["shape"])
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.meta["chunk_grid"]["configuration"]["chunk_shape"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["data_type"])
+
+    @property
+    def plain(self) -> bool:
+        return _is_plain_meta(self.meta)
+
+    @cached_property
+    def zarr(self) -> zarr.Array:
+        import zarr  # only for a layout this package does not write
+
+        return zarr.open_array(store=str(self.path), mode="r")
+
+
+def open_segment(
+    path: Path, checksums: Mapping[str, str] | None = None, fix: str = DEFAULT_FIX
+) -> dict[str, SegmentArray]:
+    """Open a segment read-only; return its arrays by channel.
+
+    With ``checksums`` (from the commit record), each metadata file is checked before it is
+    parsed: :class:`CorruptLakeError` when one differs; ``FileNotFoundError`` when one is
+    missing. The metadata is parsed here (no Zarr import for this package's own layout).
+    """
+    texts = {}
+    for name, stored in (checksums or {}).items():
+        data = (path / name).read_bytes()
+        computed = crc32c_hex(data)
+        if computed != stored:
+            raise CorruptLakeError(
+                f"{path / name} fails its checksum (stored {stored}, computed {computed}); {fix}"
+            )
+        texts[name] = data
+    group = _node(path, texts)
+    if group.get("node_type") != "group":
+        raise CorruptLakeError(f"{path / METADATA_FILE}: not a Zarr group; {fix}")
+    arrays = {}
+    for child in sorted(path.iterdir()):
+        if not (child / METADATA_FILE).exists():
+            continue
+        meta = _node(child, texts, prefix=f"{child.name}/")
+        if meta.get("node_type") == "array":
+            arrays[child.name] = SegmentArray(child, meta)
+    return arrays
+
+
+def _node(path: Path, texts: Mapping[str, bytes], prefix: str = "") -> dict[str, Any]:
+    """The parsed ``zarr.json`` of ``path`` (the bytes already checked when there are)."""
+    data = texts.get(f"{prefix}{METADATA_FILE}")
+    meta = json.loads(data if data is not None else (path / METADATA_FILE).read_bytes())
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+        raise ValueError(f"{path / METADATA_FILE} is not Zarr v3 metadata")
+    return meta
 
 
 def delete_segment(path: Path) -> None:
@@ -72,11 +156,20 @@ class ChunkReader:
     through Zarr. The checksum is always verified.
     """
 
-    def __init__(self, path: Path, array: zarr.Array) -> None:
+    def __init__(
+        self,
+        path: Path,
+        array: SegmentArray,
+        *,
+        fix: str = DEFAULT_FIX,
+        on_missing: Callable[[Path], Exception] | None = None,
+    ) -> None:
         self.array = array
         self.path = path
+        self._fix = fix
+        self._on_missing = on_missing
         self._cached: tuple[int, np.ndarray] | None = None
-        self.direct = _is_plain_layout(array)
+        self.direct = array.plain
         if self.direct:
             self.chunk_rows = int(array.chunks[0])
             self.width = int(array.shape[1])
@@ -85,7 +178,7 @@ class ChunkReader:
     def read(self, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)``, all columns (a view of a chunk buffer when the range fits one chunk)."""
         if not self.direct or b <= a:
-            return np.asarray(self.array[a:b])
+            return np.asarray(self.array.zarr[a:b])
         first, last = a // self.chunk_rows, (b - 1) // self.chunk_rows
         if first == last:
             base = first * self.chunk_rows
@@ -102,8 +195,6 @@ class ChunkReader:
             return self._cached[1]
         import google_crc32c
 
-        from cld_lake.errors import CorruptLakeError
-
         nbytes = self.chunk_rows * self.width * self.dtype.itemsize
         buf = np.empty(nbytes + 4, dtype=np.uint8)
         path = self.path / "c" / str(i) / "0"
@@ -112,14 +203,20 @@ class ChunkReader:
                 got = fh.readinto(memoryview(buf))
                 extra = fh.read(1)
         except FileNotFoundError as exc:
-            raise CorruptLakeError(f"{path}: chunk file missing; run `cld-lake verify`") from exc
+            if self._on_missing is not None:
+                raise self._on_missing(path) from exc
+            raise CorruptLakeError(f"{path}: committed chunk file missing; {self._fix}") from exc
         if got != nbytes + 4 or extra:
             raise CorruptLakeError(
-                f"{path}: chunk has {got} bytes, expected {nbytes + 4}; the file is damaged"
+                f"{path}: chunk has {'more than ' if extra else ''}{got} bytes, expected "
+                f"{nbytes + 4}; {self._fix}"
             )
         stored = int(buf[-4:].view("<u4")[0])
-        if google_crc32c.value(buf[:-4]) != stored:
-            raise CorruptLakeError(f"{path}: checksum mismatch; the chunk is damaged")
+        computed = google_crc32c.value(buf[:-4])
+        if computed != stored:
+            raise CorruptLakeError(
+                f"{path} fails its checksum (stored {stored:08x}, computed {computed:08x}); {self._fix}"
+            )
         chunk = buf[:-4].view(self.dtype).reshape(self.chunk_rows, self.width)
         chunk.flags.writeable = False  # blocks are views of it: nobody may change another's rows
         self._cached = (i, chunk)
@@ -127,6 +224,7 @@ class ChunkReader:
 
 
 def _is_plain_layout(array: zarr.Array) -> bool:
+    """Is this Zarr array (in a local directory) of the layout this package writes?"""
     try:
         meta = array.metadata.to_dict()
         store = array.store
@@ -134,13 +232,27 @@ def _is_plain_layout(array: zarr.Array) -> bool:
         return False
     from zarr.storage import LocalStore
 
+    return isinstance(store, LocalStore) and _is_plain_meta(meta)
+
+
+def _is_plain_meta(meta: dict[str, Any]) -> bool:
+    """Does this array metadata describe the layout this package writes: a regular grid of
+    full-width chunks, ``bytes`` (little endian) + ``crc32c`` codecs, ``c/<i>/0`` keys?"""
+    try:
+        return _plain(meta)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
+
+
+def _plain(meta: dict[str, Any]) -> bool:
     codecs = [c.get("name") for c in meta.get("codecs", [])]
     endian = (meta.get("codecs") or [{}])[0].get("configuration", {}).get("endian", "little")
     shape = meta.get("shape", [])
     chunks = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [])
     key = meta.get("chunk_key_encoding", {})
     return (
-        isinstance(store, LocalStore)
+        meta.get("chunk_grid", {}).get("name") == "regular"
+        and not meta.get("storage_transformers")
         and codecs == ["bytes", "crc32c"]
         and endian == "little"
         and len(shape) == 2
@@ -148,7 +260,7 @@ def _is_plain_layout(array: zarr.Array) -> bool:
         and chunks[1] == shape[1]
         and key.get("name") == "default"
         and key.get("configuration", {}).get("separator", "/") == "/"
-        and np.dtype(str(array.dtype)).byteorder in ("=", "<", "|")
+        and np.dtype(str(meta.get("data_type"))).byteorder in ("=", "<", "|")
     )
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cld_lake._meta import CHECKSUM_KEY, checksum_problem, read_meta
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import _format as fmt
-from cld_lake.lake._validate import count_duplicates
+from cld_lake.lake._compact import GC_GRACE_SECONDS
+from cld_lake.lake._validate import count_duplicates, ids_digest
 from cld_lake.lake.scores import stored_scores
-from cld_lake.lake.store import Lake
+from cld_lake.lake.store import Lake, Split
 
 
 def _dir_bytes(path: Path) -> int:
@@ -44,10 +48,9 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         ck = split.checkpoint_ids
         seg_bytes = _dir_bytes(split.path / fmt.SEGMENTS_DIR)
         values = split.num_samples * len(ck) * len(split.channels)
-        labels = split.labels
         info["splits"][name] = {
             "samples": split.num_samples,
-            "classes_present": int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0,
+            "classes_present": _classes_present(split),
             "checkpoints": len(ck),
             "checkpoint_ids": _compact_ids(ck),
             "channels": split.channels,
@@ -61,6 +64,13 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         }
     info["scores"] = stored_scores(lake)
     return info
+
+
+def _classes_present(split: Split) -> int:
+    if split.lake.checksummed:  # classes.parquet: one row per class present
+        return int(np.count_nonzero(split.classes_table.column("count").to_numpy()))
+    labels = split.labels
+    return int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0
 
 
 def _compact_ids(ids: np.ndarray) -> str:
@@ -84,28 +94,80 @@ class VerifyReport:
         return not self.errors
 
 
-def verify_lake(lake: Lake, read_data: bool = True) -> VerifyReport:
-    """Check every split: tables readable, ids unique, labels in range, every referenced
-    segment present with the right shape and dtype, and (``read_data``) every chunk read
-    back with its CRC32C checksum verified. Unreferenced segments are warnings (garbage a
-    crashed or compacting writer left; the next writer removes them)."""
+def verify_lake(
+    lake: Lake, read_data: bool = True, splits: Sequence[str] | None = None
+) -> VerifyReport:
+    """Check every committed byte of the lake against what its commit recorded.
+
+    Per split: the commit record's checksum; ``samples.parquet`` (its checksum, the row group
+    CRCs, ids unique, the recorded ids fingerprint recomputed); ``classes.parquet`` against
+    the labels; labels in range; every referenced segment's metadata checksums, shapes and
+    dtypes; and (``read_data``) every chunk read back with its CRC32C and the NaN/inf counts
+    recomputed. Errors: anything missing or different. Warnings: debris a writer left
+    (segments never committed, retired segments within their grace period, temp files, an
+    unfinished first write of a split) and a format 1 lake, which has no checksums.
+    ``splits`` limits the split checks to those named (the root metadata, the scores table
+    and temp files are always checked).
+    """
     report = VerifyReport()
-    for name in _split_dirs(lake):
+    if not lake.checksummed:
+        report.warnings.append(
+            f"format {lake.format_version}: no checksums to check (tables, shapes and chunk "
+            "checksums only); import into a new lake for full checks"
+        )
+    try:
+        listed = lake.splits()
+    except CldLakeError as exc:
+        report.errors.append(str(exc))
+        return report
+    names = sorted(set(_split_dirs(lake)) | set(listed))
+    for name in names if splits is None else [n for n in names if n in splits]:
+        if name not in listed:
+            if any(
+                p.name != fmt.WRITER_LOCK for p in (lake.path / fmt.SPLITS_DIR / name).iterdir()
+            ):
+                report.warnings.append(
+                    f"split {name!r}: an unfinished first write (not listed in {fmt.ROOT_FILE}; "
+                    "nothing committed): the split's next writer deletes it"
+                )
+            continue
         try:
             _verify_split(lake, name, report, read_data)
-        except CldLakeError:
-            raise
+        except CldLakeError as exc:  # what a reader refuses on is a verification error
+            report.errors.append(f"split {name!r} is corrupt: {exc}")
         except Exception as exc:  # anything unreadable is a verification error, not a crash
             report.errors.append(f"split {name!r}: {type(exc).__name__}: {_one_line(exc)}")
-    scores = lake.path / fmt.SCORES_FILE
-    if scores.exists():
-        try:
-            import pyarrow.parquet as pq
-
-            pq.ParquetFile(scores).read()
-        except Exception as exc:
-            report.errors.append(f"{scores}: unreadable ({_one_line(exc)})")
+    _verify_scores(lake, report)
+    for temp in _temp_files(lake.path):
+        report.warnings.append(
+            f"{temp}: temp file of an interrupted write (never committed; the next writer of "
+            "that file deletes it)"
+        )
     return report
+
+
+def _temp_files(root: Path) -> list[Path]:
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [Path(folder) / f for f in files if f.startswith(".") and ".tmp-" in f]
+    return sorted(found)
+
+
+def _verify_scores(lake: Lake, report: VerifyReport) -> None:
+    scores = lake.path / fmt.SCORES_FILE
+    if not scores.exists():
+        return
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(scores).read()
+    except Exception as exc:
+        report.errors.append(f"{scores}: unreadable ({_one_line(exc)})")
+        return
+    if CHECKSUM_KEY in read_meta(table.schema):
+        problem = checksum_problem(table)
+        if problem is not None:
+            report.errors.append(f"{scores} fails its checksum ({problem}); {lake.fix}")
 
 
 def _split_dirs(lake: Lake) -> list[str]:
@@ -114,84 +176,89 @@ def _split_dirs(lake: Lake) -> list[str]:
 
 
 def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
-    split_dir = lake.path / fmt.SPLITS_DIR / name
-    if not (split_dir / fmt.CHECKPOINTS_FILE).exists():
-        if (split_dir / fmt.SEGMENTS_DIR).exists() and any(
-            (split_dir / fmt.SEGMENTS_DIR).iterdir()
-        ):
-            report.warnings.append(
-                f"split {name!r}: uncommitted data from an interrupted first write (no checkpoint committed)"
-            )
-        return
-    split = lake.split(name)
-    ids = split.sample_ids
+    split = lake.split(name)  # checks the commit record
+    errors = report.errors
+    ids, labels = split.sample_ids, split.labels  # checks samples.parquet
     if len(ids) != split.num_samples:
-        report.errors.append(
+        errors.append(
             f"split {name!r}: samples.parquet has {len(ids)} rows, checkpoints.parquet says {split.num_samples}"
         )
         return
     if count_duplicates(ids):
-        report.errors.append(f"split {name!r}: duplicate sample ids in samples.parquet")
-    labels = split.labels
+        errors.append(f"split {name!r}: duplicate sample ids in samples.parquet")
+    recorded_sha1 = split.ids_digest
+    if recorded_sha1 is not None and ids_digest(ids) != recorded_sha1:
+        errors.append(
+            f"split {name!r}: the sample ids' fingerprint differs from the one recorded at creation"
+        )
     if len(labels) and (
         labels.min() < 0 or (lake.num_classes is not None and labels.max() >= lake.num_classes)
     ):
-        report.errors.append(f"split {name!r}: labels outside 0..{lake.num_classes}")
+        errors.append(f"split {name!r}: labels outside 0..{lake.num_classes}")
+    elif split.lake.checksummed or split.meta.get("label_counts") is not None:
+        counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+        recorded = split.label_counts(len(counts))  # checks classes.parquet
+        if not np.array_equal(np.trim_zeros(recorded, "b"), np.trim_zeros(counts, "b")):
+            errors.append(
+                f"split {name!r}: class counts differ from the labels (recorded at creation)"
+            )
     ck = split.checkpoint_ids
     if len(np.unique(ck)) != len(ck):
-        report.errors.append(f"split {name!r}: a checkpoint id is committed twice")
+        errors.append(f"split {name!r}: a checkpoint id is committed twice")
     referenced = split.segment_names()
-    seg_dir = split.path / fmt.SEGMENTS_DIR
     widths = {
         s: int(np.sum(np.asarray(split.checkpoint_table.column("segment").to_pylist()) == s))
         for s in referenced
     }
-    from cld_lake.lake._segments import open_segment
-
     for seg in referenced:
-        path = seg_dir / seg
-        if not path.exists():
-            report.errors.append(f"split {name!r}: segment {seg} is referenced but missing")
-            continue
-        try:
-            arrays = open_segment(path)
-        except Exception as exc:
-            report.errors.append(f"split {name!r}: segment {seg} unreadable ({_one_line(exc)})")
-            continue
+        arrays = split.open_segment(seg)  # checks its metadata files
         for channel, dtype in split.channels.items():
             arr = arrays.get(channel)
             if arr is None:
-                report.errors.append(f"split {name!r}: segment {seg} lacks channel {channel!r}")
+                errors.append(f"split {name!r}: segment {seg} lacks channel {channel!r}")
             elif (
                 arr.shape[0] != split.num_samples
                 or arr.shape[1] < widths[seg]
                 or str(arr.dtype) != dtype
             ):
-                report.errors.append(
+                errors.append(
                     f"split {name!r}: segment {seg}/{channel} has shape {arr.shape} {arr.dtype}"
                 )
-    if report.errors:
+    if errors:
         return
     if read_data and len(ck):
         nonfinite = np.zeros(len(ck), np.int64)
-        try:
-            for block in split.blocks(channels=list(split.channels)):
-                nonfinite += (~np.isfinite(block.loss)).sum(axis=0)
-                report.checked_values += block.loss.size * len(split.channels)
-        except Exception as exc:
-            report.errors.append(
-                f"split {name!r}: stored values unreadable or corrupt ({_one_line(exc)})"
-            )
-            return
+        for block in split.blocks(channels=list(split.channels)):  # checks every chunk
+            nonfinite += (~np.isfinite(block.loss)).sum(axis=0)
+            report.checked_values += block.loss.size * len(split.channels)
         recorded = split.checkpoint_table.column("nonfinite").to_numpy()
         if not np.array_equal(nonfinite, recorded):
-            report.errors.append(
+            errors.append(
                 f"split {name!r}: NaN/inf counts differ from those recorded at commit (data changed)"
             )
-    for entry in seg_dir.iterdir() if seg_dir.exists() else []:
-        if entry.name not in referenced:
+    _debris(split, referenced, report)
+
+
+def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
+    """Warnings for segments no commit references: retired ones kept for the grace period,
+    and those of failed or killed writes."""
+    seg_dir = split.path / fmt.SEGMENTS_DIR
+    retired = split.meta.get("retired", {})
+    grace = f"{GC_GRACE_SECONDS / 60:g} min"
+    for entry in sorted(seg_dir.iterdir()) if seg_dir.exists() else []:
+        if entry.name in referenced:
+            continue
+        if entry.name in retired:
+            when = _dt.datetime.fromtimestamp(float(retired[entry.name]), _dt.UTC)
             report.warnings.append(
-                f"split {name!r}: unreferenced segment {entry.name} (garbage; removed by the next writer)"
+                f"split {split.name!r}: segment {entry.name} retired by compaction at "
+                f"{when.isoformat(timespec='seconds')}; kept for the grace period ({grace}) so "
+                "running readers finish, then deleted by the split's next writer"
+            )
+        else:
+            report.warnings.append(
+                f"split {split.name!r}: segment {entry.name} left by a failed or killed write "
+                "(never committed); the split's next writer deletes it"
             )
 
 

@@ -18,11 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_write_json
-from cld_lake._meta import read_meta
-from cld_lake.errors import BadInputError, NotALakeError, SplitNotFoundError
+from cld_lake._meta import read_meta, table_checksum, verify_checksum
+from cld_lake.errors import (
+    BadInputError,
+    CldLakeError,
+    CorruptLakeError,
+    LakeChangedError,
+    NotALakeError,
+    SplitNotFoundError,
+)
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
+from cld_lake.lake._validate import check_num_classes
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -72,17 +79,21 @@ class Split:
         self.name = name
         self.path = lake.path / fmt.SPLITS_DIR / name
         ck_path = self.path / fmt.CHECKPOINTS_FILE
-        if not ck_path.exists():
-            present = ", ".join(lake.splits()) or "none"
+        present = lake.splits()
+        if name not in present:
             raise SplitNotFoundError(
-                f"{lake.path}: no split {name!r} (splits present: {present}); import or record it first"
+                f"{lake.path}: no split {name!r} (splits present: {', '.join(present) or 'none'}); import or record it first"
             )
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(
-            ck_path
-        ).read()  # (pq.read_table would import pyarrow.dataset: +0.3 s)
-        meta = read_meta(table.schema)
+        if not ck_path.exists():  # listed in cld_lake.json, so committed once
+            raise CorruptLakeError(
+                f"{ck_path} is missing but {lake.path / fmt.ROOT_FILE} lists split {name!r}; {lake.fix}"
+            )
+        table = read_table(ck_path, lake.fix)
+        if lake.checksummed:
+            meta = verify_checksum(table, ck_path, fix=lake.fix)
+            _check_record(meta, table, ck_path, lake.fix)
+        else:
+            meta = read_meta(table.schema)
         ids = table.column("checkpoint").to_numpy()
         # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute: +0.1 s)
         self.checkpoint_table = table if np.all(ids[:-1] < ids[1:]) else table.sort_by("checkpoint")
@@ -94,9 +105,26 @@ class Split:
     # --- samples -------------------------------------------------------------------------
     @cached_property
     def _samples(self) -> pa.Table:
-        import pyarrow.parquet as pq
+        path = self.path / fmt.SAMPLES_FILE
+        table = read_table(path, self.lake.fix)
+        if self.lake.checksummed:
+            verify_checksum(table, path, fix=self.lake.fix)
+            groups = sample_groups(self.meta)
+            if table.num_rows != sum(rows for rows, _ in groups):
+                raise CorruptLakeError(
+                    f"{path} has {table.num_rows} rows, the commit record {sum(r for r, _ in groups)}; {self.lake.fix}"
+                )
+            start = 0
+            for g, (rows, _) in enumerate(groups):
+                check_sample_group(self, g, table.slice(start, rows))
+                start += rows
+        return table
 
-        return pq.ParquetFile(self.path / fmt.SAMPLES_FILE).read()
+    def check_samples(self) -> None:
+        """Read ``samples.parquet`` whole and check it against its checksums, for a reader
+        that then scans the file itself (e.g. the SQL ``samples`` view through DuckDB).
+        Raises :class:`CorruptLakeError` when it fails."""
+        self._samples  # noqa: B018  (the read checks it; the table stays cached)
 
     @property
     def samples_table(self) -> pa.Table:
@@ -139,8 +167,16 @@ class Split:
         return rows.astype(np.int64)
 
     def label_counts(self, num_classes: int | None = None) -> np.ndarray:
-        """Samples per class (recorded at the split's creation; else streamed over the samples
-        table's row groups, in bounded memory)."""
+        """Samples per class, at least ``num_classes`` long (recorded at the split's creation
+        in ``classes.parquet``; format 1: in the commit record's metadata, or streamed over the
+        samples table's row groups, in bounded memory)."""
+        if self.lake.checksummed:
+            table = self.classes_table
+            labels = table.column("label").to_numpy()
+            size = max(num_classes or 0, int(labels.max()) + 1 if len(labels) else 0)
+            counts = np.zeros(size, np.int64)
+            counts[labels] = table.column("count").to_numpy()
+            return counts
         recorded = self.meta.get("label_counts")
         if recorded is not None:
             counts = np.asarray(recorded, dtype=np.int64)
@@ -157,6 +193,20 @@ class Split:
                 else:
                     counts += part
         return counts
+
+    @cached_property
+    def classes_table(self) -> pa.Table:
+        """``label, count``: samples per class present (format 2), checked against the
+        checksum the commit record holds for it."""
+        path = self.path / fmt.CLASSES_FILE
+        table = read_table(path, self.lake.fix)
+        meta = verify_checksum(table, path, fix=self.lake.fix)
+        if meta.get("checksum") != self.meta["classes"]:
+            raise CorruptLakeError(
+                f"{path} is not the file the commit record names (checksum {meta.get('checksum')}, "
+                f"recorded {self.meta['classes']}); {self.lake.fix}"
+            )
+        return table
 
     def iter_samples(
         self, batch_rows: int | None = None
@@ -248,9 +298,16 @@ class Split:
             raise BadInputError(f"block_rows must be >= 1, got {block_rows}")
         plan = []
         for name, src, dst in self._read_plan(ckpts):
+            arrays = self.open_segment(name)
             seg_path = self.path / fmt.SEGMENTS_DIR / name
-            arrays = open_segment(seg_path)
-            readers = {c: ChunkReader(seg_path / c, arrays[c]) for c in channels}
+
+            def on_missing(path: Path, name: str = name) -> CldLakeError:
+                return self._missing(name, path)
+
+            readers = {
+                c: ChunkReader(seg_path / c, arrays[c], fix=self.lake.fix, on_missing=on_missing)
+                for c in channels
+            }
             plan.append((readers, src, dst, {c: int(arrays[c].shape[1]) for c in channels}))
         width = len(ckpts)
         # Fast path: one segment read whole, in stored column order: no column shuffle.
@@ -297,6 +354,35 @@ class Split:
     def segment_names(self) -> list[str]:
         return list(dict.fromkeys(self.checkpoint_table.column("segment").to_pylist()))
 
+    def open_segment(self, name: str) -> dict[str, Any]:
+        """The arrays of committed segment ``name``, its metadata checked against the commit
+        record (format 2)."""
+        path = self.path / fmt.SEGMENTS_DIR / name
+        checksums = self.meta["segments"][name] if self.lake.checksummed else None
+        try:
+            return open_segment(path, checksums, self.lake.fix)
+        except FileNotFoundError as exc:
+            raise self._missing(name, path) from exc
+        except CldLakeError:
+            raise
+        except Exception as exc:  # zarr could not parse what it read
+            raise CorruptLakeError(
+                f"{path}: segment metadata cannot be decoded ({_one_line(exc)}); {self.lake.fix}"
+            ) from exc
+
+    def _missing(self, segment: str, path: Path) -> CldLakeError:
+        """The error for a file of ``segment`` that is gone: retired by a compaction since this
+        snapshot was taken (run again), or a committed file lost (corrupt)."""
+        try:
+            retired = segment not in Split(self.lake, self.name).segment_names()
+        except CldLakeError:
+            retired = False
+        if retired:
+            return LakeChangedError(
+                f"{path}: segment retired by compaction while this command ran; run it again"
+            )
+        return CorruptLakeError(f"{path}: committed file missing; {self.lake.fix}")
+
     def __repr__(self) -> str:
         return (
             f"Split({self.name!r}, samples={self.num_samples}, checkpoints={self.num_checkpoints})"
@@ -305,7 +391,8 @@ class Split:
 
 class _SampleRows:
     """Sample ids and labels of a row range, read from ``samples.parquet`` one row group at a
-    time, so a scan never holds the whole samples table (unless the split already has it)."""
+    time, so a scan never holds the whole samples table (unless the split already has it).
+    Each row group read is checked against the CRC the commit record holds for it."""
 
     def __init__(self, split: Split) -> None:
         self._split = split
@@ -318,11 +405,25 @@ class _SampleRows:
             return cached["sample_ids"][a:b], cached["labels"][a:b]
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self._split.path / fmt.SAMPLES_FILE)
+        path = self._split.path / fmt.SAMPLES_FILE
+        fix = self._split.lake.fix
+        try:
+            pf = pq.ParquetFile(path)
+            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except FileNotFoundError as exc:
+            raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
+        except Exception as exc:
+            raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+        if self._split.lake.checksummed:
+            recorded = [rows for rows, _ in sample_groups(self._split.meta)]
+            if sizes != recorded:
+                raise CorruptLakeError(
+                    f"{path}: row groups of {sizes[:4]}... rows, the commit record says "
+                    f"{recorded[:4]}...; {fix}"
+                )
         if self._groups is None:
             self._groups, pos = [], 0
-            for g in range(pf.metadata.num_row_groups):
-                rows = pf.metadata.row_group(g).num_rows
+            for rows in sizes:
                 self._groups.append((pos, pos + rows))
                 pos += rows
         ids_parts, label_parts = [], []
@@ -330,7 +431,14 @@ class _SampleRows:
             if hi <= a or lo >= b:
                 continue
             if self._cache is None or self._cache[0] != g:
-                table = pf.read_row_group(g, columns=["sample_id", "label"])
+                try:
+                    table = pf.read_row_group(g, columns=["sample_id", "label"])
+                except Exception as exc:
+                    raise CorruptLakeError(
+                        f"{path} cannot be decoded ({_one_line(exc)}); {fix}"
+                    ) from exc
+                if self._split.lake.checksummed:
+                    check_sample_group(self._split, g, table)
                 self._cache = (
                     g,
                     table.column("sample_id").to_numpy().astype(np.int64, copy=False),
@@ -346,6 +454,63 @@ class _SampleRows:
         return np.concatenate(ids_parts), np.concatenate(label_parts)
 
 
+# --- checks against the commit record (format 2) ---------------------------------------------
+
+_RECORD_KEYS = ("channels", "num_samples", "row_chunk", "ids_sha1", "samples", "classes")
+
+
+def read_table(path: Path, fix: str) -> pa.Table:
+    """A committed Parquet file, whole; :class:`CorruptLakeError` when it cannot be decoded."""
+    import pyarrow.parquet as pq
+
+    try:
+        # (pq.read_table would import pyarrow.dataset: +0.3 s)
+        return pq.ParquetFile(path).read()
+    except FileNotFoundError as exc:
+        raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
+    except Exception as exc:
+        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+
+
+def _check_record(meta: dict[str, Any], table: pa.Table, path: Path, fix: str) -> None:
+    """A format 2 commit record names everything the split depends on."""
+    missing = [k for k in _RECORD_KEYS if k not in meta]
+    if missing or not isinstance(meta.get("segments"), dict):
+        raise CorruptLakeError(f"{path}: commit record lacks {missing or ['segments']}; {fix}")
+    unnamed = set(table.column("segment").to_pylist()) - set(meta["segments"])
+    if unnamed:
+        raise CorruptLakeError(
+            f"{path}: segments {sorted(unnamed)[:3]} have no checksums in the commit record; {fix}"
+        )
+
+
+def sample_groups(meta: dict[str, Any]) -> list[tuple[int, str]]:
+    """``(rows, crc)`` of each row group of ``samples.parquet``, from the commit record."""
+    return [(int(rows), str(crc)) for rows, crc in meta["samples"]["row_groups"]]
+
+
+def rows_checksum(table: pa.Table) -> str:
+    """CRC32C of the sample ids and labels of ``table`` (one row group of the samples)."""
+    return table_checksum(table.select(["sample_id", "label"]), {})
+
+
+def check_sample_group(split: Split, group: int, table: pa.Table) -> None:
+    """Row group ``group`` of the samples (as read) against its CRC in the commit record."""
+    stored = sample_groups(split.meta)[group][1]
+    names = table.column_names
+    computed = rows_checksum(table) if "sample_id" in names and "label" in names else "no ids"
+    if computed != stored:
+        raise CorruptLakeError(
+            f"{split.path / fmt.SAMPLES_FILE} fails its checksum (row group {group}: stored "
+            f"{stored}, computed {computed}); {split.lake.fix}"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
 class Lake:
     """A trajectory lake on local disk. Open with :func:`open_lake` or :meth:`Lake.create`."""
 
@@ -357,6 +522,8 @@ class Lake:
     def create(cls, path: str | os.PathLike[str], num_classes: int | None = None) -> Lake:
         """Open the lake at ``path``, creating an empty one if the directory has none."""
         path = Path(path)
+        if num_classes is not None:
+            check_num_classes(num_classes)
         if path.exists() and not path.is_dir():
             raise NotALakeError(f"{path}: is a file; choose a directory for the lake")
         if (
@@ -370,8 +537,8 @@ class Lake:
         path.mkdir(parents=True, exist_ok=True)
         with root_lock(path):
             if not (path / fmt.ROOT_FILE).exists():
+                fmt.write_root_metadata(path, fmt.new_root_metadata(num_classes))
                 (path / fmt.SPLITS_DIR).mkdir(exist_ok=True)
-                atomic_write_json(path / fmt.ROOT_FILE, fmt.new_root_metadata(num_classes))
         return cls(path)
 
     @property
@@ -383,11 +550,33 @@ class Lake:
         value = self.meta.get("num_classes")
         return None if value is None else int(value)
 
+    @property
+    def format_version(self) -> int:
+        return int(self.meta["format_version"])
+
+    @property
+    def checksummed(self) -> bool:
+        """Does every committed file carry a checksum (format 2 and later)?"""
+        return fmt.has_checksums(self.meta)
+
+    @property
+    def fix(self) -> str:
+        """What to do about a damaged file of this lake (the end of every corruption error)."""
+        return f"run `cld-lake verify {self.path}` and restore it from a backup"
+
     def splits(self) -> list[str]:
-        root = self.path / fmt.SPLITS_DIR
-        if not root.exists():
-            return []
-        names = [p.name for p in root.iterdir() if (p / fmt.CHECKPOINTS_FILE).exists()]
+        """The committed splits (those ``cld_lake.json`` lists; read afresh: another process
+        may have committed a new split since this lake was opened)."""
+        if self.checksummed:
+            self.meta = fmt.read_root_metadata(self.path)
+            names = fmt.listed_splits(self.meta) or []
+        else:  # format 1: a split is a directory with a commit record
+            root = self.path / fmt.SPLITS_DIR
+            names = (
+                [p.name for p in root.iterdir() if (p / fmt.CHECKPOINTS_FILE).exists()]
+                if root.exists()
+                else []
+            )
         order = {n: i for i, n in enumerate(fmt.SPLIT_NAMES)}
         return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
@@ -395,7 +584,7 @@ class Lake:
         return Split(self, name)
 
     def has_split(self, name: str) -> bool:
-        return (self.path / fmt.SPLITS_DIR / name / fmt.CHECKPOINTS_FILE).exists()
+        return name in self.splits()
 
     def reload(self) -> Lake:
         return Lake(self.path)

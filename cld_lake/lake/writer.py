@@ -2,12 +2,16 @@
 
 Commit protocol (crash-safe at every step):
 1. the checkpoint's values go into a *new* segment directory (nothing references it yet);
-2. on a split's first commit, ``samples.parquet`` is written (temp file + rename);
+2. on a split's first commit, ``samples.parquet`` and ``classes.parquet`` are written (temp
+   file + rename), each with its checksum;
 3. ``checkpoints.parquet`` is replaced atomically with a version that references the new
-   segment. This rename is the commit point: before it the checkpoint does not exist, after
-   it the checkpoint is complete.
-A crash before 3 leaves an unreferenced segment that the next writer deletes; the lake stays
-readable with the previous checkpoints intact.
+   segment and holds the checksums of everything the split depends on. This rename is the
+   commit point: before it the checkpoint does not exist, after it the checkpoint is complete;
+4. on a split's first commit only, the split is added to the list in ``cld_lake.json``: that
+   is its commit point (an unlisted split directory is a first write that did not finish).
+A crash before the commit point leaves debris that the next writer of the split deletes at
+once (it holds the split's lock, so nobody can be using it); a failed commit removes its own
+debris before it raises. The lake stays readable with the previous checkpoints intact.
 
 Concurrency: the writer holds an ``flock`` on ``splits/<split>/.writer.lock`` for its
 lifetime, so one process records train while another records val, and an unrelated second
@@ -20,32 +24,48 @@ Memory: a checkpoint buffer holds O(N) values per channel; never the N x T matri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import FileLock, atomic_write_json, atomic_write_parquet
-from cld_lake._meta import meta_bytes
+from cld_lake._io import FileLock, atomic_path, atomic_write_parquet
+from cld_lake._meta import CHECKSUM_KEY, read_meta, with_checksum
 from cld_lake._types import Duplicates, choices
-from cld_lake.errors import BadInputError, CheckpointExistsError, LakeLockedError
+from cld_lake.errors import (
+    BadInputError,
+    CheckpointExistsError,
+    CldLakeError,
+    CorruptLakeError,
+    LakeLockedError,
+    LakeVersionError,
+)
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS, collect_garbage, compact_split
-from cld_lake.lake._segments import ChunkWriter, create_segment, new_segment_name
+from cld_lake.lake._segments import (
+    ChunkWriter,
+    create_segment,
+    delete_segment,
+    new_segment_name,
+    segment_checksums,
+)
 from cld_lake.lake._validate import (
+    MAX_CLASSES,
     check_channels,
     check_labels,
+    check_num_classes,
     check_split_name,
     count_duplicates,
     count_nonfinite,
     default_channels,
     ids_digest,
 )
-from cld_lake.lake.store import Lake, Split, root_lock
+from cld_lake.lake.store import Lake, Split, root_lock, rows_checksum
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,6 +74,9 @@ if TYPE_CHECKING:
 RowReader = Callable[[int, int], Mapping[str, np.ndarray]]
 
 WRITES_IN_FLIGHT = 2  # blocks being checksummed and written while the next one is read
+# Committed tables carry no Parquet statistics: a reader that prunes row groups by them (a
+# filtered dataset scan) would otherwise depend on bytes the checksums do not cover.
+TABLE_OPTIONS: dict[str, Any] = {"write_statistics": False}
 
 _CHECKPOINT_SCHEMA_FIELDS = (
     ("checkpoint", "int64"),
@@ -67,14 +90,14 @@ _CHECKPOINT_SCHEMA_FIELDS = (
 )
 
 
-def _checkpoint_schema(meta: dict[str, Any]) -> pa.Schema:
+def _checkpoint_schema() -> pa.Schema:
     import pyarrow as pa
 
     fields = [
         pa.field(name, getattr(pa, typ)() if typ != "string" else pa.string())
         for name, typ in _CHECKPOINT_SCHEMA_FIELDS
     ]
-    return pa.schema(fields, metadata=meta_bytes(meta))
+    return pa.schema(fields)
 
 
 def _check_and_write_rows(
@@ -101,7 +124,7 @@ class SplitWriter:
     row_chunk : int
         Rows per chunk (power of two) for a new split.
     num_classes : int, optional
-        Number of classes; fixed for the whole lake once set.
+        Number of classes (1 to ``MAX_CLASSES``); fixed for the whole lake once set.
     """
 
     def __init__(
@@ -118,6 +141,14 @@ class SplitWriter:
         self.name = check_split_name(split)
         if row_chunk < 1 or row_chunk & (row_chunk - 1):
             raise BadInputError(f"row_chunk must be a power of two, got {row_chunk}")
+        if num_classes is not None:
+            check_num_classes(num_classes)
+        if not lake.checksummed:
+            raise LakeVersionError(
+                f"{lake.path}: lake format {lake.format_version} (no checksums) is read-only for "
+                f"this cld_lake (format {fmt.FORMAT_VERSION}); export its splits with `cld-lake "
+                "export` and import them into a new lake to keep recording"
+            )
         if (
             num_classes is not None
             and lake.num_classes is not None
@@ -140,8 +171,15 @@ class SplitWriter:
             )
         self.auto_compact = auto_compact
         self._row_chunk = row_chunk
-        self._requested_channels = check_channels(channels) if channels is not None else None
-        self.split: Split | None = Split(lake, split) if lake.has_split(split) else None
+        try:
+            self._requested_channels = check_channels(channels) if channels is not None else None
+            listed = lake.has_split(split)
+            if not listed:
+                self._remove_unlisted()
+            self.split: Split | None = Split(lake, split) if listed else None
+        except BaseException:
+            self.close()
+            raise
         if self.split is not None and self._requested_channels is not None:
             if self._requested_channels != self.split.channels:
                 self.close()
@@ -193,9 +231,10 @@ class SplitWriter:
             raise BadInputError(f"split {self.name!r} already exists in {self.lake.path}")
         ids, labels = self._check_new_samples(sample_ids, labels)
         channels = self._requested_channels or default_channels(["loss"])
-        self._commit(
-            ids_labels=(ids, labels, metadata), channels=channels, new_rows=[], segment=None
-        )
+        with self._segment_guard(None):
+            self._commit(
+                ids_labels=(ids, labels, metadata), channels=channels, new_rows=[], segment=None
+            )
 
     def annotate_samples(self, columns: Mapping[str, np.ndarray]) -> None:
         """Add or replace metadata columns of the samples table (arrays in row order)."""
@@ -216,7 +255,13 @@ class SplitWriter:
                 table = table.set_column(table.column_names.index(name), name, arr)
             else:
                 table = table.append_column(name, arr)
-        atomic_write_parquet(self.path / fmt.SAMPLES_FILE, table, row_group_size=split.row_chunk)
+        # sample ids and labels are unchanged: so are the row group checksums the record holds
+        groups = self._write_samples_table(table, split.row_chunk)
+        if groups != [list(g) for g in split.meta["samples"]["row_groups"]]:
+            raise CorruptLakeError(
+                f"{self.path / fmt.SAMPLES_FILE}: rewritten with other row groups than the "
+                f"commit record names; {self.lake.fix}"
+            )
         self.split = Split(self.lake, self.name)
 
     def append_columns(
@@ -247,8 +292,25 @@ class SplitWriter:
             ids_labels = None
         order = np.argsort(np.asarray(ckpts), kind="stable")
         in_order = bool(np.array_equal(order, np.arange(len(ckpts))))
-        width = len(ckpts)
         seg_name = new_segment_name()
+        with self._segment_guard(seg_name):
+            self._append_columns(
+                seg_name, ckpts, order, in_order, read_rows, num_rows, channels, ids_labels, epochs
+            )
+
+    def _append_columns(
+        self,
+        seg_name: str,
+        ckpts: list[int],
+        order: np.ndarray,
+        in_order: bool,
+        read_rows: RowReader,
+        num_rows: int,
+        channels: dict[str, str],
+        ids_labels: tuple[np.ndarray, np.ndarray, None] | None,
+        epochs: Sequence[int | None] | None,
+    ) -> None:
+        width = len(ckpts)
         arrays = create_segment(
             self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, width, channels, self._chunk()
         )
@@ -261,6 +323,7 @@ class SplitWriter:
         ) as pool:
             # a new split's samples table is written while the values stream in
             samples_done = pool.submit(self._prepare_new_split, ids_labels) if ids_labels else None
+            prepared: dict[str, Any] | None = None
             pending: list[Future[np.ndarray]] = []
             for a in range(0, num_rows, step):
                 b = min(a + step, num_rows)
@@ -277,7 +340,7 @@ class SplitWriter:
             for future in pending:
                 nonfinite += future.result()
             if samples_done is not None:
-                samples_done.result()
+                prepared = samples_done.result()
         now = time.time()
         rows = [
             self._checkpoint_row(
@@ -297,7 +360,7 @@ class SplitWriter:
             channels=channels,
             new_rows=rows,
             segment=seg_name,
-            samples_written=True,
+            prepared=prepared,
         )
 
     def compact(self, full: bool = True) -> int:
@@ -306,13 +369,20 @@ class SplitWriter:
         ``full=True`` merges everything into one segment; ``full=False`` applies the tiered
         policy used after each commit (see :mod:`cld_lake.lake._compact`).
         """
-        return compact_split(self._require_split(), self._replace_record, full=full)
+        return compact_split(
+            self._require_split(), self._replace_record, self._segment_guard, full=full
+        )
 
     def gc(self, grace_seconds: float = GC_GRACE_SECONDS) -> list[str]:
-        """Delete unreferenced segments (crashed writes, compacted-away segments) older than
-        ``grace_seconds``, and stray temp files. Returns what was deleted."""
+        """Delete what no commit references: segments retired by compaction once
+        ``grace_seconds`` have passed since (readers of an older snapshot may still scan
+        them), and at once the debris of failed or killed writes (segments never committed,
+        temp files). Returns the names deleted."""
+        if self.lake.has_split(self.name):
+            self.split = Split(self.lake, self.name)  # the record on disk: this writer's own
         referenced = set(self.split.segment_names()) if self.split is not None else set()
-        return collect_garbage(self.path, referenced, grace_seconds)
+        retired = self.split.meta.get("retired", {}) if self.split is not None else {}
+        return collect_garbage(self.path, referenced, retired, grace_seconds)
 
     # --- internals -----------------------------------------------------------------------
     def _require_split(self) -> Split:
@@ -353,13 +423,57 @@ class SplitWriter:
                 f"sample ids contain {dups} duplicates; each sample id must be unique"
             )
         check_labels(labels, self.num_classes, "labels")
+        self._check_class_limit(labels)
         return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
 
-    def _replace_record(self, rows: list[dict[str, Any]]) -> Split:
-        """Commit ``rows`` as the whole commit record (compaction); return the new snapshot."""
-        self._write_checkpoints(rows, self._require_split().meta)
+    def _check_class_limit(self, labels: np.ndarray) -> None:
+        """Labels of a new split must fit the class limit (before anything is written)."""
+        if self.num_classes is None and labels.size and int(labels.max()) >= MAX_CLASSES:
+            top = int(labels.max())
+            check_num_classes(top + 1, f"labels: label {top} implies a class count of")
+
+    def _replace_record(
+        self, rows: list[dict[str, Any]], new_segment: str, retired: Sequence[str]
+    ) -> Split:
+        """Commit ``rows`` as the whole commit record (compaction: ``new_segment`` replaces
+        the ``retired`` ones); return the new snapshot."""
+        meta = dict(self._require_split().meta)
+        now = time.time()
+        meta["retired"] = {**meta.get("retired", {}), **{name: now for name in retired}}
+        self._write_checkpoints(rows, meta, new_segment)
         self.split = Split(self.lake, self.name)
         return self.split
+
+    @contextlib.contextmanager
+    def _segment_guard(self, name: str | None) -> Iterator[None]:
+        """Around a commit that writes segment ``name``: if it fails before its commit point,
+        remove the segment (and a new split's files) at once; if it failed after it (the
+        record was renamed, a later fsync raised), keep it and take the new snapshot."""
+        try:
+            yield
+        except BaseException:
+            try:
+                on_disk = Split(self.lake, self.name) if self.lake.has_split(self.name) else None
+            except CldLakeError:
+                on_disk = None
+            if on_disk is not None and (name is None or name in on_disk.segment_names()):
+                self.split = on_disk
+            elif on_disk is None and self.split is None:
+                self._remove_unlisted()
+            elif name is not None:
+                delete_segment(self.path / fmt.SEGMENTS_DIR / name)
+            raise
+
+    def _remove_unlisted(self) -> None:
+        """Delete what a first write of this (unlisted) split left: it never committed, and
+        this writer holds the split's lock, so nothing else can be using it."""
+        for name in (fmt.CHECKPOINTS_FILE, fmt.SAMPLES_FILE, fmt.CLASSES_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        seg_dir = self.path / fmt.SEGMENTS_DIR
+        for entry in list(seg_dir.iterdir()) if seg_dir.exists() else []:
+            delete_segment(entry)
+        for entry in self.path.glob(".*.tmp-*"):
+            entry.unlink(missing_ok=True)
 
     def _checkpoint_row(
         self,
@@ -383,12 +497,28 @@ class SplitWriter:
             "nonfinite": int(nonfinite),
         }
 
-    def _write_checkpoints(self, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    def _write_checkpoints(
+        self, rows: list[dict[str, Any]], meta: dict[str, Any], new_segment: str | None
+    ) -> None:
+        """Write the commit record: ``rows``, and in its metadata the checksums of every file
+        the split depends on (``new_segment``'s computed now, the others carried over)."""
         import pyarrow as pa
 
         rows = sorted(rows, key=lambda r: r["checkpoint"])
-        table = pa.Table.from_pylist(rows, schema=_checkpoint_schema(meta))
-        atomic_write_parquet(self.path / fmt.CHECKPOINTS_FILE, table)
+        known = dict(meta.get("segments", {}))
+        if new_segment is not None:
+            known[new_segment] = segment_checksums(self.path / fmt.SEGMENTS_DIR / new_segment)
+        seg_dir = self.path / fmt.SEGMENTS_DIR
+        meta = {
+            **meta,
+            "segments": {r["segment"]: known[r["segment"]] for r in rows},
+            # retired segments gc has deleted need no entry any more
+            "retired": {n: t for n, t in meta.get("retired", {}).items() if (seg_dir / n).exists()},
+        }
+        table = pa.Table.from_pylist(rows, schema=_checkpoint_schema())
+        atomic_write_parquet(
+            self.path / fmt.CHECKPOINTS_FILE, with_checksum(table, meta), **TABLE_OPTIONS
+        )
 
     def _commit(
         self,
@@ -397,16 +527,17 @@ class SplitWriter:
         channels: dict[str, str],
         new_rows: list[dict[str, Any]],
         segment: str | None,
-        samples_written: bool = False,
+        prepared: dict[str, Any] | None = None,
     ) -> None:
+        first = self.split is None
         if self.split is None:
             if ids_labels is None:
                 raise BadInputError(
                     f"split {self.name!r} is new: its sample ids and labels are needed"
                 )
             ids = ids_labels[0]
-            if not samples_written:
-                self._prepare_new_split(ids_labels)
+            if prepared is None:
+                prepared = self._prepare_new_split(ids_labels)
             meta = {
                 "channels": channels,
                 "num_samples": int(len(ids)),
@@ -414,28 +545,45 @@ class SplitWriter:
                 # sample ids and labels never change after creation: record what readers of a
                 # big split would otherwise recompute with a full pass
                 "ids_sha1": ids_digest(ids),
-                "label_counts": np.bincount(
-                    ids_labels[1], minlength=self.num_classes or 0
-                ).tolist(),
+                **prepared,
+                "segments": {},
+                "retired": {},
             }
             old_rows: list[dict[str, Any]] = []
         else:
             meta = self.split.meta
             old_rows = self.split.checkpoint_table.to_pylist()
-        self._write_checkpoints(old_rows + new_rows, meta)  # the commit point
+        self._write_checkpoints(old_rows + new_rows, meta, segment)  # a later commit's point
+        if first:
+            self._list_split()  # a first commit's point
         self.split = Split(self.lake, self.name)
         if self.auto_compact and segment is not None:
             self.compact(full=False)
             self.gc()
 
+    def _list_split(self) -> None:
+        """Add this split to the committed splits of ``cld_lake.json``."""
+        with root_lock(self.lake.path):
+            meta = fmt.read_root_metadata(self.lake.path)
+            splits = fmt.listed_splits(meta) or []
+            if self.name not in splits:
+                meta = fmt.write_root_metadata(
+                    self.lake.path, {**meta, "splits": [*splits, self.name]}
+                )
+            self.lake.meta = meta
+
     def _prepare_new_split(
         self, ids_labels: tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray] | None]
-    ) -> None:
+    ) -> dict[str, Any]:
         """Before a new split's first commit: fix the lake's class count, write samples.parquet
-        (not yet visible: the split exists once checkpoints.parquet does)."""
+        and classes.parquet (not yet visible: the split exists once cld_lake.json lists it).
+        Returns their checksums for the commit record."""
         ids, labels, metadata = ids_labels
         self._ensure_num_classes(labels)
-        self._write_samples(ids, labels, metadata)
+        return {
+            "samples": {"row_groups": self._write_samples(ids, labels, metadata)},
+            "classes": self._write_classes(labels),
+        }
 
     def _ensure_num_classes(self, labels: np.ndarray) -> None:
         inferred = int(labels.max()) + 1 if labels.size else 0
@@ -444,25 +592,58 @@ class SplitWriter:
             current = lake.num_classes
             if current is None:
                 value = self.num_classes if self.num_classes is not None else inferred
-                meta = dict(lake.meta, num_classes=value)
-                atomic_write_json(self.lake.path / fmt.ROOT_FILE, meta)
+                check_num_classes(max(value, 1), f"split {self.name!r}: class count")
+                meta = fmt.write_root_metadata(self.lake.path, dict(lake.meta, num_classes=value))
                 current = value
+            else:
+                meta = lake.meta
             check_labels(labels, current, f"split {self.name!r}")
             self.num_classes = current
-            self.lake.meta = Lake(self.lake.path).meta
+            self.lake.meta = meta
 
     def _write_samples(
         self, ids: np.ndarray, labels: np.ndarray, metadata: Mapping[str, np.ndarray] | None
-    ) -> None:
+    ) -> list[list[Any]]:
+        """Write samples.parquet; return ``[rows, crc]`` of each of its row groups."""
         import pyarrow as pa
 
         columns = {"sample_id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64())}
         for name, values in (metadata or {}).items():
             columns[name] = pa.array(np.asarray(values))
         # row groups of one chunk: a block scan reads its ids and labels without the whole table
-        atomic_write_parquet(
-            self.path / fmt.SAMPLES_FILE, pa.table(columns), row_group_size=self._chunk()
+        return self._write_samples_table(pa.table(columns), self._chunk())
+
+    def _write_samples_table(self, table: pa.Table, row_group_size: int) -> list[list[Any]]:
+        import pyarrow.parquet as pq
+
+        table = with_checksum(table, {"table": "samples"})
+        with atomic_path(self.path / fmt.SAMPLES_FILE) as tmp:
+            pq.write_table(table, tmp, row_group_size=row_group_size, **TABLE_OPTIONS)
+            written = pq.ParquetFile(tmp).metadata
+            groups, start = [], 0
+            for g in range(written.num_row_groups):
+                rows = written.row_group(g).num_rows
+                groups.append([rows, rows_checksum(table.slice(start, rows))])
+                start += rows
+        return groups
+
+    def _write_classes(self, labels: np.ndarray) -> str:
+        """Write classes.parquet (samples per class present); return its checksum."""
+        import pyarrow as pa
+
+        counts = np.bincount(labels) if labels.size else np.zeros(0, np.int64)
+        present = np.flatnonzero(counts)
+        table = with_checksum(
+            pa.table(
+                {
+                    "label": pa.array(present, pa.int64()),
+                    "count": pa.array(counts[present], pa.int64()),
+                }
+            ),
+            {"table": "classes"},
         )
+        atomic_write_parquet(self.path / fmt.CLASSES_FILE, table, **TABLE_OPTIONS)
+        return str(read_meta(table.schema)[CHECKSUM_KEY])
 
 
 class CheckpointBuffer:
@@ -578,8 +759,22 @@ class CheckpointBuffer:
                     f"{len(self._seen)} samples (e.g. ids {example}); add them or commit(allow_missing=True)"
                 )
             ids_labels, values, channels = None, self._values, w.split.channels
-        n = len(values["loss"])
+        if ids_labels is not None:
+            w._check_class_limit(ids_labels[1])
         seg_name = new_segment_name()
+        with w._segment_guard(seg_name):
+            self._write_and_commit(seg_name, ids_labels, values, channels)
+        self.committed = True
+
+    def _write_and_commit(
+        self,
+        seg_name: str,
+        ids_labels: tuple[np.ndarray, np.ndarray, None] | None,
+        values: dict[str, np.ndarray],
+        channels: dict[str, str],
+    ) -> None:
+        w = self.writer
+        n = len(values["loss"])
         arrays = create_segment(w.path / fmt.SEGMENTS_DIR / seg_name, n, 1, channels, w._chunk())
         for channel, arr in arrays.items():
             arr.write(0, n, values[channel].astype(channels[channel], copy=False).reshape(n, 1))
@@ -595,7 +790,6 @@ class CheckpointBuffer:
             time.time(),
         )
         w._commit(ids_labels=ids_labels, channels=channels, new_rows=[row], segment=seg_name)
-        self.committed = True
 
     def _gather_new_split(
         self,
