@@ -14,6 +14,23 @@ Strategy = Literal["topk", "ccs"]
 Layout = Literal["wide", "columns", "long"]
 Fallback = Literal["global"]
 Duplicates = Literal["error", "first"]
+# Scoring methods (cld_lake.score's registry is checked against this list).
+Method = Literal[
+    "cld",
+    "mean_loss",
+    "early_loss",
+    "forgetting",
+    "aum",
+    "confidence",
+    "variability",
+    "correctness",
+    "dynunc",
+    "dual",
+    "el2n",
+]
+CLDReference = Literal["class", "global"]
+# What a higher score means: more worth keeping (easier, cleaner) or harder.
+Direction = Literal["higher_keep", "higher_harder"]
 
 
 def choices(alias: object) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""The score command: CLD for every training sample, stored as a column of the scores table."""
+"""The score command: a score (CLD by default, or any registered method; several in one pass)
+for every training sample, stored as columns of the scores table."""
 
 from __future__ import annotations
 
@@ -9,43 +10,86 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cld_lake._types import Engine, Fallback, choices
+from cld_lake._types import CLDReference, Engine, Fallback, choices
 from cld_lake.score import ENGINES, METHODS
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from cld_lake.lake import Lake
+    from cld_lake.score import ScoreResult
 
 # Show a progress bar on a terminal only for runs big enough to take a moment.
 PROGRESS_MIN_VALUES = 20_000_000
 
 
+class MethodChoice(click.Choice):
+    """One method of :data:`METHODS`, or several separated by commas (``aum,forgetting``)."""
+
+    name = "method"
+
+    def get_metavar(self, param: click.Parameter, *args: object) -> str:
+        return "METHOD[,METHOD...]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        one = super().convert  # zero-argument super() does not work inside a comprehension
+        return ",".join(one(part.strip(), param, ctx) for part in str(value).split(","))
+
+
 @click.command("score")
 @click.argument("lake", type=click.Path(path_type=Path))
 @click.option(
-    "--method", type=click.Choice(METHODS), default="cld", show_default=True, help="Scoring method."
+    "--method",
+    type=MethodChoice(METHODS),
+    default="cld",
+    show_default=True,
+    help="Scoring method, or several separated by commas (computed in one pass, each stored "
+    f"as its own column). Choices: {', '.join(METHODS)}.",
 )
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="numpy",
     show_default=True,
-    help="How rows stream through the formula (same scores from each).",
+    help="How rows stream through the formula (same scores from each; methods other than "
+    "cld: numpy or dask).",
 )
 @click.option(
     "--checkpoints",
     "window",
     metavar="START:STOP[:STEP]",
-    help="Window/stride over the positions of the checkpoints common to train and val, "
-    "e.g. 0:45 or ::2 (default: all).",
+    help="Window/stride over the positions of the checkpoints (common to train and val for "
+    "cld, of train for the others), e.g. 0:45 or ::2 (default: all).",
 )
-@click.option("--name", help="Column name in the scores table (default: the method name).")
+@click.option(
+    "--name",
+    help="Column name in the scores table (default: the method name); with several methods, "
+    "one name per method separated by commas.",
+)
 @click.option(
     "--fallback",
     type=click.Choice(choices(Fallback)),
-    help="For classes without validation samples, use the global validation trajectory "
+    help="cld: for classes without validation samples, use the global validation trajectory "
     "(rows are flagged) instead of failing.",
+)
+@click.option(
+    "--reference",
+    type=click.Choice(choices(CLDReference)),
+    help="cld: correlate with the sample's class's mean validation trajectory (class, the "
+    "default) or with the mean over all validation samples (global).",
+)
+@click.option(
+    "--early",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    help="early_loss, el2n, dual: the early window, as a fraction of the selected checkpoints "
+    "(default 0.1; dual 0.15).",
+)
+@click.option(
+    "--window-length",
+    type=click.IntRange(min=2),
+    help="dynunc, dual: length J of the sliding windows, in checkpoints (default 10).",
 )
 @click.option(
     "--block-rows", type=click.IntRange(min=1), help="Rows per block read (default: one chunk)."
@@ -57,31 +101,54 @@ def score_cmd(
     window: str | None,
     name: str | None,
     fallback: Fallback | None,
+    reference: CLDReference | None,
+    early: float | None,
+    window_length: int | None,
     block_rows: int | None,
 ) -> None:
     """Score every training sample of LAKE and store the column NAME in LAKE/scores.parquet."""
     from cld_lake.lake import open_lake
-    from cld_lake.score import compute_cld
+    from cld_lake.score import compute_scores
 
     lk = open_lake(lake)
+    options = {
+        "reference": reference,
+        "early": early,
+        "window_length": window_length,
+    }
     with _progress(lk) as progress:
-        result = compute_cld(
+        results = compute_scores(
             lk,
-            method=method,
+            method,
             engine=engine,
             checkpoints=window,
-            name=name,
+            names=name,
             fallback=fallback,
             block_rows=block_rows,
             progress=progress,
             collect_ids=False,
             keep_scores=False,
+            **{k: v for k, v in options.items() if v is not None},
         )
+    for result in results.values():
+        click.echo(_summary(result, engine, lk))
+
+
+def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
+    """One line per stored column (for cld alone, the line it always printed)."""
     p = result.provenance
-    click.echo(
-        f"scored {p['train_samples']:,} samples over checkpoints {p['checkpoints']} with {engine} "
-        f"in {p['seconds']:.2f} s: nan={p['nan']} degenerate={p['degenerate']} fallback={p['fallback']} "
-        f"val_left_out={p['val_left_out']}; stored as column {result.name!r} of {lk.path / 'scores.parquet'}"
+    where = f"stored as column {result.name!r} of {lake.path / 'scores.parquet'}"
+    if p["method"] == "cld":
+        return (
+            f"scored {p['train_samples']:,} samples over checkpoints {p['checkpoints']} with {engine} "
+            f"in {p['seconds']:.2f} s: nan={p['nan']} degenerate={p['degenerate']} fallback={p['fallback']} "
+            f"val_left_out={p['val_left_out']}; {where}"
+        )
+    params = "".join(f" {k}={v}" for k, v in p["parameters"].items())
+    return (
+        f"scored {p['train_samples']:,} samples by {p['method']} over checkpoints "
+        f"{p['used_checkpoints']} with {engine} in {p['seconds']:.2f} s:{params} nan={p['nan']}; "
+        f"{where}"
     )
 
 

@@ -14,7 +14,7 @@ need NumPy get NaN back: Arrow's ``to_numpy`` turns a null float into NaN.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,13 +94,27 @@ def store_score(
     (an array, NaN where undefined) or a function ``read(start, stop)`` returning rows of it;
     NaN is stored as null.
     """
-    read = scores if callable(scores) else _array_reader(np.asarray(scores, dtype=np.float64))
+    store_scores(lake, train, {name: scores}, {name: provenance})
+
+
+def store_scores(
+    lake: Lake,
+    train: Split,
+    columns: Mapping[str, np.ndarray | ScoreReader],
+    provenance: Mapping[str, dict[str, Any]],
+) -> None:
+    """Add or replace several columns at once (one rewrite of the table): ``columns`` maps
+    each name to its scores as in :func:`store_score`, ``provenance`` each name to its own."""
+    readers = {
+        name: scores if callable(scores) else _array_reader(np.asarray(scores, dtype=np.float64))
+        for name, scores in columns.items()
+    }
     path = scores_path(lake)
     with root_lock(lake.path):  # read-modify-write: one scorer at a time
         if path.exists() and not _same_rows(path, train):
-            _store_realigned(path, train, name, read, provenance)
+            _store_realigned(path, train, readers, provenance)
         else:
-            _store_streamed(path, train, name, read, provenance)
+            _store_streamed(path, train, readers, provenance)
 
 
 def _array_reader(values: np.ndarray) -> ScoreReader:
@@ -149,11 +163,11 @@ def _same_rows(path: Path, train: Split) -> bool:
 
 
 def _metadata(
-    old_schema: pa.Schema | None, name: str, provenance: dict[str, Any], train: Split
+    old_schema: pa.Schema | None, provenance: Mapping[str, dict[str, Any]], train: Split
 ) -> dict[bytes, bytes]:
     meta = read_meta(old_schema) if old_schema is not None else {}
     scores_meta = dict(meta.get("scores", {}))
-    scores_meta[name] = provenance
+    scores_meta.update(provenance)
     meta["scores"] = scores_meta
     meta["rows"] = {
         "split": train.name,
@@ -169,7 +183,10 @@ WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"]}
 
 
 def _store_streamed(
-    path: Path, train: Split, name: str, scores: ScoreReader, provenance: dict[str, Any]
+    path: Path,
+    train: Split,
+    readers: Mapping[str, ScoreReader],
+    provenance: Mapping[str, dict[str, Any]],
 ) -> None:
     """The old file (if any) holds the train rows in order: copy it row group by row group.
 
@@ -180,15 +197,15 @@ def _store_streamed(
 
     old = pq.ParquetFile(path) if path.exists() else None
     old_columns = [c for c in old.schema_arrow.names if c not in RESERVED] if old else []
-    columns = old_columns if name in old_columns else [*old_columns, name]
+    columns = old_columns + [n for n in readers if n not in old_columns]
     fields = [pa.field("sample_id", pa.int64()), pa.field("label", pa.int64())]
     fields += [pa.field(c, pa.float64()) for c in columns]
     schema = pa.schema(
-        fields, metadata=_metadata(old.schema_arrow if old else None, name, provenance, train)
+        fields, metadata=_metadata(old.schema_arrow if old else None, provenance, train)
     )
     n = train.num_samples
     starts = list(range(0, n, BATCH_ROWS)) or [0]
-    copy_old = [c for c in old_columns if c != name]
+    copy_old = [c for c in old_columns if c not in readers]
     aligned = (
         old is not None
         and old.metadata.num_row_groups == len(starts)
@@ -214,8 +231,8 @@ def _store_streamed(
             ids, labels = train.sample_rows(a, b)
             arrays = [pa.array(ids, pa.int64()), pa.array(labels, pa.int64())]
             for column in columns:
-                if column == name:
-                    arrays.append(_nullable(scores(a, b)))
+                if column in readers:
+                    arrays.append(_nullable(readers[column](a, b)))
                 else:
                     arrays.append(_nan_to_null(batch.column(column).combine_chunks()))
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))  # one row group
@@ -240,7 +257,10 @@ def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
 
 
 def _store_realigned(
-    path: Path, train: Split, name: str, scores: ScoreReader, provenance: dict[str, Any]
+    path: Path,
+    train: Split,
+    readers: Mapping[str, ScoreReader],
+    provenance: Mapping[str, dict[str, Any]],
 ) -> None:
     """The train split's rows differ from the old file's: carry old scores over by sample_id."""
     import pyarrow as pa
@@ -256,15 +276,16 @@ def _store_realigned(
     for column in old.column_names:
         if column in RESERVED:
             continue
-        if column == name:
-            table = table.append_column(name, _nullable(scores(0, len(ids))))
+        if column in readers:
+            table = table.append_column(column, _nullable(readers[column](0, len(ids))))
             continue
         carried = np.full(len(ids), np.nan)
         carried[rows[keep]] = old.column(column).to_numpy(zero_copy_only=False)[keep]
         table = table.append_column(column, _nullable(carried))
-    if name not in table.column_names:
-        table = table.append_column(name, _nullable(scores(0, len(ids))))
-    table = table.replace_schema_metadata(_metadata(old.schema, name, provenance, train))
+    for name, read in readers.items():
+        if name not in table.column_names:
+            table = table.append_column(name, _nullable(read(0, len(ids))))
+    table = table.replace_schema_metadata(_metadata(old.schema, provenance, train))
     atomic_write_parquet(path, table)
 
 

@@ -9,7 +9,7 @@ for the run. Dask is optional: install it with ``pip install 'cld-lake[dask]'``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ import numpy as np
 from cld_lake.errors import CldLakeError
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums, sums_over_blocks
+from cld_lake.score._method import Plan
+from cld_lake.score._passes import ScoredChunk, merge_counts, score_blocks
 
 TASKS_PER_WORKER = 4
 
@@ -61,15 +63,31 @@ def _task(
     return start, labels, joined[0], joined[1], joined[2]
 
 
-def compute(
+def _methods_task(
+    lake_path: str,
+    split_name: str,
+    plans: Sequence[Plan],
+    start: int,
+    stop: int,
+    block_rows: int | None,
+) -> tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, dict[str, int]]]:
+    """Every plan's scores for rows ``[start, stop)``, on a worker."""
+    split = Lake(lake_path).split(split_name)
+    chunks = list(score_blocks(split, plans, block_rows=block_rows, start=start, stop=stop))
+    labels = np.concatenate([c.labels for c in chunks])
+    scores = {p.name: np.concatenate([c.scores[p.name] for c in chunks]) for p in plans}
+    counts = merge_counts([c.counts for c in chunks], [p.name for p in plans])
+    return start, labels, scores, counts
+
+
+def _on_cluster(
     split: Split,
-    reference: Reference,
-    *,
-    block_rows: int | None = None,
-    progress: Progress | None = None,
-    n_workers: int | None = None,
-) -> Iterator[Chunk]:
-    """The three sums for every row of ``split``, computed by Dask workers."""
+    block_rows: int | None,
+    n_workers: int | None,
+    submit: Callable[[Any, int, int], Any],
+) -> Iterator[Any]:
+    """Submit one task per row range (``submit(client, start, stop)``) on the active client or
+    a LocalCluster of our own, and yield the results as they complete."""
     distributed = _distributed()
     try:
         client = distributed.default_client()
@@ -85,22 +103,56 @@ def compute(
         workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         align = block_rows or split.row_chunk
         ranges = row_ranges(split.num_samples, workers * TASKS_PER_WORKER, align)
-        # The reference table is small (C x K floats): it travels with each task. (A scattered
-        # copy could be lost with a worker that had not finished starting: "lost dependencies".)
-        futures = [
-            client.submit(
-                _task, str(split.lake.path), split.name, reference, a, b, block_rows, pure=False
-            )
-            for a, b in ranges
-        ]
+        futures = [submit(client, a, b) for a, b in ranges]
         for future in distributed.as_completed(futures, loop=client.loop):
-            start, labels, a, b, q = future.result()
-            rows = slice(start, start + len(a))
-            yield Chunk(rows, labels, Sums(a, b, q))
-            if progress is not None:
-                progress(len(a))
+            yield future.result()
             future.release()
     finally:
         if own is not None:
             own[0].close()
             own[1].close()
+
+
+def compute(
+    split: Split,
+    reference: Reference,
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    n_workers: int | None = None,
+) -> Iterator[Chunk]:
+    """The three sums for every row of ``split``, computed by Dask workers."""
+
+    # The reference table is small (C x K floats): it travels with each task. (A scattered
+    # copy could be lost with a worker that had not finished starting: "lost dependencies".)
+    def submit(client: Any, a: int, b: int) -> Any:
+        path = str(split.lake.path)
+        return client.submit(_task, path, split.name, reference, a, b, block_rows, pure=False)
+
+    for start, labels, a, b, q in _on_cluster(split, block_rows, n_workers, submit):
+        yield Chunk(slice(start, start + len(a)), labels, Sums(a, b, q))
+        if progress is not None:
+            progress(len(a))
+
+
+def compute_methods(
+    split: Split,
+    plans: Sequence[Plan],
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    n_workers: int | None = None,
+) -> Iterator[ScoredChunk]:
+    """Every planned method's scores for every row of ``split``, computed by Dask workers (the
+    plans, with CLD's small reference table, travel with each task)."""
+
+    def submit(client: Any, a: int, b: int) -> Any:
+        path = str(split.lake.path)
+        return client.submit(
+            _methods_task, path, split.name, list(plans), a, b, block_rows, pure=False
+        )
+
+    for start, labels, scores, counts in _on_cluster(split, block_rows, n_workers, submit):
+        yield ScoredChunk(slice(start, start + len(labels)), labels, scores, counts)
+        if progress is not None:
+            progress(len(labels))

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake._types import Fallback, choices
+from cld_lake._types import CLDReference, Fallback, choices
 from cld_lake.errors import ScoringError
 from cld_lake.lake.store import Split, parse_window
 
 MIN_CHECKPOINTS = 3
 FALLBACKS = (None, *choices(Fallback))
+REFERENCES = choices(CLDReference)
 # u_c counts as constant when its spread is within float64 rounding of the class means.
 U_CONSTANT_RTOL = 1e-12
 # Rows per inner step of the NumPy kernel: keeps the float64 temporaries cache-sized.
@@ -195,15 +196,20 @@ def reference_from_sums(
     checkpoints: np.ndarray,
     fallback: Fallback | None = None,
     train_classes: np.ndarray | None = None,
+    reference: CLDReference = "class",
 ) -> Reference:
     """The C x (K-1) reference table from the validation class sums.
 
     ``train_classes`` (the classes that have training rows) makes a class without a usable
     validation sample an error here (or, with ``fallback="global"``, a fallback class); left
     unknown, every such class falls back (``"global"``) or is marked unusable, and scoring a
-    row of it is the error (:func:`check_usable`).
+    row of it is the error (:func:`check_usable`). ``reference="global"`` gives every class the
+    global trajectory (the one the fallback uses; no row counts as a fallback).
     """
     check_fallback(fallback)
+    check_reference(reference)
+    if reference == "global":
+        return _global_reference(class_sums, checkpoints)
     sums, counts = class_sums.sums, class_sums.counts
     empty = np.flatnonzero(counts == 0)
     missing = empty if train_classes is None else np.intersect1d(empty, train_classes)
@@ -215,17 +221,13 @@ def reference_from_sums(
         )
     use_global = np.zeros(len(counts), dtype=bool)
     if len(missing) and fallback is not None:
-        if counts.sum() == 0:
-            raise ScoringError(
-                "the validation split has no sample with finite losses at the selected checkpoints; "
-                "nothing to compare against"
-            )
+        global_mean = _global_mean(class_sums)
         use_global[missing] = True
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
     means[counts == 0] = 0.0
     if use_global.any():
-        means[use_global] = sums.sum(axis=0) / counts.sum()
+        means[use_global] = global_mean
     u, u2, constant = centred_differences(means)
     usable = (counts > 0) | use_global
     return Reference(
@@ -236,6 +238,38 @@ def reference_from_sums(
         use_global,
         usable,
         counts,
+        class_sums.left_out,
+    )
+
+
+def check_reference(reference: str) -> None:
+    if reference not in REFERENCES:
+        raise ScoringError(f"--reference {reference!r}: use {' or '.join(REFERENCES)}")
+
+
+def _global_mean(class_sums: ClassSums) -> np.ndarray:
+    """The mean validation trajectory over every usable sample (all classes pooled)."""
+    if class_sums.counts.sum() == 0:
+        raise ScoringError(
+            "the validation split has no sample with finite losses at the selected checkpoints; "
+            "nothing to compare against"
+        )
+    return class_sums.sums.sum(axis=0) / class_sums.counts.sum()
+
+
+def _global_reference(class_sums: ClassSums, checkpoints: np.ndarray) -> Reference:
+    """Every class gets the global trajectory: a C x (K-1) table of identical rows."""
+    num_classes = len(class_sums.counts)
+    means = np.broadcast_to(_global_mean(class_sums), (num_classes, class_sums.sums.shape[1]))
+    u, u2, constant = centred_differences(np.ascontiguousarray(means))
+    return Reference(
+        np.asarray(checkpoints, dtype=np.int64),
+        u,
+        u2,
+        constant,
+        np.zeros(num_classes, dtype=bool),
+        np.ones(num_classes, dtype=bool),
+        class_sums.counts,
         class_sums.left_out,
     )
 

@@ -7,10 +7,12 @@ reading and arithmetic overlap; memory is one block plus a few cache-sized tempo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from cld_lake.lake.store import Split
 from cld_lake.score._formula import Chunk, Progress, Reference, sums_over_blocks
+from cld_lake.score._method import Plan
+from cld_lake.score._passes import ScoredChunk, score_blocks
 
 
 def compute(
@@ -27,3 +29,17 @@ def compute(
     yield from sums_over_blocks(
         split, reference, block_rows=block_rows, progress=progress, threads=threads
     )
+
+
+def compute_methods(
+    split: Split,
+    plans: Sequence[Plan],
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> Iterator[ScoredChunk]:
+    """Every planned method's scores for every row of ``split``, in one pass over its blocks,
+    pieces of each block on ``threads`` threads (default: the CPU count, at most 4)."""
+    threads = threads or min(os.cpu_count() or 1, 4)
+    yield from score_blocks(split, plans, block_rows=block_rows, progress=progress, threads=threads)

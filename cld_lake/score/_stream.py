@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cld_lake._types import Fallback
+from cld_lake._types import CLDReference, Fallback
 from cld_lake.errors import BadInputError, ScoringError
 from cld_lake.score._formula import (
     MIN_CHECKPOINTS,
@@ -29,6 +29,7 @@ from cld_lake.score._formula import (
     Reference,
     Sums,
     check_fallback,
+    check_reference,
     check_usable,
     finalise,
     reference_from_sums,
@@ -62,6 +63,7 @@ def cld_reference(
     checkpoints: ArrayLike | None = None,
     fallback: Fallback | None = None,
     train_classes: ArrayLike | None = None,
+    reference: CLDReference = "class",
 ) -> Reference:
     """The per-class validation reference of CLD, from blocks of validation rows.
 
@@ -82,6 +84,9 @@ def cld_reference(
     train_classes : ints, optional
         Classes that have training rows: when given, a class of them without validation rows
         is an error here (without ``fallback``) rather than when its first row is scored.
+    reference : {"class", "global"}
+        What each training row is correlated with: its class's mean validation trajectory
+        (default) or the mean trajectory of every validation sample, whatever its class.
 
     Raises
     ------
@@ -92,6 +97,7 @@ def cld_reference(
         A block of the wrong shape, dtype or label range.
     """
     check_fallback(fallback)
+    check_reference(reference)
     if num_classes < 1:
         raise BadInputError(f"num_classes must be >= 1, got {num_classes}")
     ids = None if checkpoints is None else _checkpoint_ids(checkpoints)
@@ -111,7 +117,8 @@ def cld_reference(
     if sums is None:
         sums = ClassSums(num_classes, k)
     train = None if train_classes is None else np.unique(np.asarray(train_classes, dtype=np.int64))
-    return reference_from_sums(sums, np.arange(k) if ids is None else ids, fallback, train)
+    ids = np.arange(k) if ids is None else ids
+    return reference_from_sums(sums, ids, fallback, train, reference)
 
 
 class CLDAccumulator:

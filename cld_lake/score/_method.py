@@ -1,0 +1,317 @@
+"""The method contract: what a scoring method declares, and the row maths it is written with.
+
+A method is defined once, as a :class:`Method`: its name, the lake channels it reads, which of
+the selected checkpoints it uses (its window rule), what a higher score means, its range, its
+source, and its per-row maths ``score(rows, plan)`` over a piece of a block. The definitions
+live in :mod:`cld_lake.score._methods` (one registry, the CLI's ``--method`` choices); engines
+stream row blocks through them (:mod:`cld_lake.score._passes`); the orchestrator
+(:func:`cld_lake.score.compute_scores`) plans, collects and stores.
+
+Every method here scores a row from that row's values alone (CLD also from a small per-class
+validation table built once, before the pass), so a block's scores are final when the block is
+done: nothing is merged across blocks and memory holds one block plus the score columns.
+
+Reductions over checkpoints run in a fixed order (checkpoint after checkpoint, each an
+element-wise operation over the piece's rows), so a row's score does not depend on the block
+size or on the other rows: scores are identical bit for bit at any block size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cld_lake._types import CLDReference, Direction, Fallback
+from cld_lake.errors import ScoringError
+from cld_lake.lake.store import Split, parse_window
+from cld_lake.score._formula import Reference
+
+# Rows of a block handed to the methods at once: keeps the float64 temporaries (one
+# (checkpoints x rows) array per derived quantity) a few MB.
+PIECE_ROWS = 8192
+# Guard for the floor in ``early_count``: 0.3 * 10 is 3.0000000000000004 in binary floating point.
+_FLOOR_EPS = 1e-9
+
+Cols = slice | np.ndarray
+
+
+@dataclass(frozen=True)
+class Params:
+    """The parameters of a scoring run; each method reads the ones it names in ``uses``.
+
+    ``early`` None means each early-window method's own default fraction.
+    """
+
+    early: float | None = None
+    window_length: int = 10
+    reference: CLDReference = "class"
+    fallback: Fallback | None = None
+
+
+@dataclass
+class Scored:
+    """A method's scores for a piece of rows (NaN where undefined) and any counters it keeps
+    beyond ``nan`` (which the orchestrator counts itself)."""
+
+    scores: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One scoring method, defined once.
+
+    Attributes
+    ----------
+    name : str
+        The ``--method`` name and the default column name.
+    summary : str
+        One line: what the score is.
+    channels : tuple of str
+        Lake channels it reads (a lake without one is refused before anything is read).
+    direction : {"higher_keep", "higher_harder"}
+        What a higher score means: more worth keeping (easier, cleaner, more typical) or harder
+        (more often wrong, more uncertain). Which end a selection keeps is the selection's
+        business.
+    citation : str
+        The paper the definition follows.
+    score : callable
+        ``score(rows, plan) -> Scored``: the row maths on a piece of a block.
+    value_range : callable
+        ``value_range(plan) -> (low, high)``, None for an unbounded end.
+    early : float, optional
+        Default early-window fraction: the method uses the first ``max(1, floor(early * K))``
+        of the K selected checkpoints. None: it uses all of them.
+    uses : tuple of str
+        The :class:`Params` fields it reads (recorded in the provenance).
+    min_checkpoints : int
+        Checkpoints it needs in its window.
+    needs_val : bool
+        It reads the val split too (CLD's per-class reference); its checkpoints are then those
+        committed in both train and val.
+    """
+
+    name: str
+    summary: str
+    channels: tuple[str, ...]
+    direction: Direction
+    citation: str
+    score: Callable[[Rows, Plan], Scored]
+    value_range: Callable[[Plan], tuple[float | None, float | None]]
+    early: float | None = None
+    uses: tuple[str, ...] = ()
+    min_checkpoints: int = 1
+    needs_val: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One method's part in a pass over the train split.
+
+    ``checkpoint_ids`` are the checkpoints selected by ``--checkpoints`` (recorded, and what
+    staleness is judged on); ``used`` the ones of them the method's window keeps; ``cols`` the
+    positions of ``used`` among the columns of the blocks the pass reads (several methods
+    share one read).
+    """
+
+    name: str
+    method: Method
+    params: Params
+    checkpoint_ids: np.ndarray
+    used: np.ndarray
+    cols: Cols
+    reference: Reference | None = None
+
+    @property
+    def k(self) -> int:
+        """Checkpoints the method uses."""
+        return len(self.used)
+
+    def parameters(self) -> dict[str, Any]:
+        """The parameter values this method ran with, for the provenance."""
+        out: dict[str, Any] = {}
+        for name in self.method.uses:
+            if name == "early":
+                out["early"] = self.early_fraction
+                out["early_checkpoints"] = self.k
+            else:
+                out[name] = getattr(self.params, name)
+        return out
+
+    @property
+    def early_fraction(self) -> float | None:
+        if self.method.early is None:
+            return None
+        return self.params.early if self.params.early is not None else self.method.early
+
+
+def early_count(k: int, fraction: float) -> int:
+    """Checkpoints in an early window: the first ``max(1, floor(fraction * k))`` of ``k``."""
+    return max(1, min(k, math.floor(fraction * k + _FLOOR_EPS)))
+
+
+def check_params(params: Params) -> None:
+    if params.early is not None and not 0.0 < params.early <= 1.0:
+        raise ScoringError(
+            f"--early {params.early}: give the early window as a fraction of the selected "
+            "checkpoints in (0, 1], e.g. --early 0.1"
+        )
+    if params.window_length < 2:
+        raise ScoringError(
+            f"--window-length {params.window_length}: a window needs at least 2 checkpoints "
+            "(a standard deviation of one value means nothing)"
+        )
+
+
+def select_train_checkpoints(train: Split, window: str | slice | None) -> np.ndarray:
+    """The train split's committed checkpoints, then the window/stride over their positions."""
+    ids = train.checkpoint_ids
+    if window is None:
+        return ids
+    sel = parse_window(window) if isinstance(window, str) else window
+    if not isinstance(sel, slice):
+        raise ScoringError(f"--checkpoints {window!r}: expected START:STOP[:STEP]")
+    return ids[sel]
+
+
+def window_of(method: Method, params: Params, selected: np.ndarray) -> np.ndarray:
+    """The checkpoints ``method`` uses out of the ``selected`` ones, checked for its needs."""
+    fraction = params.early if params.early is not None else method.early
+    used = selected if method.early is None else selected[: early_count(len(selected), fraction)]
+    needed = method.min_checkpoints
+    if "window_length" in method.uses:
+        needed = max(needed, params.window_length)
+    if len(used) < needed:
+        what = f"its early window ({fraction:g} of {len(selected)})" if method.early else "them"
+        fix = (
+            f"pass --window-length {max(2, len(used))} or fewer, or a larger --early / more checkpoints"
+            if "window_length" in method.uses and len(used) >= 2
+            else "record more checkpoints or widen --checkpoints"
+            + (" / --early" if method.early else "")
+        )
+        raise ScoringError(
+            f"--method {method.name} needs at least {needed} checkpoints; {what} "
+            f"hold{'s' if method.early else ''} {len(used)}: {fix}"
+        )
+    return used
+
+
+def as_cols(positions: np.ndarray) -> Cols:
+    """Column positions as a slice when they are consecutive (a view, no copy)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
+
+
+def _key(channel: str, cols: Cols) -> tuple[Any, ...]:
+    if isinstance(cols, slice):
+        return (channel, cols.start, cols.stop, cols.step)
+    return (channel, *cols.tolist())
+
+
+class Rows:
+    """A piece of a block (at most :data:`PIECE_ROWS` rows) and the derived arrays methods
+    share, computed once per piece whatever the number of methods in the pass.
+
+    Derived arrays are float64 and checkpoint-major: shape ``(k, m)`` for ``k`` columns and
+    ``m`` rows, so every reduction over checkpoints is a sequence of element-wise operations
+    over contiguous rows.
+    """
+
+    def __init__(self, values: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+        self.values = values
+        self.labels = labels
+        self._cache: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw(self, channel: str, cols: Cols) -> np.ndarray:
+        """The stored values ``(m, k)`` of ``channel`` at ``cols``, in their stored dtype."""
+        return self.values[channel][:, cols]
+
+    def _cached(self, key: tuple[Any, ...], make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def columns(self, channel: str, cols: Cols) -> np.ndarray:
+        """``channel`` at ``cols`` as float64, checkpoint-major ``(k, m)`` (widening is exact)."""
+        return self._cached(
+            ("columns", *_key(channel, cols)),
+            lambda: np.ascontiguousarray(self.raw(channel, cols).T, dtype=np.float64),
+        )
+
+    def total(self, channel: str, cols: Cols) -> np.ndarray:
+        """Sum over ``cols`` of ``channel`` per row (fixed order)."""
+        return self._cached(
+            ("total", *_key(channel, cols)), lambda: column_sum(self.columns(channel, cols))
+        )
+
+    def undefined(self, channel: str, cols: Cols) -> np.ndarray:
+        """Rows with a NaN or infinite value of ``channel`` at any of ``cols``.
+
+        A sum is finite exactly when every term is (values read from a lake are far from
+        float64 overflow), so this reuses :meth:`total`.
+        """
+        return ~np.isfinite(self.total(channel, cols))
+
+    def p_true(self, cols: Cols) -> np.ndarray:
+        """``exp(-loss)`` at ``cols``, ``(k, m)``: the probability of the labelled class when
+        the loss is the cross-entropy (as ``LossRecorder`` records it)."""
+
+        def make() -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.exp(-self.columns("loss", cols))
+
+        return self._cached(("p_true", *_key("loss", cols)), make)
+
+
+# --- reductions over checkpoints, in a fixed order -------------------------------------------
+def column_sum(x: np.ndarray) -> np.ndarray:
+    """``x[0] + x[1] + ...`` over the first axis, added in order (bit-identical per row for
+    any number of rows; ``np.sum`` may pick another order for some shapes)."""
+    out = x[0].copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        for row in x[1:]:
+            out += row
+    return out
+
+
+def column_mean(x: np.ndarray) -> np.ndarray:
+    return column_sum(x) / len(x)
+
+
+def column_std(x: np.ndarray, ddof: int = 0) -> np.ndarray:
+    """Standard deviation over the first axis, two-pass (mean, then squared deviations)."""
+    mean = column_mean(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        squares = column_sum((x - mean) ** 2)
+        return np.sqrt(squares / (len(x) - ddof))
+
+
+def sliding_mean_std(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (``ddof=1``) of every window of ``length``
+    consecutive checkpoints: two ``(W, m)`` arrays, ``W = k - length + 1``."""
+    windows = len(x) - length + 1
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = x[0:windows].copy()
+        for j in range(1, length):
+            total += x[j : j + windows]
+        mean = total / length
+        squares = (x[0:windows] - mean) ** 2
+        for j in range(1, length):
+            squares += (x[j : j + windows] - mean) ** 2
+        return mean, np.sqrt(squares / (length - 1))
+
+
+def max_sample_std(length: int) -> float:
+    """The largest sample standard deviation of ``length`` values in [0, 1] (half at 0, half
+    at 1): the upper end of the ranges of ``dynunc`` and ``dual``."""
+    low, high = length // 2, length - length // 2
+    return math.sqrt(low * high / (length * (length - 1)))

@@ -1,0 +1,98 @@
+"""One pass over the train split's row blocks, scoring every planned method on each block.
+
+The numpy engine runs :func:`score_blocks` over the whole split, the dask engine over a row
+range per task. A block is read once (the union of the methods' channels and checkpoints),
+cut into pieces of :data:`~cld_lake.score._method.PIECE_ROWS` rows whose derived arrays the
+methods share (:class:`~cld_lake.score._method.Rows`), and each method's scores for the block
+are final when it is done: memory is one block, never the N x T matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cld_lake.lake.store import Split
+from cld_lake.score._formula import Progress, _run_pieces
+from cld_lake.score._method import PIECE_ROWS, Plan, Rows
+
+
+@dataclass
+class ScoredChunk:
+    """What a methods engine yields: every planned method's scores for some consecutive rows,
+    and the counters each method keeps (``nan`` and the method's own)."""
+
+    rows: slice
+    labels: np.ndarray
+    scores: dict[str, np.ndarray]
+    counts: dict[str, dict[str, int]]
+
+
+def read_needs(plans: Sequence[Plan]) -> tuple[np.ndarray, list[str]]:
+    """The checkpoints (ascending) and channels one read must cover for every plan."""
+    ids = np.unique(np.concatenate([p.used for p in plans])) if plans else np.zeros(0, np.int64)
+    channels = list(dict.fromkeys(c for p in plans for c in p.method.channels))
+    return ids.astype(np.int64), channels
+
+
+def score_values(
+    values: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    plans: Sequence[Plan],
+    threads: int = 1,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
+    """Every plan's scores for one block of rows (values ``(m, T)`` per channel)."""
+    n = len(labels)
+    scores = {p.name: np.empty(n, dtype=np.float64) for p in plans}
+    piece_counts: list[dict[str, dict[str, int]]] = []
+    pieces = [(a, min(a + PIECE_ROWS, n)) for a in range(0, n, PIECE_ROWS)]
+
+    def run(piece: tuple[int, int]) -> None:
+        a, b = piece
+        rows = Rows({c: v[a:b] for c, v in values.items()}, labels[a:b])
+        counts: dict[str, dict[str, int]] = {}
+        for plan in plans:
+            scored = plan.method.score(rows, plan)
+            scores[plan.name][a:b] = scored.scores
+            counts[plan.name] = {"nan": int(np.isnan(scored.scores).sum()), **scored.counts}
+        piece_counts.append(counts)  # list.append is atomic under the GIL
+
+    _run_pieces(run, pieces, threads)
+    return scores, merge_counts(piece_counts, [p.name for p in plans])
+
+
+def merge_counts(
+    parts: Sequence[Mapping[str, Mapping[str, int]]], names: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Sum per-piece counters by method and counter name."""
+    out: dict[str, dict[str, int]] = {name: {} for name in names}
+    for part in parts:
+        for name, counts in part.items():
+            for key, value in counts.items():
+                out[name][key] = out[name].get(key, 0) + int(value)
+    return out
+
+
+def score_blocks(
+    split: Split,
+    plans: Sequence[Plan],
+    block_rows: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    progress: Progress | None = None,
+    threads: int = 1,
+) -> Iterator[ScoredChunk]:
+    """Score rows ``[start, stop)`` of ``split`` for every plan, one chunk per block."""
+    ids, channels = read_needs(plans)
+    blocks = split.blocks(
+        block_rows=block_rows, checkpoints=ids, channels=channels, start=start, stop=stop
+    )
+    for block in blocks:
+        scores, counts = score_values(block.values, block.labels, plans, threads)
+        yield ScoredChunk(
+            slice(block.start, block.start + len(block)), block.labels, scores, counts
+        )
+        if progress is not None:
+            progress(len(block))
