@@ -46,12 +46,13 @@ WRITER_LOCK = ".writer.lock"
 SCORES_FILE = "scores.parquet"
 
 SPLIT_NAMES = ("train", "val", "test")
-CHANNELS = ("loss", "correct", "margin")
+CHANNELS = ("loss", "correct", "margin", "el2n")
 # Allowed stored dtypes per channel; the first is the default.
 CHANNEL_DTYPES: dict[str, tuple[str, ...]] = {
     "loss": ("float32", "float16", "float64"),
     "correct": ("bool",),
     "margin": ("float32", "float16"),
+    "el2n": ("float32", "float16"),
 }
 
 # Rows per chunk of every trajectory array (and the default block of the row iterator).
