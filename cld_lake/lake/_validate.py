@@ -90,11 +90,12 @@ def check_labels(labels: np.ndarray, num_classes: int | None, what: str) -> None
 # file) in its one-line error.
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
-_CHANNEL_KINDS = {"loss": "fiu", "correct": "biu", "margin": "fiu"}
+_CHANNEL_KINDS = {"loss": "fiu", "correct": "biu", "margin": "fiu", "el2n": "fiu"}
 _CHANNEL_RULES = {
     "loss": "numbers (float or int)",
     "correct": "bool (or the integers 0/1)",
     "margin": "numbers (float or int)",
+    "el2n": "numbers (float or int)",
 }
 
 

@@ -682,10 +682,11 @@ class CheckpointBuffer:
         labels: ArrayLike | None = None,
         correct: ArrayLike | None = None,
         margin: ArrayLike | None = None,
+        el2n: ArrayLike | None = None,
     ) -> None:
         """Add values for a batch of samples (numpy arrays or anything array-like)."""
         ids = np.asarray(sample_ids).astype(np.int64, copy=False).reshape(-1)
-        given = {"loss": loss, "correct": correct, "margin": margin}
+        given = {"loss": loss, "correct": correct, "margin": margin, "el2n": el2n}
         batch = {c: np.asarray(v).reshape(-1) for c, v in given.items() if v is not None}
         for channel, values in batch.items():
             if values.shape != ids.shape:
