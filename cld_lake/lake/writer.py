@@ -469,9 +469,7 @@ class SplitWriter:
         this writer holds the split's lock, so nothing else can be using it."""
         for name in (fmt.CHECKPOINTS_FILE, fmt.SAMPLES_FILE, fmt.CLASSES_FILE):
             (self.path / name).unlink(missing_ok=True)
-        seg_dir = self.path / fmt.SEGMENTS_DIR
-        for entry in list(seg_dir.iterdir()) if seg_dir.exists() else []:
-            delete_segment(entry)
+        delete_segment(self.path / fmt.SEGMENTS_DIR)  # the whole folder: none is committed
         for entry in self.path.glob(".*.tmp-*"):
             entry.unlink(missing_ok=True)
 
