@@ -55,6 +55,7 @@ def create_views(
     for i, name in enumerate(lake.splits()):
         split = lake.split(name)
         label = sql_str(split.name)
+        split.check_samples()  # DuckDB scans the file itself: check its checksums first
         con.register(f"_samples_{i}", _parquet(split.path / fmt.SAMPLES_FILE))
         con.register(f"_checkpoints_{i}", _parquet(split.path / fmt.CHECKPOINTS_FILE))
         source = LossSource(split, block_rows=block_rows, stats=stats)
