@@ -8,8 +8,15 @@ scales the floor. Rows are generated in fixed blocks of ``GEN_ROWS`` from
 ``SeedSequence([seed, split, block])``, so the data do not depend on how the writer reads
 them, and memory stays at one block.
 
+Optional channels derived from each loss (``--channels loss,correct,margin,el2n``): with
+``p = exp(-loss)`` the labelled class's probability and the largest other class holding a
+random share ``f`` of the rest, ``margin = log p - log(f (1 - p))`` (the logit margin),
+``correct = margin > 0`` and ``el2n`` the norm of that probability vector minus the one-hot
+(the rest spread evenly). Adding channels does not change the losses.
+
     python -m benchmarks.synth LAKE [--train 1280000] [--val 12800] [--checkpoints 90]
                                     [--classes 1000] [--seed 0] [--non-learned 0.15]
+                                    [--channels loss,correct,margin]
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class SynthConfig:
     seed: int = 0
     non_learned: float = 0.15
     dtype: str = "float32"
+    channels: tuple[str, ...] = ("loss",)
 
 
 def labels_for(config: SynthConfig, split: str) -> np.ndarray:
@@ -71,6 +79,24 @@ def generate_block(config: SynthConfig, split: str, block: int, labels: np.ndarr
     return loss
 
 
+def derived_channels(
+    config: SynthConfig, split: str, block: int, loss: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``correct``, ``margin`` and ``el2n`` consistent with ``loss`` (see the module docstring),
+    from their own random stream (the losses stay the same with or without them)."""
+    rng = np.random.default_rng([config.seed, SPLIT_CODES[split], block, 1])
+    p = np.clip(np.exp(-loss), 1e-12, 1 - 1e-7)
+    rest = 1.0 - p
+    top = rng.uniform(0.3, 1.0, loss.shape) * rest  # the largest other class
+    spread = (rest - top) ** 2 / max(config.classes - 2, 1)  # the others, evenly
+    margin = np.log(p) - np.log(top)
+    return {
+        "correct": margin > 0,
+        "margin": margin,
+        "el2n": np.sqrt(rest**2 + top**2 + spread),
+    }
+
+
 class _RowSource:
     """``read_rows(a, b)`` for SplitWriter.append_columns, generating fixed blocks on demand."""
 
@@ -78,19 +104,34 @@ class _RowSource:
         self.config, self.split, self.labels = config, split, labels
         self._cached: tuple[int, np.ndarray] | None = None
 
-    def _block(self, index: int) -> np.ndarray:
+    def _block(self, index: int) -> dict[str, np.ndarray]:
         if self._cached is None or self._cached[0] != index:
             rows = self.labels[index * GEN_ROWS : (index + 1) * GEN_ROWS]
-            self._cached = (index, generate_block(self.config, self.split, index, rows))
+            loss = generate_block(self.config, self.split, index, rows)
+            values = {"loss": loss}
+            if set(self.config.channels) - {"loss"}:
+                values |= derived_channels(self.config, self.split, index, loss)
+            self._cached = (index, values)
         return self._cached[1]
 
     def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
-        parts = []
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in self.config.channels}
         for index in range(a // GEN_ROWS, (b - 1) // GEN_ROWS + 1):
             lo = max(a, index * GEN_ROWS) - index * GEN_ROWS
             hi = min(b, (index + 1) * GEN_ROWS) - index * GEN_ROWS
-            parts.append(self._block(index)[lo:hi])
-        return {"loss": np.concatenate(parts).astype(self.config.dtype)}
+            for channel, values in self._block(index).items():
+                if channel in parts:
+                    parts[channel].append(values[lo:hi])
+        dtypes = _channel_dtypes(self.config)
+        return {c: np.concatenate(v).astype(dtypes[c]) for c, v in parts.items()}
+
+
+def _channel_dtypes(config: SynthConfig) -> dict[str, str]:
+    dtypes = {"loss": config.dtype, "correct": "bool", "margin": "float32", "el2n": "float32"}
+    unknown = set(config.channels) - set(dtypes)
+    if unknown or "loss" not in config.channels:
+        raise ValueError(f"channels {config.channels}: loss and any of correct, margin, el2n")
+    return {c: dtypes[c] for c in config.channels}
 
 
 def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) -> Lake:
@@ -104,7 +145,7 @@ def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) 
                 list(range(config.checkpoints)),
                 _RowSource(config, split, labels),
                 num_rows=rows,
-                channels={"loss": config.dtype},
+                channels=_channel_dtypes(config),
                 new_samples=(np.arange(rows, dtype=np.int64), labels),
             )
     return lake.reload()
@@ -123,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dtype", default=defaults.dtype, choices=["float32", "float16", "float64"]
     )
+    parser.add_argument(
+        "--channels",
+        default=",".join(defaults.channels),
+        help="stored channels: loss and any of correct, margin, el2n (comma-separated)",
+    )
     args = parser.parse_args(argv)
     config = SynthConfig(
         args.train,
@@ -132,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         args.non_learned,
         args.dtype,
+        tuple(c.strip() for c in args.channels.split(",")),
     )
     started = time.perf_counter()
     lake = synth_lake(args.lake, config)

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -239,3 +240,62 @@ def test_duplicates_refused_single_process_unless_asked(tmp_path: Path) -> None:
     rec.commit(0)
     _, _, values = read_all(tmp_path / "r.lake")
     np.testing.assert_array_equal(values["loss"][:, 0], ref)
+
+
+# --- the optional el2n channel ---------------------------------------------------------------
+def _el2n_numpy(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """||softmax(logits) - onehot(label)||_2 in float64, from its definition."""
+    z = logits.double().numpy()
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(p)), labels.numpy()] -= 1.0
+    return np.sqrt((p**2).sum(axis=1))
+
+
+def test_el2n_definition_and_its_small_values() -> None:
+    logits = torch.tensor([[30.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 0.0], [2.0, 1.0, -1.0]])
+    labels = torch.tensor([0, 2, 1, 0])
+    *first, el2n = sample_stats(logits, labels, el2n=True)
+    for a, b in zip(first, sample_stats(logits, labels), strict=True):  # same three as always
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_allclose(el2n.numpy(), _el2n_numpy(logits, labels), rtol=1e-6, atol=1e-12)
+    # a confident right answer: about sqrt(2) e^-30, kept (not lost to cancellation)
+    assert 0 < float(el2n[0]) < 1e-12
+    # right with p = e^5 / s, s = e^5 + 2: the error is (1, -2, 1) / s
+    assert float(el2n[2]) == pytest.approx(np.sqrt(6) / (np.exp(5) + 2), rel=1e-5)
+
+
+def test_el2n_channel_is_recorded_on_request_and_scored(tmp_path: Path, cli) -> None:
+    x, y = make_data()
+    model = make_model().eval()
+    lake = tmp_path / "e.lake"
+    rec = LossRecorder(lake, "train", channels=("loss", "correct", "margin", "el2n"))
+    for checkpoint in range(4):
+        rec.record(model, loader(x, y, batch_size=17), checkpoint=checkpoint)
+    _, _, values = read_all(lake)
+    assert values["el2n"].dtype == np.float32
+    with torch.no_grad():
+        expected = _el2n_numpy(model(x), y)
+    for col in range(4):
+        np.testing.assert_allclose(values["el2n"][:, col], expected, rtol=1e-5, atol=1e-6)
+    res = cli("score", lake, "--method", "el2n,aum,forgetting", "--early", "0.5")
+    assert res.code == 0, res.err
+    scores = pq.read_table(lake / "scores.parquet").column("el2n").to_numpy()
+    np.testing.assert_allclose(scores, values["el2n"][:, :2].astype(np.float64).mean(axis=1))
+
+
+def test_default_channels_are_unchanged_and_bad_channels_refused(tmp_path: Path) -> None:
+    x, y = make_data(n=20)
+    rec = LossRecorder(tmp_path / "d.lake", "train")
+    rec.record(make_model(), loader(x, y), checkpoint=0)
+    assert cld_lake.open_lake(tmp_path / "d.lake").split("train").channels == {
+        "loss": "float32",
+        "correct": "bool",
+        "margin": "float32",
+    }
+    for bad in (("correct",), ("loss", "logits"), ("loss", "loss"), "el2n"):
+        with pytest.raises(BadInputError, match="give 'loss' and any of"):
+            LossRecorder(tmp_path / "x.lake", "train", channels=bad)
+    only_loss = LossRecorder(tmp_path / "o.lake", "train", channels=("loss",))
+    only_loss.record(make_model(), loader(x, y), checkpoint=0)
+    assert list(cld_lake.open_lake(tmp_path / "o.lake").split("train").channels) == ["loss"]

@@ -1,12 +1,17 @@
 """Record per-sample loss trajectories from torch training into a lake.
 
-Per checkpoint and sample the recorder stores three channels:
+Per checkpoint and sample the recorder stores three channels by default:
 
 - ``loss``: cross-entropy of the logits against the label (``reduction='none'``), float32;
 - ``correct``: ``argmax(logits) == label`` (ties resolve to the first maximal class, as
   ``torch.argmax`` does), bool;
 - ``margin``: the labelled class's logit minus the largest other logit, float32 (or float16).
   Positive means correct with that much room; negative means wrong; 0 is a tie.
+
+and, on request (``channels=("loss", "correct", "margin", "el2n")``), a fourth:
+
+- ``el2n``: the L2 norm of ``softmax(logits) - onehot(label)`` (Paul et al. 2021), float32,
+  computed on the device from the same logits (one more pass over the logits).
 
 Results stay on the model's device while the pass runs (no host sync per batch) and move to
 the host in large chunks; a commit writes the checkpoint atomically through
@@ -23,7 +28,7 @@ runs ahead of the commit and an error is raised on every rank.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from cld_lake.lake.writer import SplitWriter
 # Rows kept on the device before one move to the host (a few MB even for ImageNet-size
 # checkpoints, and one transfer per ~256k samples).
 FLUSH_ROWS = 1 << 18
+DEFAULT_CHANNELS = ("loss", "correct", "margin")
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,10 @@ class CheckpointSummary:
 
 
 def sample_stats(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample loss, correct flag and logit margin (see the module docstring).
+    logits: torch.Tensor, labels: torch.Tensor, el2n: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Per-sample loss, correct flag and logit margin (see the module docstring), and with
+    ``el2n`` the EL2N score.
 
     Computed in float32 whatever the logits' dtype (autocast logits are half precision).
 
@@ -64,10 +71,12 @@ def sample_stats(
     ----------
     logits : Tensor of shape (B, C)
     labels : Tensor of shape (B,), int64 in ``0..C-1``
+    el2n : bool
+        Also return ``||softmax(logits) - onehot(label)||_2`` per sample.
 
     Returns
     -------
-    loss : float32 (B,), correct : bool (B,), margin : float32 (B,)
+    loss : float32 (B,), correct : bool (B,), margin : float32 (B,)[, el2n : float32 (B,)]
     """
     logits = logits.float()
     labels = labels.long()
@@ -76,7 +85,13 @@ def sample_stats(
     own = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], float("-inf"))
     margin = own - others.amax(dim=1)
-    return loss, correct, margin
+    if not el2n:
+        return loss, correct, margin
+    # softmax minus the one-hot row, then its norm: subtracting 1 in place at the label keeps
+    # small errors exact (the expanded form sum(p^2) - 2 p_y + 1 cancels catastrophically)
+    error = torch.softmax(logits, dim=1)
+    error.scatter_add_(1, labels[:, None], torch.full_like(own[:, None], -1.0))
+    return loss, correct, margin, torch.linalg.vector_norm(error, dim=1)
 
 
 def _is_distributed() -> bool:
@@ -92,7 +107,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 class LossRecorder:
-    """Record per-sample loss, correct flag and margin of one split, checkpoint by checkpoint.
+    """Record per-sample loss, correct flag and margin (and on request el2n) of one split,
+    checkpoint by checkpoint.
 
     Parameters
     ----------
@@ -105,6 +121,10 @@ class LossRecorder:
         Every logits tensor must have exactly this many columns.
     margin_dtype : {"float32", "float16"}
         Stored dtype of the margin channel (loss is float32, correct is bool).
+    channels : sequence of str
+        Channels to store: ``loss`` (required), ``correct``, ``margin`` (the default three)
+        and ``el2n`` (on request: ``("loss", "correct", "margin", "el2n")``, for
+        ``cld-lake score --method el2n``). A split keeps the channels of its first commit.
     duplicates : {"error", "first"}, optional
         What a commit does with a sample id seen twice. Default: ``"first"`` under
         ``torch.distributed`` (the sampler pads with duplicates), else ``"error"``.
@@ -132,6 +152,7 @@ class LossRecorder:
         num_classes: int | None = None,
         *,
         margin_dtype: str = "float32",
+        channels: Sequence[str] = DEFAULT_CHANNELS,
         duplicates: str | None = None,
         group: Any = None,
         dst: int = 0,
@@ -150,7 +171,8 @@ class LossRecorder:
             raise BadInputError(
                 f"margin_dtype={margin_dtype!r}: choose one of {', '.join(fmt.CHANNEL_DTYPES['margin'])}"
             )
-        self.channels = {"loss": "float32", "correct": "bool", "margin": margin_dtype}
+        self.channels = _check_channels(channels, margin_dtype)
+        self._el2n = "el2n" in self.channels
         if duplicates not in (None, "error", "first"):
             raise BadInputError(f"duplicates={duplicates!r}: use 'error' or 'first'")
         self._duplicates = duplicates
@@ -212,8 +234,8 @@ class LossRecorder:
             self._bad_labels = self._bad_labels + bad if self._bad_labels is not None else bad
             labels = labels.clamp(0, classes - 1)
         with torch.no_grad():
-            loss, correct, margin = sample_stats(logits.detach(), labels)
-        self._dev.append((ids, labels, loss, correct, margin))
+            stats = sample_stats(logits.detach(), labels, el2n=self._el2n)
+        self._dev.append((ids, labels, *stats))
         self._pending_rows += batch
         if self._pending_rows >= FLUSH_ROWS:
             self._to_host()
@@ -313,7 +335,8 @@ class LossRecorder:
         return self._num_classes
 
     def _to_host(self) -> None:
-        """One device-to-host move of everything pending (ids, labels, loss, correct, margin)."""
+        """One device-to-host move of everything pending (ids, labels, loss, correct, margin
+        and el2n when recorded)."""
         if not self._dev:
             return
         cols = list(zip(*self._dev, strict=True))
@@ -328,14 +351,12 @@ class LossRecorder:
 
     def _host_arrays(self) -> dict[str, np.ndarray]:
         self._to_host()
-        names = ("sample_id", "label", "loss", "correct", "margin")
+        names = ("sample_id", "label", "loss", "correct", "margin", "el2n")[: 5 + self._el2n]
         if not self._host:
-            return {
-                n: np.zeros(0, dtype=d)
-                for n, d in zip(
-                    names, ("int64", "int64", "float32", "bool", "float32"), strict=True
-                )
-            } | {"bad_labels": np.int64(0)}
+            dtypes = ("int64", "int64", "float32", "bool", "float32", "float32")
+            return {n: np.zeros(0, dtype=d) for n, d in zip(names, dtypes, strict=False)} | {
+                "bad_labels": np.int64(0)
+            }
         out = {n: np.concatenate([h[i] for h in self._host]) for i, n in enumerate(names)}
         out["sample_id"] = out["sample_id"].astype(np.int64, copy=False)
         out["bad_labels"] = np.int64(self._bad_total)
@@ -412,8 +433,7 @@ class LossRecorder:
                 values["sample_id"],
                 values["loss"],
                 labels=values["label"],
-                correct=values["correct"],
-                margin=values["margin"],
+                **{c: values[c] for c in self.channels if c != "loss"},
             )
             buffer.commit(allow_missing=allow_missing)
         ids, first = np.unique(values["sample_id"], return_index=True)
@@ -425,6 +445,19 @@ class LossRecorder:
             mean_loss=float(np.mean(loss, dtype=np.float64)),
             accuracy=float(np.mean(values["correct"][first])),
         )
+
+
+def _check_channels(channels: Sequence[str], margin_dtype: str) -> dict[str, str]:
+    """The recorder's channels -> stored dtypes, in the lake's channel order."""
+    names = [channels] if isinstance(channels, str) else list(channels)
+    unknown = [c for c in names if c not in fmt.CHANNELS]
+    if unknown or "loss" not in names or len(set(names)) != len(names):
+        raise BadInputError(
+            f"channels={tuple(names)!r}: give 'loss' and any of 'correct', 'margin', 'el2n', "
+            "each once (default: ('loss', 'correct', 'margin'))"
+        )
+    dtypes = {"loss": "float32", "correct": "bool", "margin": margin_dtype, "el2n": "float32"}
+    return {c: dtypes[c] for c in fmt.CHANNELS if c in names}
 
 
 def _lake_num_classes(path: Path) -> int | None:
