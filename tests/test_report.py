@@ -84,6 +84,7 @@ def test_report_cli_writes_html(tmp_path, cli):
     r = cli("report", lake.path, "--out", tmp_path / "out")
     assert r.code == 0, r.err
     text = (tmp_path / "out" / "report.html").read_text()
-    assert "<svg" in text and "mean loss per checkpoint" in text and "noisy labels" in text
+    assert '<img src="data:image/png;base64,' in text and "mean loss per checkpoint" in text
+    assert "noisy labels" in text
     r = cli("report", lake.path, "--out", tmp_path / "missing" / "r.html")
     assert r.code == 2 and "does not exist" in r.err

@@ -1,9 +1,19 @@
-"""A self-contained HTML report of a lake: splits, loss curves, score distributions, and, when
-the samples table marks noisy labels, how well each score finds them.
+"""A self-contained HTML report of a lake (``cld-lake report LAKE --out FILE.html``).
 
-Everything is computed in one streaming pass per split (sums per checkpoint), so the report
-of a 10M-sample lake needs no more memory than that of a small one. Charts are inline SVG:
-the file opens anywhere, offline.
+The page holds the splits and scores tables; the mean loss curves; per-class loss curves of
+validation vs training samples with the highest, near-zero and most negative CLD (the CLD
+paper's Figure 1); score distributions (noisy labels apart when the samples table has a
+``noisy`` flag); a data map (confidence vs variability of ``p_true = exp(-loss)``, coloured
+by CLD); Spearman correlations between the stored scores; a noisy-label detection table
+(AUROC and precision at the noise rate, every score oriented by its direction); and the rank
+stability of CLD scores of different windows. Figures are matplotlib PNGs embedded as base64:
+the file opens from disk, offline, with no script, font or style sheet from elsewhere.
+
+Bounded memory and time: one streaming pass per split (sums per checkpoint, per chosen
+class and CLD group), score columns read one at a time (8 bytes per sample), and the points
+drawn (data map) and correlated (Spearman) taken from a strided sample of at most
+``max_points`` training rows, said so on the page. Histograms, detection tables and curves
+use every sample.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import datetime as _dt
 import html
 import os
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,132 +31,40 @@ import numpy as np
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
 from cld_lake.errors import BadInputError
 from cld_lake.lake.inspect import lake_info
-from cld_lake.lake.scores import read_scores, stale_scores
-from cld_lake.lake.store import Lake
-from cld_lake.select import fraction_size
+from cld_lake.lake.scores import read_scores, stale_scores, stored_scores
+from cld_lake.lake.store import Lake, Split
+from cld_lake.report import _plots as plots
+from cld_lake.report._stats import (
+    DIRECTIONS,
+    SplitScan,
+    curve_groups,
+    detection_row,
+    histogram,
+    noise_detection,
+    pick_classes,
+    sample_stride,
+    scan_split,
+    spearman,
+    suspicion,
+)
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+__all__ = ["MAX_POINTS", "build_report", "curve_stats", "noise_detection", "report_path"]
+
+MAX_POINTS = 200_000  # rows of the strided sample behind the data map and the correlations
+CURVE_CLASSES = 4  # classes drawn in the per-class loss curves
+GROUP_SHARE = 0.1  # share of a class in each CLD group of those curves
 
 
 def curve_stats(lake: Lake, split_name: str) -> dict[str, np.ndarray]:
     """Mean finite loss (and accuracy, if recorded) per checkpoint, streamed over row blocks."""
-    split = lake.split(split_name)
-    k = split.num_checkpoints
-    loss_sum, loss_n, acc_sum = np.zeros(k), np.zeros(k), np.zeros(k)
-    channels = ["loss"] + (["correct"] if "correct" in split.channels else [])
-    for block in split.blocks(channels=channels):
-        loss = block.loss.astype(np.float64)
-        finite = np.isfinite(loss)
-        loss_sum += np.where(finite, loss, 0.0).sum(axis=0)
-        loss_n += finite.sum(axis=0)
-        if "correct" in block.values:
-            acc_sum += block.values["correct"].sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"checkpoint": split.checkpoint_ids, "mean_loss": loss_sum / loss_n}
-        if "correct" in split.channels:
-            out["accuracy"] = acc_sum / max(split.num_samples, 1)
+    scan = scan_split(lake.split(split_name))
+    out = {"checkpoint": scan.checkpoints, "mean_loss": scan.mean_loss}
+    if scan.accuracy is not None:
+        out["accuracy"] = scan.accuracy
     return out
 
 
-def noise_detection(
-    scores: np.ndarray, noisy: np.ndarray, fractions: Sequence[float] = (0.05, 0.1, 0.2)
-) -> list[dict[str, float]]:
-    """Share of noisy labels among the lowest-scored fraction, next to the base rate.
-
-    The lowest ``fraction`` of the finite scores are ``round(fraction x n)`` samples, halves
-    up (at least one), as ``cld-lake select --lowest --balance none`` counts them.
-    """
-    ok = np.isfinite(scores)
-    s, y = scores[ok], noisy[ok].astype(bool)
-    order = np.argsort(s, kind="stable")
-    rows = []
-    for f in fractions:
-        k = min(max(1, fraction_size(f, len(s))), len(s))
-        lowest = y[order[:k]]
-        rows.append(
-            {
-                "fraction": f,
-                "noisy_share_lowest": float(lowest.mean()) if k else float("nan"),
-                "recall": float(lowest.sum() / max(y.sum(), 1)),
-                "base_rate": float(y.mean()) if len(y) else float("nan"),
-            }
-        )
-    return rows
-
-
-# --- tiny SVG charts ---------------------------------------------------------------------
-def _svg_lines(
-    series: dict[str, tuple[np.ndarray, np.ndarray]],
-    title: str,
-    width: int = 560,
-    height: int = 260,
-) -> str:
-    pad_l, pad_b, pad_t, pad_r = 50, 30, 24, 12
-    xs = np.concatenate([x for x, _ in series.values()]) if series else np.zeros(1)
-    ys = np.concatenate([y[np.isfinite(y)] for _, y in series.values()]) if series else np.zeros(1)
-    if ys.size == 0:
-        ys = np.zeros(1)
-    x0, x1 = float(xs.min()), float(xs.max()) or 1.0
-    y0, y1 = min(0.0, float(ys.min())), float(ys.max()) or 1.0
-    sx = lambda v: pad_l + (v - x0) / ((x1 - x0) or 1) * (width - pad_l - pad_r)  # noqa: E731
-    sy = lambda v: height - pad_b - (v - y0) / ((y1 - y0) or 1) * (height - pad_b - pad_t)  # noqa: E731
-    parts = [
-        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-        f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
-        f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - pad_r}" y2="{height - pad_b}" stroke="#999"/>',
-        f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="#999"/>',
-        f'<text x="4" y="{sy(y1) + 4:.0f}">{y1:.3g}</text><text x="4" y="{sy(y0):.0f}">{y0:.3g}</text>',
-        f'<text x="{pad_l}" y="{height - 8}">{x0:.0f}</text><text x="{width - pad_r - 20}" y="{height - 8}">{x1:.0f}</text>',
-    ]
-    for i, (name, (x, y)) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        pts = " ".join(
-            f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True) if np.isfinite(b)
-        )
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
-        parts.append(
-            f'<text x="{width - pad_r - 150}" y="{pad_t + 14 * i + 10}" fill="{color}">{html.escape(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _svg_hist(
-    groups: dict[str, np.ndarray], title: str, bins: int = 40, width: int = 560, height: int = 220
-) -> str:
-    finite = [g[np.isfinite(g)] for g in groups.values()]
-    allv = np.concatenate(finite) if finite else np.zeros(0)
-    if allv.size == 0:
-        return f"<p>{html.escape(title)}: no finite values</p>"
-    edges = np.linspace(float(allv.min()), float(allv.max()) + 1e-12, bins + 1)
-    counts = {
-        k: np.histogram(v, edges)[0] / max(len(v), 1) for k, v in zip(groups, finite, strict=True)
-    }
-    top = max(float(c.max()) for c in counts.values()) or 1.0
-    pad_l, pad_b = 40, 24
-    bw = (width - pad_l - 10) / bins
-    parts = [
-        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-        f'<text x="{pad_l}" y="14" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for i, (name, c) in enumerate(counts.items()):
-        color = COLORS[i % len(COLORS)]
-        for j, v in enumerate(c):
-            h = v / top * (height - pad_b - 24)
-            parts.append(
-                f'<rect x="{pad_l + j * bw:.1f}" y="{height - pad_b - h:.1f}" width="{bw - 1:.1f}" '
-                f'height="{h:.1f}" fill="{color}" fill-opacity="0.5"/>'
-            )
-        parts.append(
-            f'<text x="{width - 160}" y="{28 + 14 * i}" fill="{color}">{html.escape(name)} (n={len(finite[i]):,})</text>'
-        )
-    parts.append(
-        f'<text x="{pad_l}" y="{height - 6}">{edges[0]:.3g}</text>'
-        f'<text x="{width - 50}" y="{height - 6}">{edges[-1]:.3g}</text></svg>'
-    )
-    return "".join(parts)
-
-
+# --- the page ------------------------------------------------------------------------------
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -164,6 +82,20 @@ def _fmt(v: Any) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
     return str(v)
+
+
+def _figure(fig: Any, alt: str, caption: str = "") -> str:
+    note = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{plots.to_img(fig, alt)}{note}</figure>"
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1060px;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
+    "figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}"
+    "figcaption,.note{font-size:13px;color:#555}.wide{overflow-x:auto}"
+)
 
 
 def report_path(
@@ -193,19 +125,27 @@ def report_path(
 
 
 def build_report(
-    lake: Lake | str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+    lake: Lake | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    max_points: int = MAX_POINTS,
 ) -> Path:
     """Write the HTML report to ``out`` (a ``.html`` file, or a directory to hold
     ``report.html``, created if missing) and return its path.
 
     ``out`` may not be inside the lake; an existing report is replaced only with ``force``.
     Stale scores (see :func:`cld_lake.lake.scores.stale_scores`) are reported with a
-    ``UserWarning`` and a note in the report.
+    ``UserWarning`` and a note in the report. ``max_points`` bounds the strided sample of
+    training rows drawn in the data map and used for the score correlations.
     """
     if not isinstance(lake, Lake):
         lake = Lake(lake)
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise BadInputError(f"max_points {max_points}: must be an integer >= 1")
     report_path(lake, out, force=force)  # refuse before the (long) computation
     info = lake_info(lake)
+    _release_arrow_memory()
     sections = [
         f"<h1>cld_lake report</h1><p>{html.escape(str(lake.path))} · lake {info['lake_id']} · "
         f"{info['num_classes']} classes · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
@@ -217,74 +157,326 @@ def build_report(
             ]
         ),
     ]
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    accs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in lake.splits():
-        stats = curve_stats(lake, name)
-        curves[f"{name} mean loss"] = (stats["checkpoint"], stats["mean_loss"])
-        if "accuracy" in stats:
-            accs[f"{name} accuracy"] = (stats["checkpoint"], stats["accuracy"])
-    if curves:
-        sections += ["<h2>Training dynamics</h2>", _svg_lines(curves, "mean loss per checkpoint")]
-    if accs:
-        sections.append(_svg_lines(accs, "accuracy per checkpoint"))
-    scores = read_scores(lake)
-    if scores is not None:
-        sections.append("<h2>Scores</h2>")
-        for name, reason in stale_scores(lake).items():
-            warnings.warn(f"score {name}: {reason}", UserWarning, stacklevel=2)
-            sections.append(f"<p><b>Stale score {html.escape(name)}</b>: {html.escape(reason)}</p>")
-        shown = (
-            "method",
-            "engine",
-            "checkpoints",
-            "nan",
-            "degenerate",
-            "fallback",
-            "val_left_out",
-            "created_at",
-        )
-        sections.append(
-            _table(
-                [
-                    {"score": k, **{f: v.get(f, "") for f in shown}}
-                    for k, v in info["scores"].items()
-                ]
-            )
-        )
-        noisy = _noisy_flags(lake, scores.column("sample_id").to_numpy())
-        for col in [c for c in scores.column_names if c not in ("sample_id", "label")]:
-            values = scores.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-            if noisy is not None:
-                groups = {"clean labels": values[~noisy], "noisy labels": values[noisy]}
-                sections.append(_svg_hist(groups, f"{col}: distribution (share of each group)"))
-                sections.append(
-                    f"<h3>{html.escape(col)}: noisy labels among the lowest-scored samples</h3>"
-                )
-                sections.append(_table(noise_detection(values, noisy)))
-            else:
-                sections.append(_svg_hist({col: values}, f"{col}: distribution"))
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-        "font-size:13px;text-align:right}th{background:#f3f3f3}svg{display:block;margin:1em 0}"
-        ".wide{overflow-x:auto}"
+    stored = stored_scores(lake)
+    for name, reason in stale_scores(lake).items():
+        warnings.warn(f"score {name}: {reason}", UserWarning, stacklevel=2)
+        sections.append(f"<p><b>Stale score {html.escape(name)}</b>: {html.escape(reason)}</p>")
+    data = _TrainData.load(lake, stored, max_points)
+    sections += _dynamics_sections(lake, data, _cld_name(stored))
+    if stored:
+        sections += _score_sections(lake, stored, data)
+    doc = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>cld_lake report</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(sections)}</body></html>"
     )
-    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>cld_lake report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
     target = report_path(lake, out, force=force, create=True)
     remove_dead_temps(target)
     with atomic_path(target) as tmp:
-        tmp.write_text(doc)
+        tmp.write_text(doc, encoding="utf-8")
     return target
 
 
-def _noisy_flags(lake: Lake, sample_ids: np.ndarray) -> np.ndarray | None:
-    if not lake.has_split("train"):
-        return None
-    samples = lake.split("train").samples_table
-    if "noisy" not in samples.column_names:
-        return None
-    split = lake.split("train")
-    rows = split.rows_of(sample_ids)
-    flags = samples.column("noisy").to_numpy(zero_copy_only=False).astype(bool)
-    return np.where(rows >= 0, flags[np.maximum(rows, 0)], False)
+# --- the training split and its scores, in train row order ---------------------------------
+def _direction(provenance: dict[str, Any]) -> str:
+    """A stored score's direction; a score that records none (or an unknown one) is
+    ``higher_keep``, as CLD."""
+    direction = provenance.get("direction")
+    return direction if direction in DIRECTIONS else "higher_keep"
+
+
+def _cld_name(stored: dict[str, dict[str, Any]]) -> str | None:
+    """The CLD score the curves and the data map use: ``cld`` if stored, else the first
+    score whose method is cld."""
+    if "cld" in stored and stored["cld"].get("method", "cld") == "cld":
+        return "cld"
+    return next((n for n, p in stored.items() if p.get("method") == "cld"), None)
+
+
+@dataclass
+class _TrainData:
+    """Score columns and flags reindexed to the train split's rows, read one at a time."""
+
+    train: Split | None
+    stride: int
+    sample_rows: np.ndarray
+    rows: np.ndarray | None = None  # train row of each scores-table row, None = identical
+    labels: np.ndarray | None = None
+    noisy: np.ndarray | None = None
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # score -> sampled values
+
+    @classmethod
+    def load(cls, lake: Lake, stored: dict[str, Any], max_points: int) -> _TrainData:
+        if not lake.has_split("train"):
+            return cls(None, 1, np.zeros(0, np.int64))
+        train = lake.split("train")
+        stride = sample_stride(train.num_samples, max_points)
+        data = cls(train, stride, np.arange(0, train.num_samples, stride, dtype=np.int64))
+        samples = lake.split("train").samples_table  # a Split of its own: freed after this
+        if "noisy" in samples.column_names:
+            column = samples.column("noisy")
+            data.noisy = column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+        del samples
+        if stored:
+            table = read_scores(lake, [])
+            assert table is not None
+            ids = table.column("sample_id").to_numpy()
+            if not _same_ids(train, ids):
+                data.rows = train.rows_of(ids)
+            labels = table.column("label").to_numpy()
+            small = np.int16 if len(labels) == 0 or labels.max() < 2**15 else np.int64
+            data.labels = data.by_row(labels.astype(small), fill=-1)
+            del table, ids, labels
+        _release_arrow_memory()
+        return data
+
+    def sample_words(self) -> str:
+        """How the sample was taken, for the page."""
+        return "every training row" if self.stride == 1 else f"every {self.stride:,}th training row"
+
+    def by_row(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """A scores-table column in train row order (``fill`` for rows it lacks)."""
+        if self.rows is None:
+            return values
+        assert self.train is not None
+        out = np.full(self.train.num_samples, fill, dtype=np.result_type(values, type(fill)))
+        found = self.rows >= 0
+        out[self.rows[found]] = values[found]
+        return out
+
+    def column(self, lake: Lake, name: str) -> np.ndarray:
+        table = read_scores(lake, [name])
+        assert table is not None
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        values = values.astype(np.float64, copy=False)
+        del table
+        _release_arrow_memory()
+        values = self.by_row(values)
+        self.samples[name] = values[self.sample_rows]
+        return values
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory of freed Arrow tables back to the system: the Arrow allocator keeps it
+    otherwise, and the report reads several N-row tables one after the other."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _same_ids(train: Split, ids: np.ndarray) -> bool:
+    """Are ``ids`` the train split's sample ids in row order? (streamed, one row group at a
+    time, so the split's id column is never loaded whole)"""
+    if len(ids) != train.num_samples:
+        return False
+    for start in range(0, len(ids), train.row_chunk):
+        part, _ = train.sample_rows(start, start + train.row_chunk)
+        if not np.array_equal(part, ids[start : start + len(part)]):
+            return False
+    return True
+
+
+# --- sections ------------------------------------------------------------------------------
+def _dynamics_sections(lake: Lake, data: _TrainData, cld: str | None) -> list[str]:
+    """Mean curves of every split, the per-class CLD curves and the data map."""
+    out: list[str] = []
+    train = data.train
+    classes = np.zeros(0, np.int64)
+    groups, names = None, []
+    cld_values = None
+    if train is not None and "loss" in train.channels:
+        classes = pick_classes(np.flatnonzero(train.label_counts()), CURVE_CLASSES)
+        if cld is not None and data.labels is not None:
+            cld_values = data.column(lake, cld)
+            groups, names = curve_groups(cld_values, data.labels, classes, GROUP_SHARE)
+            del cld_values
+    scans: dict[str, SplitScan] = {}
+    for name in lake.splits():
+        split = train if name == "train" and train is not None else lake.split(name)
+        if "loss" not in split.channels:
+            continue
+        if name == "train":
+            scans[name] = scan_split(
+                split, classes=classes, row_groups=groups, n_groups=len(names), stride=data.stride
+            )
+        else:
+            scans[name] = scan_split(split, classes=classes if name == "val" else ())
+    curves = {f"{n} mean loss": (s.checkpoints, s.mean_loss) for n, s in scans.items()}
+    accs = {
+        f"{n} accuracy": (s.checkpoints, s.accuracy)
+        for n, s in scans.items()
+        if s.accuracy is not None
+    }
+    if curves:
+        out += [
+            "<h2>Training dynamics</h2>",
+            _figure(plots.training_curves(curves, accs), "mean loss per checkpoint"),
+        ]
+    t = scans.get("train")
+    if t is not None and len(classes):
+        out += ["<h3>Per-class loss curves</h3>", _class_curves(t, scans.get("val"), names, cld)]
+    if t is not None and len(t.sample_rows):
+        color = data.samples.get(cld) if cld else None
+        out += [
+            "<h3>Data map</h3>",
+            _figure(
+                plots.data_map(t.confidence, t.variability, color, cld or ""),
+                "data map: confidence vs variability",
+                f"p_true = exp(-loss) per checkpoint; confidence = its mean, variability = its "
+                f"standard deviation. Points: {data.sample_words()} "
+                f"({len(t.sample_rows):,} of {train.num_samples if train else 0:,} samples)"
+                + (f", coloured by {cld}" if color is not None else "")
+                + "; rows without a finite loss are left out.",
+            ),
+        ]
+    return out
+
+
+def _class_curves(
+    t: SplitScan, v: SplitScan | None, names: list[tuple[int, str, int]], cld: str | None
+) -> str:
+    panels = []
+    for i, c in enumerate(t.classes):
+        panel: dict[str, object] = {
+            "label": int(c),
+            "train": (t.checkpoints, t.class_mean[i]),
+            "val": None,
+            "groups": {},
+        }
+        if v is not None and v.class_count[i] > 0:
+            panel["val"] = (v.checkpoints, v.class_mean[i])
+        for g, (label, group, size) in enumerate(names):
+            if label == int(c):
+                panel["groups"][group] = (t.checkpoints, t.group_mean[g], size)  # type: ignore[index]
+        panels.append(panel)
+    sizes = sorted({size for *_, size in names})
+    caption = (
+        f"Classes {', '.join(str(int(c)) for c in t.classes)} (spread over the classes present). "
+        + (
+            f"Groups: the {GROUP_SHARE:.0%} of each class with the highest, nearest-zero and "
+            f"lowest (most negative) {cld} ({', '.join(map(str, sizes))} samples each); "
+            "curves average the finite losses at each checkpoint over every sample of a group."
+            if names
+            else "No CLD score stored: class means only (compute one with cld-lake score)."
+        )
+    )
+    return _figure(plots.class_curves(panels), "per-class loss curves by CLD group", caption)
+
+
+def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainData) -> list[str]:
+    shown = ("method", "direction", "range", "engine", "checkpoints", "nan", "degenerate")
+    out = [
+        "<h2>Scores</h2>",
+        _table(
+            [
+                {"score": k, **{f: v.get(f, "") for f in shown}}
+                | {"direction": _direction(v), "created_at": v.get("created_at", "")}
+                for k, v in stored.items()
+            ]
+        ),
+    ]
+    hists: list[dict[str, object]] = []
+    detection: list[dict[str, Any]] = []
+    lowest_tables: list[str] = []
+    for name, prov in stored.items():
+        direction = _direction(prov)
+        values = data.column(lake, name)
+        groups = {"all samples": values}
+        if data.noisy is not None:
+            groups = {"clean labels": values[~data.noisy], "noisy labels": values[data.noisy]}
+        edges, _ = histogram(values)
+        if edges is not None:
+            counts = {g: np.histogram(v[np.isfinite(v)], edges)[0] for g, v in groups.items()}
+            hists.append({"name": name, "edges": edges, "groups": counts, "direction": direction})
+        if data.noisy is not None:
+            detection.append(
+                {"score": name, "direction": direction}
+                | detection_row(values, data.noisy, direction)
+            )
+            which = "lowest" if direction == "higher_keep" else "highest"
+            lowest_tables += [
+                f"<h4>{html.escape(name)}: noisy labels among the {which}-scored samples</h4>",
+                _table(noise_detection(-suspicion(values, direction), data.noisy)),
+            ]
+        del values, groups
+    if hists:
+        out.append(
+            _figure(
+                plots.score_histograms(hists),
+                "score distributions",
+                "Share of samples per bin over every training sample with a finite score"
+                + (", clean and noisy labels apart." if data.noisy is not None else "."),
+            )
+        )
+    if detection:
+        out += [
+            "<h3>Noisy-label detection</h3>",
+            "<p class='note'>Each score ranks samples from most to least suspicious: lowest "
+            "first for higher_keep scores (CLD), highest first for higher_harder ones. AUROC: "
+            "the chance that a noisy sample ranks above a clean one (0.5 = chance); precision "
+            "at the noise rate: the share of noisy labels among as many top-ranked samples as "
+            "there are noisy ones. Samples with a non-finite score are left out.</p>",
+            _table(detection),
+            *lowest_tables,
+        ]
+    out += _correlation_sections(stored, data)
+    return out
+
+
+def _correlation_sections(stored: dict[str, dict[str, Any]], data: _TrainData) -> list[str]:
+    names = [n for n in stored if n in data.samples]
+    sample_note = (
+        f"On {data.sample_words()} ({len(data.sample_rows):,} samples), rows where both scores "
+        "are finite."
+    )
+    out: list[str] = []
+    if len(names) >= 2:
+        matrix = np.eye(len(names))
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                rho, _ = spearman(data.samples[a], data.samples[names[j]])
+                matrix[i, j] = matrix[j, i] = rho
+        out += [
+            "<h3>Score correlations</h3>",
+            _figure(
+                plots.correlation_matrix(names, matrix), "Spearman correlation matrix", sample_note
+            ),
+        ]
+    clds = [n for n in names if stored[n].get("method", n if n == "cld" else None) == "cld"]
+    out.append("<h3>Rank stability of CLD</h3>")
+    if len(clds) < 2:
+        out.append(
+            "<p class='note'>One CLD score stored: store CLD over other windows to compare, "
+            "e.g. <code>cld-lake score LAKE --checkpoints 0:45 --name cld_first45</code>.</p>"
+        )
+        return out
+    rows = []
+    for i, a in enumerate(clds):
+        for b in clds[i + 1 :]:
+            rho, n = spearman(data.samples[a], data.samples[b])
+            rows.append(
+                {
+                    "score a": a,
+                    "checkpoints a": stored[a].get("checkpoints", ""),
+                    "score b": b,
+                    "checkpoints b": stored[b].get("checkpoints", ""),
+                    "spearman": rho,
+                    "top 10% overlap": _top_overlap(data.samples[a], data.samples[b], 0.1),
+                    "rows": n,
+                }
+            )
+    out += [_table(rows), f"<p class='note'>{html.escape(sample_note)} Top 10% overlap: "
+            "the share of the highest-CLD 10% of one score that is in the other's.</p>"]  # fmt: skip
+    return out
+
+
+def _top_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    k = int(round(share * int(ok.sum())))
+    if k == 0:
+        return float("nan")
+    rows = np.flatnonzero(ok)
+    top_a = rows[np.argsort(-a[ok], kind="stable")[:k]]
+    top_b = rows[np.argsort(-b[ok], kind="stable")[:k]]
+    return float(len(np.intersect1d(top_a, top_b)) / k)

@@ -1,0 +1,259 @@
+"""The report's numbers: one streaming pass per split, and statistics on score columns.
+
+Nothing here holds a split's trajectories: :func:`scan_split` keeps sums per checkpoint (per
+split, per chosen class, per row group) and the per-sample statistics of a strided sample of
+rows; the score statistics work on one score column (8 bytes per sample) at a time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cld_lake.lake.store import Split
+from cld_lake.select import fraction_size
+
+DIRECTIONS = ("higher_keep", "higher_harder")
+
+
+@dataclass(frozen=True)
+class SplitScan:
+    """What one pass over a split gives the report.
+
+    ``mean_loss`` and ``accuracy`` are per checkpoint (finite losses only); ``class_mean``
+    is ``(len(classes), K)``, ``group_mean`` is ``(n_groups, K)``; ``confidence`` and
+    ``variability`` are the mean and (population) standard deviation over checkpoints of
+    ``p_true = exp(-loss)`` for the rows ``sample_rows`` (NaN where no loss is finite).
+    """
+
+    checkpoints: np.ndarray
+    mean_loss: np.ndarray
+    accuracy: np.ndarray | None
+    classes: np.ndarray
+    class_mean: np.ndarray
+    class_count: np.ndarray
+    group_mean: np.ndarray
+    group_count: np.ndarray
+    sample_rows: np.ndarray
+    confidence: np.ndarray
+    variability: np.ndarray
+
+
+def sample_stride(n: int, max_points: int) -> int:
+    """Every ``stride``-th row gives at most ``max_points`` rows."""
+    return max(1, -(-n // max(max_points, 1)))
+
+
+def scan_split(
+    split: Split,
+    *,
+    classes: Sequence[int] | np.ndarray = (),
+    row_groups: np.ndarray | None = None,
+    n_groups: int = 0,
+    stride: int | None = None,
+) -> SplitScan:
+    """Stream ``split`` once: mean finite loss (and accuracy) per checkpoint, the mean loss
+    curve of each class in ``classes`` and of each row group (``row_groups[row]`` in
+    ``0..n_groups-1``, -1 for none), and data-map statistics of every ``stride``-th row."""
+    k = split.num_checkpoints
+    classes = np.asarray(classes, dtype=np.int64)
+    loss_sum, loss_n, acc_sum = np.zeros(k), np.zeros(k), np.zeros(k)
+    class_sum, class_n = np.zeros((len(classes), k)), np.zeros((len(classes), k))
+    group_sum, group_n = np.zeros((n_groups, k)), np.zeros((n_groups, k))
+    sample_rows = (
+        np.arange(0, split.num_samples, stride, dtype=np.int64) if stride else np.zeros(0, np.int64)
+    )
+    confidence = np.full(len(sample_rows), np.nan)
+    variability = np.full(len(sample_rows), np.nan)
+    has_correct = "correct" in split.channels
+    channels = ["loss"] + (["correct"] if has_correct else [])
+    for block in split.blocks(channels=channels):
+        loss = block.loss.astype(np.float32)
+        finite = np.isfinite(loss)
+        zeroed = np.where(finite, loss, np.float32(0))
+        loss_sum += zeroed.sum(axis=0, dtype=np.float64)
+        loss_n += finite.sum(axis=0)
+        if has_correct:
+            acc_sum += block.values["correct"].sum(axis=0)
+        for i, c in enumerate(classes):
+            rows = block.labels == c
+            class_sum[i] += zeroed[rows].sum(axis=0, dtype=np.float64)
+            class_n[i] += finite[rows].sum(axis=0)
+        if n_groups and row_groups is not None:
+            gid = row_groups[block.start : block.start + len(block)]
+            for g in range(n_groups):
+                rows = gid == g
+                group_sum[g] += zeroed[rows].sum(axis=0, dtype=np.float64)
+                group_n[g] += finite[rows].sum(axis=0)
+        if stride:
+            lo = np.searchsorted(sample_rows, block.start)
+            hi = np.searchsorted(sample_rows, block.start + len(block))
+            conf, var = data_map_stats(loss[sample_rows[lo:hi] - block.start])
+            confidence[lo:hi], variability[lo:hi] = conf, var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return SplitScan(
+            checkpoints=split.checkpoint_ids,
+            mean_loss=loss_sum / loss_n,
+            accuracy=acc_sum / max(split.num_samples, 1) if has_correct else None,
+            classes=classes,
+            class_mean=class_sum / class_n,
+            class_count=class_n.max(axis=1) if k else np.zeros(len(classes)),
+            group_mean=group_sum / group_n,
+            group_count=group_n.max(axis=1) if k else np.zeros(n_groups),
+            sample_rows=sample_rows,
+            confidence=confidence,
+            variability=variability,
+        )
+
+
+def data_map_stats(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence and variability (Swayamdipta et al., 2020) of rows of losses.
+
+    ``p_true = exp(-loss)`` (the cross-entropy loss is ``-log p_true``); confidence is its
+    mean over checkpoints, variability its population standard deviation; non-finite
+    losses are left out, NaN for a row with none.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    p = np.exp(-loss)
+    p[~np.isfinite(loss)] = np.nan  # as everywhere in the lake: a non-finite loss is missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, as documented
+        return np.nanmean(p, axis=1), np.nanstd(p, axis=1)
+
+
+def curve_groups(
+    values: np.ndarray, labels: np.ndarray, classes: np.ndarray, share: float = 0.1
+) -> tuple[np.ndarray, list[tuple[int, str, int]]]:
+    """Rows of the highest, near-zero and lowest (most negative) CLD of each class in ``classes``.
+
+    Each group holds ``max(1, round(share x n))`` of the class's ``n`` finite scores: first the
+    lowest, then the highest, then (of the rest) those closest to zero. Returns the group of
+    every row (-1 for none) and ``(class, group name, size)`` per group id.
+    """
+    group = np.full(len(values), -1, dtype=np.int8 if 3 * len(classes) < 127 else np.int32)
+    names: list[tuple[int, str, int]] = []
+    for c in classes:
+        rows = np.flatnonzero((labels == c) & np.isfinite(values))
+        if len(rows) == 0:
+            continue
+        size = max(1, fraction_size(share, len(rows)))
+        order = rows[np.argsort(values[rows], kind="stable")]
+        bottom, top = order[:size], order[::-1][:size]
+        top = top[~np.isin(top, bottom)]
+        rest = order[~np.isin(order, np.r_[bottom, top])]
+        near = rest[np.argsort(np.abs(values[rest]), kind="stable")][:size]
+        for name, members in (("highest", top), ("near zero", near), ("lowest", bottom)):
+            if len(members):
+                group[members] = len(names)
+                names.append((int(c), name, len(members)))
+    return group, names
+
+
+def pick_classes(present: np.ndarray, how_many: int = 4) -> np.ndarray:
+    """Up to ``how_many`` classes spread evenly over the classes present (ascending)."""
+    present = np.unique(np.asarray(present, dtype=np.int64))
+    if len(present) <= how_many:
+        return present
+    return present[np.round(np.linspace(0, len(present) - 1, how_many)).astype(int)]
+
+
+# --- score statistics ----------------------------------------------------------------------
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values`` with ties given their average rank (as scipy's ``rankdata``)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    new = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], n]
+    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
+    ranks = np.empty(n)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Spearman correlation over the rows where both are finite, and that number of rows."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 3:
+        return float("nan"), n
+    ra, rb = rankdata(a[ok]), rankdata(b[ok])
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return (float((ra * rb).sum() / denom) if denom > 0 else float("nan")), n
+
+
+def suspicion(values: np.ndarray, direction: str) -> np.ndarray:
+    """How likely a label is wrong by a score: its hardness, high = suspicious.
+
+    ``higher_keep`` scores (CLD) are negated; ``higher_harder`` ones are used as they are.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return -values if direction != "higher_harder" else values
+
+
+def detection_row(values: np.ndarray, noisy: np.ndarray, direction: str) -> dict[str, float]:
+    """AUROC and precision at the noise rate of a score as a detector of noisy labels.
+
+    Rows with a non-finite score are left out. AUROC: the probability that a noisy sample is
+    more suspicious (see :func:`suspicion`) than a clean one, ties counting one half.
+    Precision at the noise rate: the share of noisy labels among the ``k`` most suspicious
+    samples, ``k`` = the number of noisy ones (ties: row order).
+    """
+    s = suspicion(values, direction)
+    ok = np.isfinite(s)
+    s, y = s[ok], np.asarray(noisy, dtype=bool)[ok]
+    pos, n = int(y.sum()), len(y)
+    row = {"n": n, "noisy": pos, "noise_rate": pos / n if n else float("nan")}
+    if pos == 0 or pos == n:
+        return row | {"auroc": float("nan"), "precision_at_noise_rate": float("nan")}
+    ranks = rankdata(s)
+    auroc = (ranks[y].sum() - pos * (pos + 1) / 2) / (pos * (n - pos))
+    top = np.argsort(-s, kind="stable")[:pos]
+    return row | {"auroc": float(auroc), "precision_at_noise_rate": float(y[top].mean())}
+
+
+def noise_detection(
+    scores: np.ndarray, noisy: np.ndarray, fractions: Sequence[float] = (0.05, 0.1, 0.2)
+) -> list[dict[str, float]]:
+    """Share of noisy labels among the lowest-scored fraction, next to the base rate.
+
+    The lowest ``fraction`` of the finite scores are ``round(fraction x n)`` samples, halves
+    up (at least one), as ``cld-lake select --lowest --balance none`` counts them.
+    """
+    ok = np.isfinite(scores)
+    s, y = scores[ok], noisy[ok].astype(bool)
+    order = np.argsort(s, kind="stable")
+    rows = []
+    for f in fractions:
+        k = min(max(1, fraction_size(f, len(s))), len(s))
+        lowest = y[order[:k]]
+        rows.append(
+            {
+                "fraction": f,
+                "noisy_share_lowest": float(lowest.mean()) if k else float("nan"),
+                "recall": float(lowest.sum() / max(y.sum(), 1)),
+                "base_rate": float(y.mean()) if len(y) else float("nan"),
+            }
+        )
+    return rows
+
+
+def histogram(
+    values: np.ndarray, bins: int = 50
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """Shared bin edges over the finite values and the counts; (None, None) when none."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None, None
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    return edges, np.histogram(finite, edges)[0]
