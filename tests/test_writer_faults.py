@@ -288,12 +288,9 @@ def test_the_commit_record_is_written_fsync_temp_then_rename_then_fsync_director
     assert_split_holds(path, range(2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (durability on power loss, not on kill -9): the chunk files of a new segment "
-    "are never fsynced, so a renamed commit record can reference data still in the page cache",
-)
 def test_a_new_segment_is_fsynced_before_the_commit_record_names_it(tmp_path):
+    # regression: the chunk files of a new segment were never fsynced (durability on power
+    # loss), so a renamed commit record could reference data still in the page cache
     path = new_split(tmp_path / "lake", range(1), auto_compact=False)
     split_dir = path / "splits" / "train"
     with SplitWriter(open_lake(path), "train", auto_compact=False) as w:

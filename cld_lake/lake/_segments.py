@@ -9,6 +9,7 @@ CRC32C of each segment's metadata files (``zarr.json``), checked when the segmen
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -139,6 +140,28 @@ def _node(path: Path, texts: Mapping[str, bytes], prefix: str = "") -> dict[str,
     if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
         raise ValueError(f"{path / METADATA_FILE} is not Zarr v3 metadata")
     return meta
+
+
+def sync_segment(path: Path) -> None:
+    """fsync every file and folder of a new segment (and the folder holding it), so a commit
+    record that names it never outlives its bytes on a power loss."""
+    for folder, _, files in os.walk(path, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(folder)
+    _fsync_dir(str(path.parent))
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def delete_segment(path: Path) -> None:

@@ -53,6 +53,7 @@ from cld_lake.lake._segments import (
     delete_segment,
     new_segment_name,
     segment_checksums,
+    sync_segment,
 )
 from cld_lake.lake._validate import (
     MAX_CLASSES,
@@ -505,6 +506,7 @@ class SplitWriter:
         rows = sorted(rows, key=lambda r: r["checkpoint"])
         known = dict(meta.get("segments", {}))
         if new_segment is not None:
+            sync_segment(self.path / fmt.SEGMENTS_DIR / new_segment)
             known[new_segment] = segment_checksums(self.path / fmt.SEGMENTS_DIR / new_segment)
         seg_dir = self.path / fmt.SEGMENTS_DIR
         meta = {
