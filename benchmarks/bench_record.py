@@ -5,10 +5,14 @@ For each workload it times, alternately and ``--repeats`` times:
 - *bare*: ``model.eval()``, ``torch.no_grad()``, ``model(x)`` for every batch of the loader;
 - *record*: ``LossRecorder.record(model, loader, checkpoint)`` (the same pass, plus per-sample
   loss / correct / margin kept on the device, one host move, and the atomic commit to the lake);
-- *commit*: the commit alone (host move + lake write), measured after ``update()`` calls.
+- *commit*: the commit alone (host move + lake write), measured after ``update()`` calls;
+- *record + el2n*: ``record`` with the optional ``el2n`` channel
+  (``channels=("loss", "correct", "margin", "el2n")``): one more pass over the logits on the
+  device and a fourth array written.
 
 and prints medians and the overhead ``record / bare - 1`` in wall time and in the process's
-CPU time (steadier on a shared machine). The target is < 10% for real models.
+CPU time (steadier on a shared machine), and what el2n adds: ``record_el2n / record - 1``. The
+target is < 10% for real models.
 
     python -m benchmarks.bench_record                 # all workloads, 5 repeats
     python -m benchmarks.bench_record --quick         # fewer samples and repeats
@@ -77,6 +81,10 @@ def bench(
     torch.manual_seed(0)
     model = build_model(w.model, w.num_classes, w.input_shape).to(device).eval()
     rec = LossRecorder(root / f"{w.model}.lake", "train", w.num_classes)
+    channels = ("loss", "correct", "margin", "el2n")
+    rec_el2n = LossRecorder(
+        root / f"{w.model}-el2n.lake", "train", w.num_classes, channels=channels
+    )
     ckpt = iter(range(10**6))
 
     def bare() -> None:
@@ -86,6 +94,9 @@ def bench(
 
     def record() -> None:
         rec.record(model, loader, next(ckpt))
+
+    def record_el2n() -> None:
+        rec_el2n.record(model, loader, next(ckpt))
 
     with torch.no_grad():  # the commit alone: values already added
         logits = [model(xb.to(device)) for xb, _, _ in loader]
@@ -100,13 +111,16 @@ def bench(
 
     bare()
     record()  # warm-up (allocator, lazy imports, the split's first commit)
-    bare_t, record_t, commit_times = [], [], []
+    record_el2n()
+    bare_t, record_t, el2n_t, commit_times = [], [], [], []
     for _ in range(repeats):
         bare_t.append(_timed(bare, device))
         record_t.append(_timed(record, device))
+        el2n_t.append(_timed(record_el2n, device))
         commit()
     b, r = statistics.median(t[0] for t in bare_t), statistics.median(t[0] for t in record_t)
     bc, rc = statistics.median(t[1] for t in bare_t), statistics.median(t[1] for t in record_t)
+    e = statistics.median(t[0] for t in el2n_t)
     return {
         "samples": n,
         "bare_s": b,
@@ -114,6 +128,8 @@ def bench(
         "overhead_pct": 100.0 * (r / b - 1.0),
         "cpu_overhead_pct": 100.0 * (rc / bc - 1.0),
         "commit_ms": 1000 * statistics.median(commit_times),
+        "el2n_s": e,
+        "el2n_pct": 100.0 * (e / r - 1.0),
     }
 
 
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     head = (
         f"| {'workload':<24} | {'samples':>7} | {'bare pass s':>11} | {'record s':>9} | {'overhead':>8} "
-        f"| {'CPU-time overhead':>17} | {'commit ms':>9} |"
+        f"| {'CPU-time overhead':>17} | {'commit ms':>9} | {'record+el2n s':>13} | {'el2n adds':>9} |"
     )
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
@@ -147,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             r = bench(w, device, repeats, scale, Path(tmp))
             print(
                 f"| {w.name:<24} | {r['samples']:>7} | {r['bare_s']:>11.3f} | {r['record_s']:>9.3f} | "
-                f"{r['overhead_pct']:>7.1f}% | {r['cpu_overhead_pct']:>16.1f}% | {r['commit_ms']:>9.1f} |",
+                f"{r['overhead_pct']:>7.1f}% | {r['cpu_overhead_pct']:>16.1f}% | {r['commit_ms']:>9.1f} | "
+                f"{r['el2n_s']:>13.3f} | {r['el2n_pct']:>8.1f}% |",
                 flush=True,
             )
     return 0

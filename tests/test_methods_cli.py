@@ -104,7 +104,10 @@ def test_cld_alone_is_the_cld_of_a_shared_pass(cli, lake):
         (["--method", "aum,forgetting", "--name", "x"], r"1 name\(s\) for 2 method\(s\)"),
         (["--method", "aum,forgetting", "--name", "x,x"], r"x given twice"),
         (["--method", "early_loss", "--early", "0"], r"0<x<=1|0 < x <= 1|range"),
-        (["--method", "aum", "--checkpoints", "5:5"], r"aum needs at least 1 checkpoints"),
+        (
+            ["--method", "aum", "--checkpoints", "5:5"],
+            r"aum needs at least 1 checkpoint; 0 are selected",
+        ),
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(cli, lake, args, match):

@@ -28,7 +28,7 @@ class MethodChoice(click.Choice):
 
     name = "method"
 
-    def get_metavar(self, param: click.Parameter, *args: object) -> str:
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "METHOD[,METHOD...]"
 
     def convert(
@@ -111,11 +111,6 @@ def score_cmd(
     from cld_lake.score import compute_scores
 
     lk = open_lake(lake)
-    options = {
-        "reference": reference,
-        "early": early,
-        "window_length": window_length,
-    }
     with _progress(lk) as progress:
         results = compute_scores(
             lk,
@@ -128,7 +123,9 @@ def score_cmd(
             progress=progress,
             collect_ids=False,
             keep_scores=False,
-            **{k: v for k, v in options.items() if v is not None},
+            early=early,
+            window_length=window_length,
+            reference=reference,
         )
     for result in results.values():
         click.echo(_summary(result, engine, lk))

@@ -66,7 +66,7 @@ from cld_lake.score._methods import (
     missing_channel,
     parse_methods,
 )
-from cld_lake.score._passes import ScoredChunk, read_needs
+from cld_lake.score._passes import ScoredChunk
 from cld_lake.score._stream import CLDAccumulator, CLDScores, cld_reference
 
 if TYPE_CHECKING:
@@ -302,21 +302,14 @@ def _column_names(methods: Sequence[Method], names: str | Sequence[str] | None) 
     return [check_score_name(n) for n in given]
 
 
-def _check_relevant(methods: Sequence[Method], params: Params) -> None:
+def _check_relevant(methods: Sequence[Method], given: Sequence[str]) -> None:
     """A parameter given for none of the methods is a mistake worth one line."""
-    asked = {
-        "early": params.early is not None,
-        "window_length": params.window_length != Params.window_length,
-        "reference": params.reference != Params.reference,
-        "fallback": params.fallback is not None,
-    }
-    for param, given in asked.items():
-        users = [m.name for m in METHOD_REGISTRY.values() if param in m.uses]
-        if given and not any(param in m.uses for m in methods):
-            flag = "--" + param.replace("_", "-")
+    for param in given:
+        if not any(param in m.uses for m in methods):
+            users = [m.name for m in METHOD_REGISTRY.values() if param in m.uses]
             raise ScoringError(
-                f"{flag} applies to --method {' / '.join(users)}; none of them is in --method "
-                f"{','.join(m.name for m in methods)}"
+                f"--{param.replace('_', '-')} applies to --method {' / '.join(users)}; none of "
+                f"them is in --method {','.join(m.name for m in methods)}"
             )
 
 
@@ -337,23 +330,25 @@ def _plans(
     for method in methods:
         missing_channel(method, train.channels, lake.path)
     val = lake.split(VAL) if needs_val else None
-    parts = []
-    for method, name in zip(methods, names, strict=True):
-        reference = None
+    windows = []  # every window checked before the val pass of CLD's reference
+    for method in methods:
         if method.needs_val:
             assert val is not None
             selected = plan_checkpoints(train, val, checkpoints)
+        else:
+            selected = select_train_checkpoints(train, checkpoints)
+        windows.append((selected, window_of(method, params, selected)))
+    read_ids = np.unique(np.concatenate([used for _, used in windows]))
+    plans = []
+    for method, name, (selected, used) in zip(methods, names, windows, strict=True):
+        reference = None
+        if method.needs_val:
+            assert val is not None
             reference = _val_reference(
                 lake, train, val, selected, params.fallback, params.reference, block_rows
             )
-        else:
-            selected = select_train_checkpoints(train, checkpoints)
-        parts.append((name, method, selected, window_of(method, params, selected), reference))
-    read_ids, _ = read_needs([Plan(n, m, params, s, u, slice(None), r) for n, m, s, u, r in parts])
-    plans = [
-        Plan(n, m, params, s, u, as_cols(np.searchsorted(read_ids, u)), r)
-        for n, m, s, u, r in parts
-    ]
+        cols = as_cols(np.searchsorted(read_ids, used))
+        plans.append(Plan(name, method, params, selected, used, cols, reference))
     return train, plans
 
 
@@ -365,8 +360,8 @@ def compute_scores(
     checkpoints: str | slice | None = None,
     names: str | Sequence[str] | None = None,
     early: float | None = None,
-    window_length: int = Params.window_length,
-    reference: CLDReference = "class",
+    window_length: int | None = None,
+    reference: CLDReference | None = None,
     fallback: Fallback | None = None,
     store: bool = True,
     block_rows: int | None = None,
@@ -388,10 +383,12 @@ def compute_scores(
     early : float, optional
         Early-window fraction for ``early_loss``, ``el2n`` (default 0.1) and ``dual`` (default
         0.15): the first ``max(1, floor(early * K))`` of the K selected checkpoints.
-    window_length : int
+    window_length : int, optional
         Sliding-window length J of ``dynunc`` and ``dual`` (default 10).
-    reference : {"class", "global"}
+    reference : {"class", "global"}, optional
         CLD's validation trajectory: the sample's class's (default) or every sample's.
+
+    A parameter given (not None) that none of ``methods`` reads is refused.
     fallback : {None, "global"}
         CLD, for classes without validation samples (see :func:`score`).
 
@@ -406,11 +403,13 @@ def compute_scores(
     started = time.perf_counter()
     chosen = parse_methods(methods)
     columns = _column_names(chosen, names)
-    params = Params(early, window_length, reference, fallback)
+    given = {"early": early, "window_length": window_length, "reference": reference}
+    given |= {"fallback": fallback}
+    _check_relevant(chosen, [k for k, v in given.items() if v is not None])
+    params = Params(**{k: v for k, v in given.items() if v is not None})
     check_params(params)
     check_fallback(fallback)
-    check_reference(reference)
-    _check_relevant(chosen, params)
+    check_reference(params.reference)
     if block_rows is not None and block_rows < 1:
         raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
     if [m.name for m in chosen] == ["cld"]:
@@ -420,7 +419,7 @@ def compute_scores(
             checkpoints=checkpoints,
             name=columns[0],
             fallback=fallback,
-            reference=reference,
+            reference=params.reference,
             store=store,
             block_rows=block_rows,
             progress=progress,
@@ -555,8 +554,8 @@ def score(
     method: str = "cld",
     progress: Callable[[int], None] | None = None,
     early: float | None = None,
-    window_length: int = Params.window_length,
-    reference: CLDReference = "class",
+    window_length: int | None = None,
+    reference: CLDReference | None = None,
 ) -> pl.DataFrame:
     """Score every training sample (CLD by default), as a Polars DataFrame ``sample_id, label,
     score``.

@@ -186,16 +186,20 @@ def window_of(method: Method, params: Params, selected: np.ndarray) -> np.ndarra
     if "window_length" in method.uses:
         needed = max(needed, params.window_length)
     if len(used) < needed:
-        what = f"its early window ({fraction:g} of {len(selected)})" if method.early else "them"
-        fix = (
-            f"pass --window-length {max(2, len(used))} or fewer, or a larger --early / more checkpoints"
-            if "window_length" in method.uses and len(used) >= 2
-            else "record more checkpoints or widen --checkpoints"
-            + (" / --early" if method.early else "")
-        )
+        if method.early is not None:
+            where = f"its early window (--early {fraction:g} of {len(selected)}) holds {len(used)}"
+        else:
+            where = f"{len(used)} are selected"
+        fixes = []
+        if "window_length" in method.uses and len(used) >= 2:
+            fixes.append(f"--window-length {len(used)} or less")
+        if method.early is not None:
+            fixes.append("a larger --early")
+        fixes.append("more checkpoints (record more, or widen --checkpoints)")
         raise ScoringError(
-            f"--method {method.name} needs at least {needed} checkpoints; {what} "
-            f"hold{'s' if method.early else ''} {len(used)}: {fix}"
+            f"--method {method.name} needs at least {needed} checkpoint{'s' * (needed != 1)}; "
+            f"{where}; use "
+            f"{' or '.join(fixes)}"
         )
     return used
 

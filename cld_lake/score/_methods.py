@@ -59,7 +59,8 @@ def _variability(rows: Rows, plan: Plan) -> Scored:
 
 
 def _correctness(rows: Rows, plan: Plan) -> Scored:
-    return Scored(rows.total("correct", plan.cols) / plan.k)
+    correct = np.count_nonzero(rows.raw("correct", plan.cols), axis=1)  # exact, any order
+    return Scored(correct / plan.k)
 
 
 def _forgetting(rows: Rows, plan: Plan) -> Scored:
