@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from cld_lake._types import Direction, choices
+from cld_lake._types import Method as MethodLiteral
 from cld_lake.errors import ScoringError
 from cld_lake.lake import Lake
 from cld_lake.lake.writer import SplitWriter
-from cld_lake.score import METHODS, compute_cld, compute_scores
+from cld_lake.score import METHOD_ENGINES, METHOD_REGISTRY, METHODS, compute_cld, compute_scores
 from tests.cld_reference import reference_cld
-
-LOSS_METHODS = ("mean_loss", "early_loss", "confidence", "variability", "dynunc", "dual")
 
 
 # --- the reference: each definition, row by row, in plain NumPy ------------------------------
@@ -293,3 +293,24 @@ def test_cld_global_reference_is_the_all_class_mean(tmp_path):
     np.testing.assert_array_equal(both["cld"].scores, result.scores)
     with pytest.raises(ScoringError, match="--reference 'nearest'"):
         compute_cld(lake, reference="nearest")
+
+
+def test_the_registry_is_the_method_literal_and_each_method_declares_itself():
+    import inspect
+    import typing
+    from collections.abc import Iterator
+
+    from cld_lake.score._engines import load_methods_engine
+    from cld_lake.score._passes import ScoredChunk
+
+    assert METHODS == choices(MethodLiteral) == tuple(METHOD_REGISTRY)
+    for method in METHOD_REGISTRY.values():
+        assert method.direction in choices(Direction)
+        assert method.citation and method.summary and method.channels
+        assert set(method.uses) <= {"early", "window_length", "reference", "fallback"}
+    for engine in METHOD_ENGINES:
+        compute = load_methods_engine(engine, ["aum"])
+        params = list(inspect.signature(compute).parameters.values())
+        rest = {p.name: p for p in params[2:]}
+        assert rest["block_rows"].default is None and rest["progress"].default is None
+        assert typing.get_type_hints(compute)["return"] == Iterator[ScoredChunk]

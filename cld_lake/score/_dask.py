@@ -1,7 +1,9 @@
 """The Dask engine: the NumPy kernel mapped over row ranges on a ``distributed`` cluster.
 
 Each task opens the lake itself (workers share the file system) and runs the same kernel as
-the numpy engine over its row range; only the three sums per row travel back. Uses the
+the numpy engine over its row range; only the three sums per row travel back. For the other
+methods (``compute_methods``) each task runs the numpy engine's one pass over its range and
+sends back every method's final scores. Uses the
 active ``distributed.Client`` when there is one, else starts a ``LocalCluster`` of processes
 for the run. Dask is optional: install it with ``pip install 'cld-lake[dask]'``.
 """
