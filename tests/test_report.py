@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cld_lake.lake import Lake, open_lake
+from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import curve_stats, noise_detection
 
@@ -57,9 +56,7 @@ def test_report_noise_table_values_match_a_hand_computation(tmp_path, cli):
     cld = np.full(60, np.nan)
     cld[:6] = [-1.0, -0.9, -0.8, 0.9, 0.95, 0.99]
     cld[6:50] = np.linspace(-0.5, 0.5, 44)
-    pq.write_table(
-        pa.table({"sample_id": ids, "label": ids % 3, "cld": cld}), lake.path / "scores.parquet"
-    )
+    store_score(lake, lake.split("train"), "cld", cld, {"method": "cld"})
     rows = noise_detection(cld, ids < 6)
     assert rows == [
         {"fraction": 0.05, "noisy_share_lowest": 1.0, "recall": 0.5, "base_rate": 0.12},
@@ -76,11 +73,8 @@ def test_report_noise_table_values_match_a_hand_computation(tmp_path, cli):
 
 def test_report_cli_writes_html(tmp_path, cli):
     lake = _lake(tmp_path)
-    ids = open_lake(lake.path).split("train").sample_ids
-    pq.write_table(
-        pa.table({"sample_id": ids, "label": ids % 3, "cld": np.linspace(-1, 1, len(ids))}),
-        lake.path / "scores.parquet",
-    )
+    train = open_lake(lake.path).split("train")
+    store_score(lake, train, "cld", np.linspace(-1, 1, train.num_samples), {"method": "cld"})
     r = cli("report", lake.path, "--out", tmp_path / "out")
     assert r.code == 0, r.err
     text = (tmp_path / "out" / "report.html").read_text()

@@ -18,6 +18,7 @@ from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
     curve_groups,
     data_map_stats,
+    detection,
     detection_row,
     pick_classes,
     rankdata,
@@ -99,6 +100,28 @@ def test_detection_row_by_hand_and_orientation():
     ties = detection_row(np.zeros(4), np.array([1, 0, 0, 1], bool), "higher_keep")
     assert ties["auroc"] == 0.5
     assert np.isnan(detection_row(values, np.zeros(6, bool), "higher_keep")["auroc"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_detection_matches_brute_force_with_ties_and_nan(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    values = rng.integers(-5, 5, n).astype(float)  # many ties
+    values[rng.random(n) < 0.05] = np.nan
+    noisy = rng.random(n) < 0.2
+    for direction in ("higher_keep", "higher_harder"):
+        row, fractions = detection(values, noisy, direction, (0.05, 0.1, 0.5))
+        s = -values if direction == "higher_keep" else values
+        ok = np.isfinite(s)
+        s, y = s[ok], noisy[ok]
+        pairs = s[y][:, None] - s[~y][None, :]
+        assert row["auroc"] == pytest.approx(((pairs > 0) + 0.5 * (pairs == 0)).mean())
+        order = np.argsort(-s, kind="stable")  # most suspicious first, ties in row order
+        assert row["precision_at_noise_rate"] == pytest.approx(y[order[: y.sum()]].mean())
+        for f, got in zip((0.05, 0.1, 0.5), fractions, strict=True):
+            k = int(np.floor(f * len(s) + 0.5))
+            assert got["noisy_share_lowest"] == pytest.approx(y[order[:k]].mean())
+            assert got["recall"] == pytest.approx(y[order[:k]].sum() / y.sum())
 
 
 def test_data_map_stats():

@@ -37,15 +37,15 @@ from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
     DIRECTIONS,
     SplitScan,
+    binned_counts,
     curve_groups,
-    detection_row,
-    histogram,
+    detection,
+    histogram_edges,
     noise_detection,
     pick_classes,
     sample_stride,
     scan_split,
     spearman,
-    suspicion,
 )
 
 __all__ = ["MAX_POINTS", "build_report", "curve_stats", "noise_detection", "report_path"]
@@ -377,29 +377,26 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
         ),
     ]
     hists: list[dict[str, object]] = []
-    detection: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     lowest_tables: list[str] = []
     for name, prov in stored.items():
         direction = _direction(prov)
         values = data.column(lake, name)
-        groups = {"all samples": values}
-        if data.noisy is not None:
-            groups = {"clean labels": values[~data.noisy], "noisy labels": values[data.noisy]}
-        edges, _ = histogram(values)
+        edges = histogram_edges(values)
         if edges is not None:
-            counts = {g: np.histogram(v[np.isfinite(v)], edges)[0] for g, v in groups.items()}
-            hists.append({"name": name, "edges": edges, "groups": counts, "direction": direction})
+            counts = binned_counts(values, edges, data.noisy)
+            names = ["all samples"] if data.noisy is None else ["clean labels", "noisy labels"]
+            groups = dict(zip(names, counts, strict=True))
+            hists.append({"name": name, "edges": edges, "groups": groups, "direction": direction})
         if data.noisy is not None:
-            detection.append(
-                {"score": name, "direction": direction}
-                | detection_row(values, data.noisy, direction)
-            )
+            row, by_fraction = detection(values, data.noisy, direction)
+            detections.append({"score": name, "direction": direction} | row)
             which = "lowest" if direction == "higher_keep" else "highest"
             lowest_tables += [
                 f"<h4>{html.escape(name)}: noisy labels among the {which}-scored samples</h4>",
-                _table(noise_detection(-suspicion(values, direction), data.noisy)),
+                _table(by_fraction),
             ]
-        del values, groups
+        del values
     if hists:
         out.append(
             _figure(
@@ -409,7 +406,7 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
                 + (", clean and noisy labels apart." if data.noisy is not None else "."),
             )
         )
-    if detection:
+    if detections:
         out += [
             "<h3>Noisy-label detection</h3>",
             "<p class='note'>Each score ranks samples from most to least suspicious: lowest "
@@ -417,7 +414,7 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
             "the chance that a noisy sample ranks above a clean one (0.5 = chance); precision "
             "at the noise rate: the share of noisy labels among as many top-ranked samples as "
             "there are noisy ones. Samples with a non-finite score are left out.</p>",
-            _table(detection),
+            _table(detections),
             *lowest_tables,
         ]
     out += _correlation_sections(stored, data)

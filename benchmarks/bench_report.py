@@ -1,0 +1,142 @@
+"""Benchmark: `cld-lake report` on a large synthetic lake (default 10M x 50 float16, ~1 GB).
+
+Plain script (not part of the test suite). Builds the lake with :mod:`benchmarks.synth`
+(or reuses ``--lake`` when it exists), stores CLD over all checkpoints and over the first half
+(two CLD windows, so the rank-stability table is filled), then runs the whole command in a
+fresh process under ``/usr/bin/time`` and prints wall time and peak RSS per run. With
+``--noisy SHARE`` the train split gets a ``noisy`` flag (a seeded random share of samples;
+the losses are the same synthetic curves), so the detection tables and the noisy/clean
+histograms are computed too.
+
+    .venv/bin/python -m benchmarks.bench_report [--train 10000000] [--checkpoints 50]
+                                                [--lake /tmp/bench10m] [--runs 3] [--noisy 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.synth import SynthConfig, _RowSource, labels_for, synth_lake
+
+
+def synth_noisy_lake(path: Path, config: SynthConfig, share: float) -> None:
+    """As :func:`benchmarks.synth.synth_lake`, the train split with a ``noisy`` flag."""
+    from cld_lake.lake import Lake
+    from cld_lake.lake.writer import SplitWriter
+
+    lake = Lake.create(path, num_classes=config.classes)
+    for split, rows in (("train", config.train), ("val", config.val)):
+        labels = labels_for(config, split)
+        ids = np.arange(rows, dtype=np.int64)
+        channels = {"loss": config.dtype}
+        with SplitWriter(lake, split, channels=channels) as writer:
+            new = (ids, labels)
+            if split == "train":
+                noisy = np.random.default_rng([config.seed, 7]).random(rows) < share
+                writer.declare_samples(ids, labels, metadata={"noisy": noisy})
+                new = None
+            writer.append_columns(
+                list(range(config.checkpoints)),
+                _RowSource(config, split, labels),
+                num_rows=rows,
+                channels=channels,
+                new_samples=new,
+            )
+
+
+def prepare(path: Path, config: SynthConfig, noisy: float | None = None) -> None:
+    """The lake with scores ``cld`` (all checkpoints) and ``cld_first_half``."""
+    import cld_lake
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.scores import stored_scores
+
+    if not path.exists():
+        t0 = time.perf_counter()
+        if noisy is None:
+            synth_lake(path, config)
+        else:
+            synth_noisy_lake(path, config, noisy)
+        print(
+            f"built {path} ({config.train:,} x {config.checkpoints} {config.dtype}) in {time.perf_counter() - t0:.1f} s"
+        )
+    stored = stored_scores(open_lake(path))
+    if "cld" not in stored:
+        cld_lake.score(path)
+    if "cld_first_half" not in stored:
+        cld_lake.score(path, checkpoints=f"0:{config.checkpoints // 2}", name="cld_first_half")
+
+
+def run_report(lake: Path, out: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `cld-lake report` process."""
+    cli = Path(sys.executable).with_name("cld-lake")
+    cmd = [
+        "/usr/bin/time",
+        "-f",
+        "%e %M",
+        str(cli),
+        "report",
+        str(lake),
+        "--out",
+        str(out),
+        "--force",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
+    return float(wall), float(rss_kb) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=10_000_000)
+    ap.add_argument("--val", type=int, default=100_000)
+    ap.add_argument("--checkpoints", type=int, default=50)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--lake", type=Path, help="lake to build or reuse (default: a temp dir)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--noisy", type=float, help="share of train samples flagged noisy")
+    args = ap.parse_args()
+    if not Path("/usr/bin/time").exists():
+        sys.exit("needs /usr/bin/time (Debian: apt-get install time)")
+    config = SynthConfig(
+        train=args.train,
+        val=args.val,
+        checkpoints=args.checkpoints,
+        classes=args.classes,
+        dtype=args.dtype,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
+        lake = args.lake or Path(tmp) / "lake"
+        prepare(lake, config, args.noisy)
+        out = Path(tmp) / "report.html"
+        runs = [run_report(lake, out) for _ in range(args.runs)]
+        size = out.stat().st_size / 2**20
+    header = (
+        f"{'train rows':>11} {'ckpts':>5} {'dtype':>7} {'run':>4} {'wall s':>7} {'peak RSS MB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for i, (wall, rss) in enumerate(runs, 1):
+        print(
+            f"{args.train:>11,} {args.checkpoints:>5} {args.dtype:>7} {i:>4} {wall:>7.1f} {rss:>12.0f}"
+        )
+    print()
+    print(
+        f"median {statistics.median(w for w, _ in runs):.1f} s, max peak RSS "
+        f"{max(r for _, r in runs):.0f} MB; report {size:.2f} MB. Each run is a fresh "
+        "`cld-lake report` process (interpreter start and imports included); scores stored: "
+        "cld, cld_first_half; "
+        + (f"{args.noisy:.0%} of train flagged noisy." if args.noisy else "no noisy flags.")
+    )
+
+
+if __name__ == "__main__":
+    main()
