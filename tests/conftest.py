@@ -114,3 +114,20 @@ def import_arrays(folder: Path, lake: Path, split: str = "train", **arrays: np.n
     loss, labels = paths.pop("loss"), paths.pop("labels")
     import_npy(lake, split, loss, labels, row_chunk=row_chunk, **paths)
     return lake
+
+
+def write_scores_table(path: Path, table) -> None:
+    """Write ``table`` as a scores table with the checksums the real writer records (for tests
+    that plant a table another tool, or an older version, wrote)."""
+    import pyarrow.parquet as pq
+
+    from cld_lake.lake import scores as scores_table
+
+    meta = dict(table.schema.metadata or {})
+    meta.setdefault(b"cld_lake", b"{}")
+    table = table.replace_schema_metadata(meta)
+    sums = scores_table._ColumnChecksums(table.schema)
+    sums.update(table)
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata(scores_table._footer(meta, sums))

@@ -288,10 +288,12 @@ def test_scores_follow_sample_ids_when_the_train_rows_change(tmp_path, spec):
 
     lake = write_lake(tmp_path / "lake", spec)
     ids = lake.split("train").sample_ids
+    from tests.conftest import write_scores_table
+
     old = pa.table(
         {"sample_id": ids[::-1], "label": lake.split("train").labels[::-1], "old": ids[::-1] * 1.0}
     )
-    pq.write_table(old, lake.path / "scores.parquet")
+    write_scores_table(lake.path / "scores.parquet", old)  # valid, another row order
     cld_lake.score(lake)
     table = pq.read_table(lake.path / "scores.parquet")
     np.testing.assert_array_equal(table.column("sample_id").to_numpy(), ids)

@@ -18,6 +18,7 @@ import cld_lake
 from cld_lake import sql as lake_sql
 from cld_lake.lake.scores import read_scores
 from cld_lake.score import compute_cld
+from tests.conftest import write_scores_table
 from tests.strategies import build_spec, write_lake
 
 
@@ -98,8 +99,8 @@ def test_old_nan_columns_become_null_when_the_table_is_rewritten(scored):
     path = lake.path / "scores.parquet"
     table = pq.read_table(path)
     legacy = pa.array(np.where(undefined, np.nan, 0.5))
-    pq.write_table(
-        table.append_column("old", legacy).replace_schema_metadata(table.schema.metadata), path
+    write_scores_table(
+        path, table.append_column("old", legacy).replace_schema_metadata(table.schema.metadata)
     )
     compute_cld(lake, name="again")
     stored = pq.read_table(path)
@@ -113,7 +114,7 @@ def test_realigned_tables_keep_null(scored, tmp_path):
     lake, result, undefined = scored
     path = lake.path / "scores.parquet"
     table = pq.read_table(path).replace_schema_metadata(None)  # written by another tool
-    pq.write_table(table.take(pa.array(np.arange(table.num_rows)[::-1])), path)  # other order
+    write_scores_table(path, table.take(pa.array(np.arange(table.num_rows)[::-1])))  # other order
     compute_cld(lake, name="again")
     stored = pq.read_table(path)
     np.testing.assert_array_equal(

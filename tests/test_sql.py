@@ -16,7 +16,7 @@ from cld_lake.lake import Lake
 from cld_lake.lake.importer import import_npy
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.sql import query as lake_query
-from tests.conftest import import_arrays, lake_hash, make_arrays
+from tests.conftest import import_arrays, lake_hash, make_arrays, write_scores_table
 
 N, T, C = 2000, 6, 5
 CHUNK = 256
@@ -32,8 +32,8 @@ def write_scores(
     for name, values in columns.items():
         table = table.append_column(name, pa.array(np.asarray(values, np.float64)))
     prov = provenance or {name: {"method": name, "checkpoints": "0..5 (6)"} for name in columns}
-    table = table.replace_schema_metadata({"cld_lake": json.dumps({"scores": prov})})
-    pq.write_table(table, lake_path / "scores.parquet")
+    table = table.replace_schema_metadata({b"cld_lake": json.dumps({"scores": prov}).encode()})
+    write_scores_table(lake_path / "scores.parquet", table)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake._meta import CHECKSUM_KEY, checksum_problem, read_meta
-from cld_lake.errors import CldLakeError
+from cld_lake.errors import CldLakeError, CorruptLakeError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import count_duplicates, ids_digest
-from cld_lake.lake.scores import stored_scores
+from cld_lake.lake.scores import check_scores_file, stored_scores
 from cld_lake.lake.store import Lake, Split
 
 
@@ -154,20 +153,10 @@ def _temp_files(root: Path) -> list[Path]:
 
 
 def _verify_scores(lake: Lake, report: VerifyReport) -> None:
-    scores = lake.path / fmt.SCORES_FILE
-    if not scores.exists():
-        return
     try:
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(scores).read()
-    except Exception as exc:
-        report.errors.append(f"{scores}: unreadable ({_one_line(exc)})")
-        return
-    if CHECKSUM_KEY in read_meta(table.schema):
-        problem = checksum_problem(table)
-        if problem is not None:
-            report.errors.append(f"{scores} fails its checksum ({problem}); {lake.fix}")
+        check_scores_file(lake)
+    except CorruptLakeError as exc:
+        report.errors.append(str(exc))
 
 
 def _split_dirs(lake: Lake) -> list[str]:

@@ -9,10 +9,19 @@ through :func:`stored_scores` and :func:`read_scores`.
 An undefined score (NaN in the NumPy column scoring produces) is stored as null, so SQL
 orderings put it last (``ORDER BY cld DESC`` in DuckDB) and aggregates skip it. Readers that
 need NumPy get NaN back: Arrow's ``to_numpy`` turns a null float into NaN.
+
+Integrity: the table is streamed (it is never whole in memory), so its checksums are computed
+as the row groups are written and stored at the end, in the footer key ``cld_lake.checksum``:
+a CRC32C of the ``cld_lake`` JSON and one per column (the canonical content of
+:class:`cld_lake._meta.TableChecksum`). A reader checks the JSON and exactly the columns it
+reads; ``verify`` and the SQL view check every column, streaming. In a checksummed lake
+(format 2) a table without that key is refused. No Parquet statistics are written, so no
+reader can skip rows on bytes the checksums do not cover.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,14 +29,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_path, atomic_write_parquet
-from cld_lake._meta import meta_bytes, read_meta
-from cld_lake.errors import ScoringError
+from cld_lake._io import atomic_path
+from cld_lake._meta import (
+    META_KEY,
+    TableChecksum,
+    canonical_json,
+    crc32c_hex,
+    meta_bytes,
+    read_meta,
+)
+from cld_lake.errors import CorruptLakeError, ScoringError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake, Split, root_lock
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 # rows [start, stop) of a score column
 ScoreReader = Callable[[int, int], np.ndarray]
@@ -50,14 +67,124 @@ def scores_path(lake: Lake) -> Path:
     return lake.path / fmt.SCORES_FILE
 
 
+CHECKSUMS_KEY = b"cld_lake.checksum"
+
+
+def _open_checked(lake: Lake) -> pq.ParquetFile:
+    """The scores file, its ``cld_lake`` JSON checked against its recorded CRC32C."""
+    import pyarrow.parquet as pq
+
+    path = scores_path(lake)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # a damaged footer
+        raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+    recorded = _recorded_checksums(pf)
+    if recorded is None:
+        if lake.checksummed:
+            raise CorruptLakeError(f"{path} fails its checksum (none recorded); {lake.fix}")
+        return pf
+    # the JSON is in the footer and again inside pyarrow's schema copy: both must match
+    footer = {META_KEY: (pf.metadata.metadata or {}).get(META_KEY, b"")}
+    for meta in (read_meta(pf.schema_arrow), read_meta(_Schema(footer))):
+        if recorded.get("meta") != crc32c_hex(canonical_json(meta)):
+            raise CorruptLakeError(f"{path} fails its checksum (metadata); {lake.fix}")
+    return pf
+
+
+class _Schema:
+    """Just enough of a schema for :func:`read_meta`: its key-value metadata."""
+
+    def __init__(self, metadata: dict[bytes, bytes]) -> None:
+        self.metadata = metadata
+
+
+def _recorded_checksums(pf: pq.ParquetFile) -> dict[str, Any] | None:
+    raw = (pf.metadata.metadata or {}).get(CHECKSUMS_KEY)
+    try:
+        recorded = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return {}  # present but damaged: every comparison fails
+    return recorded if isinstance(recorded, dict) else ({} if raw is not None else None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+class _ColumnChecksums:
+    """One :class:`TableChecksum` per column, fed row group by row group."""
+
+    def __init__(self, schema: pa.Schema, names: list[str] | None = None) -> None:
+        import pyarrow as pa
+
+        wanted = schema.names if names is None else names
+        self._sums = {
+            n: (pa.schema([schema.field(n)]), TableChecksum(pa.schema([schema.field(n)])))
+            for n in wanted
+        }
+
+    def update(self, part: pa.Table) -> None:
+        import pyarrow as pa
+
+        for name, (schema, acc) in self._sums.items():
+            acc.update(pa.Table.from_arrays([part.column(name)], schema=schema))
+
+    def values(self) -> dict[str, str]:
+        return {name: acc.value({}) for name, (_, acc) in self._sums.items()}
+
+
+def _footer(meta: dict[bytes, bytes], sums: _ColumnChecksums) -> dict[bytes, bytes]:
+    body = json.loads(meta[b"cld_lake"])
+    record = {"meta": crc32c_hex(canonical_json(body)), "columns": sums.values()}
+    return {CHECKSUMS_KEY: json.dumps(record, sort_keys=True).encode()}
+
+
+def _check_columns(lake: Lake, pf: pq.ParquetFile, table: pa.Table) -> None:
+    recorded = _recorded_checksums(pf)
+    if recorded is None:  # a format 1 lake: nothing to check (_open_checked decided)
+        return
+    sums = _ColumnChecksums(table.schema)
+    sums.update(table)
+    expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
+    for name, value in sums.values().items():
+        if expected.get(name) != value:
+            raise CorruptLakeError(
+                f"{scores_path(lake)} fails its checksum (column {name!r}); {lake.fix}"
+            )
+
+
+def check_scores_file(lake: Lake) -> None:
+    """Check every column of the scores table, one row group at a time (bounded memory).
+
+    Raises :class:`CorruptLakeError` (one line) when anything differs from what was recorded.
+    """
+    if not scores_path(lake).exists():
+        return
+    pf = _open_checked(lake)
+    recorded = _recorded_checksums(pf)
+    if recorded is None:
+        return
+    sums = _ColumnChecksums(pf.schema_arrow)
+    try:
+        for g in range(pf.metadata.num_row_groups):
+            sums.update(pf.read_row_group(g))
+    except Exception as exc:
+        raise CorruptLakeError(
+            f"{scores_path(lake)}: unreadable ({_first_line(exc)}); {lake.fix}"
+        ) from exc
+    expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
+    if sums.values() != expected:
+        raise CorruptLakeError(f"{scores_path(lake)} fails its checksum (columns); {lake.fix}")
+
+
 def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
     """Name -> provenance of every stored score, in column order; ``{}`` before any score."""
     path = scores_path(lake)
     if not path.exists():
         return {}
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
+    schema = _open_checked(lake).schema_arrow
     provenance = read_meta(schema).get("scores", {})
     if not isinstance(provenance, dict):
         provenance = {}
@@ -74,10 +201,14 @@ def read_scores(lake: Lake, columns: list[str] | None = None) -> pa.Table | None
     path = scores_path(lake)
     if not path.exists():
         return None
-    import pyarrow.parquet as pq
-
+    pf = _open_checked(lake)
     wanted = None if columns is None else ["sample_id", "label", *columns]
-    return pq.ParquetFile(path).read(columns=wanted)
+    try:
+        table = pf.read(columns=wanted)
+    except Exception as exc:
+        raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+    _check_columns(lake, pf, table)
+    return table
 
 
 def store_score(
@@ -179,7 +310,7 @@ def _metadata(
 
 # Scores are random-looking doubles: dictionary encoding and general compression buy little
 # and cost most of the write time; ids and labels compress well with lz4.
-WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"]}
+WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"], "write_statistics": False}
 
 
 def _store_streamed(
@@ -195,7 +326,7 @@ def _store_streamed(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    old = pq.ParquetFile(path) if path.exists() else None
+    old = _open_checked(train.lake) if path.exists() else None
     old_columns = [c for c in old.schema_arrow.names if c not in RESERVED] if old else []
     columns = old_columns + [n for n in readers if n not in old_columns]
     fields = [pa.field("sample_id", pa.int64()), pa.field("label", pa.int64())]
@@ -219,6 +350,8 @@ def _store_streamed(
         if old is not None and copy_old and not aligned
         else None
     )
+    sums = _ColumnChecksums(schema)
+    old_sums = _ColumnChecksums(old.schema_arrow, copy_old) if old is not None else None
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
         for i, a in enumerate(starts):
             b = min(a + BATCH_ROWS, n)
@@ -235,7 +368,28 @@ def _store_streamed(
                     arrays.append(_nullable(readers[column](a, b)))
                 else:
                     arrays.append(_nan_to_null(batch.column(column).combine_chunks()))
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))  # one row group
+            part = pa.Table.from_arrays(arrays, schema=schema)
+            if batch is not None and old_sums is not None:
+                old_sums.update(batch)  # the copied columns are checked as they are read
+            sums.update(part)
+            writer.write_table(part)  # one row group
+        if old is not None and copy_old:
+            _check_copied(train.lake, old, old_sums)
+        writer.add_key_value_metadata(_footer(schema.metadata, sums))
+
+
+def _check_copied(lake: Lake, old: pq.ParquetFile, sums: _ColumnChecksums) -> None:
+    """The old columns copied into the new table were what the old table recorded: a damaged
+    scores table is not silently carried forward (checked before the new one replaces it)."""
+    recorded = _recorded_checksums(old)
+    if recorded is None:
+        return
+    expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
+    for name, value in sums.values().items():
+        if expected.get(name) != value:
+            raise CorruptLakeError(
+                f"{scores_path(lake)} fails its checksum (column {name!r}); {lake.fix}"
+            )
 
 
 def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -267,7 +421,7 @@ def _store_realigned(
     import pyarrow.parquet as pq
 
     ids = train.sample_ids
-    old = pq.read_table(path)
+    old = read_scores(train.lake)
     rows = train.rows_of(old.column("sample_id").to_numpy())
     keep = rows >= 0
     table = pa.table(
@@ -285,8 +439,13 @@ def _store_realigned(
     for name, read in readers.items():
         if name not in table.column_names:
             table = table.append_column(name, _nullable(read(0, len(ids))))
-    table = table.replace_schema_metadata(_metadata(old.schema, provenance, train))
-    atomic_write_parquet(path, table)
+    meta = _metadata(old.schema, provenance, train)
+    table = table.replace_schema_metadata(meta)
+    sums = _ColumnChecksums(table.schema)
+    sums.update(table)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, table.schema, **WRITE_OPTIONS) as writer:
+        writer.write_table(table, row_group_size=BATCH_ROWS)
+        writer.add_key_value_metadata(_footer(meta, sums))
 
 
 def stale_scores(lake: Lake) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from cld_lake._duckdb import Connection, register, sql_str
 from cld_lake.lake import _format as fmt
-from cld_lake.lake.scores import scores_path
+from cld_lake.lake.scores import check_scores_file, scores_path
 from cld_lake.lake.store import Lake
 from cld_lake.sql._losses import LossSource, ScanStats
 
@@ -72,6 +72,7 @@ def create_views(
     _view(con, "losses", losses, "UNION ALL BY NAME")
     scores = scores_path(lake)
     if scores.exists():
+        check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
         con.register("_scores", _parquet(scores))
     _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
     con.execute(f"CREATE VIEW val_reference AS {_VAL_REFERENCE}")
