@@ -17,7 +17,8 @@ import click
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing report.")
 def report_cmd(lake: Path, out: Path, force: bool) -> None:
-    """Write an HTML report: splits, loss curves, score distributions, noise detection."""
+    """Write a self-contained HTML report: splits, loss curves (per class, by CLD group), score
+    distributions, data map, score correlations, noisy-label detection, CLD rank stability."""
     from cld_lake._cli._common import warnings_as_lines
     from cld_lake.lake import open_lake
     from cld_lake.report import build_report
