@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from fractions import Fraction
 
@@ -230,3 +231,14 @@ def test_half_rows_round_up_not_to_even():
     # shares 2.5 and 2.5 -> 3 and 2 (half-even per class: 2 and 2; half-up: 3 and 3)
     p = select_rows(np.arange(10), np.repeat([0, 1], 5), np.linspace(0, 1, 10), fraction=0.5)
     assert p.quotas == {0: 3, 1: 2} and len(p.rows) == 5
+
+
+def test_info_flags_a_stale_score_in_text_and_json(cli, appended_lake):
+    """issue 9: after checkpoints are appended, info says which score is stale (not refused)."""
+    r = cli("info", appended_lake.path, "--json")
+    assert r.code == 0
+    stale = json.loads(r.out)["stale_scores"]
+    assert list(stale) == ["cld"] and "8 checkpoints" in stale["cld"]
+    r = cli("info", appended_lake.path)
+    lines = [line for line in r.out.splitlines() if "STALE" in line]
+    assert r.code == 0 and len(lines) == 1 and "score cld:" in lines[0]

@@ -107,7 +107,8 @@ def info_cmd(lake, as_json):
             for k, v in prov.items()
             if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback")
         )
-        click.echo(f"  score {name}: {detail}")
+        stale = info["stale_scores"].get(name)
+        click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
 
 
 def _human(n: int) -> str:

@@ -15,7 +15,7 @@ from cld_lake.errors import CldLakeError, CorruptLakeError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import count_duplicates, ids_digest
-from cld_lake.lake.scores import check_scores_file, stored_scores
+from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
 
 
@@ -62,6 +62,8 @@ def lake_info(lake: Lake) -> dict[str, Any]:
             "bytes_per_value": round(seg_bytes / values, 3) if values else None,
         }
     info["scores"] = stored_scores(lake)
+    # a score computed before checkpoints were appended: flagged, never refused
+    info["stale_scores"] = stale_scores(lake) if info["scores"] else {}
     return info
 
 
