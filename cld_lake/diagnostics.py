@@ -1,0 +1,294 @@
+"""Diagnostics over the stored scores: how a score behaves, not what it selects.
+
+Pure functions over a lake (nothing is written), each returning plain rows (dicts) the CLI,
+the report and the comparison harness print or plot:
+
+- :func:`class_nonpositive_share`: per class, the share of scored samples with a score
+  ``<= 0`` (for CLD: samples whose loss does not move with their class's validation loss).
+- :func:`selection_alignment`: the mean score of a manifest's samples (the empirical
+  alignment of a coreset) next to the mean over the whole train split.
+- :func:`rank_stability`: Spearman's rank correlation between two stored scores (two CLD
+  windows, two strides, two methods).
+- :func:`noise_detection`: where the samples table carries a ``noisy`` flag, the AUROC and
+  the precision at the noise rate of every stored score for finding the flipped labels, each
+  score oriented by its direction (``higher_keep``: low = suspect).
+- :func:`cld_windows`: stores CLD over the first half of the checkpoints and over every other
+  checkpoint, to feed :func:`rank_stability`.
+
+Bounded memory: the scores table is read one column at a time (O(N) floats per column, plus
+the ``sample_id, label`` columns); the N x T loss matrix is never read. Undefined (null)
+scores are left out of every statistic and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cld_lake.errors import BadInputError, ScoringError
+from cld_lake.lake.scores import read_scores, stored_scores
+from cld_lake.lake.store import Lake, open_lake
+from cld_lake.manifest import Manifest, load_manifest
+
+__all__ = [
+    "auroc",
+    "average_ranks",
+    "class_nonpositive_share",
+    "cld_windows",
+    "noise_detection",
+    "precision_at",
+    "rank_stability",
+    "selection_alignment",
+    "spearman",
+]
+
+LakeLike = Lake | str | os.PathLike[str]
+
+
+# --- pure NumPy ------------------------------------------------------------------------------
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values`` (finite), ties given the mean of the ranks they span."""
+    values = np.asarray(values, dtype=np.float64)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Spearman's rho of the pairs where both values are finite, and the number of pairs.
+
+    NaN when fewer than 2 pairs remain or either side is constant over them.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    n = int(both.sum())
+    if n < 2:
+        return float("nan"), n
+    ra, rb = average_ranks(a[both]), average_ranks(b[both])
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return (float((ra * rb).sum() / denom) if denom > 0 else float("nan")), n
+
+
+def auroc(suspicion: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``suspicion`` (higher = more suspect) for ``positive``.
+
+    The Mann-Whitney form with average ranks, so a tie between a positive and a negative
+    counts one half. NaN without positives or without negatives.
+    """
+    s = np.asarray(suspicion, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = average_ranks(s)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def precision_at(suspicion: np.ndarray, positive: np.ndarray, k: int, ids: np.ndarray) -> float:
+    """Share of positives among the ``k`` most suspect rows (ties: the smaller id first)."""
+    if k < 1:
+        return float("nan")
+    order = np.lexsort((np.asarray(ids), -np.asarray(suspicion, dtype=np.float64)))
+    return float(np.asarray(positive, dtype=bool)[order[:k]].mean())
+
+
+# --- over a lake -------------------------------------------------------------------------------
+def _lake(lake: LakeLike) -> Lake:
+    return lake if isinstance(lake, Lake) else open_lake(lake)
+
+
+def _column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sample_ids, labels, values)`` of one stored score (NaN where null)."""
+    stored = stored_scores(lake)
+    if score not in stored:
+        have = ", ".join(stored) or "none"
+        raise ScoringError(
+            f"score {score!r} is not stored in {lake.path} (stored: {have}); "
+            f"compute it first: cld-lake score {lake.path} --method METHOD --name {score}"
+        )
+    table = read_scores(lake, [score])
+    assert table is not None  # stored_scores found the file
+    ids = table.column("sample_id").to_numpy().astype(np.int64, copy=False)
+    labels = table.column("label").to_numpy().astype(np.int64, copy=False)
+    values = table.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return ids, labels, values
+
+
+def _direction(lake: Lake, score: str) -> str:
+    direction = stored_scores(lake).get(score, {}).get("direction", "higher_keep")
+    return direction if direction in ("higher_keep", "higher_harder") else "higher_keep"
+
+
+def class_nonpositive_share(lake: LakeLike, score: str = "cld") -> list[dict[str, Any]]:
+    """Per class: the share of scored training samples whose ``score`` is ``<= 0``.
+
+    Returns
+    -------
+    list of dict
+        One row per class present, ascending label: ``label``, ``samples``, ``null`` (no
+        score, left out), ``nonpositive`` (score ``<= 0``) and ``share`` (``nonpositive`` /
+        scored samples; NaN when none is scored).
+    """
+    lake = _lake(lake)
+    _, labels, values = _column(lake, score)
+    finite = ~np.isnan(values)
+    size = int(labels.max()) + 1 if len(labels) else 0
+    samples = np.bincount(labels, minlength=size)
+    scored = np.bincount(labels[finite], minlength=size)
+    nonpos = np.bincount(labels[finite & (np.nan_to_num(values, nan=1.0) <= 0)], minlength=size)
+    return [
+        {
+            "label": int(c),
+            "samples": int(samples[c]),
+            "null": int(samples[c] - scored[c]),
+            "nonpositive": int(nonpos[c]),
+            "share": float(nonpos[c] / scored[c]) if scored[c] else float("nan"),
+        }
+        for c in np.flatnonzero(samples)
+    ]
+
+
+def selection_alignment(
+    lake: LakeLike, manifest: str | os.PathLike[str] | Manifest, score: str = "cld"
+) -> dict[str, Any]:
+    """The mean ``score`` of a manifest's samples: the empirical alignment of a coreset.
+
+    Returns
+    -------
+    dict
+        ``score``, ``selected`` (manifest rows), ``null`` (selected samples without a score,
+        left out of the mean), ``mean`` (over the selected, scored samples), ``pool_mean``
+        (over every scored training sample, for comparison) and ``direction``.
+
+    Raises
+    ------
+    BadInputError
+        The manifest names samples the scores table does not hold (another lake?).
+    """
+    lake = _lake(lake)
+    m = load_manifest(manifest)
+    ids, _, values = _column(lake, score)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], m.sample_ids), max(len(ids) - 1, 0))
+    missing = ids[order][pos] != m.sample_ids if len(ids) else np.ones(len(m), bool)
+    if missing.any():
+        raise BadInputError(
+            f"the manifest holds {int(missing.sum())} sample ids (e.g. "
+            f"{m.sample_ids[missing][:5].tolist()}) that {lake.path} has no score for; "
+            "pass the lake it was selected from"
+        )
+    chosen = values[order][pos]
+    finite = ~np.isnan(chosen)
+    everyone = values[~np.isnan(values)]
+    return {
+        "score": score,
+        "selected": len(m),
+        "null": int((~finite).sum()),
+        "mean": float(chosen[finite].mean()) if finite.any() else float("nan"),
+        "pool_mean": float(everyone.mean()) if len(everyone) else float("nan"),
+        "direction": _direction(lake, score),
+    }
+
+
+def rank_stability(lake: LakeLike, a: str, b: str) -> dict[str, Any]:
+    """Spearman's rank correlation between stored scores ``a`` and ``b`` (e.g. CLD over the
+    first half of the checkpoints vs all of them), over the samples both define.
+
+    Returns
+    -------
+    dict
+        ``a``, ``b``, ``spearman`` (in [-1, 1]; NaN with fewer than 2 pairs or a constant
+        side), ``pairs`` (samples scored by both).
+    """
+    lake = _lake(lake)
+    ids_a, _, va = _column(lake, a)
+    ids_b, _, vb = _column(lake, b)
+    if not np.array_equal(ids_a, ids_b):  # one table: cannot differ, checked all the same
+        raise ScoringError(f"{a} and {b} hold different samples; recompute one of them")
+    rho, pairs = spearman(va, vb)
+    return {"a": a, "b": b, "spearman": rho, "pairs": pairs}
+
+
+def noise_detection(lake: LakeLike, scores: list[str] | None = None) -> list[dict[str, Any]]:
+    """How well each stored score finds the flipped labels (the train split's ``noisy`` flag).
+
+    Every score is oriented by its direction: for ``higher_keep`` scores a low value is
+    suspect, for ``higher_harder`` a high one. Null scores are left out (counted in
+    ``null``). ``precision_at_rate`` is the share of flipped labels among the ``k`` most
+    suspect scored samples, ``k`` the number of flipped labels among them (the noise rate);
+    ties go to the smaller sample id. AUROC ties count one half (average ranks).
+
+    Returns
+    -------
+    list of dict
+        One row per score (``scores``, default every stored score, in column order):
+        ``score``, ``direction``, ``scored``, ``null``, ``noisy``, ``auroc``,
+        ``precision_at_rate``, ``noise_rate``.
+
+    Raises
+    ------
+    BadInputError
+        The train split's samples table has no ``noisy`` column.
+    """
+    lake = _lake(lake)
+    train = lake.split("train")
+    table = train.samples_table
+    if "noisy" not in table.column_names:
+        raise BadInputError(
+            f"{lake.path}: the train split's samples carry no 'noisy' flag; record it as "
+            "metadata (e.g. train_proxy --noise 0.2) to measure noisy-label detection"
+        )
+    flags = table.column("noisy").to_numpy(zero_copy_only=False).astype(bool)
+    split_ids = train.sample_ids
+    rows = []
+    for name in scores if scores is not None else list(stored_scores(lake)):
+        ids, _, values = _column(lake, name)
+        if np.array_equal(ids, split_ids):
+            noisy = flags
+        else:  # the scores table predates appended samples: match by id
+            where = train.rows_of(ids)
+            noisy = np.where(where >= 0, flags[np.maximum(where, 0)], False)
+        direction = _direction(lake, name)
+        finite = ~np.isnan(values)
+        suspicion = (values if direction == "higher_harder" else -values)[finite]
+        positive = noisy[finite]
+        k = int(positive.sum())
+        rows.append(
+            {
+                "score": name,
+                "direction": direction,
+                "scored": int(finite.sum()),
+                "null": int((~finite).sum()),
+                "noisy": k,
+                "auroc": auroc(suspicion, positive),
+                "precision_at_rate": precision_at(suspicion, positive, k, ids[finite]),
+                "noise_rate": float(k / finite.sum()) if finite.any() else float("nan"),
+            }
+        )
+    return rows
+
+
+def cld_windows(
+    lake: LakeLike, *, first_half: str = "cld_first_half", stride2: str = "cld_stride2"
+) -> tuple[str, str]:
+    """Store CLD over the first half of the checkpoints (``0:K//2``) and over every other one
+    (``::2``) as columns ``first_half`` and ``stride2``; returns their names.
+
+    Compare each with the full-window ``cld`` through :func:`rank_stability`. Needs at least
+    6 common checkpoints (CLD needs 3 per window).
+    """
+    from cld_lake.score import score  # scoring is a layer above; loaded on use
+
+    lake = _lake(lake)
+    k = len(np.intersect1d(lake.split("train").checkpoint_ids, lake.split("val").checkpoint_ids))
+    if k < 6:
+        raise BadInputError(
+            f"{lake.path}: {k} checkpoints common to train and val; the window diagnostics "
+            "need at least 6 (3 per half)"
+        )
+    score(lake, checkpoints=f"0:{k // 2}", name=first_half)
+    score(lake, checkpoints="::2", name=stride2)
+    return first_half, stride2
