@@ -34,26 +34,24 @@ print(json.dumps({"import_s": t1 - t0, "select_s": t2 - t1, "rows": len(m),
 
 
 def build_lake(path: Path, n: int, classes: int, seed: int = 0) -> None:
-    """A lake holding only a synthetic scores table (what selection reads)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """A lake with a one-checkpoint train split and a synthetic ``cld`` score stored through the
+    real scores-table writer (what selection reads)."""
     from cld_lake.lake import Lake
+    from cld_lake.lake.scores import store_score
+    from cld_lake.lake.writer import SplitWriter
 
-    Lake.create(path, num_classes=classes)
+    lake = Lake.create(path, num_classes=classes)
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    ids = np.arange(n, dtype=np.int64)
+    with SplitWriter(lake, "train", num_classes=classes) as writer:
+        ck = writer.checkpoint(0)
+        ck.add(ids, np.zeros(n, np.float32), labels=labels)
+        ck.commit()
     scores = np.round(rng.uniform(-1, 1, n), 4)  # rounded: many exact ties
     scores[rng.choice(n, n // 1000, replace=False)] = np.nan
-    table = pa.table(
-        {"sample_id": np.arange(n, dtype=np.int64), "label": labels.astype(np.int64), "cld": scores}
-    )
-    prov = {
-        "scores": {"cld": {"method": "cld", "engine": "synthetic", "checkpoints": "0..89 (90)"}}
-    }
-    pq.write_table(
-        table.replace_schema_metadata({"cld_lake": json.dumps(prov)}), path / "scores.parquet"
-    )
+    prov = {"method": "cld", "engine": "synthetic", "checkpoints": "0..89 (90)"}
+    store_score(Lake(path), Lake(path).split("train"), "cld", scores, prov)
 
 
 def run_call(lake: Path, out: Path, fraction: float, balance: str) -> dict:
