@@ -20,7 +20,9 @@ the rule of the paper behind each score:
 - ``dynunc``, ``dual`` (higher_harder): the most uncertain, as their papers (without
   ``dual``'s Beta sampling).
 
-So every method keeps its highest scores. Each coreset is trained on the labels as recorded
+So every method keeps its highest scores. A short recording (K checkpoints) scores ``dynunc``
+and ``dual`` over windows of ``J = min(10, K // 2)`` checkpoints and ``dual`` over an early
+window stretched to hold J of them (:func:`score_methods`; recorded in results.json). Each coreset is trained on the labels as recorded
 (noisy ones stay noisy) with the MNIST-1D recipe; the accuracy reported is the final epoch's
 test accuracy (never an epoch chosen on the test set): mean and min-max over the seeds.
 Random subsets use a new draw per seed. ``OUT/results.json`` holds every run, the accuracy
@@ -117,6 +119,32 @@ def check_config(cfg: CompareConfig) -> None:
         raise BadInputError("--seeds and --epochs must be >= 1, --proxy-epochs >= 2")
 
 
+def score_methods(
+    lake: cld_lake.Lake, methods: Sequence[str], progress: Callable[[int], None] | None = None
+) -> dict[str, dict[str, float]]:
+    """Store every method's scores: one pass for all but ``dual``, which gets its own pass when
+    its early window must be stretched. Returns the parameters given per method.
+
+    A short recording (K checkpoints) gets ``dynunc`` / ``dual`` windows of
+    ``J = min(10, K // 2)`` checkpoints (the papers' 10 when K >= 20), and ``dual`` an early
+    window of ``max(15%, J / K)`` of the checkpoints (the paper's 15% holds fewer than J here).
+    """
+    k = len(lake.split("train").checkpoint_ids)
+    j = min(10, max(2, k // 2))
+    early = max(0.15, min(1.0, (j + 0.5) / k))
+    passes = [[m for m in methods if m != "dual"], [m for m in methods if m == "dual"]]
+    parameters: dict[str, dict[str, float]] = {}
+    for group in (p for p in passes if p):
+        kwargs: dict[str, float] = {}
+        if {"dynunc", "dual"} & set(group):
+            kwargs["window_length"] = j
+        if group == ["dual"]:
+            kwargs["early"] = early
+        compute_scores(lake, group, progress=progress, **kwargs)  # type: ignore[arg-type]
+        parameters.update({m: dict(kwargs) for m in group if m in ("dynunc", "dual")})
+    return parameters
+
+
 def make_manifests(
     lake: cld_lake.Lake, methods: Sequence[str], fractions: Sequence[float], seeds: int, out: Path
 ) -> dict[tuple[str, float, int], cld_lake.Manifest]:
@@ -158,7 +186,7 @@ def compare_on_lake(
     train = lake.split("train")
     with progress_bar(progress) as bar:
         task = bar.task("scoring (rows)", train.num_samples)
-        compute_scores(lake, list(methods), progress=lambda n: bar.advance(task, n))
+        parameters = score_methods(lake, methods, progress=lambda n: bar.advance(task, n))
     timings = {"scoring": time.perf_counter() - t0}
     t0 = time.perf_counter()
     manifests = make_manifests(lake, methods, fractions, seeds, manifests_dir)
@@ -201,6 +229,7 @@ def compare_on_lake(
             )  # fmt: skip
     timings["coreset training"] = time.perf_counter() - t0
     return {
+        "score_parameters": parameters,
         "runs": [asdict(r) for r in runs],
         "accuracy": accuracy_rows(runs),
         "noise_detection": diagnostics.noise_detection(lake, list(methods)) if has_noisy else [],
