@@ -17,12 +17,13 @@ import torch
 import cld_lake
 from cld_lake import diagnostics
 from cld_lake.errors import BadInputError
+from cld_lake.lake.scores import read_scores
 from cld_lake.torch import subset
 from pipelines import compare
 from pipelines.datasets import load_dataset
 from pipelines.train_subset import train_model, training_pool
 
-METHODS = "cld,forgetting,aum,confidence"
+METHODS = "cld,forgetting,aum,confidence,dynunc,dual"
 TINY = ["--num-samples", "500", "--proxy-epochs", "4", "--epochs", "2", "--seeds", "1"]
 
 
@@ -50,6 +51,17 @@ def test_tables_rows_and_accuracies_are_the_runs(tiny):
     lake = cld_lake.open_lake(results["lake"])
     train = lake.split("train")
     assert rows[("full", 1.0)]["samples"] == train.num_samples
+    # 5 checkpoints: windows of J = 2; dual's early window stretched to 2.5 / 5 of them
+    assert results["score_parameters"] == {
+        "dynunc": {"window_length": 2},
+        "dual": {"window_length": 2, "early": 0.5},
+    }
+    assert (
+        cld_lake.score(lake, method="dual", window_length=2, early=0.5, store=False)[
+            "score"
+        ].to_list()
+        == read_scores(lake, ["dual"]).column("dual").to_pylist()
+    )
     assert rows[("cld", 0.3)]["samples"] == round(0.3 * train.num_samples)
     for line in (
         "| method | 0.3 | full data |",
