@@ -3,7 +3,9 @@
 MNIST-1D with symmetric label noise -> proxy training with recording -> CLD scores -> SQL ->
 manifests at several fractions (CLD top-k, CLD lowest-k, random) -> a fresh model trained on
 each (several seeds) -> a table of test accuracy per fraction and method, the noisy labels each
-coreset holds, and the paths of the lake, manifests and report.
+coreset holds, and the paths of the lake, manifests and report. Then a short comparison with
+other scoring methods (``pipelines.compare``: CLD, random and baselines at 10% and 30%, one
+seed) and their noisy-label AUROC.
 
     python -m pipelines.demo [--out runs/demo] [--fractions 0.1,0.3,0.5] [--seeds 2]
 
@@ -31,6 +33,12 @@ from cld_lake.torch import subset
 from pipelines._common import progress_bar, recipe_for, resolve_device, run_cli
 from pipelines._config import build_parser as build_config_parser
 from pipelines._config import option, parse_config
+from pipelines.compare import (
+    compare_on_lake,
+    format_accuracy_table,
+    format_detection_table,
+    json_safe,
+)
 from pipelines.datasets import load_dataset
 from pipelines.train_proxy import ProxyConfig, train_proxy
 from pipelines.train_subset import SubsetResult, train_model, training_pool
@@ -60,6 +68,11 @@ class DemoConfig:
     threads: int | None = option(1, help="torch CPU threads (default 1)")
     device: str | None = None
     progress: bool = True
+    compare_methods: tuple[str, ...] = option(
+        ("cld", "forgetting", "aum"), help="methods of the short comparison (empty: skip it)"
+    )
+    compare_fractions: tuple[float, ...] = (0.1, 0.3)
+    compare_seeds: int = 1
 
 
 def _noisy_count(lake: cld_lake.Lake, manifest: Path) -> tuple[int, int]:
@@ -99,7 +112,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         timings[name] = round(time.perf_counter() - t0, 1)
 
     print(
-        f"[1/6] MNIST-1D: {cfg.num_samples} samples generated locally (cache {out / 'data'})",
+        f"[1/7] MNIST-1D: {cfg.num_samples} samples generated locally (cache {out / 'data'})",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -107,7 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     step("data", t0)
 
     print(
-        f"[2/6] proxy training: 1-D CNN, {cfg.proxy_epochs} epochs, {cfg.noise:.0%} symmetric label noise, "
+        f"[2/7] proxy training: 1-D CNN, {cfg.proxy_epochs} epochs, {cfg.noise:.0%} symmetric label noise, "
         f"{cfg.val_fraction:.0%} per-class validation holdout, recording train+val every epoch",
         flush=True,
     )
@@ -135,7 +148,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         flush=True,
     )
 
-    print("[3/6] CLD scores (streamed from the lake, stored as scores.cld)", flush=True)
+    print("[3/7] CLD scores (streamed from the lake, stored as scores.cld)", flush=True)
     t0 = time.perf_counter()
     with progress_bar(cfg.progress) as bar:
         task = bar.task("scoring (rows)", train_split.num_samples)
@@ -143,7 +156,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     step("scoring", t0)
 
     print(
-        "[4/6] SQL: mean CLD of clean vs flipped labels (DuckDB over the lake's views)", flush=True
+        "[4/7] SQL: mean CLD of clean vs flipped labels (DuckDB over the lake's views)", flush=True
     )
     from cld_lake.sql import query
 
@@ -159,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"      noisy={row['noisy']!s:<5} samples={row['samples']:<6} mean_cld={row['mean_cld']:+.4f} median_cld={row['median_cld']:+.4f}"
         )
 
-    print(f"[5/6] manifests at fractions {', '.join(f'{f:g}' for f in cfg.fractions)}", flush=True)
+    print(f"[5/7] manifests at fractions {', '.join(f'{f:g}' for f in cfg.fractions)}", flush=True)
     t0 = time.perf_counter()
     manifests: dict[tuple[str, float, int], Path] = {}
     for f in cfg.fractions:
@@ -187,7 +200,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     ]
     runs += [("full", 1.0, s, Subset(train_set, pool.tolist())) for s in range(cfg.seeds)]
     print(
-        f"[6/6] training a fresh 1-D CNN on each subset: {len(runs)} runs x {cfg.epochs} epochs "
+        f"[6/7] training a fresh 1-D CNN on each subset: {len(runs)} runs x {cfg.epochs} epochs "
         f"({cfg.seeds} seeds; trained on the labels as recorded, noisy ones included)",
         flush=True,
     )
@@ -205,6 +218,20 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     step("coreset training", t0)
 
     table = _table(lake, cfg, manifests, results)
+    comparison = None
+    if cfg.compare_methods:
+        print(
+            f"[7/7] comparison: {', '.join(cfg.compare_methods)} and random at "
+            f"{', '.join(f'{f:g}' for f in cfg.compare_fractions)}",
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        comparison = compare_on_lake(
+            lake, data, methods=cfg.compare_methods, fractions=cfg.compare_fractions,
+            seeds=cfg.compare_seeds, epochs=cfg.epochs, manifests_dir=manifests_dir / "compare",
+            device=device, progress=cfg.progress, full=False, say=lambda m: print(f"      {m}"),
+        )  # fmt: skip
+        step("comparison", t0)
     report = {
         "dataset": "mnist1d",
         "num_samples": cfg.num_samples,
@@ -217,6 +244,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "subset_training": {"epochs": cfg.epochs, "seeds": cfg.seeds, "recipe": asdict(recipe)},
         "sql": {"query": sql, "rows": sql_rows},
         "table": table,
+        "comparison": json_safe(comparison),
         "runs": [asdict(r) | {"method": m, "fraction": f} for m, f, r in results],
         "timings_s": timings,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -329,6 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in _format_table(report):
         print(line)
+    if report["comparison"] is not None:
+        print()
+        print(
+            f"Comparison of scoring methods (final test accuracy, {cfg.compare_seeds} seed(s); "
+            "each method keeps its highest scores):"
+        )
+        print("\n".join(format_accuracy_table(report["comparison"])))
+        print()
+        print("Noisy-label detection (every score oriented by its direction):")
+        print("\n".join(format_detection_table(report["comparison"])))
     print()
     print(f"wall time: {report['wall_seconds']} s  ({report['timings_s']})")
     for name, path in report["paths"].items():

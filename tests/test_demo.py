@@ -23,6 +23,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
         proxy_epochs=8,
         epochs=3,
         progress=False,
+        compare_fractions=(0.1, 0.3),
     )
     report = run_demo(cfg)
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
@@ -54,3 +55,21 @@ def test_demo_smoke(tmp_path: Path) -> None:
     assert rows["CLD lowest-k"]["noisy_labels"] > 1.5 * rows["random"]["noisy_labels"]
     assert report["proxy"]["test_accuracy"] > 0.3
     assert rows["full data"]["final_test_acc_mean"] > 0.2
+    # the short comparison: CLD, forgetting, AUM and random at 10% and 30%, one seed each
+    comparison = report["comparison"]
+    assert saved["comparison"] == json.loads(json.dumps(comparison))
+    pairs = [(r["method"], r["fraction"]) for r in comparison["accuracy"]]
+    assert pairs == [(m, f) for f in (0.1, 0.3) for m in ("cld", "forgetting", "aum", "random")]
+    runs_by_key = {(u["method"], u["fraction"]): u for u in comparison["runs"]}
+    for row in comparison["accuracy"]:
+        assert row["seeds"] == 1
+        assert row["mean"] == runs_by_key[(row["method"], row["fraction"])]["final_test_acc"]
+    detection = {r["score"]: r for r in comparison["noise_detection"]}
+    assert set(detection) == {"cld", "forgetting", "aum"}
+    assert detection["cld"]["auroc"] > 0.6  # measured 0.76: CLD ranks flipped labels low
+    top = cld_lake.load_manifest(Path(report["paths"]["manifests"]) / "compare" / "cld_0.3.parquet")
+    assert set(top.sample_ids) == set(
+        cld_lake.load_manifest(
+            Path(report["paths"]["manifests"]) / "cld_top_0.3.parquet"
+        ).sample_ids
+    )
