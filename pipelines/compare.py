@@ -269,14 +269,14 @@ def format_accuracy_table(results: dict[str, Any]) -> list[str]:
     fractions = list(dict.fromkeys(r["fraction"] for r in rows if r["method"] != FULL))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["fraction"]): r for r in rows}
-    head = ["method", *(f"{f:g}" for f in fractions), "full data"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     full = cell.get((FULL, 1.0))
+    head = ["method", *(f"{f:g}" for f in fractions), *(["full data"] if full else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for method in methods:
         if method == FULL:
             continue
         values = [_acc(cell.get((method, f))) for f in fractions]
-        lines.append("| " + " | ".join([method, *values, _acc(full)]) + " |")
+        lines.append("| " + " | ".join([method, *values, *([_acc(full)] if full else [])]) + " |")
     return lines
 
 
@@ -307,14 +307,14 @@ def _num(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN -> null, so results.json is strict JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -373,7 +373,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     results["timings_s"]["proxy training + recording"] = round(proxy_seconds, 1)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     out.mkdir(parents=True, exist_ok=True)
-    results = _json_safe(results)
+    results = json_safe(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
