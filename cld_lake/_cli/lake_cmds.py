@@ -10,6 +10,7 @@ from cld_lake._cli._common import echo_json
 from cld_lake.lake import SplitWriter, import_file
 
 SPLITS = click.Choice(["train", "val", "test"])
+RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
 
 
 @click.command("import")
@@ -53,8 +54,25 @@ SPLITS = click.Choice(["train", "val", "test"])
     default=None,
     help="Stored dtype of the loss channel (default float32).",
 )
+@click.option(
+    "--run",
+    metavar="NAME",
+    help=f"The proxy run (seed, architecture) these trajectories belong to: {RUN_HELP} "
+    "(default: the lake's default run). Several runs are scored together with "
+    "`cld-lake score --run A --run B`.",
+)
 def import_cmd(
-    lake, split, loss, labels, sample_ids, correct, margin, num_classes, checkpoint_ids, loss_dtype
+    lake,
+    split,
+    loss,
+    labels,
+    sample_ids,
+    correct,
+    margin,
+    num_classes,
+    checkpoint_ids,
+    loss_dtype,
+    run,
 ):
     """Import trajectories into LAKE (created if missing). Streams: a file larger than RAM is fine."""
     result = import_file(
@@ -68,9 +86,11 @@ def import_cmd(
         num_classes=num_classes,
         checkpoint_ids=checkpoint_ids,
         dtypes={"loss": loss_dtype} if loss_dtype else None,
+        run=run,
     )
+    where = split if run is None else f"{split}, run {run}"
     click.echo(
-        f"imported {result.num_samples} samples x {len(result.checkpoints)} checkpoints into {lake} [{split}] "
+        f"imported {result.num_samples} samples x {len(result.checkpoints)} checkpoints into {lake} [{where}] "
         f"channels={','.join(result.channels)} nonfinite_losses={result.nonfinite}"
     )
 
@@ -89,7 +109,32 @@ def info_cmd(lake, as_json):
         return
     click.echo(f"lake {info['path']}  id {info['lake_id']}  format v{info['format_version']}")
     click.echo(f"classes: {info['num_classes']}   on disk: {_human(info['bytes_on_disk'])}")
-    for name, s in info["splits"].items():
+    runs = info.get("runs", {})
+    if runs:  # a lake with named runs: the default run's splits, then each run's
+        names = (["default"] if info["splits"] else []) + list(runs)
+        click.echo(f"runs: {', '.join(names)}")
+        if info["splits"]:
+            click.echo("run default:")
+    _echo_splits(info["splits"])
+    for run, of_run in runs.items():
+        click.echo(f"run {run}:")
+        _echo_splits(of_run["splits"])
+    if not info["splits"] and not runs:
+        click.echo("  (no splits yet)")
+    for name, prov in info["scores"].items():
+        detail = ", ".join(
+            f"{k}={v}"
+            for k, v in prov.items()
+            if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback", "run")
+        )
+        if "runs" in prov:
+            detail += f", mean of runs {','.join(prov['runs'])}"
+        stale = info["stale_scores"].get(name)
+        click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
+
+
+def _echo_splits(splits: dict) -> None:
+    for name, s in splits.items():
         click.echo(
             f"  {name:<6} {s['samples']:>10,} samples  {s['classes_present']:>5} classes  "
             f"{s['checkpoints']:>4} checkpoints [{s['checkpoint_ids']}]  channels {','.join(f'{k}:{v}' for k, v in s['channels'].items())}"
@@ -99,16 +144,6 @@ def info_cmd(lake, as_json):
             f"NaN/inf losses: {s['nonfinite_losses']}"
             + (f", metadata: {', '.join(s['metadata_columns'])}" if s["metadata_columns"] else "")
         )
-    if not info["splits"]:
-        click.echo("  (no splits yet)")
-    for name, prov in info["scores"].items():
-        detail = ", ".join(
-            f"{k}={v}"
-            for k, v in prov.items()
-            if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback")
-        )
-        stale = info["stale_scores"].get(name)
-        click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
 
 
 def _human(n: int) -> str:
@@ -145,19 +180,28 @@ def verify_cmd(lake, quick):
     "--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all)."
 )
 @click.option(
+    "--run",
+    "runs",
+    metavar="NAME",
+    multiple=True,
+    help="Run(s) whose splits to compact (default: every run).",
+)
+@click.option(
     "--prune", is_flag=True, help="Delete replaced segments now instead of after the grace period."
 )
-def compact_cmd(lake, splits, prune):
+def compact_cmd(lake, splits, runs, prune):
     """Merge each split's segments into one, for the fastest row-block scans."""
     from cld_lake.lake import open_lake
 
     lk = open_lake(lake)
-    for name in splits or lk.splits():
-        with SplitWriter(lk, name) as w:
-            merges = w.compact(full=True)
-            if prune:
-                w.gc(grace_seconds=0)
-        click.echo(f"{name}: {merges} merge(s)")
+    for run in [lk.pick_run(r) for r in runs] or lk.runs():
+        for name in splits or lk.splits(run):
+            with SplitWriter(lk, name, run=run) as w:
+                merges = w.compact(full=True)
+                if prune:
+                    w.gc(grace_seconds=0)
+            label = name if run == "default" else f"{run}/{name}"
+            click.echo(f"{label}: {merges} merge(s)")
 
 
 @click.command("env")

@@ -94,6 +94,14 @@ class MethodChoice(click.Choice):
 @click.option(
     "--block-rows", type=click.IntRange(min=1), help="Rows per block read (default: one chunk)."
 )
+@click.option(
+    "--run",
+    "runs",
+    metavar="NAME",
+    multiple=True,
+    help="The proxy run to score (needed when the lake holds several); repeat it (--run A "
+    "--run B) to store the mean of the runs' scores (undefined where any run's is).",
+)
 def score_cmd(
     lake: Path,
     method: str,
@@ -105,13 +113,14 @@ def score_cmd(
     early: float | None,
     window_length: int | None,
     block_rows: int | None,
+    runs: tuple[str, ...],
 ) -> None:
     """Score every training sample of LAKE and store the column NAME in LAKE/scores.parquet."""
     from cld_lake.lake import open_lake
     from cld_lake.score import compute_scores
 
     lk = open_lake(lake)
-    with _progress(lk) as progress:
+    with _progress(lk, runs) as progress:
         results = compute_scores(
             lk,
             method,
@@ -126,6 +135,7 @@ def score_cmd(
             early=early,
             window_length=window_length,
             reference=reference,
+            runs=runs,
         )
     for result in results.values():
         click.echo(_summary(result, engine, lk))
@@ -135,6 +145,11 @@ def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
     """One line per stored column (for cld alone, the line it always printed)."""
     p = result.provenance
     where = f"stored as column {result.name!r} of {lake.path / 'scores.parquet'}"
+    if "runs" in p:
+        return (
+            f"scored {p['train_samples']:,} samples by {p['method']} as the mean over runs "
+            f"{', '.join(p['runs'])} with {engine} in {p['seconds']:.2f} s: nan={p['nan']}; {where}"
+        )
     if p["method"] == "cld":
         return (
             f"scored {p['train_samples']:,} samples over checkpoints {p['checkpoints']} with {engine} "
@@ -152,14 +167,17 @@ def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
 class _progress:
     """A rich progress bar on stderr when it is a terminal and the run is not tiny."""
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: Lake, runs: tuple[str, ...] = ()) -> None:
         self.total = 0
         self.bar: Progress | None = None
-        if not sys.stderr.isatty() or not lake.has_split("train"):
+        if not sys.stderr.isatty():
             return
-        train = lake.split("train")
-        if train.num_samples * train.num_checkpoints >= PROGRESS_MIN_VALUES:
-            self.total = train.num_samples
+        for run in runs or lake.runs()[:1]:  # (a wrong run name is the scorer's to report)
+            if not lake.has_split("train", run):
+                continue
+            train = lake.split("train", run)
+            if train.num_samples * train.num_checkpoints >= PROGRESS_MIN_VALUES:
+                self.total += train.num_samples
 
     def __enter__(self) -> Callable[[int], None] | None:
         if not self.total:

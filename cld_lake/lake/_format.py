@@ -13,8 +13,15 @@ LAKE/
                                     its metadata holds the checksums of everything above
     segments/<id>.zarr/             Zarr v3 group: one (N, width) array per channel
     .writer.lock                    held (flock) by the split's single writer
+  runs/<run>/splits/<split>/        the splits of another proxy run (seed, architecture), laid
+                                    out as above; ``splits/`` holds the default run's
   scores.parquet                    one row per training sample, one column per stored score
 ```
+
+A run is a namespace of splits: ``cld_lake.json`` lists the default run's committed splits
+under ``splits`` and every other run's under ``runs`` (``{run: [split, ...]}``, absent until a
+second run is written); that listing is a split's commit point in any run. A lake written
+without runs is a one-run lake: its splits are the default run.
 
 Format 2 checksums every committed byte (see ``docs/ARCHITECTURE.md``); format 1 lakes (no
 checksums, class counts in the commit record's metadata) are read as before, not written.
@@ -38,6 +45,8 @@ CHECKSUMS_SINCE = 2  # the first format whose every committed file carries a che
 ROOT_FILE = "cld_lake.json"
 ROOT_LOCK = ".lake.lock"
 SPLITS_DIR = "splits"
+RUNS_DIR = "runs"
+DEFAULT_RUN = "default"  # the run of splits/ (every lake written without runs)
 SAMPLES_FILE = "samples.parquet"
 CLASSES_FILE = "classes.parquet"
 CHECKPOINTS_FILE = "checkpoints.parquet"
@@ -94,6 +103,20 @@ def listed_splits(meta: dict[str, Any]) -> list[str] | None:
     """The splits the root metadata lists as committed; None for a format 1 lake (no list)."""
     splits = meta.get("splits")
     return None if splits is None else [str(s) for s in splits]
+
+
+def listed_runs(meta: dict[str, Any]) -> dict[str, list[str]]:
+    """Every run the root metadata names with its committed splits, the default run first
+    (listed even when it has no split)."""
+    runs = meta.get("runs") or {}
+    return {DEFAULT_RUN: listed_splits(meta) or [], **{str(r): list(s) for r, s in runs.items()}}
+
+
+def split_dir(lake_path: Path, split: str, run: str = DEFAULT_RUN) -> Path:
+    """The directory of ``split`` of ``run``."""
+    if run == DEFAULT_RUN:
+        return lake_path / SPLITS_DIR / split
+    return lake_path / RUNS_DIR / run / SPLITS_DIR / split
 
 
 def has_checksums(meta: dict[str, Any]) -> bool:
@@ -154,6 +177,15 @@ def read_root_metadata(path: Path) -> dict[str, Any]:
         isinstance(splits, list) and all(isinstance(s, str) for s in splits)
     ):
         raise CorruptLakeError(f"{root_file}: no list of committed splits; {fix}")
+    runs = meta.get("runs")
+    if runs is not None and not (
+        isinstance(runs, dict)
+        and all(
+            isinstance(r, str) and isinstance(s, list) and all(isinstance(x, str) for x in s)
+            for r, s in runs.items()
+        )
+    ):
+        raise CorruptLakeError(f"{root_file}: the runs are not a map of split lists; {fix}")
     return meta
 
 

@@ -25,6 +25,7 @@ from cld_lake.lake._validate import (
     check_channels,
     check_labels,
     check_num_classes,
+    check_run_name,
     check_split_name,
 )
 from cld_lake.lake.store import Lake, Split, root_lock
@@ -192,8 +193,10 @@ def import_rows(
     make_source: SourceFactory,
     num_classes: int | None,
     row_chunk: int,
+    run: str | None = None,
 ) -> ImportResult:
-    """Validate against the lake (without changing it), then write and commit.
+    """Validate against the lake (without changing it), then write and commit ``split`` of
+    ``run`` (None: the default run).
 
     Everything that can be checked is checked before the lake (or split) is created. If writing
     still fails (disk full, permissions, an interrupt), what this call created is removed
@@ -201,6 +204,7 @@ def import_rows(
     """
     lake_path = Path(lake_path)
     check_import_options(split, num_classes, None, row_chunk)
+    run = check_run_name(run)
     labels = as_labels(labels, "--labels", num_classes)
     ckpts = as_checkpoint_ids(ckpts, "checkpoint ids")
     channels = check_channels(channels)
@@ -210,7 +214,7 @@ def import_rows(
         raise BadInputError("--loss: no checkpoints to import (0 columns)")
     rows: np.ndarray | None = None
     if (lake_path / fmt.ROOT_FILE).exists():
-        lake = Lake(lake_path)
+        lake = Lake(lake_path, run)
         if (
             num_classes is not None
             and lake.num_classes is not None
@@ -226,10 +230,10 @@ def import_rows(
         )
         if lake.has_split(split):
             rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-    undo = _Undo(lake_path, split)
+    undo = _Undo(lake_path, split, run)
     try:
         if not (lake_path / fmt.ROOT_FILE).exists():
-            lake = Lake.create(lake_path, num_classes)
+            lake = Lake.create(lake_path, num_classes).with_run(run)
         with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
             new_samples = (ids, labels) if writer.split is None else None
             if writer.split is not None and rows is None:  # created meanwhile by another job
@@ -274,8 +278,9 @@ class _Undo:
       nobody else made them).
     """
 
-    def __init__(self, lake_path: Path, split: str) -> None:
+    def __init__(self, lake_path: Path, split: str, run: str) -> None:
         self.lake_path = lake_path
+        self.run_name = run
         self.top_created = _first_missing_ancestor(lake_path)
         root = lake_path / fmt.ROOT_FILE
         self.root_bytes = root.read_bytes() if root.exists() else None
@@ -284,7 +289,7 @@ class _Undo:
             if self.top_created is None and self.root_bytes is None and lake_path.is_dir()
             else None
         )
-        self.split_dir = lake_path / fmt.SPLITS_DIR / split
+        self.split_dir = fmt.split_dir(lake_path, split, run)
         self.split_existed = self.split_dir.exists()
         segments = self.split_dir / fmt.SEGMENTS_DIR
         self.segments = set(os.listdir(segments)) if segments.is_dir() else set()
@@ -308,7 +313,8 @@ class _Undo:
         if not segments.is_dir():
             return
         try:
-            referenced = set(Lake(self.lake_path).split(self.split_dir.name).segment_names())
+            split = Lake(self.lake_path, self.run_name).split(self.split_dir.name)
+            referenced = set(split.segment_names())
         except CldLakeError:
             return  # the commit record is unreadable: leave everything for verify / gc
         for name in set(os.listdir(segments)) - self.segments - referenced:
@@ -321,7 +327,7 @@ class _Undo:
         if self.root_bytes is None or not root.exists() or root.read_bytes() == self.root_bytes:
             return
         with root_lock(self.lake_path):
-            if not Lake(self.lake_path).splits():
+            if not any(fmt.listed_runs(Lake(self.lake_path).meta).values()):
                 with atomic_path(root) as tmp:
                     tmp.write_bytes(self.root_bytes)
 

@@ -179,6 +179,7 @@ def import_wide_parquet(
     num_classes: int | None = None,
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
+    run: str | None = None,
 ) -> ImportResult:
     """Import a wide Parquet file (``wide`` or ``columns`` layout, e.g. from ``cld-lake export``).
 
@@ -233,7 +234,7 @@ def import_wide_parquet(
         return _WideRows(pf, layout, width, rows, what)
 
     return import_rows(
-        lake_path, split, ids, label_arr, ckpts, channels, make_source, num_classes, row_chunk
+        lake_path, split, ids, label_arr, ckpts, channels, make_source, num_classes, row_chunk, run
     )
 
 

@@ -41,6 +41,17 @@ def check_split_name(split: str) -> str:
     return split
 
 
+def check_run_name(run: str | None) -> str:
+    """The run ``run`` names (None: the default run), checked as split names are."""
+    if run is None:
+        return fmt.DEFAULT_RUN
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", run or ""):
+        raise BadInputError(
+            f"run name {run!r}: use letters, digits, '_', '-' or '.' (e.g. seed0, resnet18)"
+        )
+    return run
+
+
 def check_channels(channels: Mapping[str, str]) -> dict[str, str]:
     """Channel -> stored dtype, checked against :data:`_format.CHANNEL_DTYPES`, in channel order."""
     if "loss" not in channels:

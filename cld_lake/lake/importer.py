@@ -43,6 +43,7 @@ from cld_lake.lake._validate import (
     as_margin,
     check_channel_dtype,
     check_correct_values,
+    check_run_name,
 )
 from cld_lake.lake.store import Lake
 from cld_lake.lake.writer import RowReader
@@ -74,6 +75,7 @@ def import_file(
     checkpoint_ids: PathLike | None = None,
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
+    run: str | None = None,
 ) -> ImportResult:
     """Import trajectories into ``split`` of ``lake`` (both created if missing).
 
@@ -103,9 +105,13 @@ def import_file(
         Stored dtypes, e.g. ``{"loss": "float16"}``.
     row_chunk : int
         Rows per chunk of a new split.
+    run : str, optional
+        The proxy run (seed, architecture) the trajectories belong to (default: the lake's
+        default run); each run holds its own splits.
     """
     lake_path = lake.path if isinstance(lake, Lake) else Path(lake)
     check_import_options(split, num_classes, dtypes, row_chunk)
+    run = check_run_name(lake.run if run is None and isinstance(lake, Lake) else run)
     if Path(loss).suffix == ".parquet":
         for option, value in (
             ("--correct", correct),
@@ -126,6 +132,7 @@ def import_file(
                 num_classes=num_classes,
                 dtypes=dtypes,
                 row_chunk=row_chunk,
+                run=run,
             )
         return import_long_parquet(
             lake_path,
@@ -136,6 +143,7 @@ def import_file(
             num_classes=num_classes,
             dtypes=dtypes,
             row_chunk=row_chunk,
+            run=run,
         )
     return import_npy(
         lake_path,
@@ -149,6 +157,7 @@ def import_file(
         num_classes=num_classes,
         dtypes=dtypes,
         row_chunk=row_chunk,
+        run=run,
     )
 
 
@@ -211,6 +220,7 @@ def import_npy(
     num_classes: int | None = None,
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
+    run: str | None = None,
 ) -> ImportResult:
     """Import N x T ``.npy`` arrays into ``split`` (created if missing, with the lake).
 
@@ -277,6 +287,7 @@ def import_npy(
         source,
         num_classes,
         row_chunk,
+        run,
     )
 
 
@@ -291,6 +302,7 @@ def import_long_parquet(
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
     memory_limit: str = "1GB",
+    run: str | None = None,
 ) -> ImportResult:
     """Import a long Parquet file (``sample_id, checkpoint, loss[, correct, margin]``).
 
@@ -322,7 +334,7 @@ def import_long_parquet(
     try:
         return _import_long(
             con, lake_path, split, loss_path, labels, sample_ids, present, types,
-            num_classes, dtypes, row_chunk,
+            num_classes, dtypes, row_chunk, run,
         )  # fmt: skip
     except duckdb.Error as exc:
         raise BadInputError(f"{what}: could not be read ({first_line(exc)})") from exc
@@ -342,6 +354,7 @@ def _import_long(
     num_classes: int | None,
     dtypes: Mapping[str, str] | None,
     row_chunk: int,
+    run: str | None = None,
 ) -> ImportResult:
     import pyarrow as pa
 
@@ -416,7 +429,7 @@ def _import_long(
         return _LongRowReader(reader, t, present, what)
 
     return import_rows(
-        lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk
+        lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk, run
     )
 
 

@@ -42,29 +42,38 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         "bytes_on_disk": _dir_bytes(lake.path),
         "splits": {},
     }
-    for name in lake.splits():
-        split = lake.split(name)
-        ck = split.checkpoint_ids
-        seg_bytes = _dir_bytes(split.path / fmt.SEGMENTS_DIR)
-        values = split.num_samples * len(ck) * len(split.channels)
-        info["splits"][name] = {
-            "samples": split.num_samples,
-            "classes_present": _classes_present(split),
-            "checkpoints": len(ck),
-            "checkpoint_ids": _compact_ids(ck),
-            "channels": split.channels,
-            "segments": len(split.segment_names()),
-            "nonfinite_losses": split.nonfinite_losses(),
-            "metadata_columns": [
-                c for c in split.samples_table.column_names if c not in ("sample_id", "label")
-            ],
-            "bytes_on_disk": _dir_bytes(split.path),
-            "bytes_per_value": round(seg_bytes / values, 3) if values else None,
-        }
+    runs = lake.runs()
+    for run in runs:
+        of_run = {name: _split_info(lake.split(name, run)) for name in lake.splits(run)}
+        if run == fmt.DEFAULT_RUN:
+            info["splits"] = of_run
+        else:  # a one-run lake's summary keeps its shape; several runs: each run's splits
+            info.setdefault("runs", {})[run] = {"splits": of_run}
     info["scores"] = stored_scores(lake)
     # a score computed before checkpoints were appended: flagged, never refused
     info["stale_scores"] = stale_scores(lake) if info["scores"] else {}
     return info
+
+
+def _split_info(split: Split) -> dict[str, Any]:
+    """What ``info`` shows of one split."""
+    ck = split.checkpoint_ids
+    seg_bytes = _dir_bytes(split.path / fmt.SEGMENTS_DIR)
+    values = split.num_samples * len(ck) * len(split.channels)
+    return {
+        "samples": split.num_samples,
+        "classes_present": _classes_present(split),
+        "checkpoints": len(ck),
+        "checkpoint_ids": _compact_ids(ck),
+        "channels": split.channels,
+        "segments": len(split.segment_names()),
+        "nonfinite_losses": split.nonfinite_losses(),
+        "metadata_columns": [
+            c for c in split.samples_table.column_names if c not in ("sample_id", "label")
+        ],
+        "bytes_on_disk": _dir_bytes(split.path),
+        "bytes_per_value": round(seg_bytes / values, 3) if values else None,
+    }
 
 
 def _classes_present(split: Split) -> int:
@@ -117,27 +126,14 @@ def verify_lake(
             "checksums only); import into a new lake for full checks"
         )
     try:
-        listed = lake.splits()
+        runs = sorted(set(lake.runs()) | set(_run_dirs(lake)))
+        for run in runs:
+            lake.splits(run)  # reads (and checks) the root metadata
     except CldLakeError as exc:
         report.errors.append(str(exc))
         return report
-    names = sorted(set(_split_dirs(lake)) | set(listed))
-    for name in names if splits is None else [n for n in names if n in splits]:
-        if name not in listed:
-            if any(
-                p.name != fmt.WRITER_LOCK for p in (lake.path / fmt.SPLITS_DIR / name).iterdir()
-            ):
-                report.warnings.append(
-                    f"split {name!r}: an unfinished first write (not listed in {fmt.ROOT_FILE}; "
-                    "nothing committed): the split's next writer deletes it"
-                )
-            continue
-        try:
-            _verify_split(lake, name, report, read_data)
-        except CldLakeError as exc:  # what a reader refuses on is a verification error
-            report.errors.append(f"split {name!r} is corrupt: {exc}")
-        except Exception as exc:  # anything unreadable is a verification error, not a crash
-            report.errors.append(f"split {name!r}: {type(exc).__name__}: {_one_line(exc)}")
+    for run in runs:
+        _verify_run(lake, run, report, read_data, splits)
     _verify_scores(lake, report)
     for temp in _temp_files(lake.path):
         report.warnings.append(
@@ -145,6 +141,41 @@ def verify_lake(
             "that file deletes it)"
         )
     return report
+
+
+def _verify_run(
+    lake: Lake, run: str, report: VerifyReport, read_data: bool, only: Sequence[str] | None
+) -> None:
+    """Every split of ``run``: committed ones checked, unlisted ones reported as debris."""
+    listed = lake.splits(run)
+    names = sorted(set(_split_dirs(lake, run)) | set(listed))
+    for name in names if only is None else [n for n in names if n in only]:
+        label = _label(run, name)
+        if name not in listed:
+            if any(
+                p.name != fmt.WRITER_LOCK for p in fmt.split_dir(lake.path, name, run).iterdir()
+            ):
+                report.warnings.append(
+                    f"split {label!r}: an unfinished first write (not listed in {fmt.ROOT_FILE}; "
+                    "nothing committed): the split's next writer deletes it"
+                )
+            continue
+        try:
+            _verify_split(lake.with_run(run), name, report, read_data)
+        except CldLakeError as exc:  # what a reader refuses on is a verification error
+            report.errors.append(f"split {label!r} is corrupt: {exc}")
+        except Exception as exc:  # anything unreadable is a verification error, not a crash
+            report.errors.append(f"split {label!r}: {type(exc).__name__}: {_one_line(exc)}")
+
+
+def _label(run: str, split: str) -> str:
+    """How a report names a split: ``train``, or ``seed1/train`` for a split of another run."""
+    return split if run == fmt.DEFAULT_RUN else f"{run}/{split}"
+
+
+def _run_dirs(lake: Lake) -> list[str]:
+    root = lake.path / fmt.RUNS_DIR
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
 
 def _temp_files(root: Path) -> list[Path]:
@@ -161,13 +192,14 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
         report.errors.append(str(exc))
 
 
-def _split_dirs(lake: Lake) -> list[str]:
-    root = lake.path / fmt.SPLITS_DIR
+def _split_dirs(lake: Lake, run: str) -> list[str]:
+    root = fmt.split_dir(lake.path, "", run)
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
 
 def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
     split = lake.split(name)  # checks the commit record
+    name = _label(split.run, name)  # how the messages below name it
     errors = report.errors
     ids, labels = split.sample_ids, split.labels  # checks samples.parquet
     if len(ids) != split.num_samples:
@@ -242,13 +274,13 @@ def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
         if entry.name in retired:
             when = _dt.datetime.fromtimestamp(float(retired[entry.name]), _dt.UTC)
             report.warnings.append(
-                f"split {split.name!r}: segment {entry.name} retired by compaction at "
+                f"split {_label(split.run, split.name)!r}: segment {entry.name} retired by compaction at "
                 f"{when.isoformat(timespec='seconds')}; kept for the grace period ({grace}) so "
                 "running readers finish, then deleted by the split's next writer"
             )
         else:
             report.warnings.append(
-                f"split {split.name!r}: segment {entry.name} left by a failed or killed write "
+                f"split {_label(split.run, split.name)!r}: segment {entry.name} left by a failed or killed write "
                 "(never committed); the split's next writer deletes it"
             )
 

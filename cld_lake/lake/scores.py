@@ -468,14 +468,15 @@ def stale_scores(lake: Lake) -> dict[str, str]:
     for name, prov in stored_scores(lake).items():
         used = prov.get("checkpoint_ids")
         splits = tuple(prov.get("splits") or ("train", "val"))
-        if not isinstance(used, list) or not all(lake.has_split(s) for s in splits):
+        run = str(prov.get("run") or fmt.DEFAULT_RUN)  # an ensemble's runs are not judged
+        if not isinstance(used, list) or not all(lake.has_split(s, run) for s in splits):
             continue
-        if splits not in committed:
-            ids = (lake.split(s).checkpoint_ids for s in splits)
-            committed[splits] = functools.reduce(np.intersect1d, ids)
+        if (run, *splits) not in committed:
+            ids = (lake.split(s, run).checkpoint_ids for s in splits)
+            committed[(run, *splits)] = functools.reduce(np.intersect1d, ids)
         window = prov.get("window")
         try:
-            now = committed[splits][parse_window(window) if window else slice(None)]
+            now = committed[(run, *splits)][parse_window(window) if window else slice(None)]
         except BadInputError:
             continue
         if [int(c) for c in now] == [int(c) for c in used]:
@@ -484,7 +485,7 @@ def stale_scores(lake: Lake) -> dict[str, str]:
         stale[name] = (
             f"computed over {_span(used)}, but {' and '.join(splits)} now give {_span(now)}; "
             f"recompute it: cld-lake score {lake.path} --method {prov.get('method', name)} "
-            f"--name {name}{window_arg}"
+            f"--name {name}{window_arg}{'' if run == fmt.DEFAULT_RUN else f' --run {run}'}"
         )
     return stale
 

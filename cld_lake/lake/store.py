@@ -29,7 +29,7 @@ from cld_lake.errors import (
 )
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
-from cld_lake.lake._validate import check_num_classes
+from cld_lake.lake._validate import check_num_classes, check_run_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,15 +74,17 @@ def parse_window(spec: str) -> slice:
 class Split:
     """A read-only snapshot of one split: its samples and committed checkpoints."""
 
-    def __init__(self, lake: Lake, name: str) -> None:
+    def __init__(self, lake: Lake, name: str, run: str | None = None) -> None:
         self.lake = lake
         self.name = name
-        self.path = lake.path / fmt.SPLITS_DIR / name
+        self.run = lake.run if run is None else check_run_name(run)
+        self.path = fmt.split_dir(lake.path, name, self.run)
         ck_path = self.path / fmt.CHECKPOINTS_FILE
-        present = lake.splits()
+        present = lake.splits(self.run)
         if name not in present:
+            of_run = "" if self.run == fmt.DEFAULT_RUN else f" in run {self.run!r}"
             raise SplitNotFoundError(
-                f"{lake.path}: no split {name!r} (splits present: {', '.join(present) or 'none'}); import or record it first"
+                f"{lake.path}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}); import or record it first"
             )
         if not ck_path.exists():  # listed in cld_lake.json, so committed once
             raise CorruptLakeError(
@@ -374,7 +376,7 @@ class Split:
         """The error for a file of ``segment`` that is gone: retired by a compaction since this
         snapshot was taken (run again), or a committed file lost (corrupt)."""
         try:
-            retired = segment not in Split(self.lake, self.name).segment_names()
+            retired = segment not in Split(self.lake, self.name, self.run).segment_names()
         except CldLakeError:
             retired = False
         if retired:
@@ -514,9 +516,43 @@ def _one_line(exc: BaseException) -> str:
 class Lake:
     """A trajectory lake on local disk. Open with :func:`open_lake` or :meth:`Lake.create`."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], run: str | None = None) -> None:
         self.path = Path(path)
         self.meta = fmt.read_root_metadata(self.path)
+        #: the run whose splits ``split`` / ``splits`` read when given none
+        self.run = check_run_name(run)
+        #: was :attr:`run` named (a command on this lake then needs no ``--run``)?
+        self.run_chosen = run is not None
+
+    def with_run(self, run: str | None) -> Lake:
+        """This lake with ``run`` (None: the default run) as the run its splits are read from,
+        so any code that reads ``lake.split("train")`` reads that run's."""
+        return Lake(self.path, run)
+
+    def runs(self) -> list[str]:
+        """The runs holding at least one committed split, the default run first; an empty
+        lake has just the default run."""
+        listed = fmt.listed_runs(fmt.read_root_metadata(self.path))
+        default, others = listed.pop(fmt.DEFAULT_RUN), sorted(r for r, s in listed.items() if s)
+        return [fmt.DEFAULT_RUN, *others] if default or not others else others
+
+    def pick_run(self, run: str | None) -> str:
+        """The run a command without ``--run`` means: ``run`` when given, else the lake's only
+        run; :class:`BadInputError` naming the runs when there are several."""
+        if run is not None:
+            run = check_run_name(run)
+            runs = self.runs()
+            if run not in runs:
+                raise BadInputError(
+                    f"{self.path}: no run {run!r} (runs: {', '.join(runs)}); record or import it first"
+                )
+            return run
+        runs = self.runs()
+        if len(runs) > 1:
+            raise BadInputError(
+                f"{self.path} holds {len(runs)} runs ({', '.join(runs)}); name one or more with --run"
+            )
+        return runs[0]
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], num_classes: int | None = None) -> Lake:
@@ -564,12 +600,16 @@ class Lake:
         """What to do about a damaged file of this lake (the end of every corruption error)."""
         return f"run `cld-lake verify {self.path}` and restore it from a backup"
 
-    def splits(self) -> list[str]:
-        """The committed splits (those ``cld_lake.json`` lists; read afresh: another process
-        may have committed a new split since this lake was opened)."""
+    def splits(self, run: str | None = None) -> list[str]:
+        """The committed splits of ``run`` (default: :attr:`run`), those ``cld_lake.json``
+        lists; read afresh: another process may have committed a new split since this lake
+        was opened."""
+        run = self.run if run is None else check_run_name(run)
         if self.checksummed:
             self.meta = fmt.read_root_metadata(self.path)
-            names = fmt.listed_splits(self.meta) or []
+            names = fmt.listed_runs(self.meta).get(run, [])
+        elif run != fmt.DEFAULT_RUN:
+            names = []
         else:  # format 1: a split is a directory with a commit record
             root = self.path / fmt.SPLITS_DIR
             names = (
@@ -580,17 +620,20 @@ class Lake:
         order = {n: i for i, n in enumerate(fmt.SPLIT_NAMES)}
         return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
-    def split(self, name: str) -> Split:
-        return Split(self, name)
+    def split(self, name: str, run: str | None = None) -> Split:
+        """Split ``name`` of ``run`` (default: :attr:`run`, the default run unless
+        :meth:`with_run` chose another)."""
+        return Split(self, name, run)
 
-    def has_split(self, name: str) -> bool:
-        return name in self.splits()
+    def has_split(self, name: str, run: str | None = None) -> bool:
+        return name in self.splits(run)
 
     def reload(self) -> Lake:
-        return Lake(self.path)
+        return Lake(self.path, self.run)
 
     def __repr__(self) -> str:
-        return f"Lake({str(self.path)!r}, splits={self.splits()})"
+        run = "" if self.run == fmt.DEFAULT_RUN else f", run={self.run!r}"
+        return f"Lake({str(self.path)!r}{run}, splits={self.splits()})"
 
 
 class root_lock:

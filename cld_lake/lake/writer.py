@@ -60,6 +60,7 @@ from cld_lake.lake._validate import (
     check_channels,
     check_labels,
     check_num_classes,
+    check_run_name,
     check_split_name,
     count_duplicates,
     count_nonfinite,
@@ -137,9 +138,11 @@ class SplitWriter:
         row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
         num_classes: int | None = None,
         auto_compact: bool = True,
+        run: str | None = None,
     ) -> None:
-        self.lake = lake
         self.name = check_split_name(split)
+        self.run = lake.run if run is None else check_run_name(run)
+        self.lake = lake if lake.run == self.run else lake.with_run(self.run)
         if row_chunk < 1 or row_chunk & (row_chunk - 1):
             raise BadInputError(f"row_chunk must be a power of two, got {row_chunk}")
         if num_classes is not None:
@@ -160,7 +163,7 @@ class SplitWriter:
                 "use the same number or a new lake"
             )
         self.num_classes = num_classes if num_classes is not None else lake.num_classes
-        self.path = lake.path / fmt.SPLITS_DIR / split
+        self.path = fmt.split_dir(lake.path, split, self.run)
         self.path.mkdir(parents=True, exist_ok=True)
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
         self._lock = FileLock(self.path / fmt.WRITER_LOCK, holder)
@@ -174,10 +177,10 @@ class SplitWriter:
         self._row_chunk = row_chunk
         try:
             self._requested_channels = check_channels(channels) if channels is not None else None
-            listed = lake.has_split(split)
+            listed = self.lake.has_split(split)
             if not listed:
                 self._remove_unlisted()
-            self.split: Split | None = Split(lake, split) if listed else None
+            self.split: Split | None = Split(self.lake, split) if listed else None
         except BaseException:
             self.close()
             raise
@@ -562,14 +565,17 @@ class SplitWriter:
             self.gc()
 
     def _list_split(self) -> None:
-        """Add this split to the committed splits of ``cld_lake.json``."""
+        """Add this split to the committed splits of its run in ``cld_lake.json``."""
         with root_lock(self.lake.path):
             meta = fmt.read_root_metadata(self.lake.path)
-            splits = fmt.listed_splits(meta) or []
+            splits = fmt.listed_runs(meta).get(self.run, [])
             if self.name not in splits:
-                meta = fmt.write_root_metadata(
-                    self.lake.path, {**meta, "splits": [*splits, self.name]}
-                )
+                listed = [*splits, self.name]
+                if self.run == fmt.DEFAULT_RUN:
+                    meta = {**meta, "splits": listed}
+                else:
+                    meta = {**meta, "runs": {**(meta.get("runs") or {}), self.run: listed}}
+                meta = fmt.write_root_metadata(self.lake.path, meta)
             self.lake.meta = meta
 
     def _prepare_new_split(

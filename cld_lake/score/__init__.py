@@ -30,6 +30,7 @@ import numpy as np
 from cld_lake._io import remove_dead_temps
 from cld_lake._types import CLDReference, Engine, Fallback
 from cld_lake.errors import ScoringError
+from cld_lake.lake._format import DEFAULT_RUN
 from cld_lake.lake.scores import check_score_name, scores_path, store_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._engines import (
@@ -213,7 +214,48 @@ def _common_provenance(
         "lake_id": lake.lake_id,
         "created_at": now_iso(),
         "version": __version__,
+        **({} if lake.run == DEFAULT_RUN else {"run": lake.run}),
     }
+
+
+def _one_run(lake: Lake) -> Lake:
+    """``lake`` reading the run a call without ``runs`` means: the run ``lake`` was opened
+    with (:meth:`Lake.with_run`), else the lake's only run; several runs are an error."""
+    if lake.run_chosen:
+        return lake
+    return lake.with_run(lake.pick_run(None))
+
+
+def _pick_runs(lake: Lake, runs: str | Sequence[str] | None) -> list[str]:
+    """The runs to score: those named (each once, in order), else the one :func:`_one_run`
+    picks."""
+    if runs is None or (not isinstance(runs, str) and not runs):
+        return [_one_run(lake).run]
+    named = [runs] if isinstance(runs, str) else list(runs)
+    return list(dict.fromkeys(lake.pick_run(r) for r in named))
+
+
+def _check_same_train(lake: Lake, runs: Sequence[str]) -> None:
+    """An ensemble averages scores row by row: every run's train split must hold the same
+    samples with the same labels, in the same order (ids fingerprint, then labels streamed)."""
+    missing = [r for r in runs if not lake.has_split(TRAIN, r)]
+    if missing:
+        raise ScoringError(
+            f"{lake.path}: run {missing[0]!r} has no train split; record or import it, or "
+            "leave the run out of --run"
+        )
+    first, *others = (lake.split(TRAIN, r) for r in runs)
+    for other in others:
+        same = first.ids_digest == other.ids_digest and first.num_samples == other.num_samples
+        if same:
+            pairs = zip(first.iter_samples(), other.iter_samples(first.row_chunk), strict=True)
+            same = all(np.array_equal(a[1], b[1]) for a, b in pairs)
+        if not same:
+            raise ScoringError(
+                f"{lake.path}: runs {first.run!r} and {other.run!r} record different training "
+                "samples (sample ids or labels differ); an ensemble needs the same train split "
+                "in every run"
+            )
 
 
 def compute_cld(
@@ -255,7 +297,7 @@ def compute_cld(
     check_reference(reference)
     if block_rows is not None and block_rows < 1:
         raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = _one_run(lake if isinstance(lake, Lake) else Lake(lake))
     _open_splits(lake)
     train, val = lake.split(TRAIN), lake.split(VAL)
     ckpts = plan_checkpoints(train, val, checkpoints)
@@ -369,6 +411,7 @@ def compute_scores(
     engine_options: dict[str, Any] | None = None,
     collect_ids: bool = True,
     keep_scores: bool = True,
+    runs: str | Sequence[str] | None = None,
 ) -> dict[str, ScoreResult]:
     """Compute one or several scoring methods in one pass over the train split's blocks.
 
@@ -391,6 +434,12 @@ def compute_scores(
     A parameter given (not None) that none of ``methods`` reads is refused.
     fallback : {None, "global"}
         CLD, for classes without validation samples (see :func:`score`).
+    runs : str or sequence of str, optional
+        The proxy runs to score (see ``LossRecorder(run=...)``). Default: the lake's only run
+        (an error naming the runs when it holds several). Several runs store, per column, the
+        MEAN of the runs' scores (an ensemble): undefined (NaN / null) where any run's is; the
+        provenance lists the runs and each run's own provenance. Their train splits must hold
+        the same samples and labels. Memory: two score columns (8 bytes per sample each).
 
     Other parameters as :func:`compute_cld`. Returns ``{column name: ScoreResult}``.
 
@@ -412,6 +461,18 @@ def compute_scores(
     check_reference(params.reference)
     if block_rows is not None and block_rows < 1:
         raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    picked = _pick_runs(lake, runs)
+    if len(picked) > 1:
+        _check_same_train(lake, picked)
+        options = {
+            "engine": engine, "checkpoints": checkpoints, "names": columns, "early": early,
+            "window_length": window_length, "reference": reference, "fallback": fallback,
+            "block_rows": block_rows, "progress": progress, "engine_options": engine_options,
+        }  # fmt: skip
+        return _ensemble(lake, picked, chosen, options, store, collect_ids, keep_scores, started)
+    if not (lake.run_chosen and picked[0] == lake.run):
+        lake = lake.with_run(picked[0])
     if [m.name for m in chosen] == ["cld"]:
         result = compute_cld(
             lake,
@@ -429,7 +490,6 @@ def compute_scores(
         )
         return {result.name: result}
     compute = load_methods_engine(engine, [m.name for m in chosen])
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
     train, plans = _plans(lake, chosen, columns, params, checkpoints, block_rows)
     chunks = compute(
         train, plans, block_rows=block_rows, progress=progress, **(engine_options or {})
@@ -451,6 +511,72 @@ def compute_scores(
             column.close()
     return {
         n: ScoreResult(n, train, collected[n].values, provenance[n], ids_labels) for n in collected
+    }
+
+
+def _ensemble(
+    lake: Lake,
+    runs: Sequence[str],
+    methods: Sequence[Method],
+    options: dict[str, Any],
+    store: bool,
+    collect_ids: bool,
+    keep_scores: bool,
+    started: float,
+) -> dict[str, ScoreResult]:
+    """Score each run in turn and store, per column, the mean over the runs (NaN where any
+    run's score is NaN); each run's column is added to a running sum and then dropped."""
+    totals: dict[str, np.ndarray] = {}
+    per_run: dict[str, dict[str, dict[str, Any]]] = {}
+    first: dict[str, ScoreResult] = {}
+    for run in runs:
+        results = compute_scores(
+            lake, methods=[m.name for m in methods], store=False, collect_ids=False,
+            keep_scores=True, runs=[run], **options,
+        )  # fmt: skip
+        for name, result in results.items():
+            assert result.scores is not None
+            if name in totals:
+                totals[name] += result.scores
+            else:
+                totals[name], first[name] = result.scores.copy(), result
+            per_run.setdefault(name, {})[run] = result.provenance
+    provenance: dict[str, dict[str, Any]] = {}
+    for name, total in totals.items():
+        total /= len(runs)
+        provenance[name] = _ensemble_provenance(first[name].provenance, runs, per_run[name], total)
+        provenance[name]["seconds"] = round(time.perf_counter() - started, 3)
+    train = lake.split(TRAIN, runs[0])
+    ids_labels = (train.sample_ids, train.labels) if collect_ids else None
+    if store:
+        remove_dead_temps(scores_path(lake))
+        store_scores(lake, train, totals, provenance)
+    return {
+        n: ScoreResult(n, train, totals[n] if keep_scores else None, provenance[n], ids_labels)
+        for n in totals
+    }
+
+
+# what an ensemble's provenance keeps from its runs' (the same in every run)
+_ENSEMBLE_KEYS = (
+    "method", "engine", "window", "parameters", "train_samples", "direction", "range",
+    "citation", "splits", "lake_id", "version",
+)  # fmt: skip
+
+
+def _ensemble_provenance(
+    prov: dict[str, Any], runs: Sequence[str], per_run: dict[str, dict[str, Any]], mean: np.ndarray
+) -> dict[str, Any]:
+    """The stored provenance of a mean over ``runs``: the fields every run shares, the runs,
+    each run's own provenance, and the NaN count of the mean."""
+    from cld_lake.lake._format import now_iso
+
+    return {k: prov[k] for k in _ENSEMBLE_KEYS if k in prov} | {
+        "ensemble": "mean",
+        "runs": list(runs),
+        "run_provenance": per_run,
+        "nan": int(np.count_nonzero(np.isnan(mean))),
+        "created_at": now_iso(),
     }
 
 

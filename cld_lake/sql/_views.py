@@ -31,6 +31,14 @@ _VAL_REFERENCE = (
     "WHERE sample_id NOT IN (SELECT sample_id FROM bad) "
     "GROUP BY label, checkpoint ORDER BY label, checkpoint"
 )
+# a lake with named runs: one reference per run (each proxy run validates on its own losses)
+_VAL_REFERENCE_RUNS = (
+    "WITH v AS (SELECT run, sample_id, label, checkpoint, loss FROM losses WHERE split = 'val'), "
+    "bad AS (SELECT DISTINCT run, sample_id FROM v WHERE NOT isfinite(loss)) "
+    "SELECT run, label, checkpoint, avg(loss::DOUBLE) AS mean_loss, count(*) AS n_samples "
+    "FROM v ANTI JOIN bad USING (run, sample_id) "
+    "GROUP BY run, label, checkpoint ORDER BY run, label, checkpoint"
+)
 
 
 def _parquet(path: Any) -> Any:
@@ -49,24 +57,31 @@ def create_views(
 ) -> list[LossSource]:
     """Create ``samples``, ``checkpoints``, ``losses``, ``scores`` and ``val_reference``.
 
+    ``samples``, ``checkpoints`` and ``losses`` hold every split of every run. A lake whose
+    splits all belong to the default run (recorded without runs) has the views it always had;
+    one with named runs adds a ``run`` column after ``split`` (and to ``val_reference``).
     Returns the ``losses`` sources (one per split), whose ``failure`` tells why a scan failed.
     """
     samples, checkpoints, losses, sources = [], [], [], []
-    for i, name in enumerate(lake.splits()):
-        split = lake.split(name)
-        label = sql_str(split.name)
+    runs = lake.runs()
+    named_runs = runs != [fmt.DEFAULT_RUN]
+    splits = [lake.split(name, run) for run in runs for name in lake.splits(run)]
+    for i, split in enumerate(splits):
+        label = f"{sql_str(split.name)} AS split"
+        if named_runs:
+            label += f", {sql_str(split.run)} AS run"
         split.check_samples()  # DuckDB scans the file itself: check its checksums first
         con.register(f"_samples_{i}", _parquet(split.path / fmt.SAMPLES_FILE))
         con.register(f"_checkpoints_{i}", _parquet(split.path / fmt.CHECKPOINTS_FILE))
         source = LossSource(split, block_rows=block_rows, stats=stats)
         register(con, f"_losses_{i}", source)
         sources.append(source)
-        samples.append(f"SELECT * {_IDS} FROM (SELECT {label} AS split, * FROM _samples_{i})")
+        samples.append(f"SELECT * {_IDS} FROM (SELECT {label}, * FROM _samples_{i})")
         checkpoints.append(
-            f"SELECT {label} AS split, checkpoint::BIGINT AS checkpoint, epoch, step, wall_time, "
+            f"SELECT {label}, checkpoint::BIGINT AS checkpoint, epoch, step, wall_time, "
             f"committed_at, nonfinite, true AS complete FROM _checkpoints_{i}"
         )
-        losses.append(f"SELECT {label} AS split, * FROM _losses_{i}")
+        losses.append(f"SELECT {label}, * FROM _losses_{i}")
     _view(con, "samples", samples, "UNION ALL BY NAME")
     _view(con, "checkpoints", checkpoints, "UNION ALL")
     _view(con, "losses", losses, "UNION ALL BY NAME")
@@ -75,5 +90,6 @@ def create_views(
         check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
         con.register("_scores", _parquet(scores))
     _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
-    con.execute(f"CREATE VIEW val_reference AS {_VAL_REFERENCE}")
+    reference = _VAL_REFERENCE_RUNS if named_runs else _VAL_REFERENCE
+    con.execute(f"CREATE VIEW val_reference AS {reference}")
     return sources

@@ -132,6 +132,10 @@ class LossRecorder:
         The process group to gather over (default: the world).
     dst : int
         The rank that writes the lake (rank within ``group``).
+    run : str, optional
+        The proxy run (seed, architecture) this training is; each run holds its own splits,
+        and ``cld-lake score --run A --run B`` scores their ensemble. Default: the lake's
+        default run. Letters, digits, ``_-.``.
 
     Examples
     --------
@@ -156,11 +160,13 @@ class LossRecorder:
         duplicates: str | None = None,
         group: Any = None,
         dst: int = 0,
+        run: str | None = None,
     ) -> None:
-        from cld_lake.lake._validate import check_split_name
+        from cld_lake.lake._validate import check_run_name, check_split_name
 
         self.lake_path = Path(lake_path)
         self.split = check_split_name(split)
+        self.run = check_run_name(run)
         if num_classes is not None and (
             not isinstance(num_classes, int | np.integer) or num_classes < 1
         ):
@@ -427,7 +433,9 @@ class LossRecorder:
                 f"(e.g. {bad[:3].tolist()}); labels must be class indices 0..{(classes or 1) - 1}"
             )
         lake = Lake.create(self.lake_path, num_classes=classes)
-        with SplitWriter(lake, self.split, channels=self.channels, num_classes=classes) as writer:
+        with SplitWriter(
+            lake, self.split, channels=self.channels, num_classes=classes, run=self.run
+        ) as writer:
             buffer = writer.checkpoint(checkpoint, epoch=epoch, step=step, duplicates=duplicates)
             buffer.add(
                 values["sample_id"],
