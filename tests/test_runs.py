@@ -289,3 +289,22 @@ def test_bad_run_names_are_refused_before_writing(tmp_path: Path) -> None:
         with pytest.raises(BadInputError, match="run name"):
             LossRecorder(tmp_path / "x.lake", "train", run=bad)
     assert not (tmp_path / "x.lake").exists()
+
+
+def test_runs_have_their_own_writers_and_listings(tmp_path: Path) -> None:
+    from cld_lake.errors import LakeLockedError
+    from cld_lake.lake import Lake, SplitWriter
+
+    lk = Lake.create(tmp_path / "w.lake")
+    ids, labels = np.arange(10), np.arange(10) % C
+    with SplitWriter(lk, "train", run="a") as wa, SplitWriter(lk, "train", run="b") as wb:
+        with pytest.raises(LakeLockedError, match="split 'train' of run 'a' is being written"):
+            SplitWriter(lk, "train", run="a")
+        wa.declare_samples(ids, labels)
+        assert lk.runs() == ["a"] and lk.splits("b") == []  # b is not committed yet
+        wb.declare_samples(ids[::-1].copy(), labels[::-1].copy())
+    assert lk.runs() == ["a", "b"]
+    np.testing.assert_array_equal(lk.split("train", "b").sample_ids, ids[::-1])
+    root = json.loads((lk.path / fmt.ROOT_FILE).read_text())
+    assert root["runs"] == {"a": ["train"], "b": ["train"]} and root["splits"] == []
+    assert verify_lake(lk).ok

@@ -170,7 +170,8 @@ class SplitWriter:
         held_by = self._lock.try_acquire()
         if held_by is not None:
             raise LakeLockedError(
-                f"{lake.path}: split {split!r} is being written by another job ({held_by}); "
+                f"{lake.path}: split {split!r}{self._of_run} is being written by another job "
+                f"({held_by}); "
                 "wait for it to finish, or write to another lake or split"
             )
         self.auto_compact = auto_compact
@@ -201,6 +202,11 @@ class SplitWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def _of_run(self) -> str:
+        """`` of run 'x'`` for a split of a named run (for messages), else nothing."""
+        return "" if self.run == fmt.DEFAULT_RUN else f" of run {self.run!r}"
 
     @property
     def channels(self) -> dict[str, str] | None:
