@@ -122,6 +122,8 @@ def test_runs_are_namespaces_of_splits_listed_in_the_root(lake: Path) -> None:
     assert l0.shape == (N, T) and not np.array_equal(l0, l1)
     with pytest.raises(SplitNotFoundError, match="no split 'test' in run 'seed0'"):
         lk.split("test", "seed0")
+    with pytest.raises(SplitNotFoundError, match="the lake's runs: imported, seed0, seed1"):
+        lk.split("train")  # the default run has no splits here
 
 
 def test_info_lists_every_run(lake: Path, cli) -> None:

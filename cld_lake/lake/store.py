@@ -83,8 +83,10 @@ class Split:
         present = lake.splits(self.run)
         if name not in present:
             of_run = "" if self.run == fmt.DEFAULT_RUN else f" in run {self.run!r}"
+            runs = lake.runs()
+            hint = "" if runs == [self.run] else f"; the lake's runs: {', '.join(runs)}"
             raise SplitNotFoundError(
-                f"{lake.path}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}); import or record it first"
+                f"{lake.path}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}{hint}); import or record it first"
             )
         if not ck_path.exists():  # listed in cld_lake.json, so committed once
             raise CorruptLakeError(
