@@ -193,3 +193,20 @@ def test_every_bit_flip_is_detected_and_refused_or_changes_nothing(tmp_path, pri
             file.write_bytes(original)
     assert detected(path) is None
     assert flips > 100 and caught > flips // 2, (flips, caught)
+
+
+def test_samples_recut_into_other_row_groups_fail_verify_as_the_streaming_readers_do(
+    tmp_path, pristine
+):
+    """Regression (found by the sweep): a flip in the footer's row-group sizes left the decoded
+    table, and so its checksum, unchanged; verify passed while streaming readers refused."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "lake"
+    shutil.copytree(pristine, path)
+    samples = path / "splits" / "train" / "samples.parquet"
+    table = pq.ParquetFile(samples).read()
+    pq.write_table(table, samples, row_group_size=5)  # same content and metadata, other groups
+    assert detected(path, "train") is not None
+    with pytest.raises(CldLakeError, match="row groups"):
+        open_lake(path).split("train").sample_ids  # noqa: B018

@@ -33,6 +33,7 @@ from cld_lake.lake._validate import check_num_classes, check_run_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 CheckpointSelection = str | slice | Sequence[int] | np.ndarray | None
 
@@ -113,6 +114,10 @@ class Split:
         table = read_table(path, self.lake.fix)
         if self.lake.checksummed:
             verify_checksum(table, path, fix=self.lake.fix)
+            import pyarrow.parquet as pq
+
+            # the footer's row-group sizes drive streaming reads: they must match the record
+            _check_group_sizes(self, pq.ParquetFile(path), path)
             groups = sample_groups(self.meta)
             if table.num_rows != sum(rows for rows, _ in groups):
                 raise CorruptLakeError(
@@ -413,18 +418,11 @@ class _SampleRows:
         fix = self._split.lake.fix
         try:
             pf = pq.ParquetFile(path)
-            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         except FileNotFoundError as exc:
             raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
         except Exception as exc:
             raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
-        if self._split.lake.checksummed:
-            recorded = [rows for rows, _ in sample_groups(self._split.meta)]
-            if sizes != recorded:
-                raise CorruptLakeError(
-                    f"{path}: row groups of {sizes[:4]}... rows, the commit record says "
-                    f"{recorded[:4]}...; {fix}"
-                )
+        sizes = _check_group_sizes(self._split, pf, path)
         if self._groups is None:
             self._groups, pos = [], 0
             for rows in sizes:
@@ -461,6 +459,23 @@ class _SampleRows:
 # --- checks against the commit record (format 2) ---------------------------------------------
 
 _RECORD_KEYS = ("channels", "num_samples", "row_chunk", "ids_sha1", "samples", "classes")
+
+
+def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: Path) -> list[int]:
+    """The row-group sizes of ``samples.parquet``, checked against the commit record (format 2)."""
+    fix = split.lake.fix
+    try:
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+    except Exception as exc:
+        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+    if split.lake.checksummed:
+        recorded = [rows for rows, _ in sample_groups(split.meta)]
+        if sizes != recorded:
+            raise CorruptLakeError(
+                f"{path}: row groups of {sizes[:4]}... rows, the commit record says "
+                f"{recorded[:4]}...; {fix}"
+            )
+    return sizes
 
 
 def read_table(path: Path, fix: str) -> pa.Table:
