@@ -77,14 +77,14 @@ class CompareConfig:
     lake: Path | None = option(
         None, help="reuse a lake recorded by train_proxy on mnist1d (else one is recorded)"
     )
-    num_samples: int = option(5000, help="MNIST-1D samples (80%% train pool; must match --lake)")
+    num_samples: int = option(10000, help="MNIST-1D samples (80%% train pool; must match --lake)")
     noise: float = option(0.0, help="symmetric label noise of the proxy recording, e.g. 0.2")
     val_fraction: float = option(0.1, help="per-class held-out validation fraction")
     methods: tuple[str, ...] = option(DEFAULT_METHODS, help="e.g. cld,forgetting,aum")
     fractions: tuple[float, ...] = option((0.1, 0.3, 0.5), help="e.g. 0.1,0.3,0.5")
     seeds: int = option(3, help="training seeds per coreset (random: one draw per seed)")
-    proxy_epochs: int = 20
-    epochs: int = option(20, help="epochs of each coreset training")
+    proxy_epochs: int = 30
+    epochs: int = option(30, help="epochs of each coreset training")
     threads: int | None = option(1, help="torch CPU threads (default 1)")
     device: str | None = None
     progress: bool = True
