@@ -282,7 +282,9 @@ def compute_cld(
     result's ``sample_ids`` / ``labels`` are then read from the lake on first use.
     ``keep_scores=False`` (with ``store``, the CLI's way) spills the column to a temporary
     file while it is computed, so nothing per-sample stays in memory; the result's ``scores``
-    is then None. Other methods: :func:`compute_scores`.
+    is then None. Other methods: :func:`compute_scores`. A lake with several proxy runs is
+    scored on the run it was opened with (``lake.with_run("seed1")``); an ensemble of runs:
+    ``compute_scores(lake, "cld", runs=[...])``.
     """
     started = time.perf_counter()
     if method != "cld":
@@ -528,7 +530,6 @@ def _ensemble(
     run's score is NaN); each run's column is added to a running sum and then dropped."""
     totals: dict[str, np.ndarray] = {}
     per_run: dict[str, dict[str, dict[str, Any]]] = {}
-    first: dict[str, ScoreResult] = {}
     for run in runs:
         results = compute_scores(
             lake, methods=[m.name for m in methods], store=False, collect_ids=False,
@@ -538,13 +539,14 @@ def _ensemble(
             assert result.scores is not None
             if name in totals:
                 totals[name] += result.scores
-            else:
-                totals[name], first[name] = result.scores.copy(), result
+            else:  # the first run's column (nobody else holds it) becomes the sum
+                totals[name] = result.scores
             per_run.setdefault(name, {})[run] = result.provenance
     provenance: dict[str, dict[str, Any]] = {}
     for name, total in totals.items():
         total /= len(runs)
-        provenance[name] = _ensemble_provenance(first[name].provenance, runs, per_run[name], total)
+        first = per_run[name][runs[0]]
+        provenance[name] = _ensemble_provenance(first, runs, per_run[name], total)
         provenance[name]["seconds"] = round(time.perf_counter() - started, 3)
     train = lake.split(TRAIN, runs[0])
     ids_labels = (train.sample_ids, train.labels) if collect_ids else None
