@@ -116,13 +116,13 @@ class Split:
             verify_checksum(table, path, fix=self.lake.fix)
             import pyarrow.parquet as pq
 
-            # the footer's row-group sizes drive streaming reads: they must match the record
-            _check_group_sizes(self, pq.ParquetFile(path), path)
             groups = sample_groups(self.meta)
             if table.num_rows != sum(rows for rows, _ in groups):
                 raise CorruptLakeError(
                     f"{path} has {table.num_rows} rows, the commit record {sum(r for r, _ in groups)}; {self.lake.fix}"
                 )
+            # the footer's row-group sizes drive streaming reads: they must match the record
+            _check_group_sizes(self, pq.ParquetFile(path), path)
             start = 0
             for g, (rows, _) in enumerate(groups):
                 check_sample_group(self, g, table.slice(start, rows))
