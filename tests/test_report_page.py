@@ -10,6 +10,8 @@ import re
 import numpy as np
 import pytest
 
+from cld_lake.diagnostics import average_ranks as rankdata
+from cld_lake.diagnostics import spearman
 from cld_lake.lake import Lake
 from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
@@ -21,9 +23,7 @@ from cld_lake.report._stats import (
     detection,
     detection_row,
     pick_classes,
-    rankdata,
     scan_split,
-    spearman,
 )
 
 N, T, C, NV = 600, 8, 4, 120

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
+from cld_lake.diagnostics import spearman
 from cld_lake.errors import BadInputError
 from cld_lake.lake.inspect import lake_info
 from cld_lake.lake.scores import read_scores, stale_scores, stored_scores
@@ -45,7 +46,6 @@ from cld_lake.report._stats import (
     pick_classes,
     sample_stride,
     scan_split,
-    spearman,
 )
 
 __all__ = ["MAX_POINTS", "build_report", "curve_stats", "noise_detection", "report_path"]

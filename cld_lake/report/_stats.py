@@ -161,34 +161,6 @@ def pick_classes(present: np.ndarray, how_many: int = 4) -> np.ndarray:
 
 
 # --- score statistics ----------------------------------------------------------------------
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values`` with ties given their average rank (as scipy's ``rankdata``)."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    new = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], n]
-    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
-    ranks = np.empty(n)
-    ranks[order] = np.repeat(average, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
-    """Spearman correlation over the rows where both are finite, and that number of rows."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    n = int(ok.sum())
-    if n < 3:
-        return float("nan"), n
-    ra, rb = rankdata(a[ok]), rankdata(b[ok])
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return (float((ra * rb).sum() / denom) if denom > 0 else float("nan")), n
-
-
 def suspicion(values: np.ndarray, direction: str) -> np.ndarray:
     """How likely a label is wrong by a score: its hardness, high = suspicious.
 
