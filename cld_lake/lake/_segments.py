@@ -335,6 +335,10 @@ class ChunkWriter:
             with open(folder / "0", "wb", buffering=0) as fh:
                 _write_all(fh, memoryview(data))
                 _write_all(fh, memoryview(crc.view(np.uint8)))
+                # durable before the commit record may name it; done here, in the writer's
+                # background threads, the flush overlaps the reading of the next block instead
+                # of stalling the commit (sync_segment then finds the chunk files clean)
+                os.fsync(fh.fileno())
 
 
 def _write_all(fh: BinaryIO, view: memoryview) -> None:
