@@ -219,3 +219,34 @@ def test_env_names_versions_and_kernel(cli):
     r = cli("env")
     assert r.code == 0
     assert "zarr" in r.out and "duckdb" in r.out and "CLD kernel: compiled C" in r.out
+
+
+def test_info_shows_the_per_class_share_of_nonpositive_cld(lake, cli):
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.scores import store_score
+
+    r = cli("info", lake, "--json")
+    assert "diagnostics" not in json.loads(r.out)  # no cld score: nothing to show
+    opened = open_lake(lake)
+    train = opened.split("train")
+    labels = train.labels
+    cld = np.where(np.arange(len(labels)) % 2 == 0, -1.0, 1.0)  # half of the rows <= 0 ...
+    cld[labels == 1] = 0.0  # ... all of class 1 (0 counts as non-positive)
+    cld[labels == 2] = 1.0  # ... none of class 2
+    cld[np.flatnonzero(labels == 3)[:2]] = np.nan  # two nulls in class 3
+    store_score(opened, train, "cld", cld, {"method": "cld"})
+    rows = json.loads(cli("info", lake, "--json").out)["diagnostics"]["cld_nonpositive_share"]
+    assert [row["label"] for row in rows] == [0, 1, 2, 3]
+    for row in rows:
+        mine = labels == row["label"]
+        scored = mine & ~np.isnan(cld)
+        expected = int((cld[scored] <= 0).sum())
+        assert row["samples"] == int(mine.sum()) and row["null"] == int((mine & ~scored).sum())
+        assert row["nonpositive"] == expected
+        assert row["share"] == pytest.approx(expected / scored.sum())
+    assert rows[1]["share"] == 1.0 and rows[2]["share"] == 0.0 and rows[3]["null"] == 2
+    text = cli("info", lake).out
+    overall = sum(r["nonpositive"] for r in rows) / (~np.isnan(cld)).sum()
+    line = next(ln for ln in text.splitlines() if "cld <= 0" in ln)
+    assert f"{overall:.1%} of {int((~np.isnan(cld)).sum())} scored" in line
+    assert "highest classes 1: 100.0%" in line and "2: 0.0%" not in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,6 +11,9 @@ from cld_lake._cli._common import echo_json
 from cld_lake.lake import SplitWriter, import_file
 
 SPLITS = click.Choice(["train", "val", "test"])
+if TYPE_CHECKING:
+    from cld_lake.lake.store import Lake
+
 RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
 
 
@@ -103,7 +107,12 @@ def info_cmd(lake, as_json):
     from cld_lake.lake import open_lake
     from cld_lake.lake.inspect import lake_info
 
-    info = lake_info(open_lake(lake))
+    opened = open_lake(lake)
+    info = lake_info(opened)
+    shares = _cld_shares(opened, info["scores"])
+    if shares is not None:  # NaN (no scored sample in a class) is null in JSON
+        nulled = [r | {"share": None if r["share"] != r["share"] else r["share"]} for r in shares]
+        info["diagnostics"] = {"cld_nonpositive_share": nulled}
     if as_json:
         echo_json(info)
         return
@@ -131,6 +140,28 @@ def info_cmd(lake, as_json):
             detail += f", mean of runs {','.join(prov['runs'])}"
         stale = info["stale_scores"].get(name)
         click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
+    if shares is not None:
+        click.echo(_share_line(shares))
+
+
+def _cld_shares(lake: Lake, scores: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per-class share of ``cld <= 0`` (cld_lake.diagnostics), None without a ``cld`` score."""
+    if "cld" not in scores:
+        return None
+    from cld_lake.diagnostics import class_nonpositive_share
+
+    return class_nonpositive_share(lake, "cld")
+
+
+def _share_line(rows: list[dict[str, Any]]) -> str:
+    """One line: the overall share of ``cld <= 0`` and the 3 classes with the highest share."""
+    scored = sum(r["samples"] - r["null"] for r in rows)
+    nonpos = sum(r["nonpositive"] for r in rows)
+    overall = f"{nonpos / scored:.1%}" if scored else "n/a"
+    finite = [r for r in rows if r["share"] == r["share"]]  # NaN: no scored sample
+    top = sorted(finite, key=lambda r: (-r["share"], r["label"]))[:3]
+    classes = ", ".join(f"{r['label']}: {r['share']:.1%}" for r in top) or "none scored"
+    return f"  cld <= 0: {overall} of {scored:,} scored samples; highest classes {classes}"
 
 
 def _echo_splits(splits: dict) -> None:
