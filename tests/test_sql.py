@@ -327,3 +327,31 @@ def test_interrupted_out_leaves_no_file(lake_data, tmp_path):
             lake, "SELECT CASE WHEN sample_id > 1500 THEN error('boom') END FROM samples", out
         )
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_class_diagnostics_view_equals_the_diagnostics_function(tmp_path):
+    from cld_lake.diagnostics import class_nonpositive_share
+
+    loss, labels, ids = make_arrays(60, 4, 3, seed=5)
+    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels, sample_ids=ids)
+    lake = Lake(tmp_path / "lk")
+    with pytest.raises(Exception, match="class_diagnostics"):  # no cld score: no view
+        lake_query(lake, "SELECT * FROM class_diagnostics")
+    cld = np.linspace(-1, 1, 60)
+    cld[labels == 2] = np.nan  # a class without a scored sample: NULL share (NaN in Python)
+    cld[np.flatnonzero(labels == 0)[:3]] = np.nan
+    write_scores(tmp_path / "lk", ids, labels, {"cld": cld})
+    df = lake_query(lake, "SELECT * FROM class_diagnostics")
+    assert df.columns == ["label", "samples", "null", "nonpositive", "share"]
+    expected = class_nonpositive_share(lake, "cld")
+    got = df.to_dicts()
+    assert [r["label"] for r in got] == [r["label"] for r in expected] == [0, 1, 2]
+    for g, e in zip(got, expected, strict=True):
+        assert {k: g[k] for k in ("samples", "null", "nonpositive")} == {
+            k: e[k] for k in ("samples", "null", "nonpositive")
+        }
+        assert (g["share"] is None and np.isnan(e["share"])) or g["share"] == pytest.approx(
+            e["share"]
+        )
+    mine = (labels == 0) & ~np.isnan(cld)  # by hand, for one class
+    assert got[0]["nonpositive"] == int((cld[mine] <= 0).sum()) and got[0]["null"] == 3

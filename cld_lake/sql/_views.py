@@ -40,6 +40,16 @@ _VAL_REFERENCE_RUNS = (
     "GROUP BY run, label, checkpoint ORDER BY run, label, checkpoint"
 )
 
+# per class, the share of the stored ``cld`` with a score <= 0 (as
+# cld_lake.diagnostics.class_nonpositive_share; NaN counts as null, an all-null class has a
+# NULL share)
+_CLASS_DIAGNOSTICS = (
+    "WITH s AS (SELECT label, CASE WHEN isnan(cld) THEN NULL ELSE cld END AS v FROM scores) "
+    'SELECT label, count(*) AS samples, count(*) - count(v) AS "null", '
+    "count(*) FILTER (WHERE v <= 0) AS nonpositive, avg((v <= 0)::INT)::DOUBLE AS share "
+    "FROM s GROUP BY label ORDER BY label"
+)
+
 
 def _parquet(path: Any) -> Any:
     import pyarrow.dataset as ds
@@ -55,7 +65,8 @@ def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
 def create_views(
     con: Connection, lake: Lake, stats: ScanStats | None = None, block_rows: int | None = None
 ) -> list[LossSource]:
-    """Create ``samples``, ``checkpoints``, ``losses``, ``scores`` and ``val_reference``.
+    """Create ``samples``, ``checkpoints``, ``losses``, ``scores`` and ``val_reference``,
+    and ``class_diagnostics`` when a ``cld`` score is stored.
 
     ``samples``, ``checkpoints`` and ``losses`` hold every split of every run. A lake whose
     splits all belong to the default run (recorded without runs) has the views it always had;
@@ -86,10 +97,15 @@ def create_views(
     _view(con, "checkpoints", checkpoints, "UNION ALL")
     _view(con, "losses", losses, "UNION ALL BY NAME")
     scores = scores_path(lake)
+    has_cld = False
     if scores.exists():
         check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
-        con.register("_scores", _parquet(scores))
+        dataset = _parquet(scores)
+        has_cld = "cld" in dataset.schema.names
+        con.register("_scores", dataset)
     _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
+    if has_cld:
+        con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS}")
     reference = _VAL_REFERENCE_RUNS if named_runs else _VAL_REFERENCE
     con.execute(f"CREATE VIEW val_reference AS {reference}")
     return sources
