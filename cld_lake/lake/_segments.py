@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from cld_lake._io import fsync_dir
 from cld_lake._meta import crc32c_hex
 from cld_lake.errors import CorruptLakeError
 from cld_lake.lake._format import chunk_rows_for
@@ -152,16 +153,8 @@ def sync_segment(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(folder)
-    _fsync_dir(str(path.parent))
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(folder))
+    fsync_dir(path.parent)
 
 
 def delete_segment(path: Path) -> None:

@@ -147,6 +147,11 @@ def _check_columns(lake: Lake, pf: pq.ParquetFile, table: pa.Table) -> None:
         return
     sums = _ColumnChecksums(table.schema)
     sums.update(table)
+    _compare_columns(lake, recorded, sums)
+
+
+def _compare_columns(lake: Lake, recorded: dict[str, Any], sums: _ColumnChecksums) -> None:
+    """Each column ``sums`` covers has the CRC the table recorded for it."""
     expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
     for name, value in sums.values().items():
         if expected.get(name) != value:
@@ -382,14 +387,8 @@ def _check_copied(lake: Lake, old: pq.ParquetFile, sums: _ColumnChecksums) -> No
     """The old columns copied into the new table were what the old table recorded: a damaged
     scores table is not silently carried forward (checked before the new one replaces it)."""
     recorded = _recorded_checksums(old)
-    if recorded is None:
-        return
-    expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
-    for name, value in sums.values().items():
-        if expected.get(name) != value:
-            raise CorruptLakeError(
-                f"{scores_path(lake)} fails its checksum (column {name!r}); {lake.fix}"
-            )
+    if recorded is not None:
+        _compare_columns(lake, recorded, sums)
 
 
 def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
