@@ -81,7 +81,7 @@ def report(tmp_path_factory) -> Path:
 def test_every_image_decodes_in_chromium(chromium, report, tmp_path):
     page = report.read_text()
     expected = re.findall(r'<img [^>]*alt="([^"]*)"', page)
-    assert len(expected) == 5
+    assert len(expected) == 6  # with the per-class share of cld <= 0
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
     r = _run(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
@@ -101,7 +101,7 @@ def test_every_image_is_a_non_empty_picture(report):
     from matplotlib.image import imread
 
     blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', report.read_text())
-    assert len(blobs) == 5
+    assert len(blobs) == 6
     for blob in blobs:
         pixels = imread(io.BytesIO(base64.b64decode(blob)), format="png")
         colours = len({tuple(p) for p in pixels[::7, ::7].reshape(-1, pixels.shape[2])})

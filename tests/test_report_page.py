@@ -175,7 +175,7 @@ def test_report_sections_and_detection_values(rich, tmp_path):
     for heading in ("Training dynamics", "Per-class loss curves", "Data map", "Scores",
                     "Noisy-label detection", "Score correlations", "Rank stability of CLD"):  # fmt: skip
         assert f">{heading}<" in text
-    assert text.count("<img ") == 5
+    assert text.count("<img ") == 6  # the 5 figures and the per-class share of cld <= 0
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert "<link" not in text and "@import" not in text
     detection = next(t for t in _tables(text) if "precision_at_noise_rate" in t)
@@ -292,3 +292,99 @@ def test_to_img_is_a_decodable_png():
     pixels = imread(io.BytesIO(data), format="png")
     w, h = re.search(r'width="(\d+)" height="(\d+)"', tag).groups()
     assert pixels.shape[:2] == (int(h), int(w)) and pixels.std() > 0
+
+
+def _images(text: str) -> dict[str, np.ndarray]:
+    """Every embedded PNG of the page, decoded, by its alt text."""
+    import html
+
+    from matplotlib.image import imread
+
+    found = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', text)
+    return {
+        html.unescape(alt): imread(io.BytesIO(base64.b64decode(data)), format="png")
+        for data, alt in found
+    }
+
+
+def test_report_diagnostics_section(tmp_path):
+    from cld_lake.diagnostics import class_nonpositive_share, selection_alignment
+    from cld_lake.select import select
+
+    lake, d = rich_lake(tmp_path / "lake", n=200)
+    train = lake.split("train")
+    rng = np.random.default_rng(3)
+    for run, noise in (("seed1", 0.0), ("seed2", 0.3)):  # the same score from two runs
+        store_score(lake, train, f"cld_{run}", d["cld"] + noise * rng.standard_normal(200),
+                    {"method": "cld", "run": run})  # fmt: skip
+    select(lake, "cld", fraction=0.25, out=lake.path / "manifests" / "top.parquet")
+    text = build_report(lake, tmp_path / "r.html").read_text()
+    assert ">Diagnostics<" in text and ">Classes: share of CLD &lt;= 0<" in text
+    images = _images(text)
+    share_png = images["per-class share of cld <= 0"]
+    assert share_png.std() > 0
+    labels, cld = d["labels"], d["cld"]
+    scored = ~np.isnan(cld)
+    overall = (cld[scored] <= 0).sum() / scored.sum()  # by hand
+    assert f"{overall:.1%} over all {int(scored.sum())} scored samples" in text
+    shares = next(t for t in _tables(text) if "<th>nonpositive</th>" in t)
+    for row in class_nonpositive_share(lake, "cld"):
+        mine = (labels == row["label"]) & scored
+        assert row["nonpositive"] == int((cld[mine] <= 0).sum())
+        assert f"<td>{row['label']}</td><td>{row['samples']}</td>" in shares
+    alignment = next(t for t in _tables(text) if "<td>top.parquet</td>" in t)
+    a = selection_alignment(lake, lake.path / "manifests" / "top.parquet", "cld")
+    assert (
+        f"<td>{a['selected']}</td><td>{a['mean']:.4g}</td><td>{a['pool_mean']:.4g}</td>"
+        in alignment
+    )
+    assert a["selected"] == 50 and a["mean"] > a["pool_mean"]  # top-k keeps the highest cld
+    runs = next(t for t in _tables(text) if "<th>run a</th>" in t)
+    rho, n = spearman(lake_scores(lake, "cld_seed1"), lake_scores(lake, "cld_seed2"))
+    assert (
+        f"<td>seed1</td><td>seed2</td><td>cld_seed1</td><td>cld_seed2</td><td>{rho:.4g}</td><td>{n}</td>"
+        in runs
+    )
+    assert "Coreset accuracy" not in text  # no --compare
+
+
+def lake_scores(lake, name):
+    from cld_lake.lake.scores import read_scores
+
+    return read_scores(lake, [name]).column(name).to_numpy(zero_copy_only=False).astype(float)
+
+
+def test_report_compare_draws_accuracy_vs_fraction(tmp_path, cli):
+    import json
+
+    from cld_lake.report import compare_series
+
+    lake, _ = rich_lake(tmp_path / "lake", n=120)
+
+    def row(method, fraction, mean, lo, hi):
+        return {"method": method, "fraction": fraction, "seeds": 2, "mean": mean, "min": lo,
+                "max": hi}  # fmt: skip
+
+    rows = [row("cld", 0.1, 0.6, 0.58, 0.61), row("cld", 0.3, 0.7, 0.68, 0.71),
+            row("random", 0.1, 0.5, 0.48, 0.51), row("random", 0.3, 0.6, 0.58, 0.61),
+            row("full", 1.0, 0.9, 0.88, 0.91), row("aum", 0.1, None, None, None)]  # fmt: skip
+    out = tmp_path / "compare"
+    out.mkdir()
+    (out / "results.json").write_text(
+        json.dumps({"dataset": "mnist1d", "seeds": 2, "accuracy": rows})
+    )
+    methods, full = compare_series(json.loads((out / "results.json").read_text()))
+    assert methods == {"cld": [(0.1, 0.6, 0.58, 0.61), (0.3, 0.7, 0.68, 0.71)],
+                       "random": [(0.1, 0.5, 0.48, 0.51), (0.3, 0.6, 0.58, 0.61)]}  # fmt: skip
+    assert full == (0.9, 0.88, 0.91)
+    r = cli("report", lake.path, "--out", tmp_path / "r.html", "--compare", out)
+    assert r.code == 0, r.err
+    text = (tmp_path / "r.html").read_text()
+    assert ">Coreset accuracy<" in text and "mnist1d, 2 seed(s)" in text
+    png = _images(text)["test accuracy vs fraction kept"]
+    assert png.shape[0] > 100 and png.std() > 0
+    (tmp_path / "bad.json").write_text(json.dumps({"accuracy": "no"}))
+    r = cli("report", lake.path, "--out", tmp_path / "s.html", "--compare", tmp_path / "bad.json")
+    assert r.code == 2 and "accuracy" in r.err and not (tmp_path / "s.html").exists()
+    r = cli("report", lake.path, "--out", tmp_path / "s.html", "--compare", tmp_path / "nowhere")
+    assert r.code == 2 and "results.json" in r.err

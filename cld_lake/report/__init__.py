@@ -29,8 +29,13 @@ from typing import Any
 import numpy as np
 
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
-from cld_lake.diagnostics import spearman
-from cld_lake.errors import BadInputError
+from cld_lake.diagnostics import (
+    class_nonpositive_share,
+    rank_stability,
+    selection_alignment,
+    spearman,
+)
+from cld_lake.errors import BadInputError, CldLakeError
 from cld_lake.lake.inspect import lake_info
 from cld_lake.lake.scores import read_scores, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
@@ -47,8 +52,17 @@ from cld_lake.report._stats import (
     sample_stride,
     scan_split,
 )
+from cld_lake.select import MANIFESTS_DIR
 
-__all__ = ["MAX_POINTS", "build_report", "curve_stats", "noise_detection", "report_path"]
+__all__ = [
+    "MAX_POINTS",
+    "build_report",
+    "compare_series",
+    "curve_stats",
+    "load_compare",
+    "noise_detection",
+    "report_path",
+]
 
 MAX_POINTS = 200_000  # rows of the strided sample behind the data map and the correlations
 CURVE_CLASSES = 4  # classes drawn in the per-class loss curves
@@ -130,6 +144,7 @@ def build_report(
     *,
     force: bool = False,
     max_points: int = MAX_POINTS,
+    compare: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the HTML report to ``out`` (a ``.html`` file, or a directory to hold
     ``report.html``, created if missing) and return its path.
@@ -137,13 +152,18 @@ def build_report(
     ``out`` may not be inside the lake; an existing report is replaced only with ``force``.
     Stale scores (see :func:`cld_lake.lake.scores.stale_scores`) are reported with a
     ``UserWarning`` and a note in the report. ``max_points`` bounds the strided sample of
-    training rows drawn in the data map and used for the score correlations.
+    training rows drawn in the data map and used for the score correlations. ``compare``
+    (the comparison harness's OUT directory or its ``results.json``) adds the coreset accuracy
+    plot to the diagnostics.
     """
     if not isinstance(lake, Lake):
         lake = Lake(lake)
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
         raise BadInputError(f"max_points {max_points}: must be an integer >= 1")
     report_path(lake, out, force=force)  # refuse before the (long) computation
+    results = load_compare(compare) if compare is not None else None
+    if results is not None:
+        compare_series(results)  # a results.json without accuracy rows: refused now
     info = lake_info(lake)
     _release_arrow_memory()
     sections = [
@@ -165,6 +185,7 @@ def build_report(
     sections += _dynamics_sections(lake, data, _cld_name(stored))
     if stored:
         sections += _score_sections(lake, stored, data)
+    sections += _diagnostics_sections(lake, stored, results)
     doc = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -477,3 +498,132 @@ def _top_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
     top_a = rows[np.argsort(-a[ok], kind="stable")[:k]]
     top_b = rows[np.argsort(-b[ok], kind="stable")[:k]]
     return float(len(np.intersect1d(top_a, top_b)) / k)
+
+
+# --- diagnostics: CLD <= 0 per class, manifest alignment, rank stability between runs --------
+def _diagnostics_sections(
+    lake: Lake, stored: dict[str, dict[str, Any]], compare: dict[str, Any] | None
+) -> list[str]:
+    out: list[str] = []
+    if "cld" in stored:
+        rows = class_nonpositive_share(lake, "cld")
+        scored = sum(r["samples"] - r["null"] for r in rows)
+        overall = sum(r["nonpositive"] for r in rows) / scored if scored else float("nan")
+        out += [
+            "<h3>Classes: share of CLD &lt;= 0</h3>",
+            _figure(
+                plots.class_shares([r["label"] for r in rows], [r["share"] for r in rows], "cld"),
+                "per-class share of cld <= 0",
+                f"Per class, the share of scored training samples whose cld is <= 0 (their loss "
+                f"does not fall with their class's validation loss); {overall:.1%} over all "
+                f"{scored:,} scored samples. Samples without a score are left out.",
+            ),
+            _table(
+                sorted(rows, key=lambda r: (-np.nan_to_num(r["share"], nan=-1), r["label"]))[:10]
+            ),
+        ]
+        alignment = _manifest_alignment(lake)
+        if alignment:
+            out += [
+                "<h3>Coreset alignment</h3>",
+                "<p class='note'>The mean cld of each manifest in LAKE/manifests/ (its "
+                "samples with a score), next to the mean over every scored training sample.</p>",
+                _table(alignment),
+            ]
+    pairs = _run_pairs(stored)
+    if pairs:
+        rows = [rank_stability(lake, a, b) for a, b in pairs]
+        out += [
+            "<h3>Rank stability between runs</h3>",
+            "<p class='note'>Spearman's rank correlation between scores computed on different "
+            "proxy runs, over every sample both define.</p>",
+            _table(
+                [{"run a": stored[r["a"]]["run"], "run b": stored[r["b"]]["run"]} | r for r in rows]
+            ),
+        ]
+    if compare is not None:
+        methods, full = compare_series(compare)
+        out += [
+            "<h3>Coreset accuracy</h3>",
+            _figure(
+                plots.accuracy_vs_fraction(methods, full),
+                "test accuracy vs fraction kept",
+                f"From the comparison harness ({compare.get('dataset', '?')}, "
+                f"{compare.get('seeds', '?')} seed(s)): mean test accuracy, error bars from the "
+                "lowest to the highest seed; random subsets dashed, full data dotted (band: its "
+                "seed range).",
+            ),
+        ]
+    return (["<h2>Diagnostics</h2>", *out]) if out else []
+
+
+def _manifest_alignment(lake: Lake) -> list[dict[str, Any]]:
+    folder = lake.path / MANIFESTS_DIR
+    rows = []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            row = selection_alignment(lake, path, "cld")
+        except CldLakeError as e:  # another lake's manifest, a damaged file: said, not fatal
+            rows.append({"manifest": path.name, "selected": "", "mean": "", "note": str(e)})
+            continue
+        rows.append(
+            {"manifest": path.name, "selected": row["selected"], "mean": row["mean"],
+             "pool mean": row["pool_mean"], "null": row["null"]}
+        )  # fmt: skip
+    return rows
+
+
+def _run_pairs(stored: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pairs of stored scores of the same method computed on different runs."""
+    names = [n for n, p in stored.items() if isinstance(p.get("run"), str)]
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if stored[a]["run"] != stored[b]["run"]
+        and stored[a].get("method") == stored[b].get("method")
+    ]
+
+
+def load_compare(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The comparison harness's ``results.json`` (``path`` itself, or ``path/results.json``)."""
+    import json
+
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        results = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(
+            f"--compare {path}: no {file.name} there; give the harness's OUT directory or its "
+            "results.json"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"--compare {file}: not a readable JSON file ({e})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("accuracy"), list):
+        raise BadInputError(
+            f"--compare {file}: no 'accuracy' list; give a results.json of pipelines/compare.py"
+        )
+    return results
+
+
+def compare_series(
+    results: dict[str, Any],
+) -> tuple[dict[str, list[tuple[float, float, float, float]]], tuple[float, float, float] | None]:
+    """``(method -> [(fraction, mean, min, max)], full-data (mean, min, max) or None)`` from a
+    results.json's accuracy rows; rows without a mean (no finished run) are left out."""
+    methods: dict[str, list[tuple[float, float, float, float]]] = {}
+    full = None
+    for row in results["accuracy"]:
+        try:
+            point = tuple(float(row[k]) for k in ("fraction", "mean", "min", "max"))
+            method = str(row["method"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if method == "full":
+            full = point[1:]
+        else:
+            methods.setdefault(method, []).append(point)  # type: ignore[arg-type]
+    if not methods and full is None:
+        raise BadInputError("--compare: its results.json holds no accuracy row with a mean")
+    return methods, full  # type: ignore[return-value]

@@ -208,3 +208,57 @@ def correlation_matrix(names: Sequence[str], matrix: np.ndarray) -> Figure:
     fig.colorbar(image, ax=ax, label="Spearman correlation", shrink=0.8)
     ax.set_title("rank correlation between scores", fontsize=11)
     return fig
+
+
+def class_shares(labels: Sequence[int], shares: Sequence[float], score: str) -> Figure:
+    """Per class, the share of scored samples with ``score <= 0`` (a bar per class)."""
+    fig = _figure(10, 2.8)
+    ax = fig.subplots()
+    ax.bar(np.arange(len(labels)), np.nan_to_num(np.asarray(shares, float)), color="#0072B2")
+    if len(labels) <= 40:  # more classes: ticks would overlap, the axis counts positions
+        ax.set_xticks(np.arange(len(labels)), [str(c) for c in labels], fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel(f"share with {score} <= 0")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def accuracy_vs_fraction(
+    methods: dict[str, list[tuple[float, float, float, float]]],
+    full: tuple[float, float, float] | None,
+) -> Figure:
+    """Accuracy (mean, min-max error bars) against the kept fraction, one line per method.
+
+    ``methods`` maps a method to ``(fraction, mean, min, max)`` rows (``random`` drawn grey
+    and dashed); ``full`` is the full-data ``(mean, min, max)``, a horizontal line and band.
+    """
+    fig = _figure(10, 3.8)
+    ax = fig.subplots()
+    colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+    others = [m for m in methods if m != "random"]
+    for i, name in enumerate(others + (["random"] if "random" in methods else [])):
+        rows = sorted(methods[name])
+        x, mean, lo, hi = (np.array(v, dtype=float) for v in zip(*rows, strict=True))
+        is_random = name == "random"
+        ax.errorbar(
+            x,
+            mean,
+            yerr=[mean - lo, hi - mean],
+            label=name,
+            capsize=3,
+            marker="o",
+            ms=4,
+            lw=1.6,
+            ls="--" if is_random else "-",
+            color="#7f7f7f" if is_random else colors[i % len(colors)],
+        )
+    if full is not None:
+        ax.axhline(full[0], color="#000000", lw=1.2, ls=":", label="full data")
+        ax.axhspan(full[1], full[2], color="#000000", alpha=0.08)
+    ax.set_xlim(0, 1.02)  # fractions live in (0, 1]: one scale whatever was run
+    ax.set_xlabel("fraction of the training pool kept")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", frameon=False, fontsize=9)
+    return fig
