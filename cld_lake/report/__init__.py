@@ -6,7 +6,10 @@ paper's Figure 1); score distributions (noisy labels apart when the samples tabl
 ``noisy`` flag); a data map (confidence vs variability of ``p_true = exp(-loss)``, coloured
 by CLD); Spearman correlations between the stored scores; a noisy-label detection table
 (AUROC and precision at the noise rate, every score oriented by its direction); and the rank
-stability of CLD scores of different windows. Figures are matplotlib PNGs embedded as base64:
+stability of CLD scores of different windows; diagnostics (:mod:`cld_lake.diagnostics`): the
+per-class share of ``cld <= 0``, the mean CLD of each manifest in ``LAKE/manifests/``, the rank
+stability of scores from different runs and, given the comparison harness's ``results.json``,
+test accuracy vs fraction per method. Figures are matplotlib PNGs embedded as base64:
 the file opens from disk, offline, with no script, font or style sheet from elsewhere.
 
 Bounded memory and time: one streaming pass per split (sums per checkpoint, per chosen
