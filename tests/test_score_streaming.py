@@ -70,7 +70,9 @@ def test_stream_matches_the_reference_at_any_block_size(spec, fallback, tell_tra
         expected = reference_cld(*train, *val, fallback=fallback)
     except MissingClassesError:
         event("refused")
-        with pytest.raises(ScoringError, match="fallback"):
+        # a missing class names the fallback; with the fallback asked for but no finite
+        # validation row at all there is no global trajectory either (found by hypothesis)
+        with pytest.raises(ScoringError, match="fallback|no sample with finite losses"):
             stream_cld(train, val, spec.num_classes, 1, fallback, train_classes)
         return
     runs = [
