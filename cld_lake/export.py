@@ -120,7 +120,7 @@ def export_trajectories(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = (lake if isinstance(lake, Lake) else Lake(lake)).resolve_run()
     if layout not in choices(Layout):
         raise BadInputError(f"--layout {layout!r}: use one of {', '.join(choices(Layout))}")
     sp = lake.split(split)

@@ -543,7 +543,7 @@ def select(
         now picks other checkpoints, e.g. after more were appended) is used with a
         ``UserWarning`` and the reason in ``metadata["score_stale"]``.
     """
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = (lake if isinstance(lake, Lake) else Lake(lake)).resolve_run()
     if balance not in BALANCES:
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
     check_size_args(fraction, count)  # argument checks before any reading

@@ -310,3 +310,28 @@ def test_runs_have_their_own_writers_and_listings(tmp_path: Path) -> None:
     root = json.loads((lk.path / fmt.ROOT_FILE).read_text())
     assert root["runs"] == {"a": ["train"], "b": ["train"]} and root["splits"] == []
     assert verify_lake(lk).ok
+
+
+def test_a_lake_recorded_only_under_a_named_run_scores_selects_exports_and_reports(tmp_path, cli):
+    """select, export and report read the only run of a lake that has no default run."""
+    from tests.conftest import make_arrays
+
+    loss, labels, ids = make_arrays(60, 5, 3, seed=4)
+    vloss, vlabels, _ = make_arrays(15, 5, 3, seed=5)
+    for name, arr in {"l": loss, "y": labels, "i": ids, "vl": vloss, "vy": vlabels}.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    lake = tmp_path / "lake"
+    common = ("--run", "seed0")
+    assert cli("import", lake, "--split", "train", "--loss", tmp_path / "l.npy", "--labels",
+               tmp_path / "y.npy", "--sample-ids", tmp_path / "i.npy", *common).code == 0  # fmt: skip
+    assert cli("import", lake, "--split", "val", "--loss", tmp_path / "vl.npy", "--labels",
+               tmp_path / "vy.npy", *common).code == 0  # fmt: skip
+    assert cli("score", lake).code == 0
+    r = cli("select", lake, "--score", "cld", "--fraction", "0.5", "--out", tmp_path / "m.parquet")
+    assert r.code == 0, r.err
+    m = cld_lake.load_manifest(tmp_path / "m.parquet")
+    assert len(m) == 30 and set(m.sample_ids) <= set(ids.tolist())
+    r = cli("export", lake, "--out", tmp_path / "t.parquet")
+    assert r.code == 0, r.err
+    r = cli("report", lake, "--out", tmp_path / "r.html")
+    assert r.code == 0, r.err

@@ -546,6 +546,15 @@ class Lake:
         so any code that reads ``lake.split("train")`` reads that run's."""
         return Lake(self.path, run)
 
+    def resolve_run(self) -> Lake:
+        """This lake, or, when no run was chosen and the default run holds no split (a lake
+        recorded only with ``run=NAME``), the same lake reading its first named run: what
+        ``select``, ``export`` and ``report`` read the training samples from."""
+        if self.run_chosen or self.splits(fmt.DEFAULT_RUN):
+            return self
+        runs = self.runs()
+        return self if runs == [fmt.DEFAULT_RUN] else self.with_run(runs[0])
+
     def runs(self) -> list[str]:
         """The runs holding at least one committed split, the default run first; an empty
         lake has just the default run."""

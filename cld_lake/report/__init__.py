@@ -159,8 +159,7 @@ def build_report(
     (the comparison harness's OUT directory or its ``results.json``) adds the coreset accuracy
     plot to the diagnostics.
     """
-    if not isinstance(lake, Lake):
-        lake = Lake(lake)
+    lake = (lake if isinstance(lake, Lake) else Lake(lake)).resolve_run()
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
         raise BadInputError(f"max_points {max_points}: must be an integer >= 1")
     report_path(lake, out, force=force)  # refuse before the (long) computation
