@@ -71,7 +71,12 @@ class ProxyConfig:
     root: Path | None = option(
         None, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
     )
-    models_dir: Path | None = option(None, help="model checkpoints (default: LAKE with .models)")
+    run: str | None = option(
+        None, help="name of this proxy run in the lake (runs, e.g. seeds, can share one lake)"
+    )
+    models_dir: Path | None = option(
+        None, help="model checkpoints (default: LAKE with .models, plus /RUN for a named run)"
+    )
     val_fraction: float = option(0.1, help="per-class held-out validation fraction")
     noise: float = option(0.0, help="symmetric label noise fraction of train")
     noise_seed: int = 0
@@ -101,7 +106,7 @@ class ProxyConfig:
         """The fields a resumed run must share with the run it resumes."""
         keys = (
             "dataset", "root", "val_fraction", "noise", "noise_seed", "seed", "record_every",
-            "num_samples", "image_size", "margin_dtype", "record_test",
+            "num_samples", "image_size", "margin_dtype", "record_test", "run",
         )  # fmt: skip
         out = {k: getattr(self, k) for k in keys}
         out["root"] = None if self.root is None else str(Path(self.root).resolve())
@@ -124,7 +129,8 @@ class ProxyConfig:
         if self.models_dir is not None:
             return Path(self.models_dir)
         lake = Path(self.lake)
-        return lake.with_name(lake.name.removesuffix(".lake") + ".models")
+        models = lake.with_name(lake.name.removesuffix(".lake") + ".models")
+        return models / self.run if self.run else models
 
 
 @dataclass
@@ -254,12 +260,13 @@ def _prepare_dirs(cfg: ProxyConfig, models_dir: Path) -> tuple[bool, list[int]]:
             )
         return True, _saved_epochs(models_dir)
     lake_has_run = (lake_path / "cld_lake.json").exists() and any(
-        cld_lake.open_lake(lake_path).has_split(s) for s in ("train", "val")
+        cld_lake.open_lake(lake_path).has_split(s, cfg.run) for s in ("train", "val")
     )
     if lake_has_run:
         raise BadInputError(
-            f"--lake {lake_path} already holds train/val recordings but {models_dir} has no run to "
-            "resume; use a new lake, or pass the --models-dir of the run that wrote it"
+            f"--lake {lake_path} already holds train/val recordings of this run but {models_dir} "
+            "has no run to resume; use a new lake or another --run, or pass the --models-dir of "
+            "the run that wrote it"
         )
     return False, []
 
@@ -288,7 +295,7 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
             json.dumps(cfg.identity(), indent=2, sort_keys=True) + "\n"
         )
     channels = {"loss": "float32", "correct": "bool", "margin": cfg.margin_dtype}
-    lake = cld_lake.Lake.create(cfg.lake, num_classes=data.num_classes)
+    lake = cld_lake.Lake.create(cfg.lake, num_classes=data.num_classes).with_run(cfg.run)
     _declare_or_check(lake, run, channels)
 
     train_eval = Subset(WithIndex(Relabeled(data.train, run.noisy_labels)), run.train_ids.tolist())
@@ -300,7 +307,7 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
         **({"test": WithIndex(data.test)} if cfg.record_test else {}),
     }
     recorders = {
-        s: LossRecorder(cfg.lake, s, data.num_classes, margin_dtype=cfg.margin_dtype)
+        s: LossRecorder(cfg.lake, s, data.num_classes, margin_dtype=cfg.margin_dtype, run=cfg.run)
         for s in targets
     }
     to_record = record_epochs(recipe.epochs, cfg.record_every)
@@ -377,7 +384,7 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
             workers=cfg.workers, on_epoch_end=epoch_end,
         )  # fmt: skip
         acc = test_accuracy(model, test_loader, device)
-    compact_lake(cfg.lake, list(targets))
+    compact_lake(cfg.lake, list(targets), run=cfg.run)
 
     result = ProxyResult(
         lake=Path(cfg.lake),
@@ -392,10 +399,10 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
     return result
 
 
-def compact_lake(lake_path: str | Path, splits: list[str]) -> None:
+def compact_lake(lake_path: str | Path, splits: list[str], run: str | None = None) -> None:
     """After training: merge each recorded split's segments into one, so scoring and SQL scans
     read one wide chunk per block (recording appended one narrow segment per checkpoint)."""
-    lake = cld_lake.open_lake(lake_path)
+    lake = cld_lake.open_lake(lake_path).with_run(run)
     for split in splits:
         if lake.has_split(split):
             with SplitWriter(lake, split) as writer:

@@ -355,3 +355,30 @@ def write_ids_manifest(tmp_path: Path, ids: np.ndarray, labels: np.ndarray) -> P
 
     table = manifest_table(ids, labels, np.zeros(len(ids)), np.arange(len(ids)))
     return write_manifest(tmp_path / "ids.parquet", table, {"score": "x"})
+
+
+def test_two_proxy_runs_share_one_lake_and_score_as_an_ensemble(tmp_path: Path) -> None:
+    """--run: two proxy runs (same samples, two learning rates) record into one lake (kept
+    apart per run), then ``score --run a --run b`` stores the mean of the two runs' CLD. (A
+    different --seed draws another holdout, so another train split: no ensemble then.)"""
+    lake_path = tmp_path / "d.lake"
+    for lr, run in ((0.05, "lr_a"), (0.2, "lr_b")):
+        cfg = ProxyConfig(
+            dataset="digits", lake=lake_path, epochs=3, lr=lr, run=run, progress=False
+        )
+        train_proxy(cfg)
+        assert (tmp_path / "d.models" / run).is_dir()
+    lake = cld_lake.open_lake(lake_path)
+    assert lake.runs() == ["lr_a", "lr_b"]
+    one = cld_lake.score(lake.with_run("lr_a"), name="s0")["score"].to_numpy()
+    two = cld_lake.score(lake.with_run("lr_b"), name="s1")["score"].to_numpy()
+    assert not np.allclose(one, two, equal_nan=True)  # two seeds, two trajectories
+    from cld_lake.score import compute_scores
+
+    compute_scores(lake, runs=["lr_a", "lr_b"], names=["both"])
+    both = (
+        cld_lake.lake.scores.read_scores(lake, ["both"])
+        .column("both")
+        .to_numpy(zero_copy_only=False)
+    )
+    np.testing.assert_allclose(both, (one + two) / 2, rtol=0, atol=1e-12)
