@@ -250,3 +250,30 @@ def test_info_shows_the_per_class_share_of_nonpositive_cld(lake, cli):
     line = next(ln for ln in text.splitlines() if "cld <= 0" in ln)
     assert f"{overall:.1%} of {int((~np.isnan(cld)).sum())} scored" in line
     assert "highest classes 1: 100.0%" in line and "2: 0.0%" not in line
+
+
+def test_info_shows_noisy_label_detection_of_every_stored_score(tmp_path, cli):
+    """Where the train samples carry a noisy flag, info gives each score's AUROC and precision
+    at the noise rate (cld_lake.diagnostics.noise_detection), oriented by its direction."""
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.scores import store_score
+    from cld_lake.lake.writer import SplitWriter
+    from tests.conftest import import_arrays, make_arrays
+
+    loss, labels, ids = make_arrays(40, 4, 2, seed=6)
+    import_arrays(tmp_path, tmp_path / "lk", loss=loss, labels=labels)
+    noisy = np.arange(40) % 4 == 0  # 10 flipped labels
+    with SplitWriter(open_lake(tmp_path / "lk"), "train") as w:
+        w.annotate_samples({"noisy": noisy})
+    lake = open_lake(tmp_path / "lk")
+    train = lake.split("train")
+    store_score(lake, train, "cld", np.where(noisy, -1.0, 1.0), {"method": "cld"})  # perfect
+    hard = np.where(noisy, 0.0, 1.0)
+    hard[np.flatnonzero(noisy)[:5]] = 2.0  # half the flips look clean for a higher_harder score
+    store_score(lake, train, "hard", hard, {"method": "x", "direction": "higher_harder"})
+    rows = json.loads(cli("info", tmp_path / "lk", "--json").out)["diagnostics"]["noise_detection"]
+    by = {r["score"]: r for r in rows}
+    assert by["cld"]["auroc"] == 1.0 and by["cld"]["precision_at_rate"] == 1.0
+    assert by["hard"]["direction"] == "higher_harder" and by["hard"]["precision_at_rate"] == 0.5
+    line = next(ln for ln in cli("info", tmp_path / "lk").out.splitlines() if "noisy-label" in ln)
+    assert "cld 1.000/1.000" in line and "hard " in line

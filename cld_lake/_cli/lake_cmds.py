@@ -113,6 +113,10 @@ def info_cmd(lake, as_json):
     if shares is not None:  # NaN (no scored sample in a class) is null in JSON
         nulled = [r | {"share": None if r["share"] != r["share"] else r["share"]} for r in shares]
         info["diagnostics"] = {"cld_nonpositive_share": nulled}
+    detection = _noise_detection(opened, info)
+    if detection is not None:
+        rows = [{k: None if v != v else v for k, v in r.items()} for r in detection]
+        info.setdefault("diagnostics", {})["noise_detection"] = rows
     if as_json:
         echo_json(info)
         return
@@ -142,6 +146,22 @@ def info_cmd(lake, as_json):
         click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
     if shares is not None:
         click.echo(_share_line(shares))
+    if detection:
+        cells = ", ".join(
+            f"{r['score']} {r['auroc']:.3f}/{r['precision_at_rate']:.3f}" for r in detection
+        )
+        click.echo(f"  noisy-label detection (AUROC/precision at the noise rate): {cells}")
+
+
+def _noise_detection(lake: Lake, info: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Each stored score as a finder of the flipped labels (cld_lake.diagnostics), where the
+    train samples carry a ``noisy`` flag; None otherwise."""
+    train = info["splits"].get("train", {})
+    if not info["scores"] or "noisy" not in train.get("metadata_columns", []):
+        return None
+    from cld_lake.diagnostics import noise_detection
+
+    return noise_detection(lake)
 
 
 def _cld_shares(lake: Lake, scores: dict[str, Any]) -> list[dict[str, Any]] | None:
