@@ -131,3 +131,16 @@ def write_scores_table(path: Path, table) -> None:
     with pq.ParquetWriter(path, table.schema) as writer:
         writer.write_table(table)
         writer.add_key_value_metadata(scores_table._footer(meta, sums))
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real 2-worker dask LocalCluster (one per test module) and its client."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

@@ -249,18 +249,6 @@ def test_refusals_are_exactly_where_the_window_is_too_short(tmp_path):
     assert not (lake.path / "scores.parquet").exists()
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
-
-
 def test_dask_gives_the_numpy_bits(tmp_path, dask_client):
     values = make_values(7, 150, 12, 0.03)
     labels = np.random.default_rng(7).integers(0, 4, 150)

@@ -33,18 +33,6 @@ from tests.strategies import LakeSpec, build_spec, lake_specs, write_lake
 WINDOWS = [None, None, None, "::2", "1:", "0:-1", "1::3"]
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
-
-
 @pytest.fixture(scope="module", params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
     if request.param == "dask":

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # colour-blind friendly (Okabe-Ito) colours for the CLD groups and splits
@@ -102,15 +103,22 @@ def class_curves(
         ax.grid(alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1 : len(panels)]:  # a panel may have a group the first lacks
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    _shared_legend(fig, axes[: len(panels)])  # a panel may have a group the first lacks
     fig.suptitle("mean loss curves: validation vs training samples by CLD", fontsize=11)
     return fig
+
+
+def _shared_legend(
+    fig: Figure, axes: Sequence[Axes], key: Callable[[str], str] = lambda label: label
+) -> None:
+    """One legend below the panels: each entry once (by ``key`` of its label), in panel order."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if key(lab) not in labels:
+                handles.append(h)
+                labels.append(key(lab))
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
 
 
 def score_histograms(
@@ -143,14 +151,7 @@ def score_histograms(
         ax.grid(alpha=0.3)
     for ax in axes[len(hists) :]:
         ax.set_visible(False)
-    handles, labels = [], []
-    for ax in axes[: len(hists)]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            key = lab.split(" (n=")[0]
-            if key not in labels:
-                handles.append(h)
-                labels.append(key)
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    _shared_legend(fig, axes[: len(hists)], key=lambda label: label.split(" (n=")[0])
     fig.suptitle("score distributions", fontsize=11)
     return fig
 
