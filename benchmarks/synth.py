@@ -22,16 +22,26 @@ random share ``f`` of the rest, ``margin = log p - log(f (1 - p))`` (the logit m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from cld_lake._io import atomic_path, atomic_write_parquet
+from cld_lake._meta import CHECKSUM_KEY, TableChecksum, read_meta, with_checksum, with_meta
+from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake
-from cld_lake.lake.writer import SplitWriter
+from cld_lake.lake import _format as fmt
+from cld_lake.lake.store import rows_checksum
+from cld_lake.lake.writer import TABLE_OPTIONS, SplitWriter
 
 GEN_ROWS = 65536
+PREFETCH = 2  # blocks generated ahead, in background threads
 SPLIT_CODES = {"train": 0, "val": 1}
 
 
@@ -70,12 +80,21 @@ def generate_block(config: SynthConfig, split: str, block: int, labels: np.ndarr
     rate = rng.uniform(0.02, 0.12, (n, 1))
     # learning-rate steps of the ImageNet schedule pull the loss down further
     steps = sum(np.clip(epochs - s, 0, None) > 0 for s in (t / 3, 2 * t / 3)).astype(np.float64)
+    # level + (start - level) * exp(-rate * epochs), in place: three (n, t) arrays, not six
+    # (each operation is the same IEEE operation as the plain expression: same bits)
     level = floor * (1.0 - 0.25 * steps[None, :] / 2)
-    loss = level + (start - level) * np.exp(-rate * epochs)
+    scratch = np.multiply(-rate, epochs)
+    np.exp(scratch, out=scratch)
+    loss = np.subtract(start, level)
+    loss *= scratch
+    loss += level
+    del level
     hard = rng.random(n) < config.non_learned
     loss[hard] = start[hard] * (0.85 + 0.15 * np.exp(-0.01 * epochs))[None, :]
     noise = np.where(hard[:, None], 0.15, 0.05)
-    loss *= np.exp(noise * rng.standard_normal((n, t)))
+    rng.standard_normal(out=scratch)
+    scratch *= noise
+    loss *= np.exp(scratch, out=scratch)
     return loss
 
 
@@ -98,32 +117,90 @@ def derived_channels(
 
 
 class _RowSource:
-    """``read_rows(a, b)`` for SplitWriter.append_columns, generating fixed blocks on demand."""
+    """``read_rows(a, b)`` for SplitWriter.append_columns, generating fixed blocks on demand.
 
-    def __init__(self, config: SynthConfig, split: str, labels: np.ndarray) -> None:
+    ``labels`` is the split's whole label array, or None to draw the labels block by block
+    (the same values, see :func:`label_blocks`). Read in order, as the writer does, the next
+    ``PREFETCH`` blocks are generated in background threads (NumPy releases the GIL) while
+    the writer checks and writes the earlier ones.
+    """
+
+    def __init__(self, config: SynthConfig, split: str, labels: np.ndarray | None = None) -> None:
         self.config, self.split, self.labels = config, split, labels
-        self._cached: tuple[int, np.ndarray] | None = None
+        self.num_rows = config.train if split == "train" else config.val
+        self._dtypes = _channel_dtypes(config)
+        self._labels = label_blocks(config, split) if labels is None else None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future[dict[str, np.ndarray]]] = {}
+        self._next_label_block = 0
+        self._cached: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def _block_labels(self, index: int) -> np.ndarray:
+        if self.labels is not None:
+            return self.labels[index * GEN_ROWS : (index + 1) * GEN_ROWS]
+        if index != self._next_label_block:
+            raise RuntimeError(f"streamed labels are drawn in order: block {index} requested")
+        self._next_label_block += 1
+        return next(self._labels)
+
+    def _generate(self, index: int, labels: np.ndarray) -> dict[str, np.ndarray]:
+        loss = generate_block(self.config, self.split, index, labels)
+        values = {"loss": loss}
+        if set(self.config.channels) - {"loss"}:
+            values |= derived_channels(self.config, self.split, index, loss)
+        # stored dtypes at once: a float16 block in flight is a quarter of its float64 one
+        return {c: values[c].astype(self._dtypes[c]) for c in self.config.channels}
+
+    def _schedule(self, first: int) -> None:
+        """Blocks ``first .. first + PREFETCH - 1`` queued (labels drawn in order here)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(PREFETCH, thread_name_prefix="synth-gen")
+        blocks = -(-self.num_rows // GEN_ROWS)
+        for index in range(first, min(first + PREFETCH, blocks)):
+            if index not in self._ahead and index >= self._next_label_block:
+                labels = self._block_labels(index)
+                self._ahead[index] = self._pool.submit(self._generate, index, labels)
 
     def _block(self, index: int) -> dict[str, np.ndarray]:
         if self._cached is None or self._cached[0] != index:
-            rows = self.labels[index * GEN_ROWS : (index + 1) * GEN_ROWS]
-            loss = generate_block(self.config, self.split, index, rows)
-            values = {"loss": loss}
-            if set(self.config.channels) - {"loss"}:
-                values |= derived_channels(self.config, self.split, index, loss)
+            self._schedule(index)
+            if index not in self._ahead:
+                raise RuntimeError(f"synthetic block {index} requested after it was dropped")
+            values = self._ahead.pop(index).result()
             self._cached = (index, values)
+            self._schedule(index + 1)
         return self._cached[1]
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
+        first, last = a // GEN_ROWS, (b - 1) // GEN_ROWS
+        if first == last:  # the writer's blocks are the generator's: no copy
+            lo = a - first * GEN_ROWS
+            return {c: v[lo : lo + b - a] for c, v in self._block(first).items()}
         parts: dict[str, list[np.ndarray]] = {c: [] for c in self.config.channels}
-        for index in range(a // GEN_ROWS, (b - 1) // GEN_ROWS + 1):
+        for index in range(first, last + 1):
             lo = max(a, index * GEN_ROWS) - index * GEN_ROWS
             hi = min(b, (index + 1) * GEN_ROWS) - index * GEN_ROWS
             for channel, values in self._block(index).items():
-                if channel in parts:
-                    parts[channel].append(values[lo:hi])
-        dtypes = _channel_dtypes(self.config)
-        return {c: np.concatenate(v).astype(dtypes[c]) for c, v in parts.items()}
+                parts[channel].append(values[lo:hi])
+        return {c: np.concatenate(v) for c, v in parts.items()}
+
+
+def label_blocks(config: SynthConfig, split: str) -> Iterator[np.ndarray]:
+    """The labels of :func:`labels_for`, ``GEN_ROWS`` at a time, never the whole array for
+    train (NumPy's bounded integers drawn in parts continue the same stream)."""
+    if split == "val":
+        labels = labels_for(config, split)
+        for a in range(0, len(labels), GEN_ROWS):
+            yield labels[a : a + GEN_ROWS]
+        return
+    rng = np.random.default_rng([config.seed, SPLIT_CODES[split], 2**31])
+    for a in range(0, config.train, GEN_ROWS):
+        yield rng.integers(0, config.classes, min(GEN_ROWS, config.train - a)).astype(np.int64)
 
 
 def _channel_dtypes(config: SynthConfig) -> dict[str, str]:
@@ -134,21 +211,136 @@ def _channel_dtypes(config: SynthConfig) -> dict[str, str]:
     return {c: dtypes[c] for c in config.channels}
 
 
+class _StreamedSamples:
+    """A new split's sample ids (``0..n-1``) and labels, produced block by block."""
+
+    def __init__(self, config: SynthConfig, split: str) -> None:
+        self.config, self.split = config, split
+        self.num_rows = config.train if split == "train" else config.val
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        a = 0
+        for labels in label_blocks(self.config, self.split):
+            yield np.arange(a, a + len(labels), dtype=np.int64), labels
+            a += len(labels)
+
+
+class _StreamedSamplesWriter(SplitWriter):
+    """A SplitWriter that creates a split from :class:`_StreamedSamples` in bounded memory.
+
+    ``SplitWriter`` takes a new split's ids and labels as whole arrays (int64: 1.6 GB at 100M
+    samples, plus copies for its checks and fingerprint). The ids here are ``0..n-1`` and the
+    labels in range by construction, so this writer skips those checks and writes
+    ``samples.parquet`` (row groups of one chunk, the same file), ``classes.parquet`` and the
+    ids fingerprint from the streamed blocks. The commit itself is SplitWriter's: the values
+    it would have computed from the arrays are handed to it as ``prepared`` (which its record
+    takes last); :func:`synth_lake` checks the committed split against the streamed values.
+    """
+
+    def _check_new_samples(self, sample_ids: Any, labels: Any) -> tuple[np.ndarray, Any]:
+        if not isinstance(labels, _StreamedSamples):
+            return super()._check_new_samples(sample_ids, labels)
+        if self.split is not None:
+            raise BadInputError(f"split {self.name!r} already has its samples")
+        return np.zeros(0, np.int64), labels
+
+    def _prepare_new_split(self, ids_labels: tuple[Any, Any, Any]) -> dict[str, Any]:
+        source = ids_labels[1]
+        if not isinstance(source, _StreamedSamples):
+            return super()._prepare_new_split(ids_labels)
+        if self._chunk() != GEN_ROWS:  # samples.parquet holds one row group per chunk
+            raise BadInputError(f"row_chunk {self._chunk()}: the streamed samples need {GEN_ROWS}")
+        self._ensure_num_classes(np.asarray([0, source.config.classes - 1], np.int64))
+        groups, counts, digest = self._write_streamed_samples(source)
+        return {
+            "num_samples": source.num_rows,
+            "ids_sha1": digest,
+            "samples": {"row_groups": groups},
+            "classes": self._write_class_counts(counts),
+        }
+
+    def _write_streamed_samples(
+        self, source: _StreamedSamples
+    ) -> tuple[list[list[Any]], np.ndarray, str]:
+        """samples.parquet in one pass per block: the table checksum (which the file's own
+        metadata holds, so it is known before the file is opened) is a first pass."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("sample_id", pa.int64()), ("label", pa.int64())])
+
+        def parts() -> Iterator[pa.Table]:
+            for ids, labels in source.blocks():
+                yield pa.table([pa.array(ids), pa.array(labels)], schema=schema)
+
+        body = {"table": "samples"}
+        acc = TableChecksum(schema)
+        for part in parts():
+            acc.update(part)
+        schema = with_meta(schema, {**body, CHECKSUM_KEY: acc.value(body)})
+        groups, counts, sha = [], np.zeros(source.config.classes, np.int64), hashlib.sha1()
+        with atomic_path(self.path / fmt.SAMPLES_FILE) as tmp:
+            with pq.ParquetWriter(tmp, schema, **TABLE_OPTIONS) as out:
+                for part in parts():
+                    out.write_table(part.replace_schema_metadata(schema.metadata))
+                    ids = part.column("sample_id").to_numpy()
+                    labels = part.column("label").to_numpy()
+                    groups.append([part.num_rows, rows_checksum(part)])
+                    counts += np.bincount(labels, minlength=len(counts))
+                    sha.update(np.ascontiguousarray(ids, "<i8").tobytes())
+        return groups, counts, sha.hexdigest()
+
+    def _write_class_counts(self, counts: np.ndarray) -> str:
+        """classes.parquet from the class counts (as SplitWriter writes it from the labels)."""
+        import pyarrow as pa
+
+        present = np.flatnonzero(counts)
+        table = with_checksum(
+            pa.table(
+                {
+                    "label": pa.array(present, pa.int64()),
+                    "count": pa.array(counts[present], pa.int64()),
+                }
+            ),
+            {"table": "classes"},
+        )
+        atomic_write_parquet(self.path / fmt.CLASSES_FILE, table, **TABLE_OPTIONS)
+        return str(read_meta(table.schema)[CHECKSUM_KEY])
+
+
 def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) -> Lake:
-    """Write train and val splits of ``config`` into a new lake at ``path``."""
+    """Write train and val splits of ``config`` into a new lake at ``path`` (memory: a few
+    row blocks, whatever the number of samples)."""
     config = config or SynthConfig()
     lake = Lake.create(path, num_classes=config.classes)
     for split, rows in (("train", config.train), ("val", config.val)):
-        labels = labels_for(config, split)
-        with SplitWriter(lake, split) as writer:
-            writer.append_columns(
-                list(range(config.checkpoints)),
-                _RowSource(config, split, labels),
-                num_rows=rows,
-                channels=_channel_dtypes(config),
-                new_samples=(np.arange(rows, dtype=np.int64), labels),
+        source = _StreamedSamples(config, split)
+        values = _RowSource(config, split)
+        try:
+            with _StreamedSamplesWriter(lake, split) as writer:
+                writer.append_columns(
+                    list(range(config.checkpoints)),
+                    values,
+                    num_rows=rows,
+                    channels=_channel_dtypes(config),
+                    new_samples=(source, source),
+                )
+        finally:
+            values.close()
+        committed = lake.reload().split(split)
+        if committed.num_samples != rows or committed.ids_digest != _arange_digest(rows):
+            raise RuntimeError(
+                f"{path}: split {split!r} committed {committed.num_samples} samples "
+                f"(ids {committed.ids_digest}); the streamed writer is out of step with SplitWriter"
             )
     return lake.reload()
+
+
+def _arange_digest(rows: int) -> str:
+    sha = hashlib.sha1()
+    for a in range(0, rows, GEN_ROWS):
+        sha.update(np.arange(a, min(a + GEN_ROWS, rows), dtype="<i8").tobytes())
+    return sha.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
