@@ -14,11 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cld_lake._storage import Lease, ObjectPath, is_url
 from cld_lake.errors import BadInputError
 
+AnyPath = Path | ObjectPath
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
+
+def fsync_dir(path: AnyPath) -> None:
+    """Make a rename inside ``path`` durable (object stores: nothing to do)."""
+    if isinstance(path, ObjectPath):
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -38,12 +43,14 @@ def temp_path_for(path: Path) -> Path:
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
-def remove_dead_temps(path: Path) -> list[Path]:
+def remove_dead_temps(path: AnyPath) -> list[Path]:
     """Delete the temp files of ``path`` left by writers of this host that no longer run.
 
     A temp file whose writer is alive (or on another host, or unknown) is kept. Returns the
-    paths deleted.
+    paths deleted. (Nothing is ever written to a temp name on an object store.)
     """
+    if isinstance(path, ObjectPath):
+        return []
     removed = []
     prefix = f".{path.name}.tmp-"
     for entry in path.parent.glob(f"{glob.escape(prefix)}*"):
@@ -67,11 +74,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str] | ObjectPath) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success fsync it and rename it over ``path``.
 
-    An interrupted write leaves only a hidden temp file, never a half-written ``path``.
+    An interrupted write leaves only a hidden temp file, never a half-written ``path``. On an
+    object store the temp file is local and replaces the object in one upload, which the store
+    shows whole or not at all.
     """
+    if isinstance(path, ObjectPath):
+        with _uploaded(path) as tmp:
+            yield tmp
+        return
     final = Path(path)
     tmp = temp_path_for(final)
     try:
@@ -83,6 +96,37 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def _uploaded(path: ObjectPath) -> Iterator[Path]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cld-lake-upload-") as folder:
+        tmp = Path(folder) / path.name
+        yield tmp
+        path.upload(tmp)
+
+
+def parquet_file(path: AnyPath, **options: Any) -> Any:
+    """``pyarrow.parquet.ParquetFile`` of a local file or an object (read by ranges)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, ObjectPath):
+        return pq.ParquetFile(path.open("rb", block_size=8 * 2**20), **options)
+    return pq.ParquetFile(path, **options)
+
+
+def arrow_dataset(path: AnyPath) -> Any:
+    """A ``pyarrow.dataset`` over one Parquet file, local or on an object store (what the SQL
+    views hand to DuckDB: it reads through Arrow, no extension needed)."""
+    import pyarrow.dataset as ds
+
+    if isinstance(path, ObjectPath):
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return ds.dataset(path._fs_key, format="parquet", filesystem=PyFileSystem(FSSpecHandler(path.fs)))
+    return ds.dataset(str(path), format="parquet")
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -97,8 +141,10 @@ def atomic_write_parquet(path: str | os.PathLike[str], table: Any, **options: An
         pq.write_table(table, tmp, **options)
 
 
-def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+def is_inside(path: str | os.PathLike[str] | ObjectPath, root: str | os.PathLike[str] | ObjectPath) -> bool:
     """Is ``path`` (resolved, ``~`` expanded) ``root`` or below it?"""
+    if isinstance(path, ObjectPath) or isinstance(root, ObjectPath):
+        return isinstance(path, ObjectPath) and path.is_relative_to(root)
     return Path(path).expanduser().resolve().is_relative_to(Path(root).expanduser().resolve())
 
 
@@ -117,6 +163,11 @@ def check_output_path(
     in ``suffixes``; a path inside the lake (except directly in ``LAKE/<allowed_dir>/``); a
     missing parent directory; an existing file unless ``overwrite``.
     """
+    if isinstance(out, ObjectPath) or is_url(str(out)):
+        raise BadInputError(
+            f"{what} {out}: outputs are written to a local file; give a local path (and copy "
+            f"it to the object store afterwards)"
+        )
     out = Path(out)
     if suffixes is not None and out.suffix.lower() not in suffixes:
         raise BadInputError(
@@ -171,6 +222,9 @@ class FileLock:
         self._fd = fd
         return None
 
+    def check(self) -> None:
+        """The kernel keeps a ``flock`` until the process dies: nothing can take it over."""
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -180,3 +234,11 @@ class FileLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def writer_lock(path: AnyPath, holder: str) -> FileLock | Lease:
+    """The single-writer lock at ``path``: an ``flock`` on local disk, a lease object on an
+    object store (both: ``try_acquire`` / ``check`` / ``release`` / ``held``)."""
+    if isinstance(path, ObjectPath):
+        return Lease(path, holder)
+    return FileLock(path, holder)

@@ -12,6 +12,23 @@ import click
 from cld_lake.errors import CldLakeError
 
 
+class LakeLocation(click.ParamType):
+    """The LAKE argument: a local directory or an object-store URL (``s3://BUCKET/PATH``,
+    ``gs://``, ``memory://``, ``file://``); a URL keeps its ``//``."""
+
+    name = "lake"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        from cld_lake._storage import location
+
+        return location(value)
+
+
+LAKE = LakeLocation()
+
+
 def run_main(cli: click.Group, argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="cld-lake", standalone_mode=False)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from cld_lake._cli._common import LAKE
 from cld_lake._types import Layout, choices
 
 
 @click.command("export")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option("--split", default="train", show_default=True, help="Split to export.")
 @click.option(
     "--out",

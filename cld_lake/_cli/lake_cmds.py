@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cld_lake._cli._common import echo_json
+from cld_lake._cli._common import LAKE, echo_json
 from cld_lake.lake import SplitWriter, import_file
 
 SPLITS = click.Choice(["train", "val", "test"])
@@ -18,7 +18,7 @@ RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
 
 
 @click.command("import")
-@click.argument("lake", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option("--split", type=SPLITS, required=True, help="Split to import into.")
 @click.option(
     "--loss",
@@ -100,7 +100,7 @@ def import_cmd(
 
 
 @click.command("info")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_cmd(lake, as_json):
     """Splits, samples, classes, checkpoints, channels, bytes on disk, scores."""
@@ -168,7 +168,7 @@ def _cld_shares(lake: Lake, scores: dict[str, Any]) -> list[dict[str, Any]] | No
     """Per-class share of ``cld <= 0`` (cld_lake.diagnostics), None without a ``cld`` score."""
     if "cld" not in scores:
         return None
-    from cld_lake.diagnostics import class_nonpositive_share
+    from cld_lake.lake.inspect import class_nonpositive_share  # streamed: bounded memory
 
     return class_nonpositive_share(lake, "cld")
 
@@ -206,7 +206,7 @@ def _human(n: int) -> str:
 
 
 @click.command("verify")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option(
     "--quick", is_flag=True, help="Check tables and shapes only; do not read every chunk."
 )
@@ -226,7 +226,7 @@ def verify_cmd(lake, quick):
 
 
 @click.command("compact")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option(
     "--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all)."
 )

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from cld_lake._cli._common import LAKE
+
 
 @click.command("report")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option(
     "--out",
     required=True,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cld_lake._cli._common import LAKE
 from cld_lake._types import CLDReference, Engine, Fallback, choices
 from cld_lake.score import ENGINES, METHODS
 
@@ -39,7 +40,7 @@ class MethodChoice(click.Choice):
 
 
 @click.command("score")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option(
     "--method",
     type=MethodChoice(METHODS),

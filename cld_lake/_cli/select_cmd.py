@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from cld_lake._cli._common import LAKE
 from cld_lake._types import Balance, Strategy, choices
 
 
 @click.command("select")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.option("--score", help="Stored score to rank by (a column of the scores view), e.g. cld.")
 @click.option(
     "--fraction", type=float, help="Fraction of the candidate samples to keep, in (0, 1]."

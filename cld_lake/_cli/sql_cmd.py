@@ -9,9 +9,11 @@ from typing import Any
 
 import click
 
+from cld_lake._cli._common import LAKE
+
 
 @click.command("sql")
-@click.argument("lake", type=click.Path(path_type=Path))
+@click.argument("lake", type=LAKE)
 @click.argument("query")
 @click.option(
     "--out",

@@ -37,8 +37,10 @@ from typing import Any
 
 from cld_lake._io import atomic_write_json
 from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex
+from cld_lake._storage import ObjectPath, check_reachable, remote_errors
 from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
 
+LakePath = Path | ObjectPath  # where a lake (or one of its files) lives
 FORMAT_NAME = "cld_lake"
 FORMAT_VERSION = 2
 CHECKSUMS_SINCE = 2  # the first format whose every committed file carries a checksum
@@ -89,7 +91,7 @@ def new_root_metadata(num_classes: int | None) -> dict[str, Any]:
     }
 
 
-def write_root_metadata(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def write_root_metadata(path: Path | ObjectPath, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``cld_lake.json`` atomically with the checksum of its canonical JSON; return it.
 
     Callers hold :class:`~cld_lake.lake.store.root_lock`.
@@ -112,7 +114,7 @@ def listed_runs(meta: dict[str, Any]) -> dict[str, list[str]]:
     return {DEFAULT_RUN: listed_splits(meta) or [], **{str(r): list(s) for r, s in runs.items()}}
 
 
-def split_dir(lake_path: Path, split: str, run: str = DEFAULT_RUN) -> Path:
+def split_dir(lake_path: LakePath, split: str, run: str = DEFAULT_RUN) -> LakePath:
     """The directory of ``split`` of ``run``."""
     if run == DEFAULT_RUN:
         return lake_path / SPLITS_DIR / split
@@ -124,17 +126,19 @@ def has_checksums(meta: dict[str, Any]) -> bool:
     return int(meta["format_version"]) >= CHECKSUMS_SINCE
 
 
-def read_root_metadata(path: Path) -> dict[str, Any]:
+def read_root_metadata(path: LakePath) -> dict[str, Any]:
     """Read and check ``cld_lake.json``; raise a clear error when ``path`` is not a lake,
     :class:`CorruptLakeError` when the file fails its checksum."""
     root_file = path / ROOT_FILE
+    fix = f"run `cld-lake verify {path}` and restore it from a backup"
+    if isinstance(path, ObjectPath):
+        return _check_root(path, _read_remote_root(path, root_file, fix), fix)
     if not path.exists():
         raise NotALakeError(
             f"{path}: no such lake directory; create one with `cld-lake import {path} ...`"
         )
     if not path.is_dir():
         raise NotALakeError(f"{path}: is a file, not a lake directory")
-    fix = f"run `cld-lake verify {path}` and restore it from a backup"
     if not root_file.exists():
         if (path / SPLITS_DIR).is_dir() and any((path / SPLITS_DIR).iterdir()):
             raise CorruptLakeError(f"{root_file} is missing but {path} holds splits; {fix}")
@@ -145,6 +149,32 @@ def read_root_metadata(path: Path) -> dict[str, Any]:
         meta = json.loads(root_file.read_bytes())
     except (OSError, ValueError) as exc:
         raise CorruptLakeError(f"{root_file}: unreadable lake metadata ({exc}); {fix}") from exc
+    return _check_root(path, meta, fix)
+
+
+def _read_remote_root(path: ObjectPath, root_file: ObjectPath, fix: str) -> Any:
+    """The parsed root JSON of a lake on an object store (one GET); a missing one is "not a
+    lake" after the bucket, credentials and endpoint were checked."""
+    with remote_errors(path):
+        try:
+            data = root_file.read_bytes()
+        except FileNotFoundError:
+            check_reachable(path)
+            if (path / SPLITS_DIR).exists():
+                raise CorruptLakeError(
+                    f"{root_file} is missing but {path} holds splits; {fix}"
+                ) from None
+            raise NotALakeError(
+                f"{path}: not a cld_lake lake (no {ROOT_FILE}); point to a lake or create one with `cld-lake import {path} ...`"
+            ) from None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise CorruptLakeError(f"{root_file}: unreadable lake metadata ({exc}); {fix}") from exc
+
+
+def _check_root(path: Path | ObjectPath, meta: Any, fix: str) -> dict[str, Any]:
+    root_file = path / ROOT_FILE
     if not isinstance(meta, dict):
         raise CorruptLakeError(f"{root_file}: not a JSON object; {fix}")
     version = meta.get("format_version")

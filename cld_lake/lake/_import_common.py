@@ -6,7 +6,6 @@ an import against the lake (changing nothing) before it writes and commits one s
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cld_lake._io import atomic_path
+from cld_lake._storage import ObjectPath, list_names, location, remove_tree
 from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._validate import (
@@ -202,7 +202,7 @@ def import_rows(
     still fails (disk full, permissions, an interrupt), what this call created is removed
     again (see :class:`_Undo`) and the error propagates (the CLI words it in one line, exit 1).
     """
-    lake_path = Path(lake_path)
+    lake_path = location(lake_path)
     check_import_options(split, num_classes, None, row_chunk)
     run = check_run_name(run)
     labels = as_labels(labels, "--labels", num_classes)
@@ -278,30 +278,30 @@ class _Undo:
       nobody else made them).
     """
 
-    def __init__(self, lake_path: Path, split: str, run: str) -> None:
+    def __init__(self, lake_path: fmt.LakePath, split: str, run: str) -> None:
         self.lake_path = lake_path
         self.run_name = run
         self.top_created = _first_missing_ancestor(lake_path)
         root = lake_path / fmt.ROOT_FILE
         self.root_bytes = root.read_bytes() if root.exists() else None
         self.entries = (
-            set(os.listdir(lake_path))
+            list_names(lake_path)
             if self.top_created is None and self.root_bytes is None and lake_path.is_dir()
             else None
         )
         self.split_dir = fmt.split_dir(lake_path, split, run)
         self.split_existed = self.split_dir.exists()
         segments = self.split_dir / fmt.SEGMENTS_DIR
-        self.segments = set(os.listdir(segments)) if segments.is_dir() else set()
+        self.segments = list_names(segments)
 
     def run(self) -> None:
         if self.top_created is not None:
-            shutil.rmtree(self.top_created, ignore_errors=True)
+            remove_tree(self.top_created)
         elif self.entries is not None:
-            for name in set(os.listdir(self.lake_path)) - self.entries:
-                _remove(self.lake_path / name)
+            for name in list_names(self.lake_path) - self.entries:
+                remove_tree(self.lake_path / name)
         elif not self.split_existed:
-            shutil.rmtree(self.split_dir, ignore_errors=True)
+            remove_tree(self.split_dir)
             self._restore_root()
 
     def remove_new_segments(self) -> None:
@@ -310,15 +310,15 @@ class _Undo:
         if not self.split_existed:
             return  # run() removes the whole split
         segments = self.split_dir / fmt.SEGMENTS_DIR
-        if not segments.is_dir():
+        if not list_names(segments):
             return
         try:
             split = Lake(self.lake_path, self.run_name).split(self.split_dir.name)
             referenced = set(split.segment_names())
         except CldLakeError:
             return  # the commit record is unreadable: leave everything for verify / gc
-        for name in set(os.listdir(segments)) - self.segments - referenced:
-            _remove(segments / name)
+        for name in list_names(segments) - self.segments - referenced:
+            remove_tree(segments / name)
 
     def _restore_root(self) -> None:
         """Put back ``num_classes: null`` that the failed first split wrote into a lake whose
@@ -332,20 +332,16 @@ class _Undo:
                     tmp.write_bytes(self.root_bytes)
 
 
-def _first_missing_ancestor(path: Path) -> Path | None:
-    """The highest of ``path`` and its parents that does not exist (None: ``path`` exists)."""
+def _first_missing_ancestor(path: fmt.LakePath) -> fmt.LakePath | None:
+    """The highest of ``path`` and its parents that does not exist (None: ``path`` exists);
+    on an object store the lake's prefix or None (the bucket is never created)."""
+    if isinstance(path, ObjectPath):
+        return None if path.exists() else path
     top = None
     p = path.absolute()
     while not p.exists() and p != p.parent:
         top, p = p, p.parent
     return top
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _nonfinite_of(split: Split, ckpts: np.ndarray) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ import numpy as np
 
 from cld_lake._io import fsync_dir
 from cld_lake._meta import crc32c_hex
+from cld_lake._storage import ObjectPath, remove_tree
 from cld_lake.errors import CorruptLakeError
-from cld_lake.lake._format import chunk_rows_for
+from cld_lake.lake._format import LakePath, chunk_rows_for
 
 METADATA_FILE = "zarr.json"
 DEFAULT_FIX = "run `cld-lake verify LAKE` and restore it from a backup"
@@ -43,7 +43,11 @@ def create_segment(
     import zarr  # on first use: `cld-lake --help` stays fast
     from zarr.codecs import Crc32cCodec
 
-    group = zarr.open_group(store=str(path), mode="w-")
+    remote = isinstance(path, ObjectPath)
+    # on an object store the metadata is made in memory and uploaded, the chunks written
+    # directly (one PUT each) by the ChunkWriters
+    store = zarr.storage.MemoryStore() if remote else str(path)
+    group = zarr.open_group(store=store, mode="w-")
     arrays: dict[str, zarr.Array] = {}
     for channel, dtype in channels.items():
         itemsize = np.dtype(dtype).itemsize
@@ -57,16 +61,26 @@ def create_segment(
             compressors=[Crc32cCodec()],
             config={"write_empty_chunks": True},
         )
+    if remote:
+        _upload_metadata(store, path)
     return {channel: ChunkWriter(path / channel, arr) for channel, arr in arrays.items()}
+
+
+def _upload_metadata(store: Any, path: ObjectPath) -> None:
+    """Write the metadata documents Zarr made in ``store`` (a MemoryStore) under ``path``."""
+    for key, buffer in sorted(store._store_dict.items()):
+        (path / key).write_bytes(buffer.to_bytes())
 
 
 def segment_checksums(path: Path) -> dict[str, str]:
     """CRC32C of each metadata file of a segment (``zarr.json`` of the group and of each
     array), by path relative to the segment: what the commit record keeps for it."""
-    return {
-        str(f.relative_to(path)): crc32c_hex(f.read_bytes())
-        for f in sorted(path.rglob(METADATA_FILE))
-    }
+    if isinstance(path, ObjectPath):  # metadata sits at the group and array level only
+        files = [path / METADATA_FILE] + [c / METADATA_FILE for c in sorted(path.iterdir())]
+        files = [f for f in files if f.exists()]
+    else:
+        files = sorted(path.rglob(METADATA_FILE))
+    return {str(f.relative_to(path)): crc32c_hex(f.read_bytes()) for f in files}
 
 
 @dataclass(frozen=True)
@@ -143,9 +157,12 @@ def _node(path: Path, texts: Mapping[str, bytes], prefix: str = "") -> dict[str,
     return meta
 
 
-def sync_segment(path: Path) -> None:
+def sync_segment(path: LakePath) -> None:
     """fsync every file and folder of a new segment (and the folder holding it), so a commit
-    record that names it never outlives its bytes on a power loss."""
+    record that names it never outlives its bytes on a power loss. (An object store has
+    every object durable once its PUT returned.)"""
+    if isinstance(path, ObjectPath):
+        return
     for folder, _, files in os.walk(path, topdown=False):
         for name in files:
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)
@@ -157,8 +174,8 @@ def sync_segment(path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def delete_segment(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def delete_segment(path: LakePath) -> None:
+    remove_tree(path)
 
 
 class ChunkReader:
@@ -215,9 +232,14 @@ class ChunkReader:
         buf = np.empty(nbytes + 4, dtype=np.uint8)
         path = self.path / "c" / str(i) / "0"
         try:
-            with open(path, "rb", buffering=0) as fh:
-                got = fh.readinto(memoryview(buf))
-                extra = fh.read(1)
+            if isinstance(path, ObjectPath):
+                data = path.read_bytes()
+                got, extra = min(len(data), len(buf)), data[len(buf) :]
+                buf[:got] = np.frombuffer(data, np.uint8, count=got)
+            else:
+                with open(path, "rb", buffering=0) as fh:
+                    got = fh.readinto(memoryview(buf))
+                    extra = fh.read(1)
         except FileNotFoundError as exc:
             if self._on_missing is not None:
                 raise self._on_missing(path) from exc
@@ -290,10 +312,11 @@ class ChunkWriter:
     chunks (or run to the end of the array); anything else goes through Zarr.
     """
 
-    def __init__(self, path: Path, array: zarr.Array) -> None:
+    def __init__(self, path: LakePath, array: zarr.Array) -> None:
         self.array = array
         self.path = path
-        self.direct = _is_plain_layout(array)
+        self.remote = isinstance(path, ObjectPath)
+        self.direct = self.remote or _is_plain_layout(array)
         if self.direct:
             self.chunk_rows = int(array.chunks[0])
             self.rows = int(array.shape[0])
@@ -309,6 +332,10 @@ class ChunkWriter:
             else False
         )
         if not aligned or values.shape != (b - a, self.width):
+            if self.remote:  # the array lives in memory only: its chunks would be lost
+                raise ValueError(
+                    f"{self.path}: rows [{a}, {b}) are not whole chunks of {self.chunk_rows} rows"
+                )
             self.array[a:b] = values
             return
         import google_crc32c
@@ -323,6 +350,10 @@ class ChunkWriter:
                 part = padded
             data = part.reshape(-1).view(np.uint8)
             crc = np.array([google_crc32c.value(data)], dtype="<u4")
+            if self.remote:  # one PUT per chunk: durable once it returns
+                key = self.path / "c" / str(start // self.chunk_rows) / "0"
+                key.write_bytes(data.tobytes() + crc.tobytes())
+                continue
             folder = self.path / "c" / str(start // self.chunk_rows)
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / "0", "wb", buffering=0) as fh:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cld_lake._storage import location
 from cld_lake.errors import BadInputError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
@@ -109,7 +110,7 @@ def import_file(
         The proxy run (seed, architecture) the trajectories belong to (default: the lake's
         default run); each run holds its own splits.
     """
-    lake_path = lake.path if isinstance(lake, Lake) else Path(lake)
+    lake_path = lake.path if isinstance(lake, Lake) else location(lake)
     check_import_options(split, num_classes, dtypes, row_chunk)
     run = check_run_name(lake.run if run is None and isinstance(lake, Lake) else run)
     if Path(loss).suffix == ".parquet":

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_path
+from cld_lake._io import atomic_path, parquet_file
 from cld_lake._meta import (
     META_KEY,
     TableChecksum,
@@ -72,11 +72,9 @@ CHECKSUMS_KEY = b"cld_lake.checksum"
 
 def _open_checked(lake: Lake) -> pq.ParquetFile:
     """The scores file, its ``cld_lake`` JSON checked against its recorded CRC32C."""
-    import pyarrow.parquet as pq
-
     path = scores_path(lake)
     try:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
     except Exception as exc:  # a damaged footer
         raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
     recorded = _recorded_checksums(pf)
@@ -280,9 +278,7 @@ def _same_rows(path: Path, train: Split) -> bool:
     O(1) when both carry the fingerprint of the sample ids recorded at the split's creation;
     otherwise the ids are compared batch by batch.
     """
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     if pf.metadata.num_rows != train.num_samples:
         return False
     recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
@@ -494,3 +490,33 @@ def _span(ids: Any) -> str:
     ids = [int(c) for c in ids]
     ends = f" ({ids[0]}..{ids[-1]})" if ids else ""
     return f"{len(ids)} checkpoint{'s' if len(ids) != 1 else ''}{ends}"
+
+
+def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
+    """:func:`read_scores` one row group at a time: ``sample_id, label`` and ``columns``.
+
+    Memory is one row group, whatever the number of rows. The JSON is checked before the
+    first group; the columns' checksums after the last one has been read (and before the
+    iterator ends, raising :class:`CorruptLakeError`), so a consumer that reads to the end has
+    checked everything it used. Nothing when no scores table exists.
+    """
+    path = scores_path(lake)
+    if not path.exists():
+        return
+    pf = _open_checked(lake)
+    wanted = ["sample_id", "label", *columns]
+    recorded = _recorded_checksums(pf)
+    try:
+        sums = _ColumnChecksums(pf.schema_arrow, wanted) if recorded is not None else None
+    except KeyError as exc:
+        raise CorruptLakeError(f"{path}: unreadable (no column {exc}); {lake.fix}") from exc
+    for g in range(pf.metadata.num_row_groups):
+        try:
+            part = pf.read_row_group(g, columns=wanted)
+        except Exception as exc:
+            raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+        if sums is not None:
+            sums.update(part)
+        yield part
+    if sums is not None:
+        _compare_columns(lake, recorded, sums)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cld_lake._io import parquet_file
 from cld_lake._meta import read_meta, table_checksum, verify_checksum
+from cld_lake._storage import ObjectPath, blocking_lease, check_reachable, location
 from cld_lake.errors import (
     BadInputError,
     CldLakeError,
@@ -114,7 +117,6 @@ class Split:
         table = read_table(path, self.lake.fix)
         if self.lake.checksummed:
             verify_checksum(table, path, fix=self.lake.fix)
-            import pyarrow.parquet as pq
 
             groups = sample_groups(self.meta)
             if table.num_rows != sum(rows for rows, _ in groups):
@@ -122,7 +124,7 @@ class Split:
                     f"{path} has {table.num_rows} rows, the commit record {sum(r for r, _ in groups)}; {self.lake.fix}"
                 )
             # the footer's row-group sizes drive streaming reads: they must match the record
-            _check_group_sizes(self, pq.ParquetFile(path), path)
+            _check_group_sizes(self, parquet_file(path), path)
             start = 0
             for g, (rows, _) in enumerate(groups):
                 check_sample_group(self, g, table.slice(start, rows))
@@ -407,22 +409,22 @@ class _SampleRows:
         self._split = split
         self._groups: list[tuple[int, int]] | None = None
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._file: Any = None  # the open samples file, kept across reads
 
     def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         cached = self._split.__dict__
         if "sample_ids" in cached and "labels" in cached:
             return cached["sample_ids"][a:b], cached["labels"][a:b]
-        import pyarrow.parquet as pq
-
         path = self._split.path / fmt.SAMPLES_FILE
         fix = self._split.lake.fix
         try:
-            pf = pq.ParquetFile(path)
+            pf = self._file or parquet_file(path)
         except FileNotFoundError as exc:
             raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
         except Exception as exc:
             raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
         sizes = _check_group_sizes(self._split, pf, path)
+        self._file = pf
         if self._groups is None:
             self._groups, pos = [], 0
             for rows in sizes:
@@ -480,11 +482,9 @@ def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: Path) -> list[int
 
 def read_table(path: Path, fix: str) -> pa.Table:
     """A committed Parquet file, whole; :class:`CorruptLakeError` when it cannot be decoded."""
-    import pyarrow.parquet as pq
-
     try:
         # (pq.read_table would import pyarrow.dataset: +0.3 s)
-        return pq.ParquetFile(path).read()
+        return parquet_file(path).read()
     except FileNotFoundError as exc:
         raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
     except Exception as exc:
@@ -531,10 +531,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 class Lake:
-    """A trajectory lake on local disk. Open with :func:`open_lake` or :meth:`Lake.create`."""
+    """A trajectory lake in a local directory or on an object store. Open with :func:`open_lake` or :meth:`Lake.create`."""
 
-    def __init__(self, path: str | os.PathLike[str], run: str | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | ObjectPath, run: str | None = None) -> None:
+        self.path = location(path)
         self.meta = fmt.read_root_metadata(self.path)
         #: the run whose splits ``split`` / ``splits`` read when given none
         self.run = check_run_name(run)
@@ -583,10 +583,12 @@ class Lake:
     @classmethod
     def create(cls, path: str | os.PathLike[str], num_classes: int | None = None) -> Lake:
         """Open the lake at ``path``, creating an empty one if the directory has none."""
-        path = Path(path)
+        path = location(path)
         if num_classes is not None:
             check_num_classes(num_classes)
-        if path.exists() and not path.is_dir():
+        if isinstance(path, ObjectPath):
+            check_reachable(path)
+        elif path.exists() and not path.is_dir():
             raise NotALakeError(f"{path}: is a file; choose a directory for the lake")
         if (
             path.exists()
@@ -663,17 +665,28 @@ class Lake:
 
 
 class root_lock:
-    """Blocking lock around root-metadata changes (short critical sections only)."""
+    """Blocking lock around root-metadata changes (short critical sections only): an
+    ``flock`` on local disk, a lease object on an object store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: fmt.LakePath) -> None:
         self._path = path / fmt.ROOT_LOCK
+        self._lease: Any = None
 
     def __enter__(self) -> root_lock:
+        if isinstance(self._path, ObjectPath):
+            holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
+            self._lease = blocking_lease(self._path, holder)
+            self._lease.__enter__()
+            return self
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._lease is not None:
+            self._lease.__exit__(None, None, None)
+            self._lease = None
+            return
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 

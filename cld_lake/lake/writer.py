@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import FileLock, atomic_path, atomic_write_parquet
+from cld_lake._io import atomic_path, atomic_write_parquet, writer_lock
 from cld_lake._meta import CHECKSUM_KEY, read_meta, with_checksum
 from cld_lake._types import Duplicates, choices
 from cld_lake.errors import (
@@ -166,7 +166,7 @@ class SplitWriter:
         self.path = fmt.split_dir(lake.path, split, self.run)
         self.path.mkdir(parents=True, exist_ok=True)
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
-        self._lock = FileLock(self.path / fmt.WRITER_LOCK, holder)
+        self._lock = writer_lock(self.path / fmt.WRITER_LOCK, holder)
         held_by = self._lock.try_acquire()
         if held_by is not None:
             raise LakeLockedError(
@@ -525,6 +525,7 @@ class SplitWriter:
             "retired": {n: t for n, t in meta.get("retired", {}).items() if (seg_dir / n).exists()},
         }
         table = pa.Table.from_pylist(rows, schema=_checkpoint_schema())
+        self._lock.check()  # a writer whose lease was taken over must not commit
         atomic_write_parquet(
             self.path / fmt.CHECKPOINTS_FILE, with_checksum(table, meta), **TABLE_OPTIONS
         )
@@ -656,6 +657,78 @@ class SplitWriter:
         )
         atomic_write_parquet(self.path / fmt.CLASSES_FILE, table, **TABLE_OPTIONS)
         return str(read_meta(table.schema)[CHECKSUM_KEY])
+
+    # --- appended for the distributed recorder (cld_lake.torch.record) ------------------
+    def commit_row_blocks(
+        self,
+        checkpoint: int,
+        blocks: Iterator[tuple[int, Mapping[str, np.ndarray]]],
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        wall_time: float | None = None,
+        new_samples: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Commit one checkpoint whose values arrive as row blocks, each written to its chunk
+        files as it comes: memory is a few blocks, never a whole column (the writing rank of
+        a distributed recorder assembles the blocks from every rank's values).
+
+        ``blocks`` yields ``(start, {channel: values})`` in row order, covering rows
+        ``0..N-1`` without gaps, every ``start`` a multiple of the split's row chunk; rows
+        without a value already hold the fill (NaN, False). A new split needs
+        ``new_samples=(sample_ids, labels)`` in row order and the writer's ``channels``. The
+        iterator may raise to abandon the checkpoint: its new segment is removed, nothing is
+        committed. Blocks are written in background threads: do not reuse their arrays.
+        """
+        checkpoint = int(checkpoint)
+        self._check_new_checkpoints([checkpoint])
+        if self.split is None:
+            if new_samples is None or self._requested_channels is None:
+                raise BadInputError(
+                    f"split {self.name!r} is new: its sample ids, labels and channels are needed"
+                )
+            ids_labels = (*self._check_new_samples(*new_samples), None)
+            channels, num_rows = self._requested_channels, len(ids_labels[0])
+        else:
+            ids_labels, channels, num_rows = None, self.split.channels, self.split.num_samples
+        chunk = self._chunk()
+        seg_name = new_segment_name()
+        with self._segment_guard(seg_name):
+            arrays = create_segment(
+                self.path / fmt.SEGMENTS_DIR / seg_name, num_rows, 1, channels, chunk
+            )
+            nonfinite, expected = 0, 0
+            with ThreadPoolExecutor(
+                max_workers=WRITES_IN_FLIGHT, thread_name_prefix="cld-lake-write"
+            ) as pool:
+                pending: list[Future[np.ndarray]] = []
+                for start, values in blocks:
+                    n = len(values["loss"])
+                    if start != expected or start % chunk or start + n > num_rows:
+                        raise BadInputError(
+                            f"row block at {start} of {n} rows: blocks must follow each other from "
+                            f"row 0 to {num_rows}, each starting on a multiple of {chunk}"
+                        )
+                    cast = {
+                        c: np.asarray(values[c]).astype(d, copy=False).reshape(n, 1)
+                        for c, d in channels.items()
+                    }
+                    if len(pending) >= WRITES_IN_FLIGHT:
+                        nonfinite += int(pending.pop(0).result()[0])
+                    pending.append(
+                        pool.submit(_check_and_write_rows, arrays, cast, start, start + n)
+                    )
+                    expected = start + n
+                for future in pending:
+                    nonfinite += int(future.result()[0])
+            if expected != num_rows:
+                raise BadInputError(
+                    f"checkpoint {checkpoint}: row blocks covered {expected} of {num_rows} rows"
+                )
+            row = self._checkpoint_row(
+                checkpoint, epoch, step, wall_time, seg_name, 0, nonfinite, time.time()
+            )
+            self._commit(ids_labels=ids_labels, channels=channels, new_rows=[row], segment=seg_name)
 
 
 class CheckpointBuffer:

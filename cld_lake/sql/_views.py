@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cld_lake._duckdb import Connection, register, sql_str
+from cld_lake._io import arrow_dataset
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.scores import check_scores_file, scores_path
 from cld_lake.lake.store import Lake
@@ -52,9 +53,7 @@ _CLASS_DIAGNOSTICS = (
 
 
 def _parquet(path: Any) -> Any:
-    import pyarrow.dataset as ds
-
-    return ds.dataset(str(path), format="parquet")
+    return arrow_dataset(path)
 
 
 def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
