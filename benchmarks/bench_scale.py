@@ -152,33 +152,58 @@ def step_command(step: str, lake: Path, work: Path, args: argparse.Namespace, n:
     ]
 
 
+@dataclass
+class Wrapped:
+    """What one wrapped process did: exit code, wall time, its own and its children's peaks."""
+
+    code: int
+    wall_s: float
+    self_mb: float
+    children_mb: float
+    out: str
+
+
+def run_wrapped(arguments: list[str], work: Path) -> Wrapped:
+    """Run the wrapper with ``arguments`` (``cli ...``, ``module ...``, ``code ...``) in a
+    fresh process; ``work`` holds its rusage file."""
+    rusage = work / f"rusage-{os.getpid()}.json"
+    rusage.unlink(missing_ok=True)
+    env = {**os.environ, "CLD_BENCH_RUSAGE": str(rusage)}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *arguments],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    usage = json.loads(rusage.read_text()) if rusage.exists() else {"self_kb": 0, "children_kb": 0}
+    rusage.unlink(missing_ok=True)
+    return Wrapped(
+        proc.returncode,
+        wall,
+        usage["self_kb"] / 1024,
+        usage["children_kb"] / 1024,
+        proc.stdout + proc.stderr,
+    )
+
+
 def run_step(step: str, size: Size, work: Path, args: argparse.Namespace) -> StepRun:
     """One step in a fresh process: wall time, its own peak RSS and its children's."""
     if step == "synth":
         shutil.rmtree(size.lake, ignore_errors=True)
-    rusage = work / "rusage.json"
-    rusage.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-c",
-        WRAPPER,
-        *step_command(step, size.lake, work, args, size.samples),
-    ]
-    env = {**os.environ, "CLD_BENCH_RUSAGE": str(rusage)}
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    usage = json.loads(rusage.read_text()) if rusage.exists() else {"self_kb": 0, "children_kb": 0}
+    done = run_wrapped(step_command(step, size.lake, work, args, size.samples), work)
     if step == "export":
         (work / f"train-{size.samples}.parquet").unlink(missing_ok=True)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:] if proc.returncode else []
+    tail = done.out.strip().splitlines()[-3:] if done.code else []
     return StepRun(
         size.samples,
         step,
-        wall,
-        usage["self_kb"] / 1024,
-        usage["children_kb"] / 1024,
-        proc.returncode,
+        done.wall_s,
+        done.self_mb,
+        done.children_mb,
+        done.code,
         " | ".join(tail)[:300],
     )
 
