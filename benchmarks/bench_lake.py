@@ -59,6 +59,89 @@ report(s, checksum=total, nbytes=nbytes)
 """,
 }
 
+# Where a scan's time goes (measurement only): the parts of Split.blocks timed one by one over
+# the same chunks, each from the page cache. Printed as a second table with --scan-parts.
+SCAN_PARTS = """
+import os, zarr, google_crc32c
+from concurrent.futures import ThreadPoolExecutor
+from cld_lake.lake import open_lake
+from cld_lake.lake._segments import ChunkReader
+
+def split_now():
+    return open_lake(sys.argv[2]).split("train")
+
+split = split_now()
+(seg,) = split.segment_names()
+folder = split.path / "segments" / seg / "loss"
+array = split.open_segment(seg)["loss"]
+probe = ChunkReader(folder, array)
+rows, width, itemsize = probe.chunk_rows, probe.width, probe.dtype.itemsize
+n = split.num_samples
+starts = range(0, n, rows)
+nbytes = rows * width * itemsize
+paths = [folder / "c" / str(i) / "0" for i in range(len(starts))]
+reused = np.empty(nbytes + 4, np.uint8)
+
+def timed(fn, repeats=5):  # the median of a few runs: the machine is shared
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+def read_into(buf, path):
+    with open(path, "rb", buffering=0) as fh:
+        fh.readinto(memoryview(buf))
+
+def fresh_read(path):
+    buf = np.empty(nbytes + 4, np.uint8)
+    read_into(buf, path)
+    return buf
+
+def chunk_reads():
+    reader = ChunkReader(folder, array)
+    for a in starts:
+        reader.read(a, min(a + rows, n))
+
+def sample_rows():
+    s = split_now()
+    for a in starts:
+        s.sample_rows(a, min(a + rows, n))
+
+def crcs():
+    for _ in paths:
+        google_crc32c.value(reused[:-4])
+
+def copies():
+    out = np.empty_like(reused)
+    for _ in paths:
+        np.copyto(out, reused)
+
+def touches():
+    for _ in paths:
+        np.empty(nbytes + 4, np.uint8)[::4096] = 0
+
+def two_threads():
+    with ThreadPoolExecutor(2) as pool:
+        for buf in pool.map(lambda p: google_crc32c.value(fresh_read(p)[:-4]), paths):
+            pass
+
+for p in paths:  # warm the page cache
+    read_into(reused, p)
+parts = {
+    "Split.blocks (as scored: prefetch thread)": timed(lambda: [b.loss for b in split_now().blocks()]),
+    "Split.blocks, no prefetch": timed(lambda: [b.loss for b in split_now().blocks(prefetch=False)]),
+    "ChunkReader.read (fresh buffer, readinto, CRC32C)": timed(chunk_reads),
+    "sample_rows (ids, labels, row-group CRC)": timed(sample_rows),
+    "readinto a fresh np.empty buffer": timed(lambda: [fresh_read(p) for p in paths]),
+    "readinto one reused buffer": timed(lambda: [read_into(reused, p) for p in paths]),
+    "page faults of a fresh buffer (np.empty, one write per page)": timed(touches),
+    "CRC32C of the chunk bytes": timed(crcs),
+    "memcpy of the chunk bytes (np.copyto)": timed(copies),
+    "fresh readinto + CRC32C in 2 threads": timed(two_threads),
+}
+report(parts["Split.blocks (as scored: prefetch thread)"], parts=parts, nbytes=nbytes * len(paths))
+"""
+
 
 def write_npy(path: Path, rows: int, cols: int, block: int = 65536, seed: int = 0) -> None:
     """Decaying loss curves with noise, written block by block (bounded memory)."""
@@ -76,7 +159,7 @@ def write_npy(path: Path, rows: int, cols: int, block: int = 65536, seed: int = 
 
 def run_step(name: str, *args: str) -> dict:
     """Run one step in a fresh process under /usr/bin/time: its peak RSS is the step's own."""
-    code = CHILD_PRELUDE + textwrap.dedent(STEPS[name])
+    code = CHILD_PRELUDE + textwrap.dedent(STEPS[name] if name in STEPS else SCAN_PARTS)
     proc = subprocess.run(
         ["/usr/bin/time", "-f", "RSS_KB %M", sys.executable, "-c", code, *args],
         capture_output=True,
@@ -100,6 +183,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--scan-parts", action="store_true", help="also time the parts of a scan, one by one"
+    )
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_lake_"))
@@ -149,9 +235,24 @@ def main() -> None:
             f"scan / np.load = {med['cld-lake scan'] / med['np.load']:.2f}x   "
             f"scan throughput = {nbytes / med['cld-lake scan'] / 1e9:.2f} GB/s"
         )
+        if args.scan_parts:
+            print_scan_parts(
+                [run_step("scan parts", str(src), str(lake)) for _ in range(args.repeats)]
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def print_scan_parts(runs: list[dict]) -> None:
+    """Median seconds and GB/s of each part of a scan (see SCAN_PARTS)."""
+    nbytes = runs[0]["nbytes"]
+    print(f"\nwhere a scan's time goes ({nbytes / 1e6:.0f} MB of chunks; median of {len(runs)})\n")
+    print("| part, over every chunk of the split | seconds | GB/s |")
+    print("|---|---:|---:|")
+    for part in runs[0]["parts"]:
+        seconds = statistics.median(r["parts"][part] for r in runs)
+        print(f"| {part} | {seconds:.3f} | {nbytes / seconds / 1e9:.2f} |")
 
 
 if __name__ == "__main__":
