@@ -10,8 +10,8 @@ as training code loads it (``cld_lake.load_manifest``, checksum checked) -> ``re
 Each step runs the real entry point (``cld_lake._cli.main``, the ``benchmarks.synth``
 module) under a few lines of wrapper that, after it returns, reads the process's own peak
 RSS (``ru_maxrss`` of ``RUSAGE_SELF``: what ``/usr/bin/time -f %M`` reports, file pages
-mapped in included) and the largest of its own children (``RUSAGE_CHILDREN``: the dask
-workers). Wall time is the whole process, interpreter start and imports included. Times are
+mapped in included), the largest of its own children (``RUSAGE_CHILDREN``: the dask
+workers) and the CPU seconds of both (user + system: the per-core rate on a shared machine). Wall time is the whole process, interpreter start and imports included. Times are
 medians over ``--repeat`` runs (``synth`` runs once per size: it is the setup); with several
 ``--samples`` the table of ratios between the largest and the smallest size comes from the
 same invocation.
@@ -72,10 +72,13 @@ try:
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 finally:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.environ["CLD_BENCH_RUSAGE"], "w") as out:
-        json.dump({"self_kb": own, "children_kb": kids}, out)
+        json.dump({
+            "self_kb": own.ru_maxrss, "children_kb": kids.ru_maxrss,
+            "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+        }, out)
 sys.exit(code)
 """
 
@@ -100,6 +103,7 @@ class StepRun:
     children_mb: float
     code: int
     tail: str = ""
+    cpu_s: float = 0.0
 
 
 @dataclass
@@ -161,6 +165,7 @@ class Wrapped:
     self_mb: float
     children_mb: float
     out: str
+    cpu_s: float = 0.0
 
 
 def run_wrapped(arguments: list[str], work: Path) -> Wrapped:
@@ -178,7 +183,9 @@ def run_wrapped(arguments: list[str], work: Path) -> Wrapped:
         text=True,
     )
     wall = time.perf_counter() - started
-    usage = json.loads(rusage.read_text()) if rusage.exists() else {"self_kb": 0, "children_kb": 0}
+    usage = {"self_kb": 0, "children_kb": 0, "cpu_s": 0.0}
+    if rusage.exists():
+        usage = json.loads(rusage.read_text())
     rusage.unlink(missing_ok=True)
     return Wrapped(
         proc.returncode,
@@ -186,6 +193,7 @@ def run_wrapped(arguments: list[str], work: Path) -> Wrapped:
         usage["self_kb"] / 1024,
         usage["children_kb"] / 1024,
         proc.stdout + proc.stderr,
+        usage["cpu_s"],
     )
 
 
@@ -205,6 +213,7 @@ def run_step(step: str, size: Size, work: Path, args: argparse.Namespace) -> Ste
         done.children_mb,
         done.code,
         " | ".join(tail)[:300],
+        done.cpu_s,
     )
 
 
@@ -223,6 +232,7 @@ def median_run(runs: list[StepRun]) -> StepRun:
         max(r.children_mb for r in ok),
         max((r.code for r in runs), key=abs),
         next((r.tail for r in runs if r.code), ""),
+        statistics.median(r.cpu_s for r in ok),
     )
 
 
@@ -245,8 +255,8 @@ def size_table(size: Size, args: argparse.Namespace, steps: list[str]) -> str:
         f"({size.lake_bytes / 1e9:.2f} GB on disk, {size.lake_bytes / values:.3f} bytes/value; "
         f"val {args.val:,}, {args.classes} classes)",
         "",
-        "| step | wall s | runs | peak RSS MB | children's peak MB | targets |",
-        "|---|---:|---:|---:|---:|---|",
+        "| step | wall s | CPU s | runs | peak RSS MB | children's peak MB | targets |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for step in steps:
         runs = [r for r in size.runs if r.step == step]
@@ -255,7 +265,8 @@ def size_table(size: Size, args: argparse.Namespace, steps: list[str]) -> str:
         m = median_run(runs)
         kids = f"{m.children_mb:.0f}" if m.children_mb else ""
         lines.append(
-            f"| {step} | {m.wall_s:.1f} | {len(runs)} | {m.self_mb:.0f} | {kids} | {verdict(m)} |"
+            f"| {step} | {m.wall_s:.1f} | {m.cpu_s:.1f} | {len(runs)} | {m.self_mb:.0f} | {kids} "
+            f"| {verdict(m)} |"
         )
     return "\n".join(lines)
 
