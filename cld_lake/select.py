@@ -38,7 +38,7 @@ import numpy as np
 
 from cld_lake._io import check_output_path
 from cld_lake._types import Balance, Strategy, choices
-from cld_lake.errors import BadInputError, ScoringError
+from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError
 from cld_lake.lake import scores as scores_table
 from cld_lake.lake.store import Lake
 from cld_lake.manifest import (
@@ -386,6 +386,19 @@ def ccs_bin_budgets(counts: np.ndarray, quota: np.ndarray) -> np.ndarray:
 # --- reading candidates ------------------------------------------------------------------
 def _score_candidates(lake: Lake, score: str) -> Candidates:
     """``sample_id, label`` and column ``score`` of the scores table with its provenance."""
+    provenance = _stored_score(lake, score)
+    table = scores_table.read_scores(lake, [score])
+    return Candidates(
+        table.column("sample_id").to_numpy().astype(np.int64, copy=False),
+        table.column("label").to_numpy().astype(np.int64, copy=False),
+        table.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
+        score,
+        provenance,
+    )
+
+
+def _stored_score(lake: Lake, score: str) -> dict[str, Any]:
+    """The provenance of stored score ``score``; a one-line error when there is none."""
     stored = scores_table.stored_scores(lake)
     if score in scores_table.RESERVED:
         raise BadInputError(
@@ -406,14 +419,7 @@ def _score_candidates(lake: Lake, score: str) -> Candidates:
                 else "give one of the stored names"
             )
         )
-    table = scores_table.read_scores(lake, [score])
-    return Candidates(
-        table.column("sample_id").to_numpy().astype(np.int64, copy=False),
-        table.column("label").to_numpy().astype(np.int64, copy=False),
-        table.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
-        score,
-        stored[score],
-    )
+    return stored[score]
 
 
 def _valid_score_name(name: str) -> bool:
@@ -647,16 +653,34 @@ def _select(
     query: str | None,
     out: Path | None,
 ) -> Manifest:
-    import datetime as dt
-
-    from cld_lake._version import __version__
-
-    cand = _candidates(lake, score, query, rule)
     pool = "rows of --query" if query is not None else "training samples"
+    if query is None and score is not None and rule.strategy == "topk" and not rule.random:
+        provenance = _stored_score(lake, score)
+        n = _score_rows(lake)
+        if n >= stream_min_rows():
+            target_size(n, fraction, count, pool=pool)
+            stale = _stale_warning(lake, score)
+            chosen = stream_top_k(
+                lake, score, fraction=fraction, count=count, balance=balance, lowest=rule.lowest
+            )
+            selection = {"strategy": "topk", "rule": "lowest" if rule.lowest else "highest"}
+            return _finish(
+                lake,
+                chosen,
+                score,
+                provenance,
+                stale,
+                selection,
+                rule,
+                balance,
+                query,
+                fraction,
+                count,
+                out,
+            )
+    cand = _candidates(lake, score, query, rule)
     target_size(len(cand.sample_ids), fraction, count, pool=pool)
-    stale = scores_table.stale_scores(lake).get(score) if score is not None else None
-    if stale is not None:
-        warnings.warn(f"--score {score}: {stale}", UserWarning, stacklevel=3)
+    stale = _stale_warning(lake, score)
     scored = cand.score_name is not None
     selectable = ~np.isnan(cand.scores) if scored else np.ones(len(cand.sample_ids), dtype=bool)
     selection: dict[str, Any] = {"strategy": rule.strategy}
@@ -703,14 +727,80 @@ def _select(
         )
         selection["rule"] = "random" if rule.random else ("lowest" if rule.lowest else "highest")
     rows = picked.rows
-    table = manifest_table(
-        cand.sample_ids[rows], cand.labels[rows], cand.scores[rows], picked.ranks
+    chosen = Chosen(
+        cand.sample_ids[rows],
+        cand.labels[rows],
+        cand.scores[rows],
+        picked.ranks,
+        picked.requested,
+        picked.shortfall,
+        candidates=len(cand.sample_ids),
+        nan_scores=int((~selectable).sum()),
+        classes=len(np.unique(cand.labels)),
     )
-    prov = cand.provenance
+    return _finish(
+        lake,
+        chosen,
+        cand.score_name,
+        cand.provenance,
+        stale,
+        selection,
+        rule,
+        balance,
+        query,
+        fraction,
+        count,
+        out,
+    )
+
+
+def _stale_warning(lake: Lake, score: str | None) -> str | None:
+    """Why stored score ``score`` is stale (warned about here), or None."""
+    stale = scores_table.stale_scores(lake).get(score) if score is not None else None
+    if stale is not None:
+        warnings.warn(f"--score {score}: {stale}", UserWarning, stacklevel=4)
+    return stale
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The selected rows in manifest order (class, then rank) and the counts a manifest records."""
+
+    sample_ids: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+    requested: int
+    shortfall: dict[int, int]
+    candidates: int
+    nan_scores: int
+    classes: int
+
+
+def _finish(
+    lake: Lake,
+    chosen: Chosen,
+    score_name: str | None,
+    prov: dict[str, Any],
+    stale: str | None,
+    selection: dict[str, Any],
+    rule: _Rule,
+    balance: Balance,
+    query: str | None,
+    fraction: float | None,
+    count: int | None,
+    out: Path | None,
+) -> Manifest:
+    """The manifest of ``chosen``: table, sealed metadata, and the file when ``out`` is given."""
+    import datetime as dt
+
+    from cld_lake._version import __version__
+
+    table = manifest_table(chosen.sample_ids, chosen.labels, chosen.scores, chosen.ranks)
     metadata = {
         "kind": MANIFEST_KIND,
         "manifest_version": MANIFEST_VERSION,
-        "score": cand.score_name,
+        "score": score_name,
         "method": "random" if rule.random else prov.get("method"),
         "score_provenance": prov,
         "score_stale": stale,
@@ -725,14 +815,14 @@ def _select(
         },
         "fraction": fraction,
         "count": count,
-        "requested": picked.requested,
-        "selected": len(rows),
-        "candidates": len(cand.sample_ids),
-        "nan_scores": int((~selectable).sum()),
-        "classes": len(np.unique(cand.labels)),
+        "requested": chosen.requested,
+        "selected": len(chosen.sample_ids),
+        "candidates": chosen.candidates,
+        "nan_scores": chosen.nan_scores,
+        "classes": chosen.classes,
         "shortfall": {
-            "total": int(sum(picked.shortfall.values())),
-            "by_class": {("all" if k < 0 else str(k)): v for k, v in picked.shortfall.items()},
+            "total": int(sum(chosen.shortfall.values())),
+            "by_class": {("all" if k < 0 else str(k)): v for k, v in chosen.shortfall.items()},
         },
         "lake": {"lake_id": lake.lake_id, "path": str(lake.path.resolve())},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -740,3 +830,380 @@ def _select(
     }
     sealed = seal(table, metadata)
     return Manifest(table, sealed, None if out is None else write_manifest(out, table, sealed))
+
+
+# --- streaming top-k: bounded memory over the scores table -------------------------------
+# The default path for a stored score (``topk``, not random, no --query) once the table has
+# ``stream_min_rows()`` rows: the same rows in the same order as :func:`select_rows`, with
+# memory of about the selected rows instead of the whole table. Three passes stream the
+# table ``SPAN_ROWS`` rows at a time (each column's checksum is checked the first time it is
+# read): class sizes; per-class histograms of the ranking key over ``buckets`` quantile
+# buckets of a sample; then only the rows that can still be selected (those below each
+# class's boundary bucket, the boundary bucket itself) are kept and cut to each class's
+# quota by the exact order (key, sample_id, row), pruning whenever the kept rows outgrow
+# the quota by ``PRUNE_SLACK``. Buckets only decide how few rows are kept, never which
+# rows win, so the result is exact for any data (ties, NaN, infinities included).
+STREAM_ROWS_ENV = "CLD_LAKE_SELECT_STREAM_ROWS"
+STREAM_MIN_ROWS = 2_000_000  # below this the table is read whole (faster, and small)
+SPAN_ROWS = 1 << 20  # rows of the scores table read at a time
+HIST_BUCKETS = 256  # per class; sized down when there are very many classes
+HIST_CELLS = 1 << 22  # classes x buckets at most (32 MB of counts)
+SAMPLE_ROW_GROUPS = 16  # row groups read to place the bucket edges
+PRUNE_SLACK = 1 << 21  # rows kept beyond the quotas before the kept rows are cut back
+DENSE_LABELS = 1 << 24  # labels below this are counted with a lookup table, not a sort
+_SIGN_BIT = np.int64(-(2**63))
+_KEY_MAX = np.uint64(2**64 - 1)
+_ID_MIN = np.iinfo(np.int64).min
+_ID_MAX = np.iinfo(np.int64).max
+
+
+def stream_min_rows() -> int:
+    """Rows from which ``select`` streams the scores table: ``CLD_LAKE_SELECT_STREAM_ROWS``
+    (0 = always) or ``STREAM_MIN_ROWS``."""
+    raw = os.environ.get(STREAM_ROWS_ENV)
+    if raw is None:
+        return STREAM_MIN_ROWS
+    try:
+        rows = int(raw)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise BadInputError(
+            f"{STREAM_ROWS_ENV}={raw!r}: must be an integer >= 0 (rows from which select "
+            f"streams the scores table), e.g. {STREAM_MIN_ROWS}; or unset it"
+        )
+    return rows
+
+
+def rank_keys(scores: np.ndarray, lowest: bool) -> np.ndarray:
+    """Unsigned 64-bit keys in selection order: ascending key = higher score first
+    (``lowest``: lower score first), as :func:`select_rows` sorts them.
+
+    The IEEE bit pattern of the (negated) score, made order-preserving as unsigned: equal
+    floats get equal keys (``-0.0`` is ``0.0``, as a float sort has them), so ties are exact.
+    NaN scores get keys too; they are never selectable and callers mask them out.
+    """
+    value = np.asarray(scores, dtype=np.float64)
+    value = value + 0.0 if lowest else -value
+    value += 0.0  # -0.0 becomes 0.0
+    signed = value.view(np.int64)
+    flip = signed >> 63  # all ones for a negative value, else zero
+    flip |= _SIGN_BIT
+    signed ^= flip  # negative: every bit flipped; else: the sign bit set
+    return signed.view(np.uint64)
+
+
+def _score_rows(lake: Lake) -> int:
+    return int(scores_table._open_checked(lake).metadata.num_rows)
+
+
+class _ClassIndex:
+    """Labels -> positions in ``classes`` (ascending): a lookup table for small labels."""
+
+    def __init__(self, classes: np.ndarray) -> None:
+        self.classes = classes
+        self._lookup: np.ndarray | None = None
+        if len(classes) and classes[0] >= 0 and classes[-1] < DENSE_LABELS:
+            self._lookup = np.zeros(int(classes[-1]) + 1, dtype=np.int32)
+            self._lookup[classes] = np.arange(len(classes), dtype=np.int32)
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        lookup = self._lookup
+        if lookup is not None and (
+            not len(labels) or (labels.min() >= 0 and labels.max() < len(lookup))
+        ):
+            return lookup[labels]
+        return np.searchsorted(self.classes, labels).astype(np.int32)
+
+
+class _ScoresStream:
+    """A scores table read ``span_rows`` rows (whole row groups) at a time; each column's
+    checksum is computed the first time a pass reads it and compared at the end of that pass.
+
+    ``lake`` names the file in errors and holds the recorded checksums' context; without it
+    (a bare Parquet file, as the tests write) nothing is checked.
+    """
+
+    def __init__(self, pf: Any, lake: Lake | None = None, span_rows: int = SPAN_ROWS) -> None:
+        self.pf = pf
+        self.lake = lake
+        self.recorded = scores_table._recorded_checksums(pf) if lake is not None else None
+        self.checked: set[str] = set()
+        self.spans: list[list[int]] = []
+        rows = 0
+        for g in range(pf.metadata.num_row_groups):
+            if not self.spans or rows >= span_rows:
+                self.spans.append([])
+                rows = 0
+            self.spans[-1].append(g)
+            rows += pf.metadata.row_group(g).num_rows
+
+    def read(self, span: list[int], columns: list[str]) -> Any:
+        try:
+            return self.pf.read_row_groups(span, columns=columns)
+        except Exception as exc:
+            if self.lake is None:
+                raise
+            path = scores_table.scores_path(self.lake)
+            raise CorruptLakeError(
+                f"{path}: unreadable ({scores_table._first_line(exc)}); {self.lake.fix}"
+            ) from exc
+
+    def passes(self, columns: list[str]) -> Any:
+        """Yield each span of ``columns`` as NumPy arrays (name -> array; a null score is NaN)."""
+        fresh = [c for c in columns if c not in self.checked] if self.recorded is not None else []
+        sums = scores_table._ColumnChecksums(self.pf.schema_arrow, fresh) if fresh else None
+        for span in self.spans:
+            table = self.read(span, columns)
+            if sums is not None:
+                sums.update(table)
+            yield {name: _column_array(table, name) for name in columns}
+        if sums is not None:
+            assert self.lake is not None and self.recorded is not None
+            scores_table._compare_columns(self.lake, self.recorded, sums)
+            self.checked.update(fresh)
+
+    def sample_scores(self, score: str) -> np.ndarray:
+        """The ``score`` column of up to ``SAMPLE_ROW_GROUPS`` row groups spread over the table
+        (used only to place bucket edges, so it is not checked)."""
+        groups = self.pf.metadata.num_row_groups
+        if groups == 0:
+            return np.zeros(0)
+        picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_ROW_GROUPS)).round())
+        table = self.read([int(g) for g in picks], [score])
+        return _column_array(table, score)
+
+
+def _column_array(table: Any, name: str) -> np.ndarray:
+    column = table.column(name)
+    if name == "sample_id" or name == "label":
+        return column.to_numpy().astype(np.int64, copy=False)
+    return column.to_numpy().astype(np.float64, copy=False)
+
+
+def _count_classes(stream: _ScoresStream) -> tuple[np.ndarray, np.ndarray]:
+    """Classes present (ascending) and their sizes, NaN scores included."""
+    classes = np.zeros(0, dtype=np.int64)
+    sizes = np.zeros(0, dtype=np.int64)
+    for part in stream.passes(["label"]):
+        labels = part["label"]
+        if not len(labels):
+            continue
+        if labels.min() >= 0 and labels.max() < DENSE_LABELS:
+            counts = np.bincount(labels)
+            found = np.flatnonzero(counts)
+            found_sizes = counts[found]
+        else:
+            found, found_sizes = np.unique(labels, return_counts=True)
+        merged, where = np.unique(np.r_[classes, found], return_inverse=True)
+        total = np.zeros(len(merged), dtype=np.int64)
+        np.add.at(total, where, np.r_[sizes, found_sizes])
+        classes, sizes = merged, total
+    return classes, sizes
+
+
+def _bucket_edges(sample: np.ndarray, lowest: bool, buckets: int) -> np.ndarray:
+    """``buckets - 1`` (or fewer, distinct) key edges at the quantiles of a sample's keys."""
+    keys = np.sort(rank_keys(sample[~np.isnan(sample)], lowest))
+    if buckets <= 1 or not len(keys):
+        return np.zeros(0, dtype=np.uint64)
+    return np.unique(keys[(np.arange(1, buckets) * len(keys)) // buckets])
+
+
+def _histograms(
+    stream: _ScoresStream,
+    score: str,
+    lowest: bool,
+    group_of: Any,
+    groups: int,
+    edges: np.ndarray,
+) -> np.ndarray:
+    """Per group: how many selectable rows fall in each bucket (``searchsorted`` of the key)."""
+    buckets = len(edges) + 1
+    hist = np.zeros(groups * buckets, dtype=np.int64)
+    for part in stream.passes(["label", score]):
+        values = part[score]
+        ok = ~np.isnan(values)
+        group = group_of(part["label"][ok]).astype(np.int64)
+        bucket = np.searchsorted(edges, rank_keys(values[ok], lowest), side="right")
+        hist += np.bincount(group * buckets + bucket, minlength=groups * buckets)
+    return hist.reshape(groups, buckets)
+
+
+class _TopRows:
+    """The best ``take[g]`` rows of each group by (key, sample id, row), kept in bounded memory.
+
+    Rows are offered in table order; a row passes when it is before its group's bound in
+    (key, sample id) order (strictly: a later row with an equal pair loses, as in the stable
+    sort of :func:`select_rows`). The kept rows live in preallocated arrays of ``take.sum() +
+    PRUNE_SLACK`` rows; when they fill up, each group is cut back to ``take[g]`` rows (sorted)
+    and a full group's bound tightens to its last kept row.
+    """
+
+    def __init__(
+        self,
+        take: np.ndarray,
+        bound_key: np.ndarray,
+        bound_id: np.ndarray,
+        lowest: bool,
+        single_group: bool,
+        slack: int = PRUNE_SLACK,
+    ) -> None:
+        self.take = take
+        self.bound_key = bound_key
+        self.bound_id = bound_id
+        self.lowest = lowest
+        self.single = single_group
+        capacity = int(take.sum()) + max(1, slack)
+        self.cls = np.empty(capacity, dtype=np.int32)
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.scores = np.empty(capacity, dtype=np.float64)
+        self.size = 0
+
+    def group(self, cls: np.ndarray) -> np.ndarray:
+        return np.zeros(len(cls), dtype=np.int64) if self.single else cls.astype(np.int64)
+
+    def passes(self, cls: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Which rows are selectable and before their group's bound."""
+        key = rank_keys(values, self.lowest)
+        group = self.group(cls)
+        bound = self.bound_key[group]
+        before = (key < bound) | ((key == bound) & (ids < self.bound_id[group]))
+        return before & ~np.isnan(values)
+
+    def offer(self, cls: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
+        """Keep the rows of this part (in table order) that can still be selected."""
+        keep = self.passes(cls, ids, values)
+        cls, ids, values = cls[keep], ids[keep], values[keep]
+        while len(ids):
+            room = len(self.ids) - self.size
+            if room == 0:  # cut back, then drop what the tightened bounds exclude
+                self.prune()
+                keep = self.passes(cls, ids, values)
+                cls, ids, values = cls[keep], ids[keep], values[keep]
+                continue
+            n = min(room, len(ids))
+            self.cls[self.size : self.size + n] = cls[:n]
+            self.ids[self.size : self.size + n] = ids[:n]
+            self.scores[self.size : self.size + n] = values[:n]
+            self.size += n
+            cls, ids, values = cls[n:], ids[n:], values[n:]
+
+    def prune(self) -> None:
+        """Cut each group back to its ``take`` best rows, sorted by (group, key, id, row)."""
+        m = self.size
+        cls, ids, values = self.cls[:m], self.ids[:m], self.scores[:m]
+        group = self.group(cls)
+        order = np.lexsort((ids, rank_keys(values, self.lowest), group))
+        sorted_group = group[order]
+        del group
+        starts = np.searchsorted(sorted_group, np.arange(len(self.take)))
+        position = np.arange(m) - starts[sorted_group]
+        order = order[position < self.take[sorted_group]]
+        del position
+        kept = len(order)
+        self.cls[:kept] = cls[order]
+        self.ids[:kept] = ids[order]
+        self.scores[:kept] = values[order]
+        self.size = kept
+        # a group holding all it takes only admits rows before its last kept row
+        group = self.group(self.cls[:kept])
+        counts = np.bincount(group, minlength=len(self.take))
+        ends = np.cumsum(counts) - 1
+        full = np.flatnonzero((counts == self.take) & (counts > 0))
+        last = ends[full]
+        self.bound_key[full] = rank_keys(self.scores[last], self.lowest)
+        self.bound_id[full] = self.ids[last]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class positions, ids and scores of the kept rows, by group, then key, id, row."""
+        self.prune()
+        m = self.size
+        return self.cls[:m], self.ids[:m], self.scores[:m]
+
+
+def stream_top_k(
+    lake: Lake,
+    score: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: Balance = "proportional",
+    lowest: bool = False,
+) -> Chosen:
+    """:func:`select_rows` (top-k, no seed) over stored score ``score``, streaming the scores
+    table of ``lake``: the same rows in manifest order, in memory of about the selected rows.
+
+    Size, balance, largest-remainder quotas, NaN counted in class sizes and never selected,
+    ties by the smaller sample id (then row order), shortfall: all as :func:`select_rows`.
+    """
+    stream = _ScoresStream(scores_table._open_checked(lake), lake)
+    return stream_select(
+        stream, score, fraction=fraction, count=count, balance=balance, lowest=lowest
+    )
+
+
+def stream_select(
+    stream: _ScoresStream,
+    score: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: Balance = "proportional",
+    lowest: bool = False,
+    buckets: int = HIST_BUCKETS,
+    slack: int = PRUNE_SLACK,
+) -> Chosen:
+    """:func:`stream_top_k` over a :class:`_ScoresStream`; ``buckets`` (histogram buckets per
+    class) and ``slack`` (rows kept beyond the quotas before a cut) change only the work done,
+    never the result (the tests shrink them to exercise every path)."""
+    if balance not in BALANCES:
+        raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
+    n = int(stream.pf.metadata.num_rows)
+    if n == 0:
+        raise BadInputError("no candidate samples to select from")
+    total = target_size(n, fraction, count)
+    classes, sizes = _count_classes(stream)
+    index = _ClassIndex(classes)
+    single = balance == "none"
+    groups = 1 if single else len(classes)
+    group_of = (lambda labels: np.zeros(len(labels), np.int64)) if single else index
+    buckets = max(1, min(buckets, HIST_CELLS // groups))
+    edges = _bucket_edges(stream.sample_scores(score), lowest, buckets)
+    hist = _histograms(stream, score, lowest, group_of, groups, edges)
+    available = hist.sum(axis=1)
+    quota = np.array([total]) if single else _quotas(sizes, classes, total, balance)
+    take = np.minimum(quota, available)
+    # the boundary bucket of each group: the first whose running count reaches its take
+    boundary = (np.cumsum(hist, axis=1) < take[:, None]).sum(axis=1)
+    del hist
+    inside = boundary < len(edges)  # else the last bucket: no bound on the key
+    bound_key = np.full(groups, _KEY_MAX, dtype=np.uint64)
+    bound_key[inside] = edges[boundary[inside]]
+    bound_id = np.where(inside, _ID_MIN, _ID_MAX).astype(np.int64)
+    bound_key[take == 0] = 0
+    bound_id[take == 0] = _ID_MIN
+    top = _TopRows(take, bound_key, bound_id, lowest, single, slack)
+    for part in stream.passes(["sample_id", "label", score]):
+        top.offer(index(part["label"]), part["sample_id"], part[score])
+    cls, ids, values = top.result()
+    if single:  # the global top-k, listed by class (stable: rank order kept within a class)
+        by_class = np.argsort(cls, kind="stable")
+        cls, ids, values = cls[by_class], ids[by_class], values[by_class]
+    labels = classes[cls]
+    short = quota - take
+    if single:
+        shortfall = {-1: int(short[0])} if short[0] > 0 else {}
+    else:
+        shortfall = {int(c): int(s) for c, s in zip(classes, short, strict=True) if s > 0}
+    return Chosen(
+        ids,
+        labels,
+        values,
+        _ranks_within_class(labels),
+        total,
+        shortfall,
+        candidates=n,
+        nan_scores=n - int(available.sum()),
+        classes=len(classes),
+    )

@@ -1,0 +1,255 @@
+"""Streaming selection (bounded memory) equals the in-memory ``select_rows``, tie rule included.
+
+The streaming path reads a real Parquet scores table span by span; the property tests shrink
+its span, histogram and prune sizes so that every branch (many spans, one bucket, cuts of
+the kept rows at every row) runs on small tables. The CLI tests run the real ``cld-lake
+select`` on a lake made by ``benchmarks.synth`` and scored by ``cld-lake score``, once on
+each path (``CLD_LAKE_SELECT_STREAM_ROWS``), and compare the manifests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cld_lake
+from cld_lake.errors import BadInputError
+from cld_lake.select import (
+    STREAM_ROWS_ENV,
+    _ScoresStream,
+    rank_keys,
+    select_rows,
+    stream_select,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SPECIAL = [np.nan, -0.0, 0.0, np.inf, -np.inf, 5e-324, -5e-324, 1e308, -1e308]
+
+
+def write_table(path: Path, ids, labels, scores, row_group_size: int) -> pq.ParquetFile:
+    table = pa.table(
+        {
+            "sample_id": pa.array(np.asarray(ids, np.int64)),
+            "label": pa.array(np.asarray(labels, np.int64)),
+            # NaN stored as null, as the scores table stores an undefined score
+            "s": pa.array(np.asarray(scores, np.float64), mask=np.isnan(scores)),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return pq.ParquetFile(path)
+
+
+def in_memory(ids, labels, scores, **kw):
+    p = select_rows(ids, labels, scores, **kw)
+    return ids[p.rows], labels[p.rows], scores[p.rows], p.ranks, p.requested, p.shortfall
+
+
+def assert_same(streamed, expected) -> None:
+    ids, labels, scores, ranks, requested, shortfall = expected
+    assert streamed.sample_ids.tolist() == ids.tolist()
+    assert streamed.labels.tolist() == labels.tolist()
+    # bit for bit: -0.0 stays -0.0, NaN is never selected
+    assert streamed.scores.view(np.int64).tolist() == scores.view(np.int64).tolist()
+    assert streamed.ranks.tolist() == ranks.tolist()
+    assert streamed.requested == requested
+    assert streamed.shortfall == shortfall
+
+
+def test_rank_keys_order_is_the_float_order_with_equal_zeros():
+    values = np.array([-np.inf, -1e308, -1.0, -5e-324, -0.0, 0.0, 5e-324, 1.0, 1e308, np.inf])
+    for lowest in (True, False):
+        keys = rank_keys(values, lowest)
+        expected = values if lowest else values[::-1]
+        assert values[np.argsort(keys, kind="stable")].tolist() == sorted(
+            expected.tolist(), key=lambda v: v if lowest else -v
+        )
+        assert np.count_nonzero(np.diff(np.sort(keys)) == 0) == 1  # only -0.0 and 0.0 tie
+        assert keys[4] == keys[5]
+
+
+# --- property: streaming == in memory ----------------------------------------------------
+@st.composite
+def tables(draw):
+    n = draw(st.integers(1, 120))
+    n_classes = draw(st.integers(1, 6))
+    # labels 0..C-1 (lookup table) or spread far apart, negative too (searchsorted path)
+    if draw(st.booleans()):
+        values = np.arange(n_classes)
+    else:
+        values = np.array(
+            draw(st.lists(st.integers(-(2**40), 2**40), min_size=n_classes, max_size=n_classes))
+        )
+    labels = np.asarray(draw(st.lists(st.sampled_from(values.tolist()), min_size=n, max_size=n)))
+    pool = draw(
+        st.lists(
+            st.one_of(st.sampled_from(SPECIAL), st.floats(-2, 2, allow_nan=False, width=16)).map(
+                float
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )  # few distinct values: many ties
+    scores = np.asarray(draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n)), float)
+    if draw(st.booleans()):  # a class with only NaN scores
+        scores[labels == labels[0]] = np.nan
+    ids = draw(st.permutations(list(range(n)))) if draw(st.booleans()) else list(range(n))[::-1]
+    ids = np.asarray(ids, np.int64) * draw(st.sampled_from([1, 7, -3]))
+    return ids, labels.astype(np.int64), scores
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=tables(),
+    balance=st.sampled_from(["proportional", "equal", "none"]),
+    lowest=st.booleans(),
+    size=st.one_of(
+        st.tuples(st.just("fraction"), st.sampled_from([0.01, 0.1, 0.29, 0.5, 0.77, 1.0])),
+        st.tuples(st.just("count"), st.integers(1, 130)),
+    ),
+    row_group_size=st.sampled_from([1, 3, 17, 1000]),
+    span_rows=st.sampled_from([1, 5, 1 << 20]),
+    buckets=st.sampled_from([1, 2, 4, 256]),
+    slack=st.sampled_from([1, 2, 9, 1 << 21]),
+)
+def test_streaming_equals_select_rows(
+    tmp_path_factory, data, balance, lowest, size, row_group_size, span_rows, buckets, slack
+):
+    ids, labels, scores = data
+    kw = {size[0]: size[1], "balance": balance, "lowest": lowest}
+    try:
+        expected = in_memory(ids, labels, scores, **kw)
+    except BadInputError as exc:  # e.g. a count beyond the rows, a fraction selecting 0
+        expected = exc
+    path = tmp_path_factory.mktemp("stream") / "scores.parquet"
+    stream = _ScoresStream(
+        write_table(path, ids, labels, scores, row_group_size), span_rows=span_rows
+    )
+    if isinstance(expected, BadInputError):
+        with pytest.raises(BadInputError) as err:
+            stream_select(stream, "s", buckets=buckets, slack=slack, **kw)
+        assert str(err.value) == str(expected)
+        return
+    got = stream_select(stream, "s", buckets=buckets, slack=slack, **kw)
+    assert_same(got, expected)
+    assert got.candidates == len(ids)
+    assert got.nan_scores == int(np.isnan(scores).sum())
+    assert got.classes == len(np.unique(labels))
+
+
+def test_adversarial_order_all_ties_descending_ids_cuts_often_and_stays_exact(tmp_path):
+    # every score equal, ids falling along the file: each new row beats the kept ones, so the
+    # kept rows are cut back again and again (slack 3) and still hold the smallest ids
+    n = 2000
+    ids = np.arange(n, 0, -1, dtype=np.int64)
+    labels = np.arange(n, dtype=np.int64) % 3
+    scores = np.full(n, 0.5)
+    scores[::97] = np.nan
+    pf = write_table(tmp_path / "s.parquet", ids, labels, scores, 64)
+    for balance in ("proportional", "equal", "none"):
+        got = stream_select(
+            _ScoresStream(pf, span_rows=100), "s", fraction=0.1, balance=balance, slack=3
+        )
+        assert_same(got, in_memory(ids, labels, scores, fraction=0.1, balance=balance))
+
+
+def test_sorted_scores_along_the_file_stay_exact(tmp_path):
+    # scores rising along the file: the sample of row groups places the edges, not file order
+    n = 5000
+    ids = np.arange(n, dtype=np.int64)
+    labels = (np.arange(n) // 7) % 5
+    scores = np.linspace(-1, 1, n)
+    pf = write_table(tmp_path / "s.parquet", ids, labels, scores, 100)
+    for lowest in (False, True):
+        got = stream_select(_ScoresStream(pf, span_rows=300), "s", count=321, lowest=lowest)
+        assert_same(got, in_memory(ids, labels, scores, count=321, lowest=lowest))
+
+
+# --- through the CLI on a synth lake -----------------------------------------------------
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def synth_lake(tmp_path_factory) -> Path:
+    lake = tmp_path_factory.mktemp("synth") / "lake"
+    made = run(
+        [sys.executable, "-m", "benchmarks.synth", str(lake), "--train", "6000", "--val", "300",
+         "--checkpoints", "6", "--classes", "7", "--seed", "3"]
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    cli = str(Path(sys.executable).with_name("cld-lake"))
+    scored = run([cli, "score", str(lake)])
+    assert scored.returncode == 0, scored.stderr
+    return lake
+
+
+def select_both_ways(lake: Path, out: Path, *args: str) -> tuple:
+    cli = str(Path(sys.executable).with_name("cld-lake"))
+    manifests = []
+    for name, rows in (("stream", "0"), ("memory", str(10**12))):
+        path = out / f"{name}.parquet"
+        done = run(
+            [cli, "select", str(lake), "--score", "cld", *args, "--out", str(path)],
+            env={STREAM_ROWS_ENV: rows},
+        )
+        assert done.returncode == 0, done.stderr
+        manifests.append((cld_lake.load_manifest(path), done.stdout, done.stderr))
+    return tuple(manifests)
+
+
+def without_time(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k not in ("created_at", "checksum")}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fraction", "0.1"],
+        ["--fraction", "0.3", "--balance", "equal", "--lowest"],
+        ["--count", "777", "--balance", "none"],
+        ["--count", "5990", "--balance", "equal"],  # classes fall short: shortfall reported
+    ],
+)
+def test_cli_select_streaming_equals_in_memory(synth_lake, tmp_path, args):
+    (streamed, s_out, s_err), (memory, m_out, m_err) = select_both_ways(synth_lake, tmp_path, *args)
+    assert streamed.table.equals(memory.table)
+    assert without_time(streamed.metadata) == without_time(memory.metadata)
+    same_path = s_out.replace("stream.parquet", "memory.parquet")
+    assert (same_path, s_err) == (m_out, m_err)
+    assert len(streamed) == streamed.metadata["selected"] > 0
+
+
+def test_cli_select_shortfall_is_reported_when_streaming(synth_lake, tmp_path):
+    (streamed, out, err), _ = select_both_ways(
+        synth_lake, tmp_path, "--count", "5990", "--balance", "equal"
+    )
+    assert streamed.metadata["shortfall"]["total"] > 0
+    assert "short" in (out + err).lower()
+
+
+def test_bad_stream_rows_setting_is_a_one_line_error(synth_lake, tmp_path):
+    cli = str(Path(sys.executable).with_name("cld-lake"))
+    done = run(
+        [cli, "select", str(synth_lake), "--score", "cld", "--fraction", "0.1",
+         "--out", str(tmp_path / "m.parquet")],
+        env={STREAM_ROWS_ENV: "lots"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert STREAM_ROWS_ENV in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.parquet").exists()
