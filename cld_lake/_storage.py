@@ -70,9 +70,32 @@ def location(spec: str | os.PathLike[str] | ObjectPath) -> Path | ObjectPath:
     return ObjectPath(filesystem(scheme), scheme, key)
 
 
+_ENV_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLD_LAKE_CONNECT_TIMEOUT",
+)
+_FILESYSTEMS: dict[tuple[str, ...], Any] = {}
+
+
 def filesystem(scheme: str) -> Any:
-    """The fsspec filesystem for ``scheme``, configured from the environment; listings are
-    never cached (another process may commit at any time)."""
+    """The fsspec filesystem for ``scheme``, configured from the environment (one per
+    scheme and environment, so a changed endpoint or credential gets a new client); listings
+    are never cached (another process may commit at any time)."""
+    key = (scheme, *(os.environ.get(k, "") for k in _ENV_KEYS))
+    fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        fs = _FILESYSTEMS[key] = _new_filesystem(scheme)
+    return fs
+
+
+def _new_filesystem(scheme: str) -> Any:
     if scheme == "memory":
         import fsspec
 
@@ -86,6 +109,7 @@ def filesystem(scheme: str) -> Any:
             ) from exc
         timeout = float(os.environ.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
         return s3fs.S3FileSystem(
+            skip_instance_cache=True,
             use_listings_cache=False,
             config_kwargs={
                 "connect_timeout": timeout,
@@ -97,7 +121,7 @@ def filesystem(scheme: str) -> Any:
         import gcsfs
     except ImportError as exc:
         raise BadInputError("gs:// lakes need the gcsfs package; pip install gcsfs") from exc
-    return gcsfs.GCSFileSystem(use_listings_cache=False)
+    return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,11 @@ class ObjectPath:
         self.fs = fs
         self.scheme = scheme
         self.key = key.strip("/")
+
+    @property
+    def _fs(self) -> _Guarded:
+        """The filesystem, its errors about credentials, endpoint and bucket in one line."""
+        return _Guarded(self.fs, self)
 
     # --- names ----------------------------------------------------------------------------
     @property
@@ -190,16 +219,16 @@ class ObjectPath:
 
     # --- queries --------------------------------------------------------------------------
     def exists(self) -> bool:
-        return bool(self.fs.exists(self._fs_key))
+        return bool(self._fs.exists(self._fs_key))
 
     def is_dir(self) -> bool:
-        return bool(self.fs.isdir(self._fs_key))
+        return bool(self._fs.isdir(self._fs_key))
 
     def is_file(self) -> bool:
-        return bool(self.fs.isfile(self._fs_key))
+        return bool(self._fs.isfile(self._fs_key))
 
     def stat(self) -> _Stat:
-        info = self.fs.info(self._fs_key)
+        info = self._fs.info(self._fs_key)
         mtime = info.get("LastModified") or info.get("created") or info.get("mtime") or 0
         if hasattr(mtime, "timestamp"):
             mtime = mtime.timestamp()
@@ -207,7 +236,7 @@ class ObjectPath:
 
     def iterdir(self) -> Iterator[ObjectPath]:
         try:
-            entries = self.fs.ls(self._fs_key, detail=False)
+            entries = self._fs.ls(self._fs_key, detail=False)
         except FileNotFoundError:
             return
         for entry in entries:
@@ -216,7 +245,7 @@ class ObjectPath:
                 yield self / name
 
     def glob(self, pattern: str) -> Iterator[ObjectPath]:
-        for entry in self.fs.glob(f"{self._fs_key}/{pattern}"):
+        for entry in self._fs.glob(f"{self._fs_key}/{pattern}"):
             yield ObjectPath(self.fs, self.scheme, str(entry))
 
     def rglob(self, pattern: str) -> Iterator[ObjectPath]:
@@ -227,7 +256,7 @@ class ObjectPath:
     def walk_files(self) -> Iterator[ObjectPath]:
         """Every object below this prefix (the prefix itself excluded)."""
         try:
-            found = self.fs.find(self._fs_key)
+            found = self._fs.find(self._fs_key)
         except FileNotFoundError:
             return
         for entry in found:
@@ -236,30 +265,30 @@ class ObjectPath:
 
     # --- bytes ----------------------------------------------------------------------------
     def read_bytes(self) -> bytes:
-        return bytes(self.fs.cat_file(self._fs_key))
+        return bytes(self._fs.cat_file(self._fs_key))
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes | bytearray | memoryview) -> int:
         """Replace the object with ``data`` in one PUT."""
-        self.fs.pipe_file(self._fs_key, bytes(data))
+        self._fs.pipe_file(self._fs_key, bytes(data))
         return len(data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
         return self.write_bytes(text.encode(encoding))
 
     def open(self, mode: str = "rb", **kwargs: Any) -> Any:
-        return self.fs.open(self._fs_key, mode, **kwargs)
+        return self._fs.open(self._fs_key, mode, **kwargs)
 
     def upload(self, local: Path) -> None:
         """Replace the object with the content of the local file ``local`` (one PUT, or a
         multipart upload that becomes visible whole when it completes)."""
-        self.fs.put_file(str(local), self._fs_key)
+        self._fs.put_file(str(local), self._fs_key)
 
     def unlink(self, missing_ok: bool = False) -> None:
         try:
-            self.fs.rm_file(self._fs_key)
+            self._fs.rm_file(self._fs_key)
         except FileNotFoundError:
             if not missing_ok:
                 raise
@@ -269,7 +298,7 @@ class ObjectPath:
 
     def rmtree(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self._fs_key, recursive=True)
+            self._fs.rm(self._fs_key, recursive=True)
 
     # --- conditional writes ---------------------------------------------------------------
     def create(self, data: bytes) -> bool:
@@ -278,9 +307,9 @@ class ObjectPath:
         try:
             if self.scheme == "memory":
                 with _MEMORY_LOCK:
-                    self.fs.pipe_file(self._fs_key, data, mode="create")
+                    self._fs.pipe_file(self._fs_key, data, mode="create")
             else:
-                self.fs.pipe_file(self._fs_key, data, mode="create")
+                self._fs.pipe_file(self._fs_key, data, mode="create")
         except FileExistsError:
             return False
         return True
@@ -293,7 +322,7 @@ class ObjectPath:
             except FileNotFoundError:
                 return None
         try:
-            info = self.fs.info(self._fs_key)
+            info = self._fs.info(self._fs_key)
         except FileNotFoundError:
             return None
         tag = info.get("ETag") or info.get("etag") or info.get("generation")
@@ -307,12 +336,12 @@ class ObjectPath:
             with _MEMORY_LOCK:
                 if self.version() != version:
                     return False
-                self.fs.pipe_file(self._fs_key, data)
+                self._fs.pipe_file(self._fs_key, data)
                 return True
         if self.scheme == "s3":
             bucket, _, key = self.key.partition("/")
             try:
-                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version)
+                self._fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version)
             except (OSError, FileExistsError) as exc:
                 if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):
                     return False
@@ -320,10 +349,29 @@ class ObjectPath:
             return True
         bucket, _, key = self.key.partition("/")  # gcs: generation match
         try:
-            self.fs.pipe_file(self._fs_key, data, if_generation_match=int(version))
+            self._fs.pipe_file(self._fs_key, data, if_generation_match=int(version))
         except (OSError, ValueError):
             return False
         return True
+
+
+class _Guarded:
+    """Calls an fsspec filesystem's methods inside :func:`remote_errors`."""
+
+    __slots__ = ("_fs", "_path")
+
+    def __init__(self, fs: Any, path: ObjectPath) -> None:
+        self._fs = fs
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._fs, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with remote_errors(self._path):
+                return method(*args, **kwargs)
+
+        return call
 
 
 _MEMORY_LOCK = threading.Lock()
@@ -422,7 +470,7 @@ def _remote_problem(path: ObjectPath, exc: BaseException) -> str | None:
         return f"{path}: access denied ({text}); check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
     if isinstance(exc, PermissionError):
         return f"{path}: access denied ({text}); check the credentials"
-    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
+    if name == "NoSuchBucket" or "bucket does not exist" in text.lower():
         bucket = path.key.split("/", 1)[0]
         return f"{path}: bucket {bucket!r} does not exist; create it first or fix the URL"
     return None

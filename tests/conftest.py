@@ -144,3 +144,13 @@ def dask_client():
         distributed.Client(cluster) as client,
     ):
         yield client
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A real S3-compatible server (moto, a subprocess on 127.0.0.1) with bucket ``lakes``;
+    the environment pointing clients at it, also set in this process while it runs."""
+    from tests._s3server import s3_server
+
+    with s3_server() as env:
+        yield env
