@@ -224,3 +224,66 @@ def _little_endian(raw: Any, width: int) -> Any:
     if sys.byteorder == "little" or width == 1:
         return np.ascontiguousarray(raw).reshape(-1)
     return np.ascontiguousarray(raw).reshape(-1, width)[:, ::-1].reshape(-1)
+
+
+def streamed_checksum_problem(meta: dict[str, Any], computed: TableChecksum) -> str | None:
+    """:func:`checksum_problem` of a table read part by part: ``meta`` its ``cld_lake`` JSON,
+    ``computed`` a :class:`TableChecksum` fed every part in order (the same answer as for the
+    whole table, without holding it)."""
+    stored = meta.get(CHECKSUM_KEY)
+    if not isinstance(stored, str):
+        return "no checksum recorded" if meta else "no readable cld_lake metadata"
+    value = computed.value(meta)
+    return None if value == stored else f"stored {stored}, computed {value}"
+
+
+class WholeTableChecksum(TableChecksum):
+    """:class:`TableChecksum` with the value of the whole table held as one chunk per column
+    (what a writer of an in-memory table records and what a whole read decodes), whatever
+    parts it is fed. The canonical bytes of a string or binary column depend on the column:
+    lengths and bytes without nulls, JSON lines with any; so a part without nulls is also
+    encoded as JSON lines, and :meth:`value` takes that encoding where a null was seen."""
+
+    def __init__(self, schema: Any) -> None:
+        super().__init__(schema)
+        # per string/binary column: [CRC of its JSON lines, a null seen]
+        self._text = {i: [0, False] for i, fld in enumerate(schema) if _is_text(fld.type)}
+
+    def update(self, part: Any) -> None:
+        import google_crc32c
+
+        columns = part.columns if hasattr(part, "columns") else part
+        for i, state in self._text.items():
+            column = columns[i]
+            for chunk in column.chunks if hasattr(column, "chunks") else [column]:
+                state[0] = google_crc32c.extend(state[0], _json_lines(chunk))
+                state[1] = state[1] or chunk.null_count > 0
+        super().update(part)
+
+    def value(self, meta: dict[str, Any]) -> str:
+        kept = [list(s) for s in self._state]
+        try:
+            for i, (crc, nulls) in self._text.items():
+                if nulls:
+                    self._state[i] = [0, crc, 0]  # as _chunk_parts encodes a column with nulls
+            return super().value(meta)
+        finally:
+            self._state = kept
+
+
+def _is_text(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_large_binary(kind)
+    )
+
+
+def _json_lines(chunk: Any) -> bytes:
+    """The JSON-lines bytes :func:`_chunk_parts` gives a column it cannot encode otherwise."""
+    return "".join(
+        json.dumps(v, sort_keys=True, default=repr) + "\n" for v in chunk.to_pylist()
+    ).encode()

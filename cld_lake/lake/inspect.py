@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import math
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cld_lake.errors import CldLakeError, CorruptLakeError
+from cld_lake._io import parquet_file
+from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
+from cld_lake._storage import ObjectPath, tree_bytes
+from cld_lake.errors import CldLakeError, CorruptLakeError, ScoringError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
-from cld_lake.lake._validate import count_duplicates, ids_digest
-from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
-from cld_lake.lake.store import Lake, Split
+from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
+from cld_lake.lake.scores import check_scores_file, iter_scores, stale_scores, stored_scores
+from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
 
 
 def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+    return tree_bytes(path)
 
 
 def lake_info(lake: Lake) -> dict[str, Any]:
@@ -56,31 +55,33 @@ def lake_info(lake: Lake) -> dict[str, Any]:
 
 
 def _split_info(split: Split) -> dict[str, Any]:
-    """What ``info`` shows of one split."""
+    """What ``info`` shows of one split (its samples table streamed and checked, never whole)."""
+    samples = scan_samples(split, fingerprint=False)
     ck = split.checkpoint_ids
     seg_bytes = _dir_bytes(split.path / fmt.SEGMENTS_DIR)
     values = split.num_samples * len(ck) * len(split.channels)
     return {
         "samples": split.num_samples,
-        "classes_present": _classes_present(split),
+        "classes_present": _classes_present(split, samples),
         "checkpoints": len(ck),
         "checkpoint_ids": _compact_ids(ck),
         "channels": split.channels,
         "segments": len(split.segment_names()),
         "nonfinite_losses": split.nonfinite_losses(),
-        "metadata_columns": [
-            c for c in split.samples_table.column_names if c not in ("sample_id", "label")
-        ],
+        "metadata_columns": [c for c in samples.columns if c not in ("sample_id", "label")],
         "bytes_on_disk": _dir_bytes(split.path),
         "bytes_per_value": round(seg_bytes / values, 3) if values else None,
     }
 
 
-def _classes_present(split: Split) -> int:
+def _classes_present(split: Split, samples: SamplesScan) -> int:
     if split.lake.checksummed:  # classes.parquet: one row per class present
         return int(np.count_nonzero(split.classes_table.column("count").to_numpy()))
-    labels = split.labels
-    return int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0
+    if samples.label_counts is None:
+        raise CorruptLakeError(
+            f"{split.path / fmt.SAMPLES_FILE}: labels outside 0..{MAX_CLASSES - 1}; {split.lake.fix}"
+        )
+    return int(np.count_nonzero(samples.label_counts))
 
 
 def _compact_ids(ids: np.ndarray) -> str:
@@ -179,6 +180,8 @@ def _run_dirs(lake: Lake) -> list[str]:
 
 
 def _temp_files(root: Path) -> list[Path]:
+    if isinstance(root, ObjectPath):  # nothing is written to a temp name on an object store
+        return sorted(p for p in root.walk_files() if p.name.startswith(".") and ".tmp-" in p.name)
     found = []
     for folder, _, files in os.walk(root):
         found += [Path(folder) / f for f in files if f.startswith(".") and ".tmp-" in f]
@@ -201,25 +204,24 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
     split = lake.split(name)  # checks the commit record
     name = _label(split.run, name)  # how the messages below name it
     errors = report.errors
-    ids, labels = split.sample_ids, split.labels  # checks samples.parquet
-    if len(ids) != split.num_samples:
+    limit = lake.num_classes if lake.num_classes is not None else MAX_CLASSES
+    samples = scan_samples(split, label_limit=limit)  # checks samples.parquet
+    if samples.rows != split.num_samples:
         errors.append(
-            f"split {name!r}: samples.parquet has {len(ids)} rows, checkpoints.parquet says {split.num_samples}"
+            f"split {name!r}: samples.parquet has {samples.rows} rows, checkpoints.parquet says {split.num_samples}"
         )
         return
-    if count_duplicates(ids):
+    if count_split_duplicates(split, samples):
         errors.append(f"split {name!r}: duplicate sample ids in samples.parquet")
     recorded_sha1 = split.ids_digest
-    if recorded_sha1 is not None and ids_digest(ids) != recorded_sha1:
+    if recorded_sha1 is not None and samples.ids_sha1 != recorded_sha1:
         errors.append(
             f"split {name!r}: the sample ids' fingerprint differs from the one recorded at creation"
         )
-    if len(labels) and (
-        labels.min() < 0 or (lake.num_classes is not None and labels.max() >= lake.num_classes)
-    ):
+    if samples.label_counts is None:
         errors.append(f"split {name!r}: labels outside 0..{lake.num_classes}")
     elif split.lake.checksummed or split.meta.get("label_counts") is not None:
-        counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+        counts = samples.label_counts
         recorded = split.label_counts(len(counts))  # checks classes.parquet
         if not np.array_equal(np.trim_zeros(recorded, "b"), np.trim_zeros(counts, "b")):
             errors.append(
@@ -288,3 +290,218 @@ def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] if text else type(exc).__name__
+
+
+# --- samples.parquet, streamed ----------------------------------------------------------------
+# ``info`` and ``verify`` check a split's samples table one row group at a time: the file's
+# checksum (TableChecksum is the same value over the parts as over the whole table), the
+# row-group sizes and CRCs the commit record holds, the ids fingerprint and the class counts,
+# so neither ever holds a per-sample array of the whole split.
+
+#: the most sample ids a duplicate check sorts at once (32 MB); more are spilled to hash buckets
+DUPLICATE_BUCKET_ROWS = 1 << 22
+_MAX_BUCKET_BITS = 8  # at most 256 bucket files open at once
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any id pattern evenly
+
+
+@dataclass
+class SamplesScan:
+    """What one pass over a split's ``samples.parquet`` found (every check passed)."""
+
+    rows: int
+    columns: list[str]
+    #: SHA-1 of the ids in row order, as the writer records it (None when not asked for)
+    ids_sha1: str | None
+    #: every id greater than the one before (then no id repeats)
+    increasing: bool
+    #: samples per class; None when a label lies outside ``0..label_limit-1``
+    label_counts: np.ndarray | None
+
+
+def scan_samples(
+    split: Split, *, fingerprint: bool = True, label_limit: int = MAX_CLASSES
+) -> SamplesScan:
+    """Read ``samples.parquet`` one row group at a time and check it as a whole read does.
+
+    Format 2: the file's checksum, its rows and row-group sizes against the commit record,
+    each row group's CRC; :class:`CorruptLakeError` (the same one line a reader of the whole
+    table raises) when any differs or the file cannot be decoded. Memory: one row group.
+    """
+    path = split.path / fmt.SAMPLES_FILE
+    fix = split.lake.fix
+    try:
+        pf = parquet_file(path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        # the schema and cld_lake JSON a whole read gives: from the footer's key-value
+        # metadata, which a flipped byte can change while the embedded Arrow schema does not
+        first = pf.read_row_group(0) if sizes else pf.read()
+        schema = first.schema
+    except FileNotFoundError as exc:
+        raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
+    except Exception as exc:
+        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+    checked = split.lake.checksummed
+    recorded = sample_groups(split.meta) if checked else []
+    check_groups = checked and sizes == [rows for rows, _ in recorded]
+    has_ids = "sample_id" in schema.names and "label" in schema.names
+    whole = WholeTableChecksum(schema)
+    sha1 = hashlib.sha1() if fingerprint else None
+    counts: np.ndarray | None = np.zeros(0, np.int64)
+    increasing, last_id = True, None
+    bad_group: tuple[int, str, str] | None = None
+    for g in range(len(sizes)):
+        try:
+            part = first if g == 0 else pf.read_row_group(g)
+        except Exception as exc:
+            raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+        whole.update(part)
+        if check_groups and bad_group is None:
+            computed = rows_checksum(part) if has_ids else "no ids"
+            if computed != recorded[g][1]:
+                bad_group = (g, recorded[g][1], computed)
+        if not has_ids or not part.num_rows:
+            continue
+        ids = np.ascontiguousarray(part.column("sample_id").to_numpy(), "<i8")
+        labels = part.column("label").to_numpy().astype(np.int64, copy=False)
+        if sha1 is not None:
+            sha1.update(ids)
+        if increasing:
+            increasing = bool((last_id is None or ids[0] > last_id) and np.all(ids[1:] > ids[:-1]))
+            last_id = ids[-1]
+        counts = _add_label_counts(counts, labels, label_limit)
+    if checked:
+        problem = streamed_checksum_problem(read_meta(schema), whole)
+        if problem is not None:
+            raise CorruptLakeError(f"{path} fails its checksum ({problem}); {fix}")
+        expected = sum(rows for rows, _ in recorded)
+        if sum(sizes) != expected:
+            raise CorruptLakeError(
+                f"{path} has {sum(sizes)} rows, the commit record {expected}; {fix}"
+            )
+        if not check_groups:  # the footer's row-group sizes drive streaming reads
+            raise CorruptLakeError(
+                f"{path}: row groups of {sizes[:4]}... rows, the commit record says "
+                f"{[rows for rows, _ in recorded][:4]}...; {fix}"
+            )
+        if bad_group is not None:
+            group, stored, computed = bad_group
+            raise CorruptLakeError(
+                f"{path} fails its checksum (row group {group}: stored {stored}, computed "
+                f"{computed}); {fix}"
+            )
+    if not has_ids:
+        raise CorruptLakeError(f"{path} has no sample_id and label columns; {fix}")
+    return SamplesScan(
+        rows=sum(sizes),
+        columns=list(schema.names),
+        ids_sha1=sha1.hexdigest() if sha1 is not None else None,
+        increasing=increasing,
+        label_counts=counts,
+    )
+
+
+def _add_label_counts(
+    counts: np.ndarray | None, labels: np.ndarray, limit: int
+) -> np.ndarray | None:
+    """``counts`` plus the samples per class of ``labels``; None once a label is out of range."""
+    if counts is None or not len(labels):
+        return counts
+    if labels.min() < 0 or labels.max() >= limit:
+        return None
+    part = np.bincount(labels, minlength=len(counts))
+    part[: len(counts)] += counts
+    return part
+
+
+def count_split_duplicates(split: Split, samples: SamplesScan) -> int:
+    """How many sample ids of ``split`` repeat an earlier one, in bounded memory: none when
+    the scan saw them increasing, else a second pass (each row group checked again)."""
+    if samples.increasing:
+        return 0
+    return count_duplicates_bounded((ids for ids, _ in split.iter_samples()), samples.rows)
+
+
+def count_duplicates_bounded(
+    parts: Iterable[np.ndarray], total: int, bucket_rows: int = DUPLICATE_BUCKET_ROWS
+) -> int:
+    """:func:`count_duplicates` of the concatenated ``parts`` (``total`` ids in all), holding
+    about ``bucket_rows`` ids at a time: more than that are spilled to temporary files, one per
+    hash bucket (equal ids share a bucket), and each bucket is sorted on its own."""
+    if total <= bucket_rows:
+        held = [np.asarray(p, np.int64) for p in parts]
+        return count_duplicates(np.concatenate(held) if held else np.zeros(0, np.int64))
+    bits = min(_MAX_BUCKET_BITS, max(1, math.ceil(math.log2(2 * total / bucket_rows))))
+    with tempfile.TemporaryDirectory(prefix="cld-lake-ids-") as folder:
+        paths = [os.path.join(folder, f"{b}.i8") for b in range(1 << bits)]
+        files = [open(p, "wb") for p in paths]  # noqa: SIM115 (closed below, all together)
+        try:
+            for part in parts:
+                _spill(np.ascontiguousarray(part, np.int64), bits, files)
+        finally:
+            for f in files:
+                f.close()
+        return sum(count_duplicates(np.fromfile(p, np.int64)) for p in paths)
+
+
+def _spill(ids: np.ndarray, bits: int, files: list[Any]) -> None:
+    """Append each id of ``ids`` to the file of its hash bucket."""
+    bucket = ((ids.view(np.uint64) * _GOLDEN) >> np.uint64(64 - bits)).astype(np.intp)
+    order = np.argsort(bucket, kind="stable")
+    ends = np.cumsum(np.bincount(bucket, minlength=len(files)))
+    grouped = ids[order]
+    start = 0
+    for f, end in zip(files, ends, strict=True):
+        if end > start:
+            f.write(grouped[start:end].tobytes())
+        start = end
+
+
+# --- info's diagnostics, streamed ---------------------------------------------------------------
+
+
+def class_nonpositive_share(lake: Lake, score: str = "cld") -> list[dict[str, Any]]:
+    """:func:`cld_lake.diagnostics.class_nonpositive_share` (the same rows) streamed over the
+    scores table's row groups: memory is one row group and three per-class counts."""
+    stored = stored_scores(lake)
+    if score not in stored:
+        have = ", ".join(stored) or "none"
+        raise ScoringError(
+            f"score {score!r} is not stored in {lake.path} (stored: {have}); "
+            f"compute it first: cld-lake score {lake.path} --method METHOD --name {score}"
+        )
+    samples = scored = nonpos = np.zeros(0, np.int64)
+    out_of_range = False
+    for part in iter_scores(lake, [score]):  # checks the columns' CRCs at the end
+        labels = part.column("label").to_numpy().astype(np.int64, copy=False)
+        if out_of_range or not len(labels):
+            continue
+        if labels.min() < 0 or labels.max() >= MAX_CLASSES:
+            out_of_range = True  # read on: the checksum names the damage
+            continue
+        values = part.column(score).to_numpy(zero_copy_only=False).astype(np.float64)
+        finite = ~np.isnan(values)
+        size = max(len(samples), int(labels.max()) + 1)
+        samples = _grown(samples, size) + np.bincount(labels, minlength=size)
+        scored = _grown(scored, size) + np.bincount(labels[finite], minlength=size)
+        below = finite & (np.nan_to_num(values, nan=1.0) <= 0)
+        nonpos = _grown(nonpos, size) + np.bincount(labels[below], minlength=size)
+    if out_of_range:
+        raise CorruptLakeError(
+            f"{lake.path / fmt.SCORES_FILE}: labels outside 0..{MAX_CLASSES - 1}; {lake.fix}"
+        )
+    return [
+        {
+            "label": int(c),
+            "samples": int(samples[c]),
+            "null": int(samples[c] - scored[c]),
+            "nonpositive": int(nonpos[c]),
+            "share": float(nonpos[c] / scored[c]) if scored[c] else float("nan"),
+        }
+        for c in np.flatnonzero(samples)
+    ]
+
+
+def _grown(counts: np.ndarray, size: int) -> np.ndarray:
+    if len(counts) >= size:
+        return counts
+    return np.concatenate([counts, np.zeros(size - len(counts), np.int64)])
