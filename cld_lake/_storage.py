@@ -527,7 +527,7 @@ class Lease:
         """Take the lease; None on success, else who holds it."""
         for _ in range(5):
             body = self._body()
-            if self.path.create(body):
+            if self.path.create(body) and self._still_ours():
                 self._took(body)
                 return None
             version = self.path.version()
@@ -535,21 +535,24 @@ class Lease:
                 continue  # released between the two calls: try again
             current = _read_lease(self.path)
             if current is not None and float(current.get("expires_at", 0)) > time.time():
-                until = time.strftime(
-                    "%H:%M:%S UTC", time.gmtime(float(current["expires_at"]))
-                )
+                until = time.strftime("%H:%M:%S UTC", time.gmtime(float(current["expires_at"])))
                 return f"{current.get('holder', 'another writer')} (lease on {self.path} until {until}, renewed while it runs)"
-            if self.path.replace_if(body, version):  # expired (or unreadable): take it over
+            if self.path.replace_if(body, version) and self._still_ours():  # expired: take over
                 self._took(body)
                 return None
         return f"another writer (lease on {self.path} changes hands as we look; try again)"
 
+    def _still_ours(self) -> bool:
+        """Read the lease back: a store that ignores the conditional header (it accepts every
+        PUT) shows another writer's token here when one raced us; then nobody may trust the
+        lease, and this writer does not take it."""
+        current = _read_lease(self.path)
+        return current is not None and current.get("token") == self.token
+
     def _took(self, body: bytes) -> None:
         self._version = self.path.version()
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._renew_loop, name="cld-lake-lease", daemon=True
-        )
+        self._thread = threading.Thread(target=self._renew_loop, name="cld-lake-lease", daemon=True)
         self._thread.start()
 
     def _renew_loop(self) -> None:

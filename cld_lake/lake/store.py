@@ -92,6 +92,9 @@ class Split:
             raise SplitNotFoundError(
                 f"{lake.path}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}{hint}); import or record it first"
             )
+        #: the commit record's version as read (object stores: the ETag, taken before the
+        #: read): a writer replaces the record only while it is still this one
+        self.record_version = ck_path.version() if isinstance(ck_path, ObjectPath) else None
         if not ck_path.exists():  # listed in cld_lake.json, so committed once
             raise CorruptLakeError(
                 f"{ck_path} is missing but {lake.path / fmt.ROOT_FILE} lists split {name!r}; {lake.fix}"

@@ -36,12 +36,14 @@ import numpy as np
 
 from cld_lake._io import atomic_path, atomic_write_parquet, writer_lock
 from cld_lake._meta import CHECKSUM_KEY, read_meta, with_checksum
+from cld_lake._storage import ObjectPath
 from cld_lake._types import Duplicates, choices
 from cld_lake.errors import (
     BadInputError,
     CheckpointExistsError,
     CldLakeError,
     CorruptLakeError,
+    LakeChangedError,
     LakeLockedError,
     LakeVersionError,
 )
@@ -526,9 +528,30 @@ class SplitWriter:
         }
         table = pa.Table.from_pylist(rows, schema=_checkpoint_schema())
         self._lock.check()  # a writer whose lease was taken over must not commit
-        atomic_write_parquet(
-            self.path / fmt.CHECKPOINTS_FILE, with_checksum(table, meta), **TABLE_OPTIONS
-        )
+        record = self.path / fmt.CHECKPOINTS_FILE
+        if isinstance(record, ObjectPath):
+            self._put_record(record, with_checksum(table, meta))
+            return
+        atomic_write_parquet(record, with_checksum(table, meta), **TABLE_OPTIONS)
+
+    def _put_record(self, record: ObjectPath, table: pa.Table) -> None:
+        """The commit point on an object store: one conditional PUT of the whole record,
+        accepted only while the record is the one this writer's snapshot read (If-Match; a
+        first record: only if none exists). The lease keeps other writers out; this keeps out
+        a writer that was paused past its lease and did not notice."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **TABLE_OPTIONS)
+        data = sink.getvalue().to_pybytes()
+        version = self.split.record_version if self.split is not None else None
+        done = record.replace_if(data, version) if version else record.create(data)
+        if not done:
+            raise LakeChangedError(
+                f"{record}: the commit record changed since this writer read it (another "
+                f"writer committed); nothing was committed by this one: open the lake again"
+            )
 
     def _commit(
         self,
