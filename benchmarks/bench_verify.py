@@ -1,18 +1,23 @@
-"""Benchmark: what integrity costs: opening a lake, ``info`` and ``verify`` on a scored
-ImageNet-sized lake (1.28M x 90 float32, 1000 classes, a stored CLD score).
+"""Benchmark: what integrity costs in time and memory: opening a lake, ``info`` and ``verify``
+on a scored lake (default 10M x 50 float16, 1000 classes, a stored CLD score).
 
-Each step is a fresh ``cld-lake`` process (or a tiny Python process for "open"), so the times
-include interpreter start and imports, as a user sees them; medians of ``--repeats``. Run it
-once per code version to compare them (e.g. an older checkout with ``PYTHONPATH`` pointing at
-it, from that checkout's directory, so that its own ``benchmarks.synth`` builds the lake).
+Each step is a fresh process (the ``cld-lake`` entry point, or a few lines of Python for
+"open"), so the times include interpreter start and imports, as a user sees them; its peak RSS
+is the child's own ``ru_maxrss`` (``os.wait4``). Medians of ``--repeats``. ``--code NAME=DIR``
+(repeatable) runs every step against the ``cld_lake`` of another checkout too (``PYTHONPATH``
+and working directory ``DIR``), e.g. a ``git worktree`` of the commit before a change, with
+its compiled kernel built in place (``python setup.py build_ext --inplace``); the first
+``--code`` is the base of the ratios.
 
-    python -m benchmarks.bench_verify                 # 1.28M x 90
-    python -m benchmarks.bench_verify --train 200000  # quicker
+    python -m benchmarks.bench_verify                              # synth a 10M lake, then measure
+    python -m benchmarks.bench_verify --lake LAKE --code before=../before --code after=.
+    python -m benchmarks.bench_verify --train 200000 --checkpoints 90 --dtype float32
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,49 +26,93 @@ import tempfile
 import time
 from pathlib import Path
 
-CLI = str(Path(sys.executable).with_name("cld-lake"))
+REPO = Path(__file__).resolve().parents[1]
+CLI = "from cld_lake._cli import main; main(sys.argv[1:])"
 OPEN = (
-    "import sys; from cld_lake.lake import open_lake; lake = open_lake(sys.argv[1]); "
+    "from cld_lake.lake import open_lake; lake = open_lake(sys.argv[1]); "
     "[lake.split(s).checkpoint_ids for s in ('train', 'val')]"
 )
 STEPS = {
-    "open lake + 2 splits": [sys.executable, "-c", OPEN],
+    "open lake + 2 splits": [OPEN],
     "info": [CLI, "info"],
     "verify --quick": [CLI, "verify", "--quick"],
     "verify": [CLI, "verify"],
 }
 
 
-def timed(cmd: list[str]) -> float:
+def measured(code: list[str], lake: Path, checkout: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of ``python -c CODE ARGS LAKE`` run in ``checkout``."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    source, *args = code
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; {source}", *args, str(lake)],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{source} {args} {lake} failed in {checkout} (exit {proc.returncode})")
+    return wall, usage.ru_maxrss / 1024
+
+
+def make_lake(lake: Path, args: argparse.Namespace) -> None:
+    """A synthetic lake with a stored CLD score (``info`` then shows its per-class share)."""
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.synth", str(lake), "--train", str(args.train),
+         "--checkpoints", str(args.checkpoints), "--dtype", args.dtype],
+        check=True, stdout=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", f"import sys; {CLI}", "score", str(lake)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=REPO,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=1_280_000)
-    parser.add_argument("--checkpoints", type=int, default=90)
+    parser.add_argument("--train", type=int, default=10_000_000)
+    parser.add_argument("--checkpoints", type=int, default=50)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--lake", type=Path, help="an existing scored lake (kept)")
+    parser.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="cld-bench-verify-"))
-    lake = work / "lake"
+    checkouts = dict(c.split("=", 1) for c in args.code) or {"this checkout": str(REPO)}
+    work = None if args.lake else Path(tempfile.mkdtemp(prefix="cld-bench-verify-"))
+    lake = args.lake or work / "lake"
     try:
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.synth", str(lake), "--train", str(args.train),
-             "--checkpoints", str(args.checkpoints)],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        subprocess.run([CLI, "score", str(lake)], check=True, stdout=subprocess.DEVNULL)
-        print(
-            f"{args.train:,} x {args.checkpoints} lake with a cld score; medians of {args.repeats}"
-        )
-        print("| step | seconds |\n|---|---:|")
-        for name, cmd in STEPS.items():
-            runs = [timed([*cmd, str(lake)]) for _ in range(args.repeats)]
-            print(f"| {name} | {statistics.median(runs):.3f} |")
+        if work is not None:
+            make_lake(lake, args)
+        print(f"{lake}: medians of {args.repeats}; peak RSS = the process's ru_maxrss")
+        names = list(checkouts)
+        head = " | ".join(f"{n} s | {n} MB" for n in names)
+        ratio = " | ".join(f"{n}/{names[0]} s | MB" for n in names[1:])
+        print(f"| step | {head} |" + (f" {ratio} |" if ratio else ""))
+        print("|---|" + "---:|" * (2 * len(names) + 2 * (len(names) - 1)))
+        for step, code in STEPS.items():
+            runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+            for _ in range(args.repeats):  # versions interleaved: both under the same load
+                for name in names:
+                    runs[name].append(measured(code, lake, Path(checkouts[name]).resolve()))
+            medians = [
+                (statistics.median(r[0] for r in runs[n]), statistics.median(r[1] for r in runs[n]))
+                for n in names
+            ]
+            cells = [f"{wall:.2f} | {rss:.0f}" for wall, rss in medians]
+            base_wall, base_rss = medians[0]
+            cells += [
+                f"{wall / base_wall:.2f}x | {rss / base_rss:.2f}x" for wall, rss in medians[1:]
+            ]
+            print(f"| {step} | " + " | ".join(cells) + " |", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
