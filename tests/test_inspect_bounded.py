@@ -338,7 +338,6 @@ def _grown_mb(step: str, lake: Path, tiny: Path) -> float:
     return (rss["peak"] - rss["before"]) / 2**20
 
 
-@pytest.mark.slow
 def test_info_and_verify_stay_within_a_bound_the_whole_table_read_exceeds(big_lake, tmp_path):
     tiny = tmp_path / "tiny"
     shutil.copytree(_scored_lake(tmp_path / "t"), tiny)
