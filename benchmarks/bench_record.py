@@ -17,23 +17,40 @@ target is < 10% for real models.
     python -m benchmarks.bench_record                 # all workloads, 5 repeats
     python -m benchmarks.bench_record --quick         # fewer samples and repeats
     python -m benchmarks.bench_record --threads 1 --device cuda
+
+With ``--ddp`` it measures instead the distributed commit: ``--ranks`` gloo processes on the
+CPU each record ``--samples / ranks`` samples (a fake model: random logits, so the time is the
+commit's), then commit checkpoint 0 (a new split) and 1 (the split exists); per commit it
+prints the wall time and, per rank, the peak resident memory during the commit and its growth
+over the memory held just before it (the recorded values). ``--tree LABEL=DIR`` (repeatable)
+runs the ranks on another checkout of the package (e.g. the commit before a change), to
+compare in one run:
+
+    python -m benchmarks.bench_record --ddp --samples 10000000 --repeats 3 \
+        --tree before=/path/to/old/checkout --tree after=.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cld_lake.torch import LossRecorder, WithIndex
-from pipelines.models import build_model
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,8 @@ def bench(
     loader = DataLoader(
         WithIndex(TensorDataset(x, y)), batch_size=w.batch_size, pin_memory=device.type == "cuda"
     )
+    from pipelines.models import build_model
+
     torch.manual_seed(0)
     model = build_model(w.model, w.num_classes, w.input_shape).to(device).eval()
     rec = LossRecorder(root / f"{w.model}.lake", "train", w.num_classes)
@@ -142,7 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", help="substring of a workload name")
+    p.add_argument("--ddp", action="store_true", help="measure the distributed commit instead")
+    p.add_argument("--samples", type=int, default=10_000_000, help="--ddp: samples in all")
+    p.add_argument("--ranks", type=int, default=2, help="--ddp: gloo processes")
+    p.add_argument(
+        "--tree", action="append", default=[], help="--ddp: LABEL=DIR, a checkout to run"
+    )
+    p.add_argument("--root", help="--ddp: where the lakes go (default: a temporary folder)")
     args = p.parse_args(argv)
+    if args.ddp:
+        trees = [t.split("=", 1) for t in args.tree] or [["this", str(REPO)]]
+        return ddp_main(args.samples, args.ranks, args.repeats, trees, args.root)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -170,5 +199,120 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --- the distributed commit (--ddp) ---------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+DDP_CLASSES = 10
+DDP_BATCH = 1 << 16
+
+
+def ddp_rank(root: str, samples: int) -> None:
+    """One rank: record this rank's share of a shuffled 0..N-1 with random logits, commit
+    checkpoints 0 and 1, write the commit times and memory to ``root/rank<r>.json``."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = torch.from_numpy(_shuffled(samples)[rank::world].copy())
+    labels = mine % DDP_CLASSES
+    rec = LossRecorder(Path(root) / "bench.lake", "train", DDP_CLASSES)
+    g = torch.Generator().manual_seed(rank)
+    out: dict[str, float] = {}
+    for ckpt in (0, 1):
+        for a in range(0, len(mine), DDP_BATCH):
+            ids = mine[a : a + DDP_BATCH]
+            rec.update(
+                ids, torch.randn(len(ids), DDP_CLASSES, generator=g), labels[a : a + DDP_BATCH]
+            )
+        rec._to_host()  # the values on the host, as a loader-driven pass leaves them
+        out["process_peak_mb"] = max(out.get("process_peak_mb", 0.0), _status_mb("VmHWM"))
+        before = _status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := now (Linux)
+        dist.barrier()
+        t = time.perf_counter()
+        rec.commit(ckpt)
+        out[f"commit{ckpt}_s"] = time.perf_counter() - t
+        peak = _status_mb("VmHWM")
+        out[f"commit{ckpt}_peak_mb"] = peak
+        out[f"commit{ckpt}_growth_mb"] = peak - before
+        out["process_peak_mb"] = max(out["process_peak_mb"], peak)
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def _shuffled(n: int) -> np.ndarray:
+    return np.random.default_rng(0).permutation(n)
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_ranks(tree: str, root: Path, samples: int, ranks: int) -> list[dict[str, float]]:
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(tree).resolve()),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(ranks),
+    )
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rank-of", str(root), str(samples)]
+    procs = [
+        subprocess.Popen(cmd, env=dict(env, RANK=str(r)), cwd=root, stderr=subprocess.PIPE)
+        for r in range(ranks)
+    ]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"a rank failed ({p.returncode}): {err.decode()[-2000:]}")
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def _median(runs: list[list[dict[str, float]]], rank: int, key: str) -> float:
+    return statistics.median(run[rank][key] for run in runs)
+
+
+def ddp_main(
+    samples: int, ranks: int, repeats: int, trees: list[list[str]], root: str | None
+) -> int:
+    print(f"{ranks} gloo ranks on the CPU, {samples:,} samples in all, medians of {repeats} runs")
+    cols = ["commit s", *(f"rank {r} peak MB" for r in range(ranks))]
+    cols += [f"rank {r} growth MB" for r in range(ranks)]
+    head = f"| {'checkout':<10} | {'commit':<18} | " + " | ".join(cols) + " |"
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    runs: dict[str, list[list[dict[str, float]]]] = {label: [] for label, _ in trees}
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        for i in range(repeats):  # checkouts alternate: the machine's noise falls on each alike
+            for label, tree in trees:
+                run_root = Path(tmp) / f"{label}-{i}"
+                run_root.mkdir()
+                runs[label].append(_run_ranks(tree, run_root, samples, ranks))
+                shutil.rmtree(run_root)
+    for label, _ in trees:
+        for ckpt, what in ((0, "0 (new split)"), (1, "1 (split exists)")):
+            done = runs[label]
+            cells = [f"{_median(done, 0, f'commit{ckpt}_s'):.2f}"]
+            cells += [f"{_median(done, r, f'commit{ckpt}_peak_mb'):.0f}" for r in range(ranks)]
+            cells += [f"{_median(done, r, f'commit{ckpt}_growth_mb'):.0f}" for r in range(ranks)]
+            row = f"| {label:<10} | {what:<18} | " + " | ".join(
+                f"{c:>{len(h)}}" for c, h in zip(cells, cols, strict=True)
+            )
+            print(row + " |", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--rank-of":
+        ddp_rank(sys.argv[2], int(sys.argv[3]))
+        raise SystemExit(0)
     raise SystemExit(main())
