@@ -528,7 +528,10 @@ _EXAMPLES = 5  # sample ids an error message names
 
 
 class _Comm:
-    """The process group as the commit uses it: dst broadcasts, the other ranks answer."""
+    """The process group as the commit uses it: dst broadcasts, the other ranks answer.
+
+    Messages travel as tensors on the device the group's backend communicates on: the CPU
+    for gloo (or a ``cpu:gloo,cuda:nccl`` group), the current CUDA device for NCCL."""
 
     def __init__(self, group: Any, dst: int) -> None:
         dist = torch.distributed
@@ -537,6 +540,7 @@ class _Comm:
         self.world = dist.get_world_size(group)
         self.dst = dst
         self.dst_global = self.global_rank(dst)
+        self.device = _comm_device(group)
 
     def global_rank(self, rank: int) -> int:
         if self.group is None:
@@ -548,36 +552,48 @@ class _Comm:
         return self.broadcast(np.array([code, a, b, first], np.int64)).tolist()
 
     def broadcast(self, array: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = self._tensor(array)
         torch.distributed.broadcast(tensor, src=self.dst_global, group=self.group)
-        return tensor.numpy()
+        return tensor.cpu().numpy()
 
     def send(self, payload: np.ndarray) -> None:
         """Send one message (bytes) to dst: its size, then the bytes."""
         dist = torch.distributed
-        dist.send(torch.tensor([payload.nbytes]), dst=self.dst_global, group=self.group)
+        size = self._tensor(np.array([payload.nbytes], np.int64))
+        dist.send(size, dst=self.dst_global, group=self.group)
         if payload.nbytes:
-            dist.send(torch.from_numpy(payload), dst=self.dst_global, group=self.group)
+            dist.send(self._tensor(payload), dst=self.dst_global, group=self.group)
 
     def recv(self, rank: int) -> np.ndarray:
         dist = torch.distributed
-        size = torch.zeros(1, dtype=torch.int64)
+        size = torch.zeros(1, dtype=torch.int64, device=self.device)
         dist.recv(size, src=self.global_rank(rank), group=self.group)
-        payload = torch.empty(int(size[0]), dtype=torch.uint8)
+        payload = torch.empty(int(size[0]), dtype=torch.uint8, device=self.device)
         if len(payload):
             dist.recv(payload, src=self.global_rank(rank), group=self.group)
-        return payload.numpy()
+        return payload.cpu().numpy()
 
     def gather_ints(self, values: Sequence[int]) -> list[np.ndarray] | None:
         """A few integers from every rank, in rank order, on dst (None elsewhere)."""
-        tensor = torch.tensor(list(values), dtype=torch.int64)
+        tensor = self._tensor(np.array(list(values), np.int64))
         out = [torch.empty_like(tensor) for _ in range(self.world)] if self._is_dst else None
         torch.distributed.gather(tensor, out, dst=self.dst_global, group=self.group)
-        return None if out is None else [t.numpy() for t in out]
+        return None if out is None else [t.cpu().numpy() for t in out]
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @property
     def _is_dst(self) -> bool:
         return self.rank == self.dst
+
+
+def _comm_device(group: Any) -> torch.device:
+    """Where the group's backend takes CPU-side messages: the CPU unless it is CUDA-only."""
+    backend = str(torch.distributed.get_backend(group)).lower()
+    if "gloo" in backend or "mpi" in backend or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _pack_message(arrays: Sequence[np.ndarray]) -> np.ndarray:
