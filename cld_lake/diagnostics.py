@@ -15,20 +15,23 @@ the report and the comparison harness print or plot:
 - :func:`cld_windows`: stores CLD over the first half of the checkpoints and over every other
   checkpoint, to feed :func:`rank_stability`.
 
-Bounded memory: the scores table is read one column at a time (O(N) floats per column, plus
-the ``sample_id, label`` columns); the N x T loss matrix is never read. Undefined (null)
-scores are left out of every statistic and counted.
+Bounded memory: :func:`class_nonpositive_share` and :func:`selection_alignment` stream the
+scores table one row group at a time (the latter holds the manifest's ids); the others read
+one column at a time (O(N) floats per column, plus the ``sample_id, label`` columns). The
+N x T loss matrix is never read. Undefined (null) scores are left out of every statistic and
+counted.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cld_lake.errors import BadInputError, ScoringError
-from cld_lake.lake.scores import read_scores, stored_scores
+from cld_lake.lake.scores import iter_scores, read_scores, stored_scores
 from cld_lake.lake.store import Lake, open_lake
 from cld_lake.manifest import Manifest, load_manifest
 
@@ -100,8 +103,7 @@ def _lake(lake: LakeLike) -> Lake:
     return lake if isinstance(lake, Lake) else open_lake(lake)
 
 
-def _column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(sample_ids, labels, values)`` of one stored score (NaN where null)."""
+def _check_stored(lake: Lake, score: str) -> None:
     stored = stored_scores(lake)
     if score not in stored:
         have = ", ".join(stored) or "none"
@@ -109,6 +111,30 @@ def _column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             f"score {score!r} is not stored in {lake.path} (stored: {have}); "
             f"compute it first: cld-lake score {lake.path} --method METHOD --name {score}"
         )
+
+
+def _batches(lake: Lake, score: str, *, ids: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(labels, values)`` (``(ids, labels, values)`` with ``ids``) of one stored score, one
+    row group of the scores table at a time (its checksums checked after the last)."""
+    for part in iter_scores(lake, [score]):
+        labels = part.column("label").to_numpy().astype(np.int64, copy=False)
+        values = part.column(score).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        if ids:
+            yield part.column("sample_id").to_numpy().astype(np.int64, copy=False), labels, values
+        else:
+            yield labels, values
+
+
+def _add_counts(counts: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``counts`` plus the samples per label of ``labels``, grown as labels need."""
+    part = np.bincount(labels, minlength=len(counts))
+    part[: len(counts)] += counts
+    return part
+
+
+def _column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sample_ids, labels, values)`` of one stored score (NaN where null)."""
+    _check_stored(lake, score)
     table = read_scores(lake, [score])
     assert table is not None  # stored_scores found the file
     ids = table.column("sample_id").to_numpy().astype(np.int64, copy=False)
@@ -133,12 +159,16 @@ def class_nonpositive_share(lake: LakeLike, score: str = "cld") -> list[dict[str
         scored samples; NaN when none is scored).
     """
     lake = _lake(lake)
-    _, labels, values = _column(lake, score)
-    finite = ~np.isnan(values)
-    size = int(labels.max()) + 1 if len(labels) else 0
-    samples = np.bincount(labels, minlength=size)
-    scored = np.bincount(labels[finite], minlength=size)
-    nonpos = np.bincount(labels[finite & (np.nan_to_num(values, nan=1.0) <= 0)], minlength=size)
+    _check_stored(lake, score)
+    samples, scored, nonpos = (np.zeros(0, np.int64) for _ in range(3))
+    for labels, values in _batches(lake, score):  # one row group at a time: bounded memory
+        finite = ~np.isnan(values)
+        nonpositive = finite & (np.nan_to_num(values, nan=1.0) <= 0)
+        samples = _add_counts(samples, labels)
+        scored = _add_counts(scored, labels[finite])
+        nonpos = _add_counts(nonpos, labels[nonpositive])
+    size = len(samples)
+    scored, nonpos = (np.pad(c, (0, size - len(c))) for c in (scored, nonpos))
     return [
         {
             "label": int(c),
@@ -169,26 +199,36 @@ def selection_alignment(
         The manifest names samples the scores table does not hold (another lake?).
     """
     lake = _lake(lake)
+    _check_stored(lake, score)
     m = load_manifest(manifest)
-    ids, _, values = _column(lake, score)
-    order = np.argsort(ids, kind="stable")
-    pos = np.minimum(np.searchsorted(ids[order], m.sample_ids), max(len(ids) - 1, 0))
-    missing = ids[order][pos] != m.sample_ids if len(ids) else np.ones(len(m), bool)
-    if missing.any():
+    # the scores table is streamed past the manifest's sorted ids: memory is the manifest's
+    order = np.argsort(m.sample_ids, kind="stable")
+    wanted = m.sample_ids[order]
+    found = np.zeros(len(wanted), bool)
+    chosen_sum, chosen_n, pool_sum, pool_n = 0.0, 0, 0.0, 0
+    for ids, _, values in _batches(lake, score, ids=True):
+        finite = ~np.isnan(values)
+        pool_sum += float(values[finite].sum())
+        pool_n += int(finite.sum())
+        pos = np.minimum(np.searchsorted(wanted, ids), max(len(wanted) - 1, 0))
+        hit = wanted[pos] == ids if len(wanted) else np.zeros(len(ids), bool)
+        found[pos[hit]] = True
+        chosen_sum += float(values[hit & finite].sum())
+        chosen_n += int((hit & finite).sum())
+    if not found.all():
+        missing = np.zeros(len(m), bool)
+        missing[order[~found]] = True  # back in manifest order, for the examples
         raise BadInputError(
             f"the manifest holds {int(missing.sum())} sample ids (e.g. "
             f"{m.sample_ids[missing][:5].tolist()}) that {lake.path} has no score for; "
             "pass the lake it was selected from"
         )
-    chosen = values[order][pos]
-    finite = ~np.isnan(chosen)
-    everyone = values[~np.isnan(values)]
     return {
         "score": score,
         "selected": len(m),
-        "null": int((~finite).sum()),
-        "mean": float(chosen[finite].mean()) if finite.any() else float("nan"),
-        "pool_mean": float(everyone.mean()) if len(everyone) else float("nan"),
+        "null": len(m) - chosen_n,
+        "mean": chosen_sum / chosen_n if chosen_n else float("nan"),
+        "pool_mean": pool_sum / pool_n if pool_n else float("nan"),
         "direction": _direction(lake, score),
     }
 

@@ -13,10 +13,16 @@ test accuracy vs fraction per method. Figures are matplotlib PNGs embedded as ba
 the file opens from disk, offline, with no script, font or style sheet from elsewhere.
 
 Bounded memory and time: one streaming pass per split (sums per checkpoint, per chosen
-class and CLD group), score columns read one at a time (8 bytes per sample), and the points
-drawn (data map) and correlated (Spearman) taken from a strided sample of at most
-``max_points`` training rows, said so on the page. Histograms, detection tables and curves
-use every sample.
+class and CLD group), and the scores table streamed one row group at a time, a few reads per
+score; the points drawn (data map) and correlated (Spearman) come from a strided sample of at
+most ``max_points`` training rows, said so on the page. Histograms, detection tables and
+curves use every sample. Up to ``exact_rows`` (:data:`EXACT_ROWS`) training rows a score
+column is held whole (8 bytes per sample) and every figure is exact, as it always was; above,
+memory does not grow with N but for the noisy flags (held as bits, N / 8 bytes): histograms,
+counts, the per-class share of ``cld <= 0``, coreset means and every top-ranked detection
+figure stay exact (streamed); AUROC comes from a fine histogram, within a bound the page
+states; the rank stability between runs and the per-class CLD groups are taken on uniform
+strided samples of at most ``exact_rows`` rows, said so on the page.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import datetime as _dt
 import html
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,26 +45,31 @@ from cld_lake.diagnostics import (
     selection_alignment,
     spearman,
 )
-from cld_lake.errors import BadInputError, CldLakeError
+from cld_lake.errors import BadInputError, CldLakeError, CorruptLakeError
 from cld_lake.lake.inspect import lake_info
-from cld_lake.lake.scores import read_scores, stale_scores, stored_scores
+from cld_lake.lake.scores import iter_scores, scores_path, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
     DIRECTIONS,
+    FINE_BINS,
+    DetectionTally,
     SplitScan,
     binned_counts,
     curve_groups,
     detection,
+    finite_range,
     histogram_edges,
     noise_detection,
     pick_classes,
+    range_edges,
     sample_stride,
     scan_split,
 )
 from cld_lake.select import MANIFESTS_DIR
 
 __all__ = [
+    "EXACT_ROWS",
     "MAX_POINTS",
     "build_report",
     "compare_series",
@@ -68,6 +80,7 @@ __all__ = [
 ]
 
 MAX_POINTS = 200_000  # rows of the strided sample behind the data map and the correlations
+EXACT_ROWS = 2_000_000  # up to this many training rows, score columns are held whole (exact)
 CURVE_CLASSES = 4  # classes drawn in the per-class loss curves
 GROUP_SHARE = 0.1  # share of a class in each CLD group of those curves
 
@@ -148,6 +161,7 @@ def build_report(
     force: bool = False,
     max_points: int = MAX_POINTS,
     compare: str | os.PathLike[str] | None = None,
+    exact_rows: int = EXACT_ROWS,
 ) -> Path:
     """Write the HTML report to ``out`` (a ``.html`` file, or a directory to hold
     ``report.html``, created if missing) and return its path.
@@ -155,13 +169,19 @@ def build_report(
     ``out`` may not be inside the lake; an existing report is replaced only with ``force``.
     Stale scores (see :func:`cld_lake.lake.scores.stale_scores`) are reported with a
     ``UserWarning`` and a note in the report. ``max_points`` bounds the strided sample of
-    training rows drawn in the data map and used for the score correlations. ``compare``
+    training rows drawn in the data map and used for the score correlations. Up to
+    ``exact_rows`` training rows every figure is exact (score columns held whole, 8 bytes per
+    sample); above, the scores are streamed in bounded memory and the few figures that need
+    every value at once are computed as the page says (AUROC from a fine histogram, within a
+    stated bound; rank stability between runs and the per-class curve groups on uniform
+    samples of at most ``exact_rows`` rows). ``compare``
     (the comparison harness's OUT directory or its ``results.json``) adds the coreset accuracy
     plot to the diagnostics.
     """
     lake = (lake if isinstance(lake, Lake) else Lake(lake)).resolve_run()
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-        raise BadInputError(f"max_points {max_points}: must be an integer >= 1")
+    for what, value in (("max_points", max_points), ("exact_rows", exact_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"{what} {value}: must be an integer >= 1")
     report_path(lake, out, force=force)  # refuse before the (long) computation
     results = load_compare(compare) if compare is not None else None
     if results is not None:
@@ -183,11 +203,11 @@ def build_report(
     for name, reason in stale_scores(lake).items():
         warnings.warn(f"score {name}: {reason}", UserWarning, stacklevel=2)
         sections.append(f"<p><b>Stale score {html.escape(name)}</b>: {html.escape(reason)}</p>")
-    data = _TrainData.load(lake, stored, max_points)
+    data = _TrainData.load(lake, stored, max_points, exact_rows)
     sections += _dynamics_sections(lake, data, _cld_name(stored))
     if stored:
         sections += _score_sections(lake, stored, data)
-    sections += _diagnostics_sections(lake, stored, results)
+    sections += _diagnostics_sections(lake, stored, results, data)
     doc = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -218,66 +238,210 @@ def _cld_name(stored: dict[str, dict[str, Any]]) -> str | None:
 
 
 @dataclass
+class _Column:
+    """What one streamed read of a score column gives (memory independent of N, but for
+    ``whole``, which is kept only up to ``exact_rows`` training rows)."""
+
+    lo: float  # smallest finite value (inf when none)
+    hi: float  # largest finite value (-inf when none)
+    sample: np.ndarray  # values at the strided sample rows (NaN where missing)
+    wide: np.ndarray | None = None  # values at every ``wide_stride``-th row, if asked for
+    whole: np.ndarray | None = None  # the column in train row order, if asked for
+    members: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rows, values, labels
+    member_stride: int = 1  # every member_stride-th row of the classes asked for is a member
+
+
+@dataclass
 class _TrainData:
-    """Score columns and flags reindexed to the train split's rows, read one at a time."""
+    """The train split's score columns and noisy flags, streamed one row group of the scores
+    table at a time, in train row order.
+
+    Only the flags are held for every row, as bits (N / 8 bytes); a score column is held whole
+    only when the split has at most ``exact_rows`` rows. A scores table that no longer matches
+    the train rows (samples appended after scoring) is mapped by sample id, which holds the
+    split's ids (rescore to get the bounded path back).
+    """
 
     train: Split | None
     stride: int
     sample_rows: np.ndarray
-    rows: np.ndarray | None = None  # train row of each scores-table row, None = identical
-    labels: np.ndarray | None = None
-    noisy: np.ndarray | None = None
+    exact_rows: int = EXACT_ROWS
+    aligned: bool = True  # scores-table row i is train row i
+    noisy_bits: np.ndarray | None = None
     samples: dict[str, np.ndarray] = field(default_factory=dict)  # score -> sampled values
+    wide: dict[str, np.ndarray] = field(default_factory=dict)  # score -> wide-sampled values
 
     @classmethod
-    def load(cls, lake: Lake, stored: dict[str, Any], max_points: int) -> _TrainData:
+    def load(
+        cls, lake: Lake, stored: dict[str, Any], max_points: int, exact_rows: int = EXACT_ROWS
+    ) -> _TrainData:
         if not lake.has_split("train"):
-            return cls(None, 1, np.zeros(0, np.int64))
+            return cls(None, 1, np.zeros(0, np.int64), exact_rows)
         train = lake.split("train")
         stride = sample_stride(train.num_samples, max_points)
-        data = cls(train, stride, np.arange(0, train.num_samples, stride, dtype=np.int64))
-        samples = lake.split("train").samples_table  # a Split of its own: freed after this
-        if "noisy" in samples.column_names:
-            column = samples.column("noisy")
-            data.noisy = column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-        del samples
+        rows = np.arange(0, train.num_samples, stride, dtype=np.int64)
+        data = cls(train, stride, rows, exact_rows)
+        data.noisy_bits = _noisy_bits(train)
         if stored:
-            table = read_scores(lake, [])
-            assert table is not None
-            ids = table.column("sample_id").to_numpy()
-            if not _same_ids(train, ids):
-                data.rows = train.rows_of(ids)
-            labels = table.column("label").to_numpy()
-            small = np.int16 if len(labels) == 0 or labels.max() < 2**15 else np.int64
-            data.labels = data.by_row(labels.astype(small), fill=-1)
-            del table, ids, labels
-        _release_arrow_memory()
+            data.aligned = _scores_aligned(lake, train)
         return data
+
+    @property
+    def has_noisy(self) -> bool:
+        return self.noisy_bits is not None
+
+    @property
+    def whole(self) -> bool:
+        """Small enough for every figure to be computed on whole columns (exactly)."""
+        return self.train is not None and self.train.num_samples <= self.exact_rows
+
+    @property
+    def wide_stride(self) -> int:
+        """Stride of the sample behind rank correlations over every row (above exact_rows)."""
+        return sample_stride(self.train.num_samples if self.train else 0, self.exact_rows)
 
     def sample_words(self) -> str:
         """How the sample was taken, for the page."""
         return "every training row" if self.stride == 1 else f"every {self.stride:,}th training row"
 
-    def by_row(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
-        """A scores-table column in train row order (``fill`` for rows it lacks)."""
-        if self.rows is None:
-            return values
-        assert self.train is not None
-        out = np.full(self.train.num_samples, fill, dtype=np.result_type(values, type(fill)))
-        found = self.rows >= 0
-        out[self.rows[found]] = values[found]
-        return out
+    def noisy_of(self, rows: np.ndarray) -> np.ndarray:
+        """The noisy flags of train ``rows``."""
+        assert self.noisy_bits is not None
+        return ((self.noisy_bits[rows >> 3] >> (7 - (rows & 7)).astype(np.uint8)) & 1).astype(bool)
 
-    def column(self, lake: Lake, name: str) -> np.ndarray:
-        table = read_scores(lake, [name])
-        assert table is not None
-        values = table.column(name).to_numpy(zero_copy_only=False)
-        values = values.astype(np.float64, copy=False)
+    def batches(
+        self, lake: Lake, names: list[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """``(train rows, labels, {name: values})`` per row group of the scores table (rows of
+        the table the train split lacks left out); the columns' checksums are checked once
+        the last group is read."""
+        assert self.train is not None
+        start = 0
+        for part in iter_scores(lake, names):
+            size = part.num_rows
+            labels = part.column("label").to_numpy()
+            values = {
+                n: part.column(n).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                for n in names
+            }
+            if self.aligned:
+                rows = np.arange(start, start + size, dtype=np.int64)
+            else:
+                rows = self.train.rows_of(part.column("sample_id").to_numpy())
+                found = rows >= 0
+                if not found.all():
+                    rows, labels = rows[found], labels[found]
+                    values = {n: v[found] for n, v in values.items()}
+            del part
+            yield rows, labels, values
+            start += size
+
+    def read(
+        self,
+        lake: Lake,
+        name: str,
+        *,
+        whole: bool = False,
+        wide: bool = False,
+        classes: np.ndarray | None = None,
+    ) -> _Column:
+        """One streamed read of score ``name``: its finite range and strided sample (kept in
+        ``samples``), and as asked: the whole column (train row order, NaN for rows without a
+        score), the wide sample (kept in ``wide``), the rows, values and labels of the training
+        rows of ``classes`` (every ``s``-th of them, ``s`` such that at most ``exact_rows``
+        are kept)."""
+        assert self.train is not None
+        n = self.train.num_samples
+        lo, hi = np.inf, -np.inf
+        sample = np.full(len(self.sample_rows), np.nan)
+        wide_values = np.full(-(-n // self.wide_stride), np.nan) if wide else None
+        column = np.full(n, np.nan) if whole else None
+        member_stride, seen = 1, 0
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        if classes is not None:
+            counts = self.train.label_counts()
+            in_classes = int(counts[classes[classes < len(counts)]].sum())
+            member_stride = sample_stride(in_classes, self.exact_rows)
+        for rows, labels, values in self.batches(lake, [name]):
+            v = values[name]
+            batch_lo, batch_hi = finite_range(v)
+            lo, hi = min(lo, batch_lo), max(hi, batch_hi)
+            at = rows % self.stride == 0
+            sample[rows[at] // self.stride] = v[at]
+            if wide_values is not None:
+                at = rows % self.wide_stride == 0
+                wide_values[rows[at] // self.wide_stride] = v[at]
+            if column is not None:
+                column[rows] = v
+            if classes is not None:
+                mine = np.flatnonzero(np.isin(labels, classes))
+                keep = mine[(seen + np.arange(len(mine))) % member_stride == 0]
+                seen += len(mine)
+                parts.append((rows[keep], v[keep], labels[keep].astype(np.int64)))
+        self.samples[name] = sample
+        if wide_values is not None:
+            self.wide[name] = wide_values
+        members = None
+        if classes is not None:
+            rows, v, labels = (np.concatenate(p) for p in zip(*parts, strict=True)) if parts else (
+                np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))  # fmt: skip
+            order = np.argsort(rows, kind="stable")  # train row order (ties of curve groups)
+            members = (rows[order], v[order], labels[order])
+        return _Column(lo, hi, sample, wide_values, column, members, member_stride)
+
+
+def _noisy_bits(train: Split) -> np.ndarray | None:
+    """The train split's ``noisy`` flags packed as bits (``np.packbits`` order; null = False),
+    streamed one row group of the samples table at a time; in a checksummed lake each group's
+    ids and labels and the whole table's checksum are checked as for a whole read. None when
+    the samples carry no flag."""
+    import pyarrow.parquet as pq
+
+    from cld_lake._meta import CHECKSUM_KEY, TableChecksum, read_meta
+    from cld_lake.lake._format import SAMPLES_FILE
+    from cld_lake.lake.store import check_sample_group
+
+    path = train.path / SAMPLES_FILE
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as exc:
+        raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {train.lake.fix}") from exc
+    if "noisy" not in schema.names:
+        return None
+    checked = train.lake.checksummed
+    checksum = TableChecksum(schema) if checked else None
+    packed: list[np.ndarray] = []
+    rest = np.zeros(0, bool)
+    for g in range(pf.metadata.num_row_groups):
+        try:
+            table = pf.read_row_group(g)
+        except Exception as exc:
+            raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {train.lake.fix}") from exc
+        if checksum is not None:
+            check_sample_group(train, g, table)
+            checksum.update(table)
+        flags = table.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
+        flags = np.concatenate([rest, flags.astype(bool)])
+        whole_bytes = len(flags) // 8 * 8
+        packed.append(np.packbits(flags[:whole_bytes]))
+        rest = flags[whole_bytes:]
         del table
-        _release_arrow_memory()
-        values = self.by_row(values)
-        self.samples[name] = values[self.sample_rows]
-        return values
+    packed.append(np.packbits(rest))
+    bits = np.concatenate(packed)
+    if len(bits) * 8 < train.num_samples:
+        raise CorruptLakeError(
+            f"{path} holds fewer rows than the split's {train.num_samples}; {train.lake.fix}"
+        )
+    if checksum is not None:
+        meta = read_meta(schema)
+        stored = meta.get(CHECKSUM_KEY)
+        if not isinstance(stored, str) or checksum.value(meta) != stored:
+            raise CorruptLakeError(
+                f"{path} fails its checksum (stored {stored}, computed {checksum.value(meta)}); "
+                f"{train.lake.fix}"
+            )
+    return bits
 
 
 def _release_arrow_memory() -> None:
@@ -288,15 +452,27 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _same_ids(train: Split, ids: np.ndarray) -> bool:
-    """Are ``ids`` the train split's sample ids in row order? (streamed, one row group at a
-    time, so the split's id column is never loaded whole)"""
-    if len(ids) != train.num_samples:
+def _scores_aligned(lake: Lake, train: Split) -> bool:
+    """Is row i of the scores table train row i? O(1) when both carry the fingerprint of the
+    ids recorded at the split's creation; otherwise the ids are compared row group by row
+    group (the split's id column is never loaded whole)."""
+    import pyarrow.parquet as pq
+
+    from cld_lake._meta import read_meta
+
+    pf = pq.ParquetFile(scores_path(lake))
+    if pf.metadata.num_rows != train.num_samples:
         return False
-    for start in range(0, len(ids), train.row_chunk):
-        part, _ = train.sample_rows(start, start + train.row_chunk)
-        if not np.array_equal(part, ids[start : start + len(part)]):
+    recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
+    if recorded is not None and train.ids_digest is not None:
+        return bool(recorded == train.ids_digest)
+    start = 0
+    for part in iter_scores(lake, []):
+        ids = part.column("sample_id").to_numpy()
+        mine, _ = train.sample_rows(start, start + len(ids))
+        if not np.array_equal(mine, ids):
             return False
+        start += len(ids)
     return True
 
 
@@ -306,14 +482,20 @@ def _dynamics_sections(lake: Lake, data: _TrainData, cld: str | None) -> list[st
     out: list[str] = []
     train = data.train
     classes = np.zeros(0, np.int64)
-    groups, names = None, []
-    cld_values = None
+    groups: tuple[np.ndarray, np.ndarray] | None = None
+    names: list[tuple[int, str, int]] = []
+    member_stride = 1
     if train is not None and "loss" in train.channels:
         classes = pick_classes(np.flatnonzero(train.label_counts()), CURVE_CLASSES)
-        if cld is not None and data.labels is not None:
-            cld_values = data.column(lake, cld)
-            groups, names = curve_groups(cld_values, data.labels, classes, GROUP_SHARE)
-            del cld_values
+        if cld is not None:
+            column = data.read(lake, cld, classes=classes)
+            assert column.members is not None
+            rows, values, labels = column.members
+            group, names = curve_groups(values, labels, classes, GROUP_SHARE)
+            inside = group >= 0
+            groups = (rows[inside], group[inside].astype(np.int64))
+            member_stride = column.member_stride
+            del column, rows, values, labels, group
     scans: dict[str, SplitScan] = {}
     for name in lake.splits():
         split = train if name == "train" and train is not None else lake.split(name)
@@ -338,7 +520,10 @@ def _dynamics_sections(lake: Lake, data: _TrainData, cld: str | None) -> list[st
         ]
     t = scans.get("train")
     if t is not None and len(classes):
-        out += ["<h3>Per-class loss curves</h3>", _class_curves(t, scans.get("val"), names, cld)]
+        out += [
+            "<h3>Per-class loss curves</h3>",
+            _class_curves(t, scans.get("val"), names, cld, member_stride),
+        ]
     if t is not None and len(t.sample_rows):
         color = data.samples.get(cld) if cld else None
         out += [
@@ -357,7 +542,11 @@ def _dynamics_sections(lake: Lake, data: _TrainData, cld: str | None) -> list[st
 
 
 def _class_curves(
-    t: SplitScan, v: SplitScan | None, names: list[tuple[int, str, int]], cld: str | None
+    t: SplitScan,
+    v: SplitScan | None,
+    names: list[tuple[int, str, int]],
+    cld: str | None,
+    member_stride: int = 1,
 ) -> str:
     panels = []
     for i, c in enumerate(t.classes):
@@ -380,6 +569,13 @@ def _class_curves(
             f"Groups: the {GROUP_SHARE:.0%} of each class with the highest, nearest-zero and "
             f"lowest (most negative) {cld} ({', '.join(map(str, sizes))} samples each); "
             "curves average the finite losses at each checkpoint over every sample of a group."
+            + (
+                f" Groups are taken from every {member_stride:,}th training row of these "
+                "classes (a uniform sample: the classes hold more rows than the report ranks "
+                "in memory)."
+                if member_stride > 1
+                else ""
+            )
             if names
             else "No CLD score stored: class means only (compute one with cld-lake score)."
         )
@@ -402,31 +598,45 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
     hists: list[dict[str, object]] = []
     detections: list[dict[str, Any]] = []
     lowest_tables: list[str] = []
+    bounds: list[float] = []
+    approximate: list[str] = []
+    paired = {n for pair in _run_pairs(stored) for n in pair}
     for name, prov in stored.items():
         direction = _direction(prov)
-        values = data.column(lake, name)
-        edges = histogram_edges(values)
+        wide = not data.whole and name in paired
+        column = data.read(lake, name, whole=data.whole, wide=wide)
+        if column.whole is not None:  # small: the exact figures, from the whole column
+            values = column.whole
+            noisy = data.noisy_of(np.arange(len(values))) if data.has_noisy else None
+            edges = histogram_edges(values)
+            counts = binned_counts(values, edges, noisy) if edges is not None else []
+            found = detection(values, noisy, direction) if noisy is not None else None
+            del values, noisy
+        else:
+            edges = range_edges(column.lo, column.hi)
+            counts, found = _streamed_stats(lake, data, name, edges, direction, column)
+        del column
         if edges is not None:
-            counts = binned_counts(values, edges, data.noisy)
-            names = ["all samples"] if data.noisy is None else ["clean labels", "noisy labels"]
+            names = ["all samples"] if not data.has_noisy else ["clean labels", "noisy labels"]
             groups = dict(zip(names, counts, strict=True))
             hists.append({"name": name, "edges": edges, "groups": groups, "direction": direction})
-        if data.noisy is not None:
-            row, by_fraction = detection(values, data.noisy, direction)
+        if found is not None:
+            row, by_fraction = found
+            bounds.append(float(row.pop("auroc_bound", 0.0)))
+            approximate += [f"{name}: {what}" for what in row.pop("approximate", [])]
             detections.append({"score": name, "direction": direction} | row)
             which = "lowest" if direction == "higher_keep" else "highest"
             lowest_tables += [
                 f"<h4>{html.escape(name)}: noisy labels among the {which}-scored samples</h4>",
                 _table(by_fraction),
             ]
-        del values
     if hists:
         out.append(
             _figure(
                 plots.score_histograms(hists),
                 "score distributions",
                 "Share of samples per bin over every training sample with a finite score"
-                + (", clean and noisy labels apart." if data.noisy is not None else "."),
+                + (", clean and noisy labels apart." if data.has_noisy else "."),
             )
         )
     if detections:
@@ -436,12 +646,62 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
             "first for higher_keep scores (CLD), highest first for higher_harder ones. AUROC: "
             "the chance that a noisy sample ranks above a clean one (0.5 = chance); precision "
             "at the noise rate: the share of noisy labels among as many top-ranked samples as "
-            "there are noisy ones. Samples with a non-finite score are left out.</p>",
+            "there are noisy ones. Samples with a non-finite score are left out."
+            + (
+                ""
+                if data.whole
+                else _streamed_note(max(bounds, default=0.0), approximate, data.exact_rows)
+            )
+            + "</p>",
             _table(detections),
             *lowest_tables,
         ]
     out += _correlation_sections(stored, data)
     return out
+
+
+def _streamed_stats(
+    lake: Lake, data: _TrainData, name: str, edges: np.ndarray | None, direction: str,
+    column: _Column,
+) -> tuple[list[np.ndarray], tuple[dict[str, Any], list[dict[str, Any]]] | None]:  # fmt: skip
+    """Histogram counts and detection figures of a score too long to hold, from two more
+    streamed reads (the second only with noisy flags)."""
+    bins = len(edges) - 1 if edges is not None else 0
+    counts = [np.zeros(bins, np.int64) for _ in range(2 if data.has_noisy else 1)]
+    tally = DetectionTally(column.lo, column.hi, direction) if data.has_noisy else None
+    for rows, _, values in data.batches(lake, [name]):
+        v = values[name]
+        noisy = data.noisy_of(rows) if data.has_noisy else None
+        if edges is not None:
+            for total, part in zip(counts, binned_counts(v, edges, noisy), strict=True):
+                total += part
+        if tally is not None:
+            tally.add(v, noisy)  # type: ignore[arg-type]
+    if tally is None:
+        return counts, None
+    if tally.cuts():
+        for rows, _, values in data.batches(lake, [name]):
+            tally.add_cut(values[name], data.noisy_of(rows))
+    return counts, tally.result()
+
+
+def _streamed_note(bound: float, approximate: list[str], exact_rows: int) -> str:
+    """What the streamed detection figures are (more training rows than held whole)."""
+    text = (
+        f" With more than {exact_rows:,} training rows the scores are streamed: AUROC "
+        f"comes from a {FINE_BINS:,}-bin histogram of each score, where a noisy-clean pair "
+        "in one bin holding different values counts one half, so each AUROC is within "
+        f"{bound:.1e} of the exact value"
+        + (" (exact here)" if bound == 0 else "")
+        + "; the top-ranked figures are exact (ties in row order)."
+    )
+    if approximate:
+        text += (
+            " Split in proportion within one histogram bin (too many rows to hold): "
+            + ", ".join(approximate)
+            + "."
+        )
+    return html.escape(text)
 
 
 def _correlation_sections(stored: dict[str, dict[str, Any]], data: _TrainData) -> list[str]:
@@ -504,7 +764,10 @@ def _top_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
 
 # --- diagnostics: CLD <= 0 per class, manifest alignment, rank stability between runs --------
 def _diagnostics_sections(
-    lake: Lake, stored: dict[str, dict[str, Any]], compare: dict[str, Any] | None
+    lake: Lake,
+    stored: dict[str, dict[str, Any]],
+    compare: dict[str, Any] | None,
+    data: _TrainData,
 ) -> list[str]:
     out: list[str] = []
     if "cld" in stored:
@@ -534,11 +797,22 @@ def _diagnostics_sections(
             ]
     pairs = _run_pairs(stored)
     if pairs:
-        rows = [rank_stability(lake, a, b) for a, b in pairs]
+        if data.whole:
+            rows = [rank_stability(lake, a, b) for a, b in pairs]
+            over = "over every sample both define"
+        else:  # ranks of N values cannot be held: a uniform sample of at most exact_rows
+            rows = []
+            for a, b in pairs:
+                rho, n = spearman(data.wide[a], data.wide[b])
+                rows.append({"a": a, "b": b, "spearman": rho, "pairs": n})
+            over = (
+                f"over every {data.wide_stride:,}th training row (a uniform sample of at most "
+                f"{data.exact_rows:,} rows), where both are defined"
+            )
         out += [
             "<h3>Rank stability between runs</h3>",
             "<p class='note'>Spearman's rank correlation between scores computed on different "
-            "proxy runs, over every sample both define.</p>",
+            f"proxy runs, {over}.</p>",
             _table(
                 [{"run a": stored[r["a"]]["run"], "run b": stored[r["b"]]["run"]} | r for r in rows]
             ),
