@@ -6,15 +6,20 @@ Plain script (not part of the test suite). Builds the lake with :mod:`benchmarks
 fresh process under ``/usr/bin/time`` and prints wall time and peak RSS per run. With
 ``--noisy SHARE`` the train split gets a ``noisy`` flag (a seeded random share of samples;
 the losses are the same synthetic curves), so the detection tables and the noisy/clean
-histograms are computed too.
+histograms are computed too. With ``--before DIR`` (a checkout of an earlier commit, its C
+kernel built in place: ``python setup.py build_ext --inplace``) the same command runs from
+that code too (``PYTHONPATH=DIR``), alternating with this checkout, and the table compares
+the medians.
 
     .venv/bin/python -m benchmarks.bench_report [--train 10000000] [--checkpoints 50]
                                                 [--lake /tmp/bench10m] [--runs 3] [--noisy 0.1]
+                                                [--before /tmp/before]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -74,8 +79,9 @@ def prepare(path: Path, config: SynthConfig, noisy: float | None = None) -> None
         cld_lake.score(path, checkpoints=f"0:{config.checkpoints // 2}", name="cld_first_half")
 
 
-def run_report(lake: Path, out: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `cld-lake report` process."""
+def run_report(lake: Path, out: Path, code: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `cld-lake report` process (from the package in
+    ``code`` when given)."""
     cli = Path(sys.executable).with_name("cld-lake")
     cmd = [
         "/usr/bin/time",
@@ -88,7 +94,10 @@ def run_report(lake: Path, out: Path) -> tuple[float, float]:
         str(out),
         "--force",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
     return float(wall), float(rss_kb) / 1024
 
@@ -103,6 +112,7 @@ def main() -> None:
     ap.add_argument("--lake", type=Path, help="lake to build or reuse (default: a temp dir)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--noisy", type=float, help="share of train samples flagged noisy")
+    ap.add_argument("--before", type=Path, help="an earlier checkout to compare with")
     args = ap.parse_args()
     if not Path("/usr/bin/time").exists():
         sys.exit("needs /usr/bin/time (Debian: apt-get install time)")
@@ -113,29 +123,52 @@ def main() -> None:
         classes=args.classes,
         dtype=args.dtype,
     )
+    codes: dict[str, Path | None] = {"this checkout": None}
+    if args.before is not None:
+        codes = {"before": args.before, **codes}
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         lake = args.lake or Path(tmp) / "lake"
         prepare(lake, config, args.noisy)
         out = Path(tmp) / "report.html"
-        runs = [run_report(lake, out) for _ in range(args.runs)]
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label in codes}
+        for _ in range(args.runs):  # alternating: both see the same machine load
+            for label, code in codes.items():
+                runs[label].append(run_report(lake, out, code))
         size = out.stat().st_size / 2**20
-    header = (
-        f"{'train rows':>11} {'ckpts':>5} {'dtype':>7} {'run':>4} {'wall s':>7} {'peak RSS MB':>12}"
-    )
+    header = f"{'code':>14} {'run':>4} {'wall s':>7} {'peak RSS MB':>12}"
+    print(f"{args.train:,} train rows x {args.checkpoints} checkpoints {args.dtype}")
     print(header)
     print("-" * len(header))
-    for i, (wall, rss) in enumerate(runs, 1):
-        print(
-            f"{args.train:>11,} {args.checkpoints:>5} {args.dtype:>7} {i:>4} {wall:>7.1f} {rss:>12.0f}"
-        )
+    for label, measured in runs.items():
+        for i, (wall, rss) in enumerate(measured, 1):
+            print(f"{label:>14} {i:>4} {wall:>7.1f} {rss:>12.0f}")
     print()
+    medians = {
+        label: (statistics.median(w for w, _ in m), statistics.median(r for _, r in m))
+        for label, m in runs.items()
+    }
+    for label, (wall, rss) in medians.items():
+        print(f"{label}: median {wall:.1f} s, median peak RSS {rss:.0f} MB")
+    if "before" in medians:
+        (wb, rb), (wa, ra) = medians["before"], medians["this checkout"]
+        print(f"ratio this checkout / before: wall {wa / wb:.2f}x, peak RSS {ra / rb:.2f}x")
     print(
-        f"median {statistics.median(w for w, _ in runs):.1f} s, max peak RSS "
-        f"{max(r for _, r in runs):.0f} MB; report {size:.2f} MB. Each run is a fresh "
-        "`cld-lake report` process (interpreter start and imports included); scores stored: "
-        "cld, cld_first_half; "
+        f"report {size:.2f} MB. Each run is a fresh `cld-lake report` process (interpreter "
+        "start and imports included); scores stored: "
+        + ", ".join(stored_names(lake if args.lake else None))
+        + "; "
         + (f"{args.noisy:.0%} of train flagged noisy." if args.noisy else "no noisy flags.")
     )
+
+
+def stored_names(lake: Path | None) -> list[str]:
+    """The stored scores of ``lake`` (the default two when the lake was a temporary one)."""
+    if lake is None:
+        return ["cld", "cld_first_half"]
+    from cld_lake.lake import open_lake
+    from cld_lake.lake.scores import stored_scores
+
+    return list(stored_scores(open_lake(lake)))
 
 
 if __name__ == "__main__":
