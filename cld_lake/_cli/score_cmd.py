@@ -12,6 +12,7 @@ import click
 
 from cld_lake._cli._common import LAKE
 from cld_lake._types import CLDReference, Engine, Fallback, choices
+from cld_lake.errors import BadInputError
 from cld_lake.score import ENGINES, METHODS
 
 if TYPE_CHECKING:
@@ -103,6 +104,13 @@ class MethodChoice(click.Choice):
     help="The proxy run to score (needed when the lake holds several); repeat it (--run A "
     "--run B) to store the mean of the runs' scores (undefined where any run's is).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="--engine dask: the address of a running dask scheduler (e.g. tcp://10.0.0.5:8786, "
+    "what `dask scheduler` prints); its workers open LAKE themselves, so it must be a path or "
+    "URL they reach. Default: a LocalCluster on this machine.",
+)
 def score_cmd(
     lake: Path,
     method: str,
@@ -115,11 +123,13 @@ def score_cmd(
     window_length: int | None,
     block_rows: int | None,
     runs: tuple[str, ...],
+    scheduler: str | None,
 ) -> None:
     """Score every training sample of LAKE and store the column NAME in LAKE/scores.parquet."""
     from cld_lake.lake import open_lake
     from cld_lake.score import compute_scores
 
+    engine_options = _engine_options(engine, scheduler)
     lk = open_lake(lake)
     with _progress(lk, runs) as progress:
         results = compute_scores(
@@ -137,9 +147,24 @@ def score_cmd(
             window_length=window_length,
             reference=reference,
             runs=runs,
+            engine_options=engine_options,
         )
     for result in results.values():
         click.echo(_summary(result, engine, lk))
+
+
+def _engine_options(engine: Engine, scheduler: str | None) -> dict[str, str]:
+    """``--scheduler`` for the dask engine (the address checked before anything runs)."""
+    if scheduler is None:
+        return {}
+    if engine != "dask":
+        raise BadInputError(
+            f"--scheduler applies to --engine dask (got --engine {engine}); add --engine dask "
+            "to score on that cluster, or leave --scheduler out"
+        )
+    from cld_lake.score._dask import check_scheduler_address
+
+    return {"scheduler": check_scheduler_address(scheduler)}
 
 
 def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
