@@ -6,12 +6,20 @@ subprocesses and prints a table of medians: the ``cld_lake.select`` call alone, 
 ``cld-lake select`` command, and each one's peak RSS.
 
     .venv/bin/python benchmarks/bench_select.py [--samples 1281167] [--classes 1000] [--runs 5]
+
+``--paths``: the streaming path (bounded memory) next to the in-memory one, each forced with
+``CLD_LAKE_SELECT_STREAM_ROWS``, on the whole ``cld-lake select`` process (wall, and peak RSS
+from the child's own ``ru_maxrss``); the two manifests are checked to be equal.
+
+    .venv/bin/python benchmarks/bench_select.py --paths --samples 10000000 --runs 3 \
+        [--lake DIR (reuse, or build there and keep)] [--memory-runs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -90,13 +98,82 @@ def run_cli(lake: Path, out: Path, fraction: float, balance: str) -> tuple[float
     return wall, rss
 
 
+STREAM_ENV = "CLD_LAKE_SELECT_STREAM_ROWS"
+PATHS = {"streaming": "0", "in-memory": str(10**15)}
+
+
+def run_path(
+    lake: Path, out: Path, fraction: float, balance: str, path: str
+) -> tuple[float, float, float]:
+    """Wall time (s), CPU time (s, user + system) and peak RSS (MB, the child's ru_maxrss) of
+    one ``cld-lake select`` process on ``path`` (streaming or in-memory)."""
+    cli = Path(sys.executable).with_name("cld-lake")
+    cmd = [str(cli), "select", str(lake), "--score", "cld", "--fraction", str(fraction)]
+    cmd += ["--balance", balance, "--out", str(out), "--force"]
+    env = {**os.environ, STREAM_ENV: PATHS[path]}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{path} select failed: {proc.stderr.read().decode()}")
+    proc.stderr.close()
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def compare_paths(args: argparse.Namespace, lake: Path, scratch: Path) -> None:
+    """Streaming vs in-memory select on ``lake``: medians, ratios, and the manifests compared."""
+    import cld_lake
+
+    med = statistics.median
+    header = f"{'path':<11} {'runs':>4} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}"
+    print(header)
+    print("-" * len(header))
+    results = {}
+    for path in PATHS:
+        runs = args.runs if path == "streaming" else args.memory_runs
+        out = scratch / f"{path}.parquet"
+        measured = [run_path(lake, out, args.fraction, args.balance, path) for _ in range(runs)]
+        results[path] = tuple(med(m[i] for m in measured) for i in range(3))
+        wall, cpu, rss = results[path]
+        print(f"{path:<11} {runs:>4} {wall:>8.1f} {cpu:>8.1f} {rss:>12.0f}")
+    (sw, sc, sr), (mw, mc, mr) = results["streaming"], results["in-memory"]
+    streamed = cld_lake.load_manifest(scratch / "streaming.parquet")
+    same = streamed.table.equals(cld_lake.load_manifest(scratch / "in-memory.parquet").table)
+    print()
+    print(
+        f"streaming / in-memory: wall {sw / mw:.2f}x, CPU {sc / mc:.2f}x, peak RSS {sr / mr:.2f}x; "
+        f"{len(streamed):,} rows selected; manifests identical: {same}"
+    )
+    print(
+        f"select --fraction {args.fraction} --balance {args.balance}, whole `cld-lake select` "
+        "processes (interpreter start included), medians; RSS = the child's ru_maxrss."
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=1_281_167)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--paths", action="store_true", help="streaming vs in-memory select")
+    ap.add_argument("--balance", default="proportional", help="--paths: the balance rule")
+    ap.add_argument("--memory-runs", type=int, default=None, help="--paths: in-memory runs")
+    ap.add_argument("--lake", type=Path, help="--paths: lake to use (built there if missing)")
     args = ap.parse_args()
+    if args.paths:
+        args.memory_runs = args.runs if args.memory_runs is None else args.memory_runs
+        with tempfile.TemporaryDirectory(prefix="bench-select-") as tmp:
+            lake = args.lake or Path(tmp) / "lake"
+            if not (lake / "scores.parquet").exists():
+                t0 = time.perf_counter()
+                build_lake(lake, args.samples, args.classes)
+                print(f"built a score table of {args.samples:,} samples x {args.classes} classes "
+                      f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+            compare_paths(args, lake, Path(tmp))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-select-") as tmp:
         lake = Path(tmp) / "lake"
         t0 = time.perf_counter()

@@ -900,12 +900,12 @@ def rank_keys(scores: np.ndarray, lowest: bool) -> np.ndarray:
     NaN scores get keys too; they are never selectable and callers mask them out.
     """
     value = np.asarray(scores, dtype=np.float64)
-    value = value + 0.0 if lowest else -value
+    value = np.add(value, 0.0) if lowest else np.negative(value)
     value += 0.0  # -0.0 becomes 0.0
     signed = value.view(np.int64)
-    negative = signed < 0
-    np.invert(signed, out=signed, where=negative)  # negative: every bit flipped
-    np.bitwise_or(signed, _SIGN_BIT, out=signed, where=~negative)  # else: the sign bit set
+    flip = np.right_shift(signed, 63)  # all ones for a negative value, else zero
+    np.bitwise_or(flip, _SIGN_BIT, out=flip)
+    np.bitwise_xor(signed, flip, out=signed)  # negative: every bit flipped; else the sign bit
     return signed.view(np.uint64)
 
 
@@ -1038,11 +1038,14 @@ def _histograms(
     buckets = len(edges) + 1
     hist = np.zeros(groups * buckets, dtype=np.int64)
     for part in stream.passes(["label", score]):
-        values = part[score]
+        values, labels = part[score], part["label"]
         ok = ~np.isnan(values)
-        group = group_of(part["label"][ok]).astype(np.int64)
-        bucket = np.searchsorted(edges, rank_keys(values[ok], lowest), side="right")
-        hist += np.bincount(group * buckets + bucket, minlength=groups * buckets)
+        if not ok.all():
+            values, labels = values[ok], labels[ok]
+        cell = group_of(labels).astype(np.int64)
+        cell *= buckets
+        cell += np.searchsorted(edges, rank_keys(values, lowest), side="right")
+        hist += np.bincount(cell, minlength=groups * buckets)
     return hist.reshape(groups, buckets)
 
 
@@ -1119,16 +1122,19 @@ class _TopRows:
         self.scores = np.empty(capacity, dtype=np.float64)
         self.size = 0
 
-    def group(self, cls: np.ndarray) -> np.ndarray:
-        return np.zeros(len(cls), dtype=np.int64) if self.single else cls.astype(np.int64)
-
     def passes(self, cls: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Which rows are selectable and before their group's bound."""
+        """Positions of the rows that are selectable and before their group's bound."""
         key = rank_keys(values, self.lowest)
-        group = self.group(cls)
-        bound = self.bound_key[group]
-        before = (key < bound) | ((key == bound) & (ids < self.bound_id[group]))
-        return before & ~np.isnan(values)
+        if self.single:
+            near = np.flatnonzero(key <= self.bound_key[0])  # a cheap superset first
+            bound_key, bound_id = self.bound_key[0], self.bound_id[0]
+        else:
+            near = np.flatnonzero(key <= self.bound_key[cls])
+            bound_key, bound_id = self.bound_key[cls[near]], self.bound_id[cls[near]]
+        key = key[near]
+        before = (key < bound_key) | ((key == bound_key) & (ids[near] < bound_id))
+        before &= ~np.isnan(values[near])
+        return near[before]
 
     def offer(self, cls: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
         """Keep the rows of this part (in table order) that can still be selected."""

@@ -22,12 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cld_lake
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, CorruptLakeError
+from cld_lake.lake.scores import CHECKSUMS_KEY
+from cld_lake.manifest import manifest_table
 from cld_lake.select import (
     STREAM_ROWS_ENV,
     _ScoresStream,
+    _table_in_order,
     rank_keys,
     select_rows,
+    sorted_order,
     stream_select,
 )
 
@@ -76,6 +80,45 @@ def test_rank_keys_order_is_the_float_order_with_equal_zeros():
         assert keys[4] == keys[5]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(SPECIAL + [1.0, 2.0]), st.integers(-3, 3)),
+        max_size=60,
+    ),
+    lowest=st.booleans(),
+    single=st.booleans(),
+    block=st.sampled_from([1, 2, 1 << 20]),
+)
+def test_sorted_order_is_lexsort_of_group_key_id(rows, lowest, single, block, monkeypatch_block):
+    group = np.array([r[0] for r in rows], dtype=np.int32)
+    values = np.array([r[1] for r in rows], dtype=float)
+    ids = np.array([r[2] for r in rows], dtype=np.int64)  # repeated ids: row order decides
+    keys = rank_keys(values, lowest)
+    monkeypatch_block(block)
+    if single:
+        got = sorted_order(None, values, lowest, ids, 1)
+        assert got.tolist() == np.lexsort((ids, keys)).tolist()
+    else:
+        got = sorted_order(group, values, lowest, ids, 4)
+        assert got.tolist() == np.lexsort((ids, keys, group)).tolist()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_block():
+    """Set ``TIE_BLOCK`` (the tied rows ordered at a time) for one example; restored after."""
+    import importlib
+
+    module = importlib.import_module("cld_lake.select")
+    saved = module.TIE_BLOCK
+
+    def set_block(value: int) -> None:
+        module.TIE_BLOCK = value
+
+    yield set_block
+    module.TIE_BLOCK = saved
+
+
 # --- property: streaming == in memory ----------------------------------------------------
 @st.composite
 def tables(draw):
@@ -106,7 +149,7 @@ def tables(draw):
     return ids, labels.astype(np.int64), scores
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=tables(),
     balance=st.sampled_from(["proportional", "equal", "none"]),
@@ -140,6 +183,8 @@ def test_streaming_equals_select_rows(
         return
     got = stream_select(stream, "s", buckets=buckets, slack=slack, **kw)
     assert_same(got, expected)
+    # the table built from rows in order is the one manifest_table sorts into that order
+    assert _table_in_order(got).equals(manifest_table(*expected[:4]))
     assert got.candidates == len(ids)
     assert got.nan_scores == int(np.isnan(scores).sum())
     assert got.classes == len(np.unique(labels))
@@ -253,3 +298,28 @@ def test_bad_stream_rows_setting_is_a_one_line_error(synth_lake, tmp_path):
     assert done.returncode == 2
     assert STREAM_ROWS_ENV in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.parquet").exists()
+
+
+@pytest.mark.parametrize("column", ["sample_id", "label", "cld"])
+def test_streaming_refuses_a_tampered_column_and_writes_nothing(
+    synth_lake, tmp_path, monkeypatch, column
+):
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(synth_lake, lake)
+    path = lake / "scores.parquet"
+    table = pq.ParquetFile(path).read()
+    footer = pq.ParquetFile(path).metadata.metadata
+    values = table.column(column).to_numpy(zero_copy_only=False).copy()
+    values[[0, 1]] = values[[1, 0]] if column == "sample_id" else values[[0, 0]] + 1
+    at = table.schema.get_field_index(column)
+    tampered = table.set_column(at, column, pa.array(values, table.schema.field(column).type))
+    with pq.ParquetWriter(path, tampered.schema) as writer:  # the old checksums copied along
+        writer.write_table(tampered, row_group_size=1000)
+        writer.add_key_value_metadata({CHECKSUMS_KEY: footer[CHECKSUMS_KEY]})
+    monkeypatch.setenv(STREAM_ROWS_ENV, "0")
+    out = tmp_path / "m.parquet"
+    with pytest.raises(CorruptLakeError, match=f"fails its checksum \\(column '{column}'\\)"):
+        cld_lake.select(lake, "cld", fraction=0.5, out=out)
+    assert not out.exists()
