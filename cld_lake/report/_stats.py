@@ -76,27 +76,25 @@ def scan_split(
     has_correct = "correct" in split.channels
     channels = ["loss"] + (["correct"] if has_correct else [])
     for block in split.blocks(channels=channels):
-        loss = block.loss.astype(np.float32)
-        finite = np.isfinite(loss)
-        zeroed = np.where(finite, loss, np.float32(0))
-        loss_sum += zeroed.sum(axis=0, dtype=np.float64)
-        loss_n += finite.sum(axis=0)
+        zeroed, finite = _zeroed(block.loss)
+        loss_sum += zeroed.sum(axis=0)
+        loss_n += _finite_count(finite, slice(None), len(block))
         if has_correct:
             acc_sum += block.values["correct"].sum(axis=0)
         for i, c in enumerate(classes):
-            rows = block.labels == c
-            class_sum[i] += zeroed[rows].sum(axis=0, dtype=np.float64)
-            class_n[i] += finite[rows].sum(axis=0)
+            rows = np.flatnonzero(block.labels == c)
+            class_sum[i] += zeroed[rows].sum(axis=0)
+            class_n[i] += _finite_count(finite, rows, len(rows))
         if n_groups and row_groups is not None:
             rows_in, gid = _block_groups(row_groups, block.start, len(block))
             for g in range(n_groups):
                 rows = rows_in[gid == g]
-                group_sum[g] += zeroed[rows].sum(axis=0, dtype=np.float64)
-                group_n[g] += finite[rows].sum(axis=0)
+                group_sum[g] += zeroed[rows].sum(axis=0)
+                group_n[g] += _finite_count(finite, rows, len(rows))
         if stride:
             lo = np.searchsorted(sample_rows, block.start)
             hi = np.searchsorted(sample_rows, block.start + len(block))
-            conf, var = data_map_stats(loss[sample_rows[lo:hi] - block.start])
+            conf, var = data_map_stats(block.loss[sample_rows[lo:hi] - block.start])
             confidence[lo:hi], variability[lo:hi] = conf, var
     with np.errstate(invalid="ignore", divide="ignore"):
         return SplitScan(
@@ -112,6 +110,24 @@ def scan_split(
             confidence=confidence,
             variability=variability,
         )
+
+
+def _zeroed(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A block's losses as float64 with non-finite ones set to 0, and where they are finite
+    (None when all are: then no mask is made, the common case and three times faster)."""
+    values = loss.astype(np.float64)
+    if np.isfinite(values.sum()):  # a NaN or inf anywhere makes the sum non-finite
+        return values, None
+    finite = np.isfinite(values)
+    values[~finite] = 0.0
+    return values, finite
+
+
+def _finite_count(
+    finite: np.ndarray | None, rows: slice | np.ndarray, size: int
+) -> np.ndarray | int:
+    """Finite values per checkpoint among ``rows`` of a block (``size`` of them)."""
+    return size if finite is None else finite[rows].sum(axis=0)
 
 
 def _block_groups(
