@@ -17,6 +17,9 @@ Rules (see ``docs/sql.md``):
 - A stored score computed over fewer checkpoints than the lake now holds (see
   :func:`cld_lake.lake.scores.stale_scores`) is used, with a warning recorded in the
   manifest's ``score_stale``.
+- Memory: the top-k of a stored score streams the scores table once it has
+  ``STREAM_MIN_ROWS`` rows (:func:`stream_top_k`: the same rows, in memory of about the
+  selected rows); ``--query``, ``--random`` and ``ccs`` read their candidates whole.
 - Strategy ``ccs`` (Coverage-Centric Coreset Selection, Zheng et al., ICLR 2023) replaces the
   top-k within each class by: prune the hardest ``prune`` share, split the rest into ``bins``
   equal-width score bins, spread the quota over the bins from the least-filled bin up, and
@@ -656,12 +659,14 @@ def _select(
     pool = "rows of --query" if query is not None else "training samples"
     if query is None and score is not None and rule.strategy == "topk" and not rule.random:
         provenance = _stored_score(lake, score)
-        n = _score_rows(lake)
+        pf = scores_table._open_checked(lake)
+        n = int(pf.metadata.num_rows)
         if n >= stream_min_rows():
             target_size(n, fraction, count, pool=pool)
             stale = _stale_warning(lake, score)
-            chosen = stream_top_k(
-                lake, score, fraction=fraction, count=count, balance=balance, lowest=rule.lowest
+            stream = _ScoresStream(pf, lake)
+            chosen = stream_select(
+                stream, score, fraction=fraction, count=count, balance=balance, lowest=rule.lowest
             )
             selection = {"strategy": "topk", "rule": "lowest" if rule.lowest else "highest"}
             return _finish(
@@ -866,7 +871,7 @@ HIST_CELLS = 1 << 22  # classes x buckets at most (32 MB of counts)
 SAMPLE_ROW_GROUPS = 16  # row groups read to place the bucket edges
 PRUNE_SLACK = 1 << 21  # rows kept beyond the quotas before the kept rows are cut back
 TIE_BLOCK = 1 << 20  # tied rows ordered by id at a time
-DENSE_LABELS = 1 << 24  # labels below this are counted with a lookup table, not a sort
+DENSE_LABELS = 1 << 20  # labels below this are counted with a lookup table, not a sort
 _SIGN_BIT = np.int64(-(2**63))
 _KEY_MAX = np.uint64(2**64 - 1)
 _ID_MIN = np.iinfo(np.int64).min
@@ -909,10 +914,6 @@ def rank_keys(scores: np.ndarray, lowest: bool) -> np.ndarray:
     return signed.view(np.uint64)
 
 
-def _score_rows(lake: Lake) -> int:
-    return int(scores_table._open_checked(lake).metadata.num_rows)
-
-
 class _ClassIndex:
     """Labels -> positions in ``classes`` (ascending): a lookup table for small labels."""
 
@@ -936,8 +937,9 @@ class _ScoresStream:
     """A scores table read ``span_rows`` rows (whole row groups) at a time; each column's
     checksum is computed the first time a pass reads it and compared at the end of that pass.
 
-    ``lake`` names the file in errors and holds the recorded checksums' context; without it
-    (a bare Parquet file, as the tests write) nothing is checked.
+    ``pf`` is the lake's scores table as :mod:`cld_lake.lake.scores` opened it (its metadata
+    checked), ``lake`` names it in errors; without ``lake`` (a bare Parquet file, as the tests
+    write) no checksum is compared.
     """
 
     def __init__(self, pf: Any, lake: Lake | None = None, span_rows: int = SPAN_ROWS) -> None:
