@@ -103,6 +103,25 @@ def test_a_string_column_with_some_nulls_needs_the_whole_table_encoding(tmp_path
     assert whole.value(meta) == meta["checksum"] != plain.value(meta)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    words=st.lists(st.none() | st.text(max_size=5), min_size=1, max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=5),
+    kind=st.sampled_from([pa.string(), pa.large_string(), pa.binary()]),
+)
+def test_whole_table_checksum_is_independent_of_the_parts(words, cuts, kind):
+    """Any cut of a table into parts gives the checksum of the table as one chunk."""
+    values = [w if w is None or kind != pa.binary() else w.encode() for w in words]
+    table = pa.table(
+        {"sample_id": pa.array(range(len(words)), pa.int64()), "w": pa.array(values, kind)}
+    )
+    edges = [0, *sorted(c for c in cuts if c <= len(words)), len(words)]
+    acc = WholeTableChecksum(table.schema)
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        acc.update(table.slice(a, b - a))
+    assert acc.value({"k": 1}) == table_checksum(table.combine_chunks(), {"k": 1})
+
+
 @pytest.mark.parametrize("row_chunk", [4, 8, 64])
 def test_a_scan_finds_what_the_whole_table_holds(tmp_path, row_chunk):
     """Lakes written with other row-group sizes: the scan's fingerprint, class counts and
