@@ -60,12 +60,12 @@ del ids32
 rho, pairs = spearman(a, b)
 both = np.isfinite(a) & np.isfinite(b)
 diff = np.abs(a[both] - b[both])
-picked = [set(pq.read_table(p, columns=["sample_id"]).column(0).to_numpy().tolist()) for p in ARGS[2:4]]
+picked = [pq.read_table(p, columns=["sample_id"]).column(0).to_numpy() for p in ARGS[2:4]]
 print(json.dumps({
     "spearman": rho, "pairs": pairs,
     "undefined_float16": int((~np.isfinite(a)).sum()), "undefined_float32": int((~np.isfinite(b)).sum()),
     "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-    "selected": len(picked[0]), "selected_shared": len(picked[0] & picked[1]),
+    "selected": len(picked[0]), "selected_shared": len(np.intersect1d(*picked)),
 }))
 """
 
@@ -79,7 +79,7 @@ def run(arguments: list[str], work: Path, what: str) -> dict:
     if done.code:
         raise SystemExit(f"{what} failed (exit {done.code}): {done.out.strip()[-500:]}")
     print(f"  {what}: {done.wall_s:.1f} s, {done.self_mb:.0f} MB", flush=True)
-    return {"wall_s": done.wall_s, "rss_mb": done.self_mb, "out": done.out}
+    return {"wall_s": done.wall_s, "cpu_s": done.cpu_s, "rss_mb": done.self_mb, "out": done.out}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,18 +121,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         print()
         print(
-            "| dtype | train values bytes/value | lake bytes/value | lake GB | synth s | "
-            "score s | score RSS MB | select s |"
+            "| dtype | train values bytes/value | lake bytes/value | lake GB | synth s (CPU s) | "
+            "score s (CPU s) | score RSS MB | select s (CPU s) |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for d in DTYPES:
             train = lakes[d] / "splits" / "train" / "segments"
             whole = directory_bytes(lakes[d])
+            timing = {k: f"{v['wall_s']:.1f} ({v['cpu_s']:.1f})" for k, v in steps[d].items()}
             print(
                 f"| {d} | {directory_bytes(train) / (n * t):.3f} | "
-                f"{whole / ((n + args.val) * t):.3f} | {whole / 1e9:.2f} | "
-                f"{steps[d]['synth']['wall_s']:.1f} | {steps[d]['score']['wall_s']:.1f} | "
-                f"{steps[d]['score']['rss_mb']:.0f} | {steps[d]['select']['wall_s']:.1f} |"
+                f"{whole / ((n + args.val) * t):.3f} | {whole / 1e9:.2f} | {timing['synth']} | "
+                f"{timing['score']} | {steps[d]['score']['rss_mb']:.0f} | {timing['select']} |"
             )
         print()
         shared = result["selected_shared"] / max(result["selected"], 1)
