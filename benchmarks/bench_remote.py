@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -80,7 +81,7 @@ def run(commands: list[list[str]], work: Path) -> tuple[float, float]:
     for command in commands:
         done = run_wrapped(command, work)
         if done.code != 0:
-            sys.exit(f"{' '.join(command[:3])} failed:\n{done.tail[-2000:]}")
+            sys.exit(f"{' '.join(command[:3])} failed:\n{done.out[-2000:]}")
         wall += done.wall_s
         rss = max(rss, done.self_mb)
     return wall, rss
@@ -100,7 +101,15 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
     try:
-        write_inputs(work, args.rows, args.val_rows, args.checkpoints, args.classes)
+        # in a child: a forked step inherits this process's peak RSS as its own starting
+        # ru_maxrss, so this process must stay small
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from benchmarks.bench_remote import write_inputs; "
+             "write_inputs(__import__('pathlib').Path(sys.argv[1]), *map(int, sys.argv[2:]))",
+             str(work), str(args.rows), str(args.val_rows), str(args.checkpoints),
+             str(args.classes)],
+            check=True, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         with s3_server() as env:
             import psutil

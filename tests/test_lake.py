@@ -312,3 +312,29 @@ def test_directly_written_chunks_are_plain_zarr_arrays(tmp_path):
     np.testing.assert_array_equal(group["correct"][:], correct)
     _, vals, _ = read_all(split, block_rows=13)
     np.testing.assert_array_equal(vals, loss)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_blocks_read_ahead_at_any_depth_yield_every_row_in_order(
+    tmp_path, monkeypatch, where, depth
+):
+    import uuid
+
+    from cld_lake.lake import store
+
+    loss, labels, ids = make_arrays(1000, 6, 3, seed=5)
+    np.save(tmp_path / "loss.npy", loss)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "ids.npy", ids)
+    lake = tmp_path / "lake" if where == "local" else f"memory://{uuid.uuid4().hex[:8]}/lake"
+    import_npy(lake, "train", tmp_path / "loss.npy", tmp_path / "labels.npy",
+               sample_ids=tmp_path / "ids.npy", row_chunk=256)  # fmt: skip
+    monkeypatch.setattr(store, "READ_AHEAD", depth)
+    monkeypatch.setattr(store, "REMOTE_READ_AHEAD", depth)
+    split = open_lake(lake).split("train")
+    for block_rows in (100, 256, 999, 1000, 5000):  # 10, 4, 2, 1 and 1 blocks
+        blocks = list(split.blocks(block_rows=block_rows))
+        assert [b.start for b in blocks] == list(range(0, 1000, block_rows))
+        np.testing.assert_array_equal(np.concatenate([b.loss for b in blocks]), loss)
+        np.testing.assert_array_equal(np.concatenate([b.sample_ids for b in blocks]), ids)

@@ -10,6 +10,8 @@ import fcntl
 import os
 import re
 import socket
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 CheckpointSelection = str | slice | Sequence[int] | np.ndarray | None
+READ_AHEAD = 2  # blocks read ahead of the caller (each one block of memory)
+REMOTE_READ_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,7 @@ class Split:
             and all(w == width for w in plan[0][3].values())
         )
         samples = _SampleRows(self)
+        samples_lock = threading.Lock()
 
         def read(a: int) -> Block:
             b = min(a + block_rows, stop)
@@ -345,7 +350,8 @@ class Split:
                 for readers, src, dst, _ in plan:
                     out[:, dst] = readers[channel].read(a, b)[:, src]
                 values[channel] = out
-            ids, labels = samples.read(a, b)
+            with samples_lock:  # one Parquet reader, shared by the read-ahead threads
+                ids, labels = samples.read(a, b)
             return Block(a, ids, labels, ckpts, values)
 
         starts = range(start, stop, block_rows)
@@ -353,12 +359,18 @@ class Split:
             for a in starts:
                 yield read(a)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cld-lake-prefetch") as pool:
-            pending = pool.submit(read, starts[0])
-            for a_next in [*starts[1:], None]:
-                block = pending.result()
+        # Blocks are read ahead by threads (file reads and checksums release the GIL, so two
+        # blocks load on two cores while the caller works on a third); an object store gets
+        # a deeper queue to hide the latency of its GETs.
+        depth = REMOTE_READ_AHEAD if isinstance(self.path, ObjectPath) else READ_AHEAD
+        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="cld-lake-prefetch") as pool:
+            pending = deque(pool.submit(read, a) for a in starts[:depth])
+            later = iter(starts[depth:])
+            while pending:
+                block = pending.popleft().result()
+                a_next = next(later, None)
                 if a_next is not None:
-                    pending = pool.submit(read, a_next)
+                    pending.append(pool.submit(read, a_next))
                 yield block
 
     def nonfinite_losses(self) -> int:
