@@ -12,9 +12,10 @@ CLD on both with ``cld-lake score`` and selects the class-balanced top 10% on bo
   samples where both are defined; target >= 0.999), the largest and mean absolute CLD
   difference, and how many of the selected samples the two coresets share.
 
-The Spearman step holds both CLD columns and their ranks (about 6 arrays of N float64 or
-int64: about 0.5 GB at 10M); it is the one step here that is O(N) in memory, measured and
-printed like the others. Scoring and selection are the lake's own bounded paths.
+The Spearman step holds both CLD columns, the sample ids and both rank arrays with their
+temporaries (1.1 GB peak RSS at 10M, measured 2026-11-29): it is the one step here that is
+O(N) in memory, measured and printed like the others (an exact rank correlation needs the
+ranks). Scoring and selection are the lake's own bounded paths.
 
     python -m benchmarks.bench_precision --samples 10000000 --dir DIR
     python -m benchmarks.bench_precision --samples 1000000            # quicker
