@@ -29,6 +29,7 @@ Rules (see ``docs/sql.md``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -510,6 +511,8 @@ def select(
     strategy: Strategy = "topk",
     ccs_prune: float | None = None,
     ccs_bins: int | None = None,
+    dask: bool = False,
+    scheduler: str | None = None,
 ) -> Manifest:
     """Select a class-balanced coreset and (optionally) write its manifest.
 
@@ -544,6 +547,12 @@ def select(
         Share in [0, 1) of each class's hardest samples never selected (default 0.1).
     ccs_bins : int, optional
         Number of score bins (strata), default 50.
+    dask : bool
+        ``topk`` of a stored score only: run the streaming passes on dask workers (the same
+        rows; see :func:`stream_top_k_on_cluster`).
+    scheduler : str, optional
+        With ``dask``: the address of a running dask scheduler (else the active client, else
+        a LocalCluster for this call).
 
     Returns
     -------
@@ -557,6 +566,15 @@ def select(
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
     check_size_args(fraction, count)  # argument checks before any reading
     rule = _check_rule(strategy, lowest, random, seed, ccs_prune, ccs_bins)
+    if scheduler is not None and not dask:
+        raise BadInputError("--scheduler is used with --dask; add --dask or drop --scheduler")
+    if dask:
+        if score is None or query is not None or rule.random or rule.strategy != "topk":
+            raise BadInputError(
+                "--dask runs the top-k of a stored score (--score NAME) only; drop --query, "
+                "--random or --strategy ccs, or drop --dask"
+            )
+        rule = dataclasses.replace(rule, dask=True, scheduler=scheduler)
     if out is None:
         return _select(lake, score, fraction, count, balance, rule, query, None)
     created = _make_manifests_dir(Path(out), lake)
@@ -587,6 +605,8 @@ class _Rule:
     seed: int | None
     prune: float = CCS_PRUNE
     bins: int = CCS_BINS
+    dask: bool = False  # where: the streaming passes on dask workers
+    scheduler: str | None = None
 
 
 def _check_rule(
@@ -661,13 +681,16 @@ def _select(
         provenance = _stored_score(lake, score)
         pf = scores_table._open_checked(lake)
         n = int(pf.metadata.num_rows)
-        if n >= stream_min_rows():
+        if rule.dask or n >= stream_min_rows():
             target_size(n, fraction, count, pool=pool)
             stale = _stale_warning(lake, score)
-            stream = _ScoresStream(pf, lake)
-            chosen = stream_select(
-                stream, score, fraction=fraction, count=count, balance=balance, lowest=rule.lowest
-            )
+            size = {"fraction": fraction, "count": count, "balance": balance}
+            if rule.dask:
+                chosen = stream_top_k_on_cluster(
+                    lake, score, lowest=rule.lowest, scheduler=rule.scheduler, **size
+                )
+            else:
+                chosen = stream_select(_ScoresStream(pf, lake), score, lowest=rule.lowest, **size)
             selection = {"strategy": "topk", "rule": "lowest" if rule.lowest else "highest"}
             return _finish(
                 lake,
@@ -942,10 +965,18 @@ class _ScoresStream:
     write) no checksum is compared.
     """
 
-    def __init__(self, pf: Any, lake: Lake | None = None, span_rows: int = SPAN_ROWS) -> None:
+    def __init__(
+        self,
+        pf: Any,
+        lake: Lake | None = None,
+        span_rows: int | None = None,
+        check: bool = True,
+    ) -> None:
+        span_rows = SPAN_ROWS if span_rows is None else span_rows
         self.pf = pf
         self.lake = lake
-        self.recorded = scores_table._recorded_checksums(pf) if lake is not None else None
+        checked = lake is not None and check
+        self.recorded = scores_table._recorded_checksums(pf) if checked else None
         self.checked: set[str] = set()
         self.spans: list[list[int]] = []
         rows = 0
@@ -981,6 +1012,29 @@ class _ScoresStream:
             scores_table._compare_columns(self.lake, self.recorded, sums)
             self.checked.update(fresh)
 
+    # the passes of stream_select (a _Cluster runs the same ones over its workers)
+    @property
+    def num_rows(self) -> int:
+        return int(self.pf.metadata.num_rows)
+
+    def class_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        return _count_classes(self)
+
+    def edges(self, score: str, lowest: bool, buckets: int) -> np.ndarray:
+        return _bucket_edges(self.sample_scores(score), lowest, buckets)
+
+    def histogram(
+        self, score: str, lowest: bool, classes: np.ndarray, single: bool, edges: np.ndarray
+    ) -> np.ndarray:
+        groups = 1 if single else len(classes)
+        return _histograms(self, score, lowest, _group_of(classes, single), groups, edges)
+
+    def keep(self, score: str, classes: np.ndarray, top: _TopRows) -> None:
+        """Offer every row to ``top``, in table order."""
+        index = _ClassIndex(classes)
+        for part in self.passes(["sample_id", "label", score]):
+            top.offer(index(part["label"]), part["sample_id"], part[score])
+
     def sample_scores(self, score: str) -> np.ndarray:
         """The ``score`` column of up to ``SAMPLE_ROW_GROUPS`` row groups spread over the table
         (used only to place bucket edges, so it is not checked)."""
@@ -990,6 +1044,13 @@ class _ScoresStream:
         picks = np.unique(np.linspace(0, groups - 1, min(groups, SAMPLE_ROW_GROUPS)).round())
         table = self.read([int(g) for g in picks], [score])
         return _column_array(table, score)
+
+
+def _group_of(classes: np.ndarray, single: bool) -> Any:
+    """Labels -> histogram group: the class position, or 0 for everything (``none``)."""
+    if single:
+        return lambda labels: np.zeros(len(labels), np.int64)
+    return _ClassIndex(classes)
 
 
 def _column_array(table: Any, name: str) -> np.ndarray:
@@ -1004,20 +1065,28 @@ def _count_classes(stream: _ScoresStream) -> tuple[np.ndarray, np.ndarray]:
     classes = np.zeros(0, dtype=np.int64)
     sizes = np.zeros(0, dtype=np.int64)
     for part in stream.passes(["label"]):
-        labels = part["label"]
-        if not len(labels):
-            continue
-        if labels.min() >= 0 and labels.max() < DENSE_LABELS:
-            counts = np.bincount(labels)
-            found = np.flatnonzero(counts)
-            found_sizes = counts[found]
-        else:
-            found, found_sizes = np.unique(labels, return_counts=True)
-        merged, where = np.unique(np.r_[classes, found], return_inverse=True)
-        total = np.zeros(len(merged), dtype=np.int64)
-        np.add.at(total, where, np.r_[sizes, found_sizes])
-        classes, sizes = merged, total
+        classes, sizes = _merge_counts(classes, sizes, *_label_counts(part["label"]))
     return classes, sizes
+
+
+def _label_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels present in ``labels`` (ascending) and how often each occurs."""
+    if not len(labels):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if labels.min() >= 0 and labels.max() < DENSE_LABELS:
+        counts = np.bincount(labels)
+        found = np.flatnonzero(counts)
+        return found, counts[found]
+    return np.unique(labels, return_counts=True)
+
+
+def _merge_counts(
+    classes: np.ndarray, sizes: np.ndarray, found: np.ndarray, found_sizes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    merged, where = np.unique(np.r_[classes, found], return_inverse=True)
+    total = np.zeros(len(merged), dtype=np.int64)
+    np.add.at(total, where, np.r_[sizes, found_sizes])
+    return merged, total
 
 
 def _bucket_edges(sample: np.ndarray, lowest: bool, buckets: int) -> np.ndarray:
@@ -1037,18 +1106,29 @@ def _histograms(
     edges: np.ndarray,
 ) -> np.ndarray:
     """Per group: how many selectable rows fall in each bucket (``searchsorted`` of the key)."""
-    buckets = len(edges) + 1
-    hist = np.zeros(groups * buckets, dtype=np.int64)
+    hist = np.zeros((groups, len(edges) + 1), dtype=np.int64)
     for part in stream.passes(["label", score]):
-        values, labels = part[score], part["label"]
-        ok = ~np.isnan(values)
-        if not ok.all():
-            values, labels = values[ok], labels[ok]
-        cell = group_of(labels).astype(np.int64)
-        cell *= buckets
-        cell += np.searchsorted(edges, rank_keys(values, lowest), side="right")
-        hist += np.bincount(cell, minlength=groups * buckets)
-    return hist.reshape(groups, buckets)
+        hist += _part_histogram(part["label"], part[score], lowest, group_of, groups, edges)
+    return hist
+
+
+def _part_histogram(
+    labels: np.ndarray,
+    values: np.ndarray,
+    lowest: bool,
+    group_of: Any,
+    groups: int,
+    edges: np.ndarray,
+) -> np.ndarray:
+    """The (groups x buckets) counts of one part's selectable rows."""
+    buckets = len(edges) + 1
+    ok = ~np.isnan(values)
+    if not ok.all():
+        values, labels = values[ok], labels[ok]
+    cell = group_of(labels).astype(np.int64)
+    cell *= buckets
+    cell += np.searchsorted(edges, rank_keys(values, lowest), side="right")
+    return np.bincount(cell, minlength=groups * buckets).reshape(groups, buckets)
 
 
 def sorted_order(
@@ -1217,7 +1297,7 @@ def stream_top_k(
 
 
 def stream_select(
-    stream: _ScoresStream,
+    source: Any,
     score: str,
     *,
     fraction: float | None = None,
@@ -1227,23 +1307,21 @@ def stream_select(
     buckets: int = HIST_BUCKETS,
     slack: int = PRUNE_SLACK,
 ) -> Chosen:
-    """:func:`stream_top_k` over a :class:`_ScoresStream`; ``buckets`` (histogram buckets per
-    class) and ``slack`` (rows kept beyond the quotas before a cut) change only the work done,
-    never the result (the tests shrink them to exercise every path)."""
+    """:func:`stream_top_k` over a :class:`_ScoresStream` (one process) or a :class:`_Cluster`
+    (the same passes mapped over dask workers); ``buckets`` (histogram buckets per class) and
+    ``slack`` (rows kept beyond the quotas before a cut) change only the work done, never the
+    result (the tests shrink them to exercise every path)."""
     if balance not in BALANCES:
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")
-    n = int(stream.pf.metadata.num_rows)
+    n = source.num_rows
     if n == 0:
         raise BadInputError("no candidate samples to select from")
     total = target_size(n, fraction, count)
-    classes, sizes = _count_classes(stream)
-    index = _ClassIndex(classes)
+    classes, sizes = source.class_counts()
     single = balance == "none"
     groups = 1 if single else len(classes)
-    group_of = (lambda labels: np.zeros(len(labels), np.int64)) if single else index
-    buckets = max(1, min(buckets, HIST_CELLS // groups))
-    edges = _bucket_edges(stream.sample_scores(score), lowest, buckets)
-    hist = _histograms(stream, score, lowest, group_of, groups, edges)
+    edges = source.edges(score, lowest, max(1, min(buckets, HIST_CELLS // groups)))
+    hist = source.histogram(score, lowest, classes, single, edges)
     available = hist.sum(axis=1)
     quota = np.array([total]) if single else _quotas(sizes, classes, total, balance)
     take = np.minimum(quota, available)
@@ -1257,8 +1335,7 @@ def stream_select(
     bound_key[take == 0] = 0
     bound_id[take == 0] = _ID_MIN
     top = _TopRows(take, bound_key, bound_id, lowest, single, slack)
-    for part in stream.passes(["sample_id", "label", score]):
-        top.offer(index(part["label"]), part["sample_id"], part[score])
+    source.keep(score, classes, top)
     cls, ids, values = top.result()
     if single:  # the global top-k, listed by class (stable: rank order kept within a class)
         by_class = np.argsort(cls, kind="stable")
@@ -1281,3 +1358,136 @@ def stream_select(
         classes=len(classes),
         in_order=True,
     )
+
+
+# --- the same passes on a dask cluster ---------------------------------------------------
+# Each task opens the lake's scores table itself (from the lake's path or URL) and returns
+# per-span results: class counts, a (classes x buckets) histogram, or the span's rows that
+# can still be selected, already cut to the quotas. The client holds what the local path
+# holds (the kept rows, about the selected rows) and reads no rows itself; one more task
+# checks every column's checksum, streaming, and the selection waits for it.
+def _span_source(location: str, span: list[int] | None) -> _ScoresStream:
+    """The scores table of the lake at ``location``, as one span (all row groups: None); its
+    checksums are compared by :func:`_check_task` instead."""
+    lake = Lake(location)
+    stream = _ScoresStream(scores_table._open_checked(lake), lake, check=False)
+    if span is not None:
+        stream.spans = [span]
+    return stream
+
+
+def _counts_task(location: str, span: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return _span_source(location, span).class_counts()
+
+
+def _edges_task(location: str, score: str, lowest: bool, buckets: int) -> np.ndarray:
+    return _span_source(location, None).edges(score, lowest, buckets)
+
+
+def _histogram_task(
+    location: str,
+    span: list[int],
+    score: str,
+    lowest: bool,
+    classes: np.ndarray,
+    single: bool,
+    edges: np.ndarray,
+) -> np.ndarray:
+    return _span_source(location, span).histogram(score, lowest, classes, single, edges)
+
+
+def _keep_task(
+    location: str,
+    span: list[int],
+    score: str,
+    lowest: bool,
+    classes: np.ndarray,
+    single: bool,
+    take: np.ndarray,
+    bound_key: np.ndarray,
+    bound_id: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The span's rows that pass the bounds, cut to each group's take, sorted."""
+    source = _span_source(location, span)
+    rows = int(source.pf.metadata.row_group(span[0]).num_rows) * len(span)
+    top = _TopRows(take, bound_key.copy(), bound_id.copy(), lowest, single, slack=rows)
+    source.keep(score, classes, top)
+    cls, ids, values = top.result()
+    return cls.copy(), ids.copy(), values.copy()
+
+
+def _check_task(location: str) -> None:
+    scores_table.check_scores_file(Lake(location))
+
+
+class _Cluster:
+    """The passes of :func:`stream_select` mapped over the spans of the scores table on a dask
+    client; results come back span by span (the kept rows in table order)."""
+
+    def __init__(self, client: Any, location: str, stream: _ScoresStream) -> None:
+        self.client = client
+        self.location = location
+        self.spans = stream.spans
+        self.num_rows = stream.num_rows
+        self.checked = client.submit(_check_task, location, pure=False)
+
+    def _each(self, fn: Any, *args: Any) -> Any:
+        """Results of ``fn(location, span, *args)`` for every span, in span order, at most
+        two per worker thread in flight."""
+        from cld_lake.score._dask import _threads, in_row_order
+
+        def task(span: list[int]) -> Any:
+            return lambda client: client.submit(fn, self.location, span, *args, pure=False)
+
+        window = 2 * _threads(self.client)
+        return in_row_order(self.client, (task(span) for span in self.spans), window)
+
+    def class_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        classes = np.zeros(0, dtype=np.int64)
+        sizes = np.zeros(0, dtype=np.int64)
+        for found, found_sizes in self._each(_counts_task):
+            classes, sizes = _merge_counts(classes, sizes, found, found_sizes)
+        return classes, sizes
+
+    def edges(self, score: str, lowest: bool, buckets: int) -> np.ndarray:
+        future = self.client.submit(_edges_task, self.location, score, lowest, buckets)
+        return future.result()
+
+    def histogram(
+        self, score: str, lowest: bool, classes: np.ndarray, single: bool, edges: np.ndarray
+    ) -> np.ndarray:
+        hist = np.zeros((1 if single else len(classes), len(edges) + 1), dtype=np.int64)
+        for part in self._each(_histogram_task, score, lowest, classes, single, edges):
+            hist += part
+        return hist
+
+    def keep(self, score: str, classes: np.ndarray, top: _TopRows) -> None:
+        args = (score, top.lowest, classes, top.single, top.take, top.bound_key, top.bound_id)
+        for cls, ids, values in self._each(_keep_task, *args):
+            top.offer(cls, ids, values)
+        self.checked.result()  # a damaged table fails here, before any manifest is written
+
+
+def stream_top_k_on_cluster(
+    lake: Lake,
+    score: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    balance: Balance = "proportional",
+    lowest: bool = False,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+) -> Chosen:
+    """:func:`stream_top_k` with its passes run by dask workers: the scheduler at
+    ``scheduler``, else the active ``distributed.Client``, else a ``LocalCluster`` for this
+    call (as ``cld-lake score --engine dask``). The workers open the lake from its path or
+    URL; the same rows come back as from one process."""
+    from cld_lake.score._dask import _client
+
+    stream = _ScoresStream(scores_table._open_checked(lake), lake)
+    with _client(lake, scheduler, n_workers) as (client, location):
+        cluster = _Cluster(client, location, stream)
+        return stream_select(
+            cluster, score, fraction=fraction, count=count, balance=balance, lowest=lowest
+        )

@@ -323,3 +323,92 @@ def test_streaming_refuses_a_tampered_column_and_writes_nothing(
     with pytest.raises(CorruptLakeError, match=f"fails its checksum \\(column '{column}'\\)"):
         cld_lake.select(lake, "cld", fraction=0.5, out=out)
     assert not out.exists()
+
+
+# --- on a dask cluster -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def many_span_lake(synth_lake, tmp_path_factory) -> Path:
+    """The synth lake with its scores table rewritten in row groups of 500 rows (same
+    columns, same recorded checksums), so that a run has several spans."""
+    import shutil
+
+    lake = tmp_path_factory.mktemp("spans") / "lake"
+    shutil.copytree(synth_lake, lake)
+    path = lake / "scores.parquet"
+    table = pq.ParquetFile(path).read()
+    footer = pq.ParquetFile(path).metadata.metadata
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table, row_group_size=500)
+        writer.add_key_value_metadata({CHECKSUMS_KEY: footer[CHECKSUMS_KEY]})
+    assert pq.ParquetFile(path).metadata.num_row_groups == 12
+    return lake
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"fraction": 0.1},
+        {"fraction": 0.3, "balance": "equal", "lowest": True},
+        {"count": 777, "balance": "none"},
+        {"count": 5990, "balance": "equal"},
+    ],
+)
+def test_dask_selection_equals_in_memory(dask_client, many_span_lake, monkeypatch, kw):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("cld_lake.select"), "SPAN_ROWS", 1000)
+    monkeypatch.setenv(STREAM_ROWS_ENV, str(10**12))
+    memory = cld_lake.select(many_span_lake, "cld", **kw)
+    on_cluster = cld_lake.select(many_span_lake, "cld", dask=True, **kw)  # the active client
+    assert on_cluster.table.equals(memory.table)
+    assert without_time(on_cluster.metadata) == without_time(memory.metadata)
+
+
+def test_dask_refuses_a_tampered_score_column(dask_client, many_span_lake, tmp_path):
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(many_span_lake, lake)
+    path = lake / "scores.parquet"
+    table = pq.ParquetFile(path).read()
+    footer = pq.ParquetFile(path).metadata.metadata
+    values = table.column("cld").to_numpy(zero_copy_only=False).copy()
+    values[4321] = 0.987
+    at = table.schema.get_field_index("cld")
+    tampered = table.set_column(at, "cld", pa.array(values))
+    with pq.ParquetWriter(path, tampered.schema) as writer:
+        writer.write_table(tampered, row_group_size=500)
+        writer.add_key_value_metadata({CHECKSUMS_KEY: footer[CHECKSUMS_KEY]})
+    out = tmp_path / "m.parquet"
+    with pytest.raises(CorruptLakeError, match="fails its checksum"):
+        cld_lake.select(lake, "cld", fraction=0.1, dask=True, out=out)
+    assert not out.exists()
+
+
+@pytest.mark.slow  # starts a LocalCluster of worker processes
+def test_cli_select_dask_on_its_own_local_cluster(many_span_lake, tmp_path):
+    cli = str(Path(sys.executable).with_name("cld-lake"))
+    out = tmp_path / "dask.parquet"
+    done = run(
+        [cli, "select", str(many_span_lake), "--score", "cld", "--fraction", "0.2", "--dask",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    memory = cld_lake.select(many_span_lake, "cld", fraction=0.2)
+    assert cld_lake.load_manifest(out).table.equals(memory.table)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fraction", "0.1", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler is used with"),
+        (["--fraction", "0.1", "--random", "--dask"], "--dask runs the top-k"),
+        (["--fraction", "0.1", "--strategy", "ccs", "--dask"], "--dask runs the top-k"),
+    ],
+)
+def test_dask_bad_input_is_a_one_line_error(cli, synth_lake, tmp_path, args, message):
+    out = tmp_path / "m.parquet"
+    score = [] if "--random" in args else ["--score", "cld"]
+    r = cli("select", synth_lake, *score, *args, "--out", out)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -67,6 +67,19 @@ from cld_lake._types import Balance, Strategy, choices
     help="Manifest .parquet to write (outside the lake, or in LAKE/manifests/).",
 )
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option(
+    "--dask",
+    "dask_",
+    is_flag=True,
+    help="Top-k of a stored score: run the streaming passes on dask workers (the same rows); "
+    "a LocalCluster unless --scheduler is given.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="--dask: the address of a running dask scheduler (e.g. tcp://10.0.0.5:8786); its "
+    "workers open LAKE themselves, so it must be a path or URL they reach.",
+)
 def select_cmd(
     lake: Path,
     score: str | None,
@@ -82,6 +95,8 @@ def select_cmd(
     query: str | None,
     out: Path,
     force: bool,
+    dask_: bool,
+    scheduler: str | None,
 ) -> None:
     """Select a class-balanced coreset and write its manifest (Parquet).
 
@@ -89,6 +104,10 @@ def select_cmd(
     Example: cld-lake select LAKE --score cld --fraction 0.1 --out coreset.parquet
     Baseline: cld-lake select LAKE --random --seed 1 --fraction 0.1 --out random.parquet
     CCS:      cld-lake select LAKE --score cld --strategy ccs --ccs-prune 0.2 --fraction 0.1 --out ccs.parquet
+    Cluster:  cld-lake select s3://bucket/lake --score cld --fraction 0.1 --dask --scheduler tcp://HOST:8786 --out coreset.parquet
+
+    The top-k of a stored score streams the scores table (memory of about the selected
+    rows, not of all samples); the same rows with --dask.
     """
     from cld_lake._cli._common import warnings_as_lines
     from cld_lake.errors import BadInputError
@@ -114,6 +133,8 @@ def select_cmd(
             strategy=strategy,
             ccs_prune=ccs_prune,
             ccs_bins=ccs_bins,
+            dask=dask_,
+            scheduler=scheduler,
         )
     meta = m.metadata
     rule = meta["selection"]["rule"]
