@@ -314,3 +314,45 @@ def test_report_peak_memory_does_not_grow_with_samples(tmp_path):
     small = _report_rss(_big_lake(tmp_path / "small", 30_000), tmp_path / "s.html")
     big = _report_rss(_big_lake(tmp_path / "big", 3_000_000), tmp_path / "b.html")
     assert big - small < 80, (small, big)
+
+
+# --- the noisy flags, streamed and checked ------------------------------------------------------
+def _flagged_lake(path, n=300):
+    """Train rows in row groups of 16, a ``noisy`` flag with nulls and a text column with
+    nulls in its first row group only (its canonical bytes depend on whether the column has
+    a null: a checksum summed group by group must still give the whole table's)."""
+    from cld_lake.lake import open_lake
+
+    rng = np.random.default_rng(2)
+    lake = Lake.create(path, num_classes=2)
+    noisy = pa.array([None if i % 7 == 0 else bool(rng.random() < 0.3) for i in range(n)])
+    text = np.array([None if i in (1, 2) else f"img/{i}.png" for i in range(n)], dtype=object)
+    with SplitWriter(lake, "train", row_chunk=16, channels={"loss": "float32"}) as w:
+        w.declare_samples(np.arange(n), np.arange(n) % 2, metadata={"noisy": noisy, "path": text})
+        for t in range(3):
+            ck = w.checkpoint(t)
+            ck.add(np.arange(n), rng.random(n))
+            ck.commit()
+    return open_lake(path)
+
+
+def test_noisy_bits_are_the_samples_tables_flags_and_checked(tmp_path):
+    from cld_lake.errors import CorruptLakeError
+    from cld_lake.report import _noisy_bits
+
+    lake = _flagged_lake(tmp_path / "lake")
+    train = lake.split("train")
+    table = train.samples_table
+    assert table.column("path").null_count and table.column("noisy").null_count
+    expected = table.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
+    bits = _noisy_bits(lake.split("train"))
+    np.testing.assert_array_equal(np.unpackbits(bits)[: len(expected)].astype(bool), expected)
+    # one flag flipped, the file rewritten with the same metadata (and recorded checksum)
+    path = train.path / "samples.parquet"
+    flipped = expected.copy()
+    flipped[3] = not flipped[3]
+    column = table.column_names.index("noisy")
+    table = table.set_column(column, "noisy", pa.array(flipped))
+    pq.write_table(table, path, row_group_size=16)
+    with pytest.raises(CorruptLakeError, match="fails its checksum"):
+        _noisy_bits(lake.reload().split("train"))

@@ -392,56 +392,56 @@ class _TrainData:
 
 def _noisy_bits(train: Split) -> np.ndarray | None:
     """The train split's ``noisy`` flags packed as bits (``np.packbits`` order; null = False),
-    streamed one row group of the samples table at a time; in a checksummed lake each group's
-    ids and labels and the whole table's checksum are checked as for a whole read. None when
-    the samples carry no flag."""
-    import pyarrow.parquet as pq
-
-    from cld_lake._meta import CHECKSUM_KEY, TableChecksum, read_meta
+    streamed one row group of the samples table at a time and, in a checksummed lake, checked
+    as a whole read is (row-group sizes and CRCs against the commit record, the file's
+    checksum); None when the samples carry no flag."""
+    from cld_lake._io import parquet_file
+    from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
     from cld_lake.lake._format import SAMPLES_FILE
-    from cld_lake.lake.store import check_sample_group
+    from cld_lake.lake.store import check_sample_group, sample_groups
 
-    path = train.path / SAMPLES_FILE
+    path, fix = train.path / SAMPLES_FILE, train.lake.fix
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
+        pf = parquet_file(path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        # the schema (and JSON) of a whole read: a row group's, not the embedded Arrow schema
+        first = pf.read_row_group(0) if sizes else pf.read()
     except Exception as exc:
-        raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {train.lake.fix}") from exc
-    if "noisy" not in schema.names:
+        raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
+    if "noisy" not in first.schema.names:
         return None
     checked = train.lake.checksummed
-    checksum = TableChecksum(schema) if checked else None
+    if checked and sizes != [rows for rows, _ in sample_groups(train.meta)]:
+        raise CorruptLakeError(f"{path}: row groups differ from the commit record's; {fix}")
+    whole = WholeTableChecksum(first.schema) if checked else None
+    meta = read_meta(first.schema)
     packed: list[np.ndarray] = []
     rest = np.zeros(0, bool)
-    for g in range(pf.metadata.num_row_groups):
+    for g in range(len(sizes)):
         try:
-            table = pf.read_row_group(g)
+            part = first if g == 0 else pf.read_row_group(g)
         except Exception as exc:
-            raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {train.lake.fix}") from exc
-        if checksum is not None:
-            check_sample_group(train, g, table)
-            checksum.update(table)
-        flags = table.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
+            raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
+        if whole is not None:
+            check_sample_group(train, g, part)
+            whole.update(part)
+        flags = part.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
         flags = np.concatenate([rest, flags.astype(bool)])
         whole_bytes = len(flags) // 8 * 8
         packed.append(np.packbits(flags[:whole_bytes]))
         rest = flags[whole_bytes:]
-        del table
+        del part
+    del first
     packed.append(np.packbits(rest))
-    bits = np.concatenate(packed)
-    if len(bits) * 8 < train.num_samples:
+    if sum(sizes) != train.num_samples:
         raise CorruptLakeError(
-            f"{path} holds fewer rows than the split's {train.num_samples}; {train.lake.fix}"
+            f"{path} has {sum(sizes)} rows, the split {train.num_samples}; {fix}"
         )
-    if checksum is not None:
-        meta = read_meta(schema)
-        stored = meta.get(CHECKSUM_KEY)
-        if not isinstance(stored, str) or checksum.value(meta) != stored:
-            raise CorruptLakeError(
-                f"{path} fails its checksum (stored {stored}, computed {checksum.value(meta)}); "
-                f"{train.lake.fix}"
-            )
-    return bits
+    if whole is not None:
+        problem = streamed_checksum_problem(meta, whole)
+        if problem is not None:
+            raise CorruptLakeError(f"{path} fails its checksum ({problem}); {fix}")
+    return np.concatenate(packed)
 
 
 def _release_arrow_memory() -> None:
@@ -456,11 +456,10 @@ def _scores_aligned(lake: Lake, train: Split) -> bool:
     """Is row i of the scores table train row i? O(1) when both carry the fingerprint of the
     ids recorded at the split's creation; otherwise the ids are compared row group by row
     group (the split's id column is never loaded whole)."""
-    import pyarrow.parquet as pq
-
+    from cld_lake._io import parquet_file
     from cld_lake._meta import read_meta
 
-    pf = pq.ParquetFile(scores_path(lake))
+    pf = parquet_file(scores_path(lake))
     if pf.metadata.num_rows != train.num_samples:
         return False
     recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
