@@ -22,7 +22,10 @@ memory does not grow with N but for the noisy flags (held as bits, N / 8 bytes):
 counts, the per-class share of ``cld <= 0``, coreset means and every top-ranked detection
 figure stay exact (streamed); AUROC comes from a fine histogram, within a bound the page
 states; the rank stability between runs and the per-class CLD groups are taken on uniform
-strided samples of at most ``exact_rows`` rows, said so on the page.
+strided samples of at most ``exact_rows`` rows, said so on the page. Each manifest in
+``LAKE/manifests/`` is loaded whole (its checksum covers the whole file), so the coreset
+alignment holds a manifest's rows, one manifest at a time. A scores table that no longer
+matches the train rows is mapped by sample id through the split's ids, held whole.
 """
 
 from __future__ import annotations
