@@ -79,14 +79,14 @@ def prepare(path: Path, config: SynthConfig, noisy: float | None = None) -> None
         cld_lake.score(path, checkpoints=f"0:{config.checkpoints // 2}", name="cld_first_half")
 
 
-def run_report(lake: Path, out: Path, code: Path | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `cld-lake report` process (from the package in
-    ``code`` when given)."""
+def run_report(lake: Path, out: Path, code: Path | None = None) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of one `cld-lake report`
+    process (from the package in ``code`` when given)."""
     cli = Path(sys.executable).with_name("cld-lake")
     cmd = [
         "/usr/bin/time",
         "-f",
-        "%e %M",
+        "%e %M %U %S",
         str(cli),
         "report",
         str(lake),
@@ -98,8 +98,8 @@ def run_report(lake: Path, out: Path, code: Path | None = None) -> tuple[float, 
     if code is not None:
         env["PYTHONPATH"] = str(code)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
-    return float(wall), float(rss_kb) / 1024
+    wall, rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
+    return float(wall), float(rss_kb) / 1024, float(user) + float(system)
 
 
 def main() -> None:
@@ -130,28 +130,31 @@ def main() -> None:
         lake = args.lake or Path(tmp) / "lake"
         prepare(lake, config, args.noisy)
         out = Path(tmp) / "report.html"
-        runs: dict[str, list[tuple[float, float]]] = {label: [] for label in codes}
+        runs: dict[str, list[tuple[float, float, float]]] = {label: [] for label in codes}
         for _ in range(args.runs):  # alternating: both see the same machine load
             for label, code in codes.items():
                 runs[label].append(run_report(lake, out, code))
         size = out.stat().st_size / 2**20
-    header = f"{'code':>14} {'run':>4} {'wall s':>7} {'peak RSS MB':>12}"
+    header = f"{'code':>14} {'run':>4} {'wall s':>7} {'CPU s':>7} {'peak RSS MB':>12}"
     print(f"{args.train:,} train rows x {args.checkpoints} checkpoints {args.dtype}")
     print(header)
     print("-" * len(header))
     for label, measured in runs.items():
-        for i, (wall, rss) in enumerate(measured, 1):
-            print(f"{label:>14} {i:>4} {wall:>7.1f} {rss:>12.0f}")
+        for i, (wall, rss, cpu) in enumerate(measured, 1):
+            print(f"{label:>14} {i:>4} {wall:>7.1f} {cpu:>7.1f} {rss:>12.0f}")
     print()
     medians = {
-        label: (statistics.median(w for w, _ in m), statistics.median(r for _, r in m))
+        label: tuple(statistics.median(r[i] for r in m) for i in range(3))
         for label, m in runs.items()
     }
-    for label, (wall, rss) in medians.items():
-        print(f"{label}: median {wall:.1f} s, median peak RSS {rss:.0f} MB")
+    for label, (wall, rss, cpu) in medians.items():
+        print(f"{label}: median {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MB")
     if "before" in medians:
-        (wb, rb), (wa, ra) = medians["before"], medians["this checkout"]
-        print(f"ratio this checkout / before: wall {wa / wb:.2f}x, peak RSS {ra / rb:.2f}x")
+        (wb, rb, cb), (wa, ra, ca) = medians["before"], medians["this checkout"]
+        print(
+            f"ratio this checkout / before: wall {wa / wb:.2f}x, CPU {ca / cb:.2f}x, "
+            f"peak RSS {ra / rb:.2f}x"
+        )
     print(
         f"report {size:.2f} MB. Each run is a fresh `cld-lake report` process (interpreter "
         "start and imports included); scores stored: "
