@@ -99,7 +99,7 @@ def run_cli(lake: Path, out: Path, fraction: float, balance: str) -> tuple[float
 
 
 STREAM_ENV = "CLD_LAKE_SELECT_STREAM_ROWS"
-PATHS = {"streaming": "0", "in-memory": str(10**15)}
+PATHS = {"streaming": "0", "in-memory": str(10**15), "dask": "0"}
 
 
 def run_path(
@@ -110,6 +110,7 @@ def run_path(
     cli = Path(sys.executable).with_name("cld-lake")
     cmd = [str(cli), "select", str(lake), "--score", "cld", "--fraction", str(fraction)]
     cmd += ["--balance", balance, "--out", str(out), "--force"]
+    cmd += ["--dask"] if path == "dask" else []
     env = {**os.environ, STREAM_ENV: PATHS[path]}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -131,8 +132,8 @@ def compare_paths(args: argparse.Namespace, lake: Path, scratch: Path) -> None:
     print(header)
     print("-" * len(header))
     results = {}
-    for path in PATHS:
-        runs = args.runs if path == "streaming" else args.memory_runs
+    for path in [p for p in PATHS if p != "dask" or args.dask]:
+        runs = args.memory_runs if path == "in-memory" else args.runs
         out = scratch / f"{path}.parquet"
         measured = [run_path(lake, out, args.fraction, args.balance, path) for _ in range(runs)]
         results[path] = tuple(med(m[i] for m in measured) for i in range(3))
@@ -140,15 +141,19 @@ def compare_paths(args: argparse.Namespace, lake: Path, scratch: Path) -> None:
         print(f"{path:<11} {runs:>4} {wall:>8.1f} {cpu:>8.1f} {rss:>12.0f}")
     (sw, sc, sr), (mw, mc, mr) = results["streaming"], results["in-memory"]
     streamed = cld_lake.load_manifest(scratch / "streaming.parquet")
-    same = streamed.table.equals(cld_lake.load_manifest(scratch / "in-memory.parquet").table)
+    same = all(
+        streamed.table.equals(cld_lake.load_manifest(scratch / f"{path}.parquet").table)
+        for path in results
+    )
     print()
     print(
         f"streaming / in-memory: wall {sw / mw:.2f}x, CPU {sc / mc:.2f}x, peak RSS {sr / mr:.2f}x; "
-        f"{len(streamed):,} rows selected; manifests identical: {same}"
+        f"{len(streamed):,} rows selected; manifests identical across paths: {same}"
     )
     print(
         f"select --fraction {args.fraction} --balance {args.balance}, whole `cld-lake select` "
-        "processes (interpreter start included), medians; RSS = the child's ru_maxrss."
+        "processes (interpreter start included), medians; RSS = the child's ru_maxrss (for "
+        "dask: the largest of the client and its LocalCluster worker processes)."
     )
 
 
@@ -162,6 +167,7 @@ def main() -> None:
     ap.add_argument("--balance", default="proportional", help="--paths: the balance rule")
     ap.add_argument("--memory-runs", type=int, default=None, help="--paths: in-memory runs")
     ap.add_argument("--lake", type=Path, help="--paths: lake to use (built there if missing)")
+    ap.add_argument("--dask", action="store_true", help="--paths: also select --dask")
     args = ap.parse_args()
     if args.paths:
         args.memory_runs = args.runs if args.memory_runs is None else args.memory_runs
