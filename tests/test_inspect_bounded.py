@@ -25,19 +25,18 @@ from cld_lake._meta import (
     table_checksum,
     with_checksum,
 )
-from cld_lake.diagnostics import class_nonpositive_share as class_share_in_memory
+from cld_lake.diagnostics import class_nonpositive_share
 from cld_lake.errors import CorruptLakeError
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake import _format as fmt
 from cld_lake.lake import inspect as inspect_mod
 from cld_lake.lake._validate import count_duplicates, ids_digest
 from cld_lake.lake.inspect import (
-    class_nonpositive_share,
     count_duplicates_bounded,
     scan_samples,
     verify_lake,
 )
-from cld_lake.lake.scores import CHECKSUMS_KEY, iter_scores, store_score
+from cld_lake.lake.scores import CHECKSUMS_KEY, iter_scores, read_scores, store_score
 from cld_lake.lake.store import rows_checksum
 from cld_lake.lake.writer import SplitWriter
 from tests.test_integrity import build_lake
@@ -250,7 +249,7 @@ def test_verify_still_refuses_a_damaged_row_group_and_a_recut_file(tmp_path):
         open_lake(lake).split("train").samples_table  # noqa: B018  (the whole read agrees)
 
 
-# --- info's per-class share, streamed -----------------------------------------------------------
+# --- info's per-class share, streamed (cld_lake.diagnostics over iter_scores) -----------------------------------------------------------
 
 
 def _scored_lake(tmp_path: Path) -> Path:
@@ -263,10 +262,26 @@ def _scored_lake(tmp_path: Path) -> Path:
     return lake
 
 
-def test_the_streamed_class_share_equals_the_in_memory_one(tmp_path):
+def test_infos_class_share_streamed_equals_a_numpy_reference(tmp_path):
     lake = _scored_lake(tmp_path)
+    table = read_scores(open_lake(lake), ["cld"])  # the whole column, in memory
+    labels = table.column("label").to_numpy()
+    values = table.column("cld").to_numpy(zero_copy_only=False).astype(np.float64)
+    want = []
+    for c in np.unique(labels):
+        of_c = values[labels == c]
+        scored = of_c[~np.isnan(of_c)]
+        share = float((scored <= 0).sum() / len(scored)) if len(scored) else float("nan")
+        want.append(
+            {
+                "label": int(c),
+                "samples": len(of_c),
+                "null": int(np.isnan(of_c).sum()),
+                "nonpositive": int((scored <= 0).sum()),
+                "share": share,
+            }
+        )
     got = class_nonpositive_share(open_lake(lake), "cld")
-    want = class_share_in_memory(open_lake(lake), "cld")
     assert json.dumps(got) == json.dumps(want)  # NaN shares included
     assert sum(r["null"] for r in got) == 2
 

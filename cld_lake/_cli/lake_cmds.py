@@ -168,7 +168,7 @@ def _cld_shares(lake: Lake, scores: dict[str, Any]) -> list[dict[str, Any]] | No
     """Per-class share of ``cld <= 0`` (cld_lake.diagnostics), None without a ``cld`` score."""
     if "cld" not in scores:
         return None
-    from cld_lake.lake.inspect import class_nonpositive_share  # streamed: bounded memory
+    from cld_lake.diagnostics import class_nonpositive_share  # streamed: bounded memory
 
     return class_nonpositive_share(lake, "cld")
 

@@ -17,11 +17,11 @@ import numpy as np
 from cld_lake._io import parquet_file
 from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
 from cld_lake._storage import ObjectPath, tree_bytes
-from cld_lake.errors import CldLakeError, CorruptLakeError, ScoringError
+from cld_lake.errors import CldLakeError, CorruptLakeError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
-from cld_lake.lake.scores import check_scores_file, iter_scores, stale_scores, stored_scores
+from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
 
 
@@ -454,54 +454,3 @@ def _spill(ids: np.ndarray, bits: int, files: list[Any]) -> None:
         if end > start:
             f.write(grouped[start:end].tobytes())
         start = end
-
-
-# --- info's diagnostics, streamed ---------------------------------------------------------------
-
-
-def class_nonpositive_share(lake: Lake, score: str = "cld") -> list[dict[str, Any]]:
-    """:func:`cld_lake.diagnostics.class_nonpositive_share` (the same rows) streamed over the
-    scores table's row groups: memory is one row group and three per-class counts."""
-    stored = stored_scores(lake)
-    if score not in stored:
-        have = ", ".join(stored) or "none"
-        raise ScoringError(
-            f"score {score!r} is not stored in {lake.path} (stored: {have}); "
-            f"compute it first: cld-lake score {lake.path} --method METHOD --name {score}"
-        )
-    samples = scored = nonpos = np.zeros(0, np.int64)
-    out_of_range = False
-    for part in iter_scores(lake, [score]):  # checks the columns' CRCs at the end
-        labels = part.column("label").to_numpy().astype(np.int64, copy=False)
-        if out_of_range or not len(labels):
-            continue
-        if labels.min() < 0 or labels.max() >= MAX_CLASSES:
-            out_of_range = True  # read on: the checksum names the damage
-            continue
-        values = part.column(score).to_numpy(zero_copy_only=False).astype(np.float64)
-        finite = ~np.isnan(values)
-        size = max(len(samples), int(labels.max()) + 1)
-        samples = _grown(samples, size) + np.bincount(labels, minlength=size)
-        scored = _grown(scored, size) + np.bincount(labels[finite], minlength=size)
-        below = finite & (np.nan_to_num(values, nan=1.0) <= 0)
-        nonpos = _grown(nonpos, size) + np.bincount(labels[below], minlength=size)
-    if out_of_range:
-        raise CorruptLakeError(
-            f"{lake.path / fmt.SCORES_FILE}: labels outside 0..{MAX_CLASSES - 1}; {lake.fix}"
-        )
-    return [
-        {
-            "label": int(c),
-            "samples": int(samples[c]),
-            "null": int(samples[c] - scored[c]),
-            "nonpositive": int(nonpos[c]),
-            "share": float(nonpos[c] / scored[c]) if scored[c] else float("nan"),
-        }
-        for c in np.flatnonzero(samples)
-    ]
-
-
-def _grown(counts: np.ndarray, size: int) -> np.ndarray:
-    if len(counts) >= size:
-        return counts
-    return np.concatenate([counts, np.zeros(size - len(counts), np.int64)])
