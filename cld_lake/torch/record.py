@@ -370,7 +370,14 @@ class LossRecorder:
             return {n: np.zeros(0, dtype=d) for n, d in zip(names, dtypes, strict=False)} | {
                 "bad_labels": np.int64(0)
             }
-        out = {n: np.concatenate([h[i] for h in self._host]) for i, n in enumerate(names)}
+        # column by column, each column's parts freed once joined: the host holds the values
+        # plus one column, not the values twice
+        columns = [list(parts) for parts in zip(*self._host, strict=True)]
+        self._host = []
+        out = {}
+        for name, parts in zip(names, columns, strict=True):
+            out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            parts.clear()
         out["sample_id"] = out["sample_id"].astype(np.int64, copy=False)
         out["bad_labels"] = np.int64(self._bad_total)
         return out
