@@ -28,6 +28,9 @@ compare in one run:
 
     python -m benchmarks.bench_record --ddp --samples 10000000 --repeats 3 \
         --tree before=/path/to/old/checkout --tree after=.
+
+``--existing`` creates the split first (ids 0..N-1) and measures only the commit into it (the
+steady state of a training run, without the first commit's sample set): what fits at 100M.
 """
 
 from __future__ import annotations
@@ -168,10 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         "--tree", action="append", default=[], help="--ddp: LABEL=DIR, a checkout to run"
     )
     p.add_argument("--root", help="--ddp: where the lakes go (default: a temporary folder)")
+    p.add_argument(
+        "--existing",
+        action="store_true",
+        help="--ddp: the split exists before the ranks start (only the steady-state commit)",
+    )
     args = p.parse_args(argv)
     if args.ddp:
         trees = [t.split("=", 1) for t in args.tree] or [["this", str(REPO)]]
-        return ddp_main(args.samples, args.ranks, args.repeats, trees, args.root)
+        return ddp_main(args.samples, args.ranks, args.repeats, trees, args.root, args.existing)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -205,9 +213,9 @@ DDP_CLASSES = 10
 DDP_BATCH = 1 << 16
 
 
-def ddp_rank(root: str, samples: int) -> None:
+def ddp_rank(root: str, samples: int, checkpoints: tuple[int, ...] = (0, 1)) -> None:
     """One rank: record this rank's share of a shuffled 0..N-1 with random logits, commit
-    checkpoints 0 and 1, write the commit times and memory to ``root/rank<r>.json``."""
+    each of ``checkpoints``, write the commit times and memory to ``root/rank<r>.json``."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -218,7 +226,7 @@ def ddp_rank(root: str, samples: int) -> None:
     rec = LossRecorder(Path(root) / "bench.lake", "train", DDP_CLASSES)
     g = torch.Generator().manual_seed(rank)
     out: dict[str, float] = {}
-    for ckpt in (0, 1):
+    for ckpt in checkpoints:
         for a in range(0, len(mine), DDP_BATCH):
             ids = mine[a : a + DDP_BATCH]
             rec.update(
@@ -257,7 +265,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_ranks(tree: str, root: Path, samples: int, ranks: int) -> list[dict[str, float]]:
+def _declare(root: Path, samples: int) -> None:
+    """Create the split (ids 0..N-1, no checkpoints yet), so the ranks commit into a split
+    that exists (``--existing``: the steady state, without the first commit's sample set)."""
+    from cld_lake.lake import Lake
+    from cld_lake.lake.writer import SplitWriter
+
+    ids = np.arange(samples)
+    channels = {"loss": "float32", "correct": "bool", "margin": "float32"}
+    lake = Lake.create(root / "bench.lake", num_classes=DDP_CLASSES)
+    with SplitWriter(lake, "train", channels=channels, num_classes=DDP_CLASSES) as writer:
+        writer.declare_samples(ids, ids % DDP_CLASSES)
+
+
+def _run_ranks(
+    tree: str, root: Path, samples: int, ranks: int, existing: bool = False
+) -> list[dict[str, float]]:
+    if existing:
+        _declare(root, samples)
     env = dict(
         os.environ,
         PYTHONPATH=str(Path(tree).resolve()),
@@ -266,6 +291,7 @@ def _run_ranks(tree: str, root: Path, samples: int, ranks: int) -> list[dict[str
         WORLD_SIZE=str(ranks),
     )
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rank-of", str(root), str(samples)]
+    cmd += ["1"] if existing else ["0", "1"]
     procs = [
         subprocess.Popen(cmd, env=dict(env, RANK=str(r)), cwd=root, stderr=subprocess.PIPE)
         for r in range(ranks)
@@ -282,7 +308,12 @@ def _median(runs: list[list[dict[str, float]]], rank: int, key: str) -> float:
 
 
 def ddp_main(
-    samples: int, ranks: int, repeats: int, trees: list[list[str]], root: str | None
+    samples: int,
+    ranks: int,
+    repeats: int,
+    trees: list[list[str]],
+    root: str | None,
+    existing: bool = False,
 ) -> int:
     print(f"{ranks} gloo ranks on the CPU, {samples:,} samples in all, medians of {repeats} runs")
     cols = ["commit s", *(f"rank {r} peak MB" for r in range(ranks))]
@@ -296,10 +327,11 @@ def ddp_main(
             for label, tree in trees:
                 run_root = Path(tmp) / f"{label}-{i}"
                 run_root.mkdir()
-                runs[label].append(_run_ranks(tree, run_root, samples, ranks))
+                runs[label].append(_run_ranks(tree, run_root, samples, ranks, existing))
                 shutil.rmtree(run_root)
     for label, _ in trees:
-        for ckpt, what in ((0, "0 (new split)"), (1, "1 (split exists)")):
+        commits = ((0, "0 (new split)"), (1, "1 (split exists)"))[1 if existing else 0 :]
+        for ckpt, what in commits:
             done = runs[label]
             cells = [f"{_median(done, 0, f'commit{ckpt}_s'):.2f}"]
             cells += [f"{_median(done, r, f'commit{ckpt}_peak_mb'):.0f}" for r in range(ranks)]
@@ -312,7 +344,7 @@ def ddp_main(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--rank-of":
-        ddp_rank(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "--rank-of":
+        ddp_rank(sys.argv[2], int(sys.argv[3]), tuple(int(c) for c in sys.argv[4:]))
         raise SystemExit(0)
     raise SystemExit(main())
