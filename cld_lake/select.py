@@ -1338,8 +1338,12 @@ def stream_select(
     source.keep(score, classes, top)
     cls, ids, values = top.result()
     if single:  # the global top-k, listed by class (stable: rank order kept within a class)
-        by_class = np.argsort(cls, kind="stable")
-        cls, ids, values = cls[by_class], ids[by_class], values[by_class]
+        small = cls.astype(np.uint16) if len(classes) <= 1 << 16 else cls
+        by_class = np.argsort(small, kind="stable")
+        del small
+        for column in (cls, ids, values):  # in place: one column's copy at a time
+            column[:] = column[by_class]
+        del by_class
     labels = classes[cls]
     short = quota - take
     if single:
