@@ -101,7 +101,16 @@ def test_workers_read_the_lake_and_the_client_does_not(tmp_path, scheduler):
     assert client_read < train_bytes / 4, (client_read, train_bytes)
 
 
-def test_results_come_back_in_row_order_from_bounded_tasks(lake, scheduler):
+def _scheduler_view(dask_scheduler) -> tuple[int, set[str]]:
+    """How many tasks the scheduler holds, and what the row tasks' arguments are."""
+    args = set()
+    for key, ts in dask_scheduler.tasks.items():
+        if str(key).startswith("_task-"):
+            args |= {type(arg).__name__ for arg in ts.run_spec.args}
+    return len(dask_scheduler.tasks), args
+
+
+def test_tasks_carry_row_ranges_in_a_bounded_window_and_results_come_in_row_order(lake, scheduler):
     from cld_lake.score._dask import IN_FLIGHT_PER_THREAD, compute
 
     lk = open_lake(lake)
@@ -110,17 +119,20 @@ def test_results_come_back_in_row_order_from_bounded_tasks(lake, scheduler):
     blocks = val.blocks(checkpoints=ckpts)
     ref = cld_reference(((b.loss, b.labels) for b in blocks), lk.num_classes, checkpoints=ckpts)
     with distributed.Client(scheduler, set_as_default=False) as observer:
-        known = []  # tasks the scheduler holds while the client takes each result
+        held, carried = [], set()  # while the client takes each result
         starts, sizes = [], []
         for chunk in compute(train, ref, scheduler=scheduler, task_rows=256):
-            known.append(
-                observer.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
-            )
+            count, args = observer.run_on_scheduler(_scheduler_view)
+            held.append(count)
+            carried |= args
             starts.append(chunk.rows.start)
             sizes.append(chunk.rows.stop - chunk.rows.start)
             time.sleep(0.01)  # a slow consumer: workers must not run ahead of the window
     assert starts == list(range(0, 3000, 256)) and max(sizes) == 256
-    assert max(known) <= IN_FLIGHT_PER_THREAD * 2 + 1, known  # + 1: a release in transit
+    # + 1: the shared task holding the reference table; + 1: a release in transit
+    assert max(held) <= IN_FLIGHT_PER_THREAD * 2 + 2, held
+    # a row task carries its row range and a reference to the shared task: no arrays, no table
+    assert carried == {"RowRange", "Alias"}, carried
 
 
 def test_a_memory_lake_runs_on_worker_threads_and_is_refused_by_a_scheduler(tmp_path, scheduler):
@@ -131,6 +143,24 @@ def test_a_memory_lake_runs_on_worker_threads_and_is_refused_by_a_scheduler(tmp_
     np.testing.assert_array_equal(scores, compute_cld(url, engine="numpy", store=False).scores)
     with pytest.raises(ScoringError, match=r"memory:// lake lives in this process only"):
         compute_cld(url, engine="dask", store=False, engine_options={"scheduler": scheduler})
+
+
+@pytest.mark.slow  # about 30 s: a moto server, a cluster, a lake written by many small PUTs
+def test_an_s3_lake_scored_by_workers_that_read_it_from_the_server(cli, s3_env):
+    from cld_lake.lake.scores import read_scores
+    from tests._s3server import BUCKET
+
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake"
+    write_lake(url, build_spec(seed=9, n_train=1500, n_val=200, n_checkpoints=8, n_classes=4),
+               row_chunk=256)  # fmt: skip
+    # a cluster started with the server's environment, as workers on a cloud cluster have it
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        done = cli("score", url, "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert done.code == 0, done.err
+    stored = read_scores(open_lake(url), ["cld"]).column("cld").to_numpy()
+    np.testing.assert_array_equal(stored, compute_cld(url, engine="numpy", store=False).scores)
 
 
 # --- refusals ----------------------------------------------------------------------------------
