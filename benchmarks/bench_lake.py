@@ -62,7 +62,7 @@ report(s, checksum=total, nbytes=nbytes)
 # Where a scan's time goes (measurement only): the parts of Split.blocks timed one by one over
 # the same chunks, each from the page cache. Printed as a second table with --scan-parts.
 SCAN_PARTS = """
-import os, zarr, google_crc32c
+import os, resource, zarr, google_crc32c
 from concurrent.futures import ThreadPoolExecutor
 from cld_lake.lake import open_lake
 from cld_lake.lake._segments import ChunkReader
@@ -84,13 +84,17 @@ reused = np.empty(nbytes + 4, np.uint8)
 
 # median wall and CPU seconds (every thread of this process) of a few runs: on a shared
 # machine the CPU time is what a part costs, the wall time what it waited for too
+# and the minor page faults (fresh memory touched) of the median-CPU run
 def timed(fn, repeats=5):
-    walls, cpus = [], []
+    walls, runs = [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
+        f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         fn()
-        walls.append(time.perf_counter() - t); cpus.append(time.process_time() - c)
-    return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+        walls.append(time.perf_counter() - t)
+        runs.append((time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f))
+    cpu, faults = sorted(runs)[len(runs) // 2]
+    return sorted(walls)[len(walls) // 2], cpu, faults
 
 def read_into(buf, path):
     with open(path, "rb", buffering=0) as fh:
@@ -253,14 +257,18 @@ def print_scan_parts(runs: list[dict]) -> None:
     """Median wall and CPU seconds of each part of a scan (see SCAN_PARTS), and GB/s of each."""
     nbytes = runs[0]["nbytes"]
     print(f"\nwhere a scan's time goes ({nbytes / 1e6:.0f} MB of chunks; median of {len(runs)})\n")
-    print("| part, over every chunk of the split | wall s | CPU s | GB/s (wall) | GB/s (CPU) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| part, over every chunk of the split | wall s | CPU s | GB/s (wall) | GB/s (CPU) "
+        "| page faults |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for part in runs[0]["parts"]:
         wall = statistics.median(r["parts"][part][0] for r in runs)
         cpu = statistics.median(r["parts"][part][1] for r in runs)
+        faults = statistics.median(r["parts"][part][2] for r in runs)
         print(
             f"| {part} | {wall:.3f} | {cpu:.3f} | {nbytes / wall / 1e9:.2f} | "
-            f"{nbytes / max(cpu, 1e-9) / 1e9:.2f} |"
+            f"{nbytes / max(cpu, 1e-9) / 1e9:.2f} | {faults:,.0f} |"
         )
 
 
