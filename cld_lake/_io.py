@@ -117,18 +117,6 @@ def parquet_file(path: AnyPath, **options: Any) -> Any:
     return pq.ParquetFile(path, **options)
 
 
-def arrow_dataset(path: AnyPath) -> Any:
-    """A ``pyarrow.dataset`` over one Parquet file, local or on an object store (what the SQL
-    views hand to DuckDB: it reads through Arrow, no extension needed)."""
-    import pyarrow.dataset as ds
-
-    if isinstance(path, ObjectPath):
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-        return ds.dataset(path._fs_key, format="parquet", filesystem=PyFileSystem(FSSpecHandler(path.fs)))
-    return ds.dataset(str(path), format="parquet")
-
-
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

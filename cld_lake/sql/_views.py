@@ -1,21 +1,20 @@
 """The lake's SQL views, registered on a DuckDB connection.
 
-Every table behind a view is a Python object DuckDB reads through Arrow (a pyarrow dataset
-over a Parquet file, or the ``losses`` scan source), never a path DuckDB opens itself: so the
+Every table behind a view is a Python object DuckDB reads through Arrow (a Parquet file
+streamed one row group at a time, or the ``losses`` scan source), never a path DuckDB opens itself: so the
 views keep working on a connection whose file access is locked down, and no SQL statement can
 be pointed at the lake's files.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from cld_lake._duckdb import Connection, register, sql_str
-from cld_lake._io import arrow_dataset
 from cld_lake.lake import _format as fmt
+from cld_lake.lake.inspect import scan_samples
 from cld_lake.lake.scores import check_scores_file, scores_path
 from cld_lake.lake.store import Lake
 from cld_lake.sql._losses import LossSource, ScanStats
+from cld_lake.sql._tables import ParquetSource
 
 _IDS = "REPLACE (sample_id::BIGINT AS sample_id, label::BIGINT AS label)"
 _EMPTY = {
@@ -52,10 +51,6 @@ _CLASS_DIAGNOSTICS = (
 )
 
 
-def _parquet(path: Any) -> Any:
-    return arrow_dataset(path)
-
-
 def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
     body = f" {union} ".join(parts) if parts else _EMPTY[name]
     con.execute(f"CREATE VIEW {name} AS {body}")
@@ -80,9 +75,10 @@ def create_views(
         label = f"{sql_str(split.name)} AS split"
         if named_runs:
             label += f", {sql_str(split.run)} AS run"
-        split.check_samples()  # DuckDB scans the file itself: check its checksums first
-        con.register(f"_samples_{i}", _parquet(split.path / fmt.SAMPLES_FILE))
-        con.register(f"_checkpoints_{i}", _parquet(split.path / fmt.CHECKPOINTS_FILE))
+        # DuckDB scans the file itself: check its checksums first, one row group at a time
+        scan_samples(split, fingerprint=False)
+        register(con, f"_samples_{i}", ParquetSource(split.path / fmt.SAMPLES_FILE))
+        register(con, f"_checkpoints_{i}", ParquetSource(split.path / fmt.CHECKPOINTS_FILE))
         source = LossSource(split, block_rows=block_rows, stats=stats)
         register(con, f"_losses_{i}", source)
         sources.append(source)
@@ -99,9 +95,9 @@ def create_views(
     has_cld = False
     if scores.exists():
         check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
-        dataset = _parquet(scores)
-        has_cld = "cld" in dataset.schema.names
-        con.register("_scores", dataset)
+        table = ParquetSource(scores)
+        has_cld = "cld" in table.schema.names
+        register(con, "_scores", table)
     _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
     if has_cld:
         con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS}")

@@ -1,0 +1,48 @@
+"""The Parquet tables behind the ``samples``, ``checkpoints`` and ``scores`` views, streamed.
+
+A :class:`ParquetSource` hands DuckDB one row group (only the columns a query uses) at a time,
+from a local file or an object-store object alike: memory is one row group whatever the
+table's size, and DuckDB never opens the lake's files itself (its sandbox keeps them out of
+reach of SQL statements). Callers check the file's checksums before registering it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from typing import Any
+
+from cld_lake._duckdb import ScanSource
+from cld_lake._io import AnyPath, parquet_file
+
+# Rows per Arrow batch handed to DuckDB (a row group is cut into batches of this size).
+BATCH_ROWS = 1 << 16
+
+
+class ParquetSource(ScanSource):
+    """One Parquet file as a DuckDB scan source: projection pushdown, row count known."""
+
+    def __init__(self, path: AnyPath) -> None:
+        super().__init__()
+        self.path = path
+
+    @cached_property
+    def _metadata(self) -> Any:
+        pf = parquet_file(self.path)
+        return pf.schema_arrow, pf.metadata.num_rows
+
+    @property
+    def schema(self) -> Any:
+        return self._metadata[0]
+
+    def rows(self) -> int | None:
+        return int(self._metadata[1])
+
+    def batches(self, columns: list[str] | None, filters: Sequence[Any]) -> Iterator[Any]:
+        # row group by row group: ParquetFile.iter_batches holds buffers that grow with the
+        # file (measured: +114 MB over a 10M-row scores table, against +8 MB this way)
+        pf = parquet_file(self.path)
+        for g in range(pf.metadata.num_row_groups):
+            yield from pf.read_row_group(g, columns=columns, use_threads=False).to_batches(
+                max_chunksize=BATCH_ROWS
+            )
