@@ -94,3 +94,22 @@ def test_a_writer_past_its_lease_cannot_overwrite_a_newer_commit_record():
     split = open_lake(url).split("train")
     assert split.checkpoint_ids.tolist() == [0, 1]
     assert verify_lake(open_lake(url)).ok
+
+
+def test_compaction_retires_and_gc_deletes_segments_on_an_object_store():
+    url = _lake()
+    with SplitWriter(open_lake(url), "train", auto_compact=False) as w:
+        for t in range(5):
+            _commit(w, t)
+    segments = location(url) / "splits" / "train" / "segments"
+    assert len(list(segments.iterdir())) == 5
+    with SplitWriter(open_lake(url), "train") as w:
+        assert w.compact() == 1
+        assert len(list(segments.iterdir())) == 6  # the retired five kept for readers
+        assert len(w.gc(grace_seconds=0)) == 5
+    assert len(list(segments.iterdir())) == 1
+    report = verify_lake(open_lake(url))
+    assert report.ok and not report.warnings
+    values = np.concatenate([b.loss for b in open_lake(url).split("train").blocks()])
+    expected = [(np.arange(N) * 0.01 + t).astype(np.float32) for t in range(5)]
+    np.testing.assert_array_equal(values, np.stack(expected, axis=1))
