@@ -378,6 +378,7 @@ class LossRecorder:
         for name, parts in zip(names, columns, strict=True):
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
             parts.clear()
+            _return_freed_memory()
         out["sample_id"] = out["sample_id"].astype(np.int64, copy=False)
         out["bad_labels"] = np.int64(self._bad_total)
         return out
@@ -626,15 +627,18 @@ class _LocalRows:
     def __init__(
         self, local: dict[str, np.ndarray], channels: Sequence[str], num_classes: int | None
     ) -> None:
-        self.ids = local["sample_id"]
+        ids = local.pop("sample_id")  # sorted in place: this rank's ids are held once
         self.labels = local["label"]
         self.channels = list(channels)
         self.values = [local[c].astype(_WIRE_DTYPES[c], copy=False) for c in self.channels]
         self.bad_labels = int(local["bad_labels"])
         self.num_classes = num_classes
-        self.order = np.argsort(self.ids, kind="stable")
-        self.sorted_ids = self.ids[self.order]
-        self.placed = np.zeros(len(self.ids), dtype=bool)
+        self.order = np.argsort(ids, kind="stable")
+        if not ids.flags.writeable:
+            ids = ids.copy()
+        ids.sort()  # in place: the order and the ids, no third array of N/world
+        self.sorted_ids = ids
+        self.placed = np.zeros(len(self.sorted_ids), dtype=bool)
         self.duplicates = 0  # occurrences of an id this rank already answered with
         # (local index, id, label, the label the split holds) of the first label that differs
         self.conflict: tuple[int, int, int, int] | None = None
@@ -646,7 +650,7 @@ class _LocalRows:
             classes = self.num_classes or 0
             bad = self.labels[(self.labels < 0) | (self.labels >= classes)][:3].tolist()
         classes = -1 if self.num_classes is None else self.num_classes
-        return [len(self.ids), self.bad_labels, classes, len(bad), *bad, *[0] * (3 - len(bad))]
+        return [len(self.order), self.bad_labels, classes, len(bad), *bad, *[0] * (3 - len(bad))]
 
     def unique(self) -> list[np.ndarray]:
         """This rank's distinct sample ids, sorted, with the label of each one's first occurrence."""
@@ -676,29 +680,46 @@ class _LocalRows:
             found = sorted_block[j] == cand
             cand, idx, pos = cand[found], self.order[i0:i1][found], by_id[j[found]]
         self.placed[idx] = True
-        self._check_labels(idx, block_labels[pos])
+        self._check_labels(idx, cand, block_labels[pos])
         first = np.ones(len(cand), dtype=bool)
         first[1:] = cand[1:] != cand[:-1]
         self.duplicates += len(cand) - int(np.count_nonzero(first))
         idx = idx[first]
         return [pos[first].astype(np.int32), *(v[idx] for v in self.values)]
 
-    def _check_labels(self, idx: np.ndarray, stored: np.ndarray) -> None:
+    def _check_labels(self, idx: np.ndarray, ids: np.ndarray, stored: np.ndarray) -> None:
+        """Remember the first (in this rank's order) recorded label that differs from the
+        block's (the split's stored label, or a new split's label at its first occurrence)."""
         wrong = np.flatnonzero(stored != self.labels[idx])
         if not len(wrong):
             return
         i = wrong[np.argmin(idx[wrong])]
         k = int(idx[i])
         if self.conflict is None or k < self.conflict[0]:
-            self.conflict = (k, int(self.ids[k]), int(self.labels[k]), int(stored[i]))
+            self.conflict = (k, int(ids[i]), int(self.labels[k]), int(stored[i]))
 
     def stats(self) -> list[int]:
         """[unplaced ids, examples, 5 example ids, conflict?, its 4 values, duplicates]."""
         unplaced = len(self.placed) - int(np.count_nonzero(self.placed))
-        examples = self.ids[~self.placed][:_EXAMPLES].tolist() if unplaced else []
+        examples = [self._id_at(k) for k in np.flatnonzero(~self.placed)[:_EXAMPLES]]
         conflict = [1, *self.conflict] if self.conflict is not None else [0, 0, 0, 0, 0]
         pad = [0] * (_EXAMPLES - len(examples))
         return [unplaced, len(examples), *examples, *pad, *conflict, self.duplicates]
+
+    def _id_at(self, k: int) -> int:
+        """The id this rank added k-th (a scan: only for an error message)."""
+        return int(self.sorted_ids[np.flatnonzero(self.order == k)[0]])
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps the many freed host chunks
+    of a commit otherwise, so the joined columns would count twice); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _serve(comm: _Comm, rows: _LocalRows) -> None:
