@@ -36,6 +36,7 @@ from cld_lake.errors import BadInputError, CorruptFileError, InputFileNotFoundEr
 if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 COLUMNS = ("sample_id", "label", "score", "rank")
 MANIFEST_KIND = "cld_lake.manifest"
@@ -44,6 +45,7 @@ CHECKSUM_FIELD = "checksum"  # in the cld_lake JSON: {"algorithm": "sha256", "di
 CHECKSUM_KEY = b"cld_lake.checksum"  # the same hex digest, a second footer entry
 FIELD_ID = b"PARQUET:field_id"
 _DTYPES = {"sample_id": "<i8", "label": "<i8", "score": "<f8", "rank": "<i8"}
+ROW_GROUP_ROWS = 1 << 20  # rows per row group written (pyarrow's default)
 
 
 def manifest_schema() -> pa.Schema:
@@ -123,22 +125,32 @@ class Manifest:
 def manifest_table(
     sample_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, ranks: np.ndarray
 ) -> pa.Table:
-    """The manifest table with the contract's schema, sorted by label then rank."""
+    """The manifest table with the contract's schema, sorted by label then rank.
+
+    Columns already in that order (and of the contract's dtypes) are wrapped, not copied.
+    """
     import pyarrow as pa
 
     ids = np.asarray(sample_ids, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
     ranks = np.asarray(ranks, dtype=np.int64)
-    order = np.lexsort((ranks, labels))
-    return pa.Table.from_arrays(
-        [
-            pa.array(ids[order]),
-            pa.array(labels[order]),
-            pa.array(np.asarray(scores, dtype=np.float64)[order]),
-            pa.array(ranks[order]),
-        ],
-        schema=manifest_schema(),
-    )
+    columns = [ids, labels, scores, ranks]
+    if not _in_manifest_order(labels, ranks):
+        order = np.lexsort((ranks, labels))
+        columns = [column[order] for column in columns]
+    return pa.Table.from_arrays([pa.array(c) for c in columns], schema=manifest_schema())
+
+
+def _in_manifest_order(labels: np.ndarray, ranks: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether rows are sorted by label, then rank (checked a block at a time: no N-row temps)."""
+    for start in range(0, max(len(labels) - 1, 0), block):
+        stop = min(start + block + 1, len(labels))
+        lab, rnk = labels[start:stop], ranks[start:stop]
+        step = np.diff(lab)
+        if not np.all((step > 0) | ((step == 0) & (np.diff(rnk) > 0))):
+            return False
+    return True
 
 
 # --- checksums ---------------------------------------------------------------------------
@@ -147,17 +159,36 @@ def content_digest(table: pa.Table, metadata: dict[str, Any]) -> str:
 
     Covers the row count, each column's values as little-endian int64 / float64 in row
     order, and the ``cld_lake`` JSON as :func:`cld_lake._meta.meta_bytes` encodes it, without
-    its ``checksum`` field.
+    its ``checksum`` field. Hashed a chunk at a time (no copy of a whole column).
     """
-    digest = hashlib.sha256(b"cld_lake.manifest\n")
-    digest.update(table.num_rows.to_bytes(8, "little"))
-    for name, dtype in _DTYPES.items():
-        values = table.column(name).to_numpy(zero_copy_only=False)
-        digest.update(name.encode() + b"\n")
-        digest.update(np.ascontiguousarray(values, dtype=dtype).tobytes())
-    body = {k: v for k, v in metadata.items() if k != CHECKSUM_FIELD}
-    digest.update(meta_bytes(body)[META_KEY])
-    return digest.hexdigest()
+    digest = _ContentDigest(table.num_rows)
+    for name in _DTYPES:
+        digest.start_column(name)
+        for chunk in table.column(name).chunks:
+            digest.update(chunk.to_numpy(zero_copy_only=False))
+    return digest.finish(metadata)
+
+
+class _ContentDigest:
+    """:func:`content_digest` fed column by column, each column in row-order pieces."""
+
+    def __init__(self, num_rows: int) -> None:
+        self._sha = hashlib.sha256(b"cld_lake.manifest\n")
+        self._sha.update(num_rows.to_bytes(8, "little"))
+        self._dtype = np.dtype("<i8")
+
+    def start_column(self, name: str) -> None:
+        self._sha.update(name.encode() + b"\n")
+        self._dtype = np.dtype(_DTYPES[name])
+
+    def update(self, values: np.ndarray) -> None:
+        """The next values of the current column (hashed through the buffer, not copied)."""
+        self._sha.update(np.ascontiguousarray(values, dtype=self._dtype))
+
+    def finish(self, metadata: dict[str, Any]) -> str:
+        body = {k: v for k, v in metadata.items() if k != CHECKSUM_FIELD}
+        self._sha.update(meta_bytes(body)[META_KEY])
+        return self._sha.hexdigest()
 
 
 def seal(table: pa.Table, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -182,10 +213,10 @@ def write_manifest(path: str | os.PathLike[str], table: pa.Table, metadata: dict
     table = table.select(list(COLUMNS)).cast(manifest_schema())
     sealed = seal(table, metadata)
     footer = {**meta_bytes(sealed), CHECKSUM_KEY: sealed[CHECKSUM_FIELD]["digest"].encode()}
+    stored = table.cast(_with_field_ids(manifest_schema())).replace_schema_metadata(footer)
     remove_dead_temps(path)
-    with atomic_path(path) as tmp:
-        stored = table.cast(_with_field_ids(manifest_schema())).replace_schema_metadata(footer)
-        pq.write_table(stored, tmp, write_page_checksum=True)
+    with atomic_path(path) as tmp:  # pyarrow's writer encodes and flushes one row group at a time
+        pq.write_table(stored, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     return path
 
 
@@ -207,49 +238,109 @@ def load_manifest(path: str | os.PathLike[str] | Manifest) -> Manifest:
     """
     if isinstance(path, Manifest):
         return path
-    import pyarrow as pa
-
     p = _manifest_path(path)
-    table = _read_table(p)
-    footer = table.schema.metadata or {}
-    metadata = read_meta(table.schema)
-    expected = _recorded_digest(p, table.schema, metadata)
+    pf = _open_parquet(p)
+    schema = pf.schema_arrow
+    footer = schema.metadata or {}
+    metadata = read_meta(schema)
+    expected = _recorded_digest(p, schema, metadata)
     refuse = BadInputError if expected is None else CorruptFileError
     if META_KEY in footer and not metadata and footer[META_KEY].strip() != b"{}":
         raise refuse(f"manifest {p}: the {META_KEY.decode()} metadata is not a JSON object")
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    _check_columns(p, schema, refuse)
+    digest = _ContentDigest(_row_count(pf))
+    columns = [_read_column(pf, p, name, digest, refuse) for name in COLUMNS]
+    if expected is not None and digest.finish(metadata) != expected:
+        raise CorruptFileError(
+            f"manifest {p}: checksum mismatch, its content changed after it was written; "
+            "write it again with `cld-lake select`"
+        )
+    import pyarrow as pa
+
+    manifest = Manifest(pa.Table.from_arrays(columns, schema=manifest_schema()), metadata, p)
+    repeated = _repeated_ids(manifest.sample_ids)
+    if repeated:
+        raise refuse(f"manifest {p}: {repeated} sample id(s) appear more than once")
+    return manifest
+
+
+def _check_columns(p: Path, schema: pa.Schema, refuse: type[Exception]) -> None:
+    """The four columns are there, integer (``score``: floating), by the footer alone."""
+    import pyarrow as pa
+
+    missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
         raise refuse(
             f"manifest {p}: missing column(s) {', '.join(missing)}; a manifest has {', '.join(COLUMNS)}"
         )
     for name in COLUMNS:
-        kind = table.schema.field(name).type
+        kind = schema.field(name).type
         want_float = name == "score"
         ok = pa.types.is_floating(kind) if want_float else pa.types.is_integer(kind)
         if not ok:
             raise refuse(
                 f"manifest {p}: column {name} is {kind}, expected {'float64' if want_float else 'int64'}"
             )
-        if not want_float and table.column(name).null_count:
-            raise refuse(
-                f"manifest {p}: column {name} has {table.column(name).null_count} null value(s)"
-            )
-    try:
-        table = table.select(list(COLUMNS)).cast(manifest_schema().remove_metadata(), safe=True)
-    except (pa.ArrowInvalid, OverflowError) as exc:
-        raise refuse(f"manifest {p}: values out of int64 range ({_first_line(exc)})") from exc
-    if expected is not None and content_digest(table, metadata) != expected:
-        raise CorruptFileError(
-            f"manifest {p}: checksum mismatch, its content changed after it was written; "
-            "write it again with `cld-lake select`"
-        )
-    manifest = Manifest(table, metadata, p)
-    ids = manifest.sample_ids
-    if len(np.unique(ids)) != len(ids):
-        raise refuse(
-            f"manifest {p}: {len(ids) - len(np.unique(ids))} sample id(s) appear more than once"
-        )
-    return manifest
+
+
+def _read_column(
+    pf: pq.ParquetFile, p: Path, name: str, digest: _ContentDigest, refuse: type[Exception]
+) -> pa.Array:
+    """Column ``name`` as one contiguous int64 / float64 array, read a row group at a time
+    (page checksums verified) into the array it ends in, and fed to ``digest`` on the way.
+
+    Integer columns may hold no nulls; a null score stays null (NaN in the digest).
+    """
+    import pyarrow as pa
+
+    kind = manifest_schema().field(name).type
+    values = np.empty(_row_count(pf), dtype=_DTYPES[name])
+    null_mask: np.ndarray | None = None
+    nulls, at = 0, 0
+    digest.start_column(name)
+    for group in range(pf.metadata.num_row_groups):
+        for chunk in _read_row_group(pf, p, group, name).chunks:
+            nulls += chunk.null_count
+            if nulls and name != "score":
+                continue  # counted for the message, nothing more to convert
+            try:
+                chunk = chunk.cast(kind, safe=True)
+            except (pa.ArrowInvalid, OverflowError) as exc:
+                raise refuse(
+                    f"manifest {p}: values out of int64 range ({_first_line(exc)})"
+                ) from exc
+            if at + len(chunk) > len(values):
+                raise CorruptFileError(_row_count_damaged(p))
+            piece = values[at : at + len(chunk)]
+            piece[:] = chunk.to_numpy(zero_copy_only=False)
+            if chunk.null_count:
+                if null_mask is None:
+                    null_mask = np.zeros(len(values), dtype=bool)
+                null_mask[at : at + len(chunk)] = chunk.is_null().to_numpy(zero_copy_only=False)
+            digest.update(piece)
+            at += len(chunk)
+    if nulls and name != "score":
+        raise refuse(f"manifest {p}: column {name} has {nulls} null value(s)")
+    if at != len(values):
+        raise CorruptFileError(_row_count_damaged(p))
+    return pa.array(values, type=kind, mask=null_mask)  # wraps ``values`` when there is no mask
+
+
+def _row_count(pf: pq.ParquetFile) -> int:
+    """Rows by the row groups' own counts (what a whole-file read returns)."""
+    return sum(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
+
+
+def _row_count_damaged(p: Path) -> str:
+    return (
+        f"manifest {p}: damaged Parquet file (row counts disagree with the pages); write it again"
+    )
+
+
+def _repeated_ids(ids: np.ndarray) -> int:
+    """How many ids repeat an earlier one (one sorted copy of the ids, no unique array)."""
+    ordered = np.sort(ids)
+    return int(np.count_nonzero(ordered[1:] == ordered[:-1]))
 
 
 def _manifest_path(path: object) -> Path:
@@ -270,8 +361,8 @@ def _manifest_path(path: object) -> Path:
     return p
 
 
-def _read_table(p: Path) -> pa.Table:
-    """The whole file, page checksums verified.
+def _open_parquet(p: Path) -> pq.ParquetFile:
+    """The file's footer, opened to read with page checksums verified.
 
     A file that is Parquet by its magic bytes but fails to decode is damaged
     (:class:`CorruptFileError`); anything else is not a manifest (:class:`BadInputError`).
@@ -281,6 +372,7 @@ def _read_table(p: Path) -> pa.Table:
 
     try:
         pf = pq.ParquetFile(p, page_checksum_verification=True)
+        pf.schema_arrow  # noqa: B018  (a footer whose schema fails to convert is damaged too)
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         if _has_parquet_magic(p):
             raise CorruptFileError(
@@ -289,8 +381,15 @@ def _read_table(p: Path) -> pa.Table:
         raise BadInputError(
             f"manifest {p}: not a readable Parquet file ({_first_line(exc)})"
         ) from exc
+    return pf
+
+
+def _read_row_group(pf: pq.ParquetFile, p: Path, group: int, name: str) -> pa.ChunkedArray:
+    """One column of one row group; a page that fails to decode or its CRC is damage."""
+    import pyarrow as pa
+
     try:
-        return pf.read()
+        return pf.read_row_group(group, columns=[name]).column(0)
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         raise CorruptFileError(
             f"manifest {p}: damaged Parquet file ({_first_line(exc)}); write it again"
