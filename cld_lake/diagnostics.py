@@ -16,9 +16,11 @@ the report and the comparison harness print or plot:
   checkpoint, to feed :func:`rank_stability`.
 
 Bounded memory: :func:`class_nonpositive_share` and :func:`selection_alignment` stream the
-scores table one row group at a time (the latter holds the manifest's ids); the others read
-one column at a time (O(N) floats per column, plus the ``sample_id, label`` columns). The
-N x T loss matrix is never read. Undefined (null) scores are left out of every statistic and
+scores table one row group at a time (the latter holds the manifest's ids). Up to
+``exact_rows`` (:data:`EXACT_ROWS`, the report's limit) rows, :func:`noise_detection` and
+:func:`rank_stability` read whole columns (exact); past it the first streams (noisy flags as
+bits; AUROC within a reported bound, the rest exact) and the second takes rho over every
+``s``-th row (reported). The N x T loss matrix is never read. Undefined (null) scores are left out of every statistic and
 counted.
 """
 
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 LakeLike = Lake | str | os.PathLike[str]
+EXACT_ROWS = 2_000_000  # past this many rows, detection and rank stability stream (the report's)
 
 
 # --- pure NumPy ------------------------------------------------------------------------------
@@ -233,17 +236,27 @@ def selection_alignment(
     }
 
 
-def rank_stability(lake: LakeLike, a: str, b: str) -> dict[str, Any]:
+def rank_stability(
+    lake: LakeLike, a: str, b: str, *, exact_rows: int = EXACT_ROWS
+) -> dict[str, Any]:
     """Spearman's rank correlation between stored scores ``a`` and ``b`` (e.g. CLD over the
     first half of the checkpoints vs all of them), over the samples both define.
+
+    Up to ``exact_rows`` rows of the scores table both columns are read whole (exact); past
+    it they are streamed and rho is taken over every ``s``-th row (at most ``exact_rows``
+    rows, ``s`` reported as ``sampled_every``), so memory does not grow with N.
 
     Returns
     -------
     dict
         ``a``, ``b``, ``spearman`` (in [-1, 1]; NaN with fewer than 2 pairs or a constant
-        side), ``pairs`` (samples scored by both).
+        side), ``pairs`` (samples scored by both); when sampled also ``sampled_every`` and
+        ``sample_pairs`` (the pairs rho was computed over).
     """
     lake = _lake(lake)
+    rows = _scores_rows(lake, [a, b])
+    if rows > exact_rows:
+        return _sampled_rank_stability(lake, a, b, rows, exact_rows)
     ids_a, _, va = _column(lake, a)
     ids_b, _, vb = _column(lake, b)
     if not np.array_equal(ids_a, ids_b):  # one table: cannot differ, checked all the same
@@ -252,7 +265,43 @@ def rank_stability(lake: LakeLike, a: str, b: str) -> dict[str, Any]:
     return {"a": a, "b": b, "spearman": rho, "pairs": pairs}
 
 
-def noise_detection(lake: LakeLike, scores: list[str] | None = None) -> list[dict[str, Any]]:
+def _scores_rows(lake: Lake, names: list[str]) -> int:
+    """Rows of the scores table (from its footer), after checking ``names`` are stored."""
+    from cld_lake._io import parquet_file
+    from cld_lake.lake.scores import scores_path
+
+    for name in names:
+        _check_stored(lake, name)
+    return int(parquet_file(scores_path(lake)).metadata.num_rows)
+
+
+def _sampled_rank_stability(lake: Lake, a: str, b: str, rows: int, limit: int) -> dict[str, Any]:
+    """:func:`rank_stability` over every ``s``-th row, streamed (pairs counted over all)."""
+    every = -(-rows // max(limit, 1))
+    kept_a, kept_b = [], []
+    pairs, start = 0, 0
+    for part in iter_scores(lake, [a, b]):
+        va = part.column(a).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        vb = part.column(b).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        pairs += int(np.count_nonzero(np.isfinite(va) & np.isfinite(vb)))
+        first = (-start) % every  # the next multiple of ``every`` in this group
+        kept_a.append(va[first::every].copy())
+        kept_b.append(vb[first::every].copy())
+        start += part.num_rows
+    rho, sample_pairs = spearman(np.concatenate(kept_a), np.concatenate(kept_b))
+    return {
+        "a": a,
+        "b": b,
+        "spearman": rho,
+        "pairs": pairs,
+        "sampled_every": every,
+        "sample_pairs": sample_pairs,
+    }
+
+
+def noise_detection(
+    lake: LakeLike, scores: list[str] | None = None, *, exact_rows: int = EXACT_ROWS
+) -> list[dict[str, Any]]:
     """How well each stored score finds the flipped labels (the train split's ``noisy`` flag).
 
     Every score is oriented by its direction: for ``higher_keep`` scores a low value is
@@ -275,6 +324,8 @@ def noise_detection(lake: LakeLike, scores: list[str] | None = None) -> list[dic
     """
     lake = _lake(lake)
     train = lake.split("train")
+    if train.num_samples > exact_rows:
+        return _streamed_noise_detection(lake, train, scores)
     table = train.samples_table
     if "noisy" not in table.column_names:
         raise BadInputError(
@@ -309,6 +360,104 @@ def noise_detection(lake: LakeLike, scores: list[str] | None = None) -> list[dic
             }
         )
     return rows
+
+
+def _streamed_noise_detection(
+    lake: Lake, train: Any, scores: list[str] | None
+) -> list[dict[str, Any]]:
+    """:func:`noise_detection` past ``exact_rows``: noisy flags as bits, scores streamed."""
+    from cld_lake.report import _noisy_bits, _scores_aligned  # the report's streamed readers
+    from cld_lake.report._stats import DetectionTally
+
+    bits = _noisy_bits(train)
+    if bits is None:
+        raise BadInputError(
+            f"{lake.path}: the train split's samples carry no 'noisy' flag; record it as "
+            "metadata (e.g. train_proxy --noise 0.2) to measure noisy-label detection"
+        )
+    names = scores if scores is not None else list(stored_scores(lake))
+    for name in names:
+        _check_stored(lake, name)
+    if not names:
+        return []
+    aligned = _scores_aligned(lake, train)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """``(ids, noisy, {name: values})`` per row group of the scores table."""
+        start = 0
+        for part in iter_scores(lake, names):
+            ids = part.column("sample_id").to_numpy().astype(np.int64, copy=False)
+            if aligned:
+                noisy = _bits_at(bits, np.arange(start, start + len(ids), dtype=np.int64))
+            else:  # samples appended after scoring: by id; ids the split lacks are clean
+                where = train.rows_of(ids)
+                noisy = _bits_at(bits, np.maximum(where, 0)) & (where >= 0)
+            values = {
+                n: part.column(n).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                for n in names
+            }
+            start += len(ids)
+            yield ids, noisy, values
+
+    # pass 1: each score's finite range, null and infinite counts, whether ids increase
+    lo = dict.fromkeys(names, np.inf)
+    hi = dict.fromkeys(names, -np.inf)
+    nulls, infinite = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    rows, increasing, last_id = 0, True, None
+    for ids, _, values in batches():
+        rows += len(ids)
+        if len(ids):
+            increasing &= bool(np.all(np.diff(ids) > 0)) and (last_id is None or ids[0] > last_id)
+            last_id = ids[-1]
+        for n, v in values.items():
+            finite = np.isfinite(v)
+            nulls[n] += int(np.isnan(v).sum())
+            infinite[n] += int(len(v) - finite.sum() - np.isnan(v).sum())
+            if finite.any():
+                lo[n], hi[n] = (
+                    min(lo[n], float(v[finite].min())),
+                    max(hi[n], float(v[finite].max())),
+                )
+    directions = {n: _direction(lake, n) for n in names}
+    tallies = {n: DetectionTally(lo[n], hi[n], directions[n], fractions=()) for n in names}
+    for _, noisy, values in batches():  # pass 2: the histograms
+        for n, v in values.items():
+            tallies[n].add(v, noisy)
+    if any(t.cuts() for t in tallies.values()):
+        for _, noisy, values in batches():  # pass 3: the bins where the top-k cut falls
+            for n, v in values.items():
+                tallies[n].add_cut(v, noisy)
+    out = []
+    for n in names:
+        found, _ = tallies[n].result()
+        scored = rows - nulls[n]
+        k, finite_n = int(found["noisy"]), int(found["n"])
+        precision = found["precision_at_noise_rate"]
+        if k and k == finite_n:  # only noisy labels: every top-k sample is one
+            precision = 1.0
+        row: dict[str, Any] = {
+            "score": n,
+            "direction": directions[n],
+            "scored": scored,
+            "null": nulls[n],
+            "noisy": k,
+            "auroc": float(found["auroc"]),
+            "precision_at_rate": float(precision),
+            "noise_rate": float(k / scored) if scored else float("nan"),
+            "streamed": True,
+            "auroc_bound": float(found["auroc_bound"]),
+            "approximate": list(found["approximate"]),
+            "infinite": infinite[n],
+        }
+        if not increasing:
+            row["ties"] = "row order"
+        out.append(row)
+    return out
+
+
+def _bits_at(bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Flags of ``rows`` from ``np.packbits`` bits."""
+    return ((bits[rows >> 3] >> (7 - (rows & 7)).astype(np.uint8)) & 1).astype(bool)
 
 
 def cld_windows(

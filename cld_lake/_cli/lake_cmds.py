@@ -151,6 +151,9 @@ def info_cmd(lake, as_json):
             f"{r['score']} {r['auroc']:.3f}/{r['precision_at_rate']:.3f}" for r in detection
         )
         click.echo(f"  noisy-label detection (AUROC/precision at the noise rate): {cells}")
+        bound = max((r["auroc_bound"] for r in detection if r.get("streamed")), default=None)
+        if bound is not None:  # past diagnostics.EXACT_ROWS: a histogram's AUROC
+            click.echo(f"    (streamed: each AUROC within {bound:.1e} of the exact value)")
 
 
 def _noise_detection(lake: Lake, info: dict[str, Any]) -> list[dict[str, Any]] | None:
