@@ -24,11 +24,12 @@ writes the checkpoint, with duplicate ids (the padding of ``DistributedSampler``
 lowest rank first; then all ranks learn the outcome, so no rank runs ahead of the commit and
 an error is raised on every rank. ``dst`` never gathers the checkpoint: it walks the split's
 rows in blocks of whole chunks, and for each block every rank sends the values it recorded
-for the block's sample ids (see "the distributed commit" below). So ``dst``'s memory for a
-commit is a few blocks (about 30 MB) however many samples the split has, besides its own
-recorded values; only a split's first commit holds its sample ids and labels on ``dst``
-(16 bytes per sample), since they define the split. Nothing but ``dst``'s writes touches
-the lake, so a lake on object storage needs no shared staging area.
+for the block's sample ids (see "the distributed commit" below). So what ``dst`` adds to
+its own recorded values for a commit is a few blocks (about 30 MB) and the order of its own
+values (8 bytes per sample it recorded), whatever the other ranks recorded; only a split's
+first commit gathers the split's sample ids and labels on ``dst``, since they define it.
+Nothing but ``dst``'s own reads and writes touches the lake, so a lake on object storage
+needs no staging area the ranks share.
 """
 
 from __future__ import annotations
@@ -521,7 +522,14 @@ def _to_device(inputs: Any, device: torch.device) -> Any:
 # chunk files while the next block is assembled. Nothing goes through the lake's storage
 # but dst's own writes, so a remote lake needs nothing more than the writer's remote support.
 # Memory on dst: a few blocks whatever N, plus its own recorded values like every rank;
-# each rank adds an order of its values by id (16 bytes per local sample).
+# each rank sorts its ids in place and keeps their order (8 bytes per sample it recorded).
+# Ids that are not 0..N-1 (or any run of consecutive ids) cost no index either: dst
+# broadcasts each block's ids (8 bytes per sample of traffic) and every rank looks its own
+# up by binary search. The first commit of a split is the exception: dst joins every rank's
+# distinct ids and labels into the split's sample set (about 40 bytes per sample while it
+# sorts them) and the writer writes samples.parquet from it; bounding that too needs a
+# k-way merge of the ranks' sorted ids in pieces and a samples.parquet written row group by
+# row group (the checksum and ids_sha1 can be computed as it streams).
 
 COMMIT_BLOCK_ROWS = 1 << 19  # rows per block (rounded to whole chunks): dst's memory per block
 # how values travel: widest first, so every array in a message stays aligned
