@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake.errors import BadInputError, ScoringError
-from cld_lake.lake.scores import iter_scores, read_scores, stored_scores
-from cld_lake.lake.store import Lake, open_lake
+from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError
+from cld_lake.lake.scores import iter_scores, read_scores, scores_path, stored_scores
+from cld_lake.lake.store import Lake, Split, open_lake
 from cld_lake.manifest import Manifest, load_manifest
 
 __all__ = [
@@ -366,10 +366,9 @@ def _streamed_noise_detection(
     lake: Lake, train: Any, scores: list[str] | None
 ) -> list[dict[str, Any]]:
     """:func:`noise_detection` past ``exact_rows``: noisy flags as bits, scores streamed."""
-    from cld_lake.report import _noisy_bits, _scores_aligned  # the report's streamed readers
     from cld_lake.report._stats import DetectionTally
 
-    bits = _noisy_bits(train)
+    bits = noisy_bits(train)
     if bits is None:
         raise BadInputError(
             f"{lake.path}: the train split's samples carry no 'noisy' flag; record it as "
@@ -380,7 +379,7 @@ def _streamed_noise_detection(
         _check_stored(lake, name)
     if not names:
         return []
-    aligned = _scores_aligned(lake, train)
+    aligned = scores_aligned(lake, train)
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
         """``(ids, noisy, {name: values})`` per row group of the scores table."""
@@ -481,3 +480,80 @@ def cld_windows(
     score(lake, checkpoints=f"0:{k // 2}", name=first_half)
     score(lake, checkpoints="::2", name=stride2)
     return first_half, stride2
+
+
+def noisy_bits(train: Split) -> np.ndarray | None:
+    """The train split's ``noisy`` flags packed as bits (``np.packbits`` order; null = False),
+    streamed one row group of the samples table at a time and, in a checksummed lake, checked
+    as a whole read is (row-group sizes and CRCs against the commit record, the file's
+    checksum); None when the samples carry no flag."""
+    from cld_lake._io import parquet_file
+    from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
+    from cld_lake.lake._format import SAMPLES_FILE
+    from cld_lake.lake.store import check_sample_group, sample_groups
+
+    path, fix = train.path / SAMPLES_FILE, train.lake.fix
+    try:
+        pf = parquet_file(path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        # the schema (and JSON) of a whole read: a row group's, not the embedded Arrow schema
+        first = pf.read_row_group(0) if sizes else pf.read()
+    except Exception as exc:
+        raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
+    if "noisy" not in first.schema.names:
+        return None
+    checked = train.lake.checksummed
+    if checked and sizes != [rows for rows, _ in sample_groups(train.meta)]:
+        raise CorruptLakeError(f"{path}: row groups differ from the commit record's; {fix}")
+    whole = WholeTableChecksum(first.schema) if checked else None
+    meta = read_meta(first.schema)
+    packed: list[np.ndarray] = []
+    rest = np.zeros(0, bool)
+    for g in range(len(sizes)):
+        try:
+            part = first if g == 0 else pf.read_row_group(g)
+        except Exception as exc:
+            raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
+        if whole is not None:
+            check_sample_group(train, g, part)
+            whole.update(part)
+        flags = part.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
+        flags = np.concatenate([rest, flags.astype(bool)])
+        whole_bytes = len(flags) // 8 * 8
+        packed.append(np.packbits(flags[:whole_bytes]))
+        rest = flags[whole_bytes:]
+        del part
+    del first
+    packed.append(np.packbits(rest))
+    if sum(sizes) != train.num_samples:
+        raise CorruptLakeError(
+            f"{path} has {sum(sizes)} rows, the split {train.num_samples}; {fix}"
+        )
+    if whole is not None:
+        problem = streamed_checksum_problem(meta, whole)
+        if problem is not None:
+            raise CorruptLakeError(f"{path} fails its checksum ({problem}); {fix}")
+    return np.concatenate(packed)
+
+
+def scores_aligned(lake: Lake, train: Split) -> bool:
+    """Is row i of the scores table train row i? O(1) when both carry the fingerprint of the
+    ids recorded at the split's creation; otherwise the ids are compared row group by row
+    group (the split's id column is never loaded whole)."""
+    from cld_lake._io import parquet_file
+    from cld_lake._meta import read_meta
+
+    pf = parquet_file(scores_path(lake))
+    if pf.metadata.num_rows != train.num_samples:
+        return False
+    recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
+    if recorded is not None and train.ids_digest is not None:
+        return bool(recorded == train.ids_digest)
+    start = 0
+    for part in iter_scores(lake, []):
+        ids = part.column("sample_id").to_numpy()
+        mine, _ = train.sample_rows(start, start + len(ids))
+        if not np.array_equal(mine, ids):
+            return False
+        start += len(ids)
+    return True

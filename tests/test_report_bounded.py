@@ -337,8 +337,8 @@ def _flagged_lake(path, n=300):
 
 
 def test_noisy_bits_are_the_samples_tables_flags_and_checked(tmp_path):
+    from cld_lake.diagnostics import noisy_bits as _noisy_bits
     from cld_lake.errors import CorruptLakeError
-    from cld_lake.report import _noisy_bits
 
     lake = _flagged_lake(tmp_path / "lake")
     train = lake.split("train")

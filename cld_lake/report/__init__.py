@@ -44,13 +44,15 @@ import numpy as np
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
 from cld_lake.diagnostics import (
     class_nonpositive_share,
+    noisy_bits,
     rank_stability,
+    scores_aligned,
     selection_alignment,
     spearman,
 )
-from cld_lake.errors import BadInputError, CldLakeError, CorruptLakeError
+from cld_lake.errors import BadInputError, CldLakeError
 from cld_lake.lake.inspect import lake_info
-from cld_lake.lake.scores import iter_scores, scores_path, stale_scores, stored_scores
+from cld_lake.lake.scores import iter_scores, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
@@ -284,9 +286,9 @@ class _TrainData:
         stride = sample_stride(train.num_samples, max_points)
         rows = np.arange(0, train.num_samples, stride, dtype=np.int64)
         data = cls(train, stride, rows, exact_rows)
-        data.noisy_bits = _noisy_bits(train)
+        data.noisy_bits = noisy_bits(train)
         if stored:
-            data.aligned = _scores_aligned(lake, train)
+            data.aligned = scores_aligned(lake, train)
         return data
 
     @property
@@ -393,60 +395,6 @@ class _TrainData:
         return _Column(lo, hi, sample, wide_values, column, members, member_stride)
 
 
-def _noisy_bits(train: Split) -> np.ndarray | None:
-    """The train split's ``noisy`` flags packed as bits (``np.packbits`` order; null = False),
-    streamed one row group of the samples table at a time and, in a checksummed lake, checked
-    as a whole read is (row-group sizes and CRCs against the commit record, the file's
-    checksum); None when the samples carry no flag."""
-    from cld_lake._io import parquet_file
-    from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
-    from cld_lake.lake._format import SAMPLES_FILE
-    from cld_lake.lake.store import check_sample_group, sample_groups
-
-    path, fix = train.path / SAMPLES_FILE, train.lake.fix
-    try:
-        pf = parquet_file(path)
-        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-        # the schema (and JSON) of a whole read: a row group's, not the embedded Arrow schema
-        first = pf.read_row_group(0) if sizes else pf.read()
-    except Exception as exc:
-        raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
-    if "noisy" not in first.schema.names:
-        return None
-    checked = train.lake.checksummed
-    if checked and sizes != [rows for rows, _ in sample_groups(train.meta)]:
-        raise CorruptLakeError(f"{path}: row groups differ from the commit record's; {fix}")
-    whole = WholeTableChecksum(first.schema) if checked else None
-    meta = read_meta(first.schema)
-    packed: list[np.ndarray] = []
-    rest = np.zeros(0, bool)
-    for g in range(len(sizes)):
-        try:
-            part = first if g == 0 else pf.read_row_group(g)
-        except Exception as exc:
-            raise CorruptLakeError(f"{path} cannot be decoded ({exc}); {fix}") from exc
-        if whole is not None:
-            check_sample_group(train, g, part)
-            whole.update(part)
-        flags = part.column("noisy").fill_null(False).to_numpy(zero_copy_only=False)
-        flags = np.concatenate([rest, flags.astype(bool)])
-        whole_bytes = len(flags) // 8 * 8
-        packed.append(np.packbits(flags[:whole_bytes]))
-        rest = flags[whole_bytes:]
-        del part
-    del first
-    packed.append(np.packbits(rest))
-    if sum(sizes) != train.num_samples:
-        raise CorruptLakeError(
-            f"{path} has {sum(sizes)} rows, the split {train.num_samples}; {fix}"
-        )
-    if whole is not None:
-        problem = streamed_checksum_problem(meta, whole)
-        if problem is not None:
-            raise CorruptLakeError(f"{path} fails its checksum ({problem}); {fix}")
-    return np.concatenate(packed)
-
-
 def _release_arrow_memory() -> None:
     """Hand the memory of freed Arrow tables back to the system: the Arrow allocator keeps it
     otherwise, and the report reads several N-row tables one after the other."""
@@ -455,30 +403,6 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _scores_aligned(lake: Lake, train: Split) -> bool:
-    """Is row i of the scores table train row i? O(1) when both carry the fingerprint of the
-    ids recorded at the split's creation; otherwise the ids are compared row group by row
-    group (the split's id column is never loaded whole)."""
-    from cld_lake._io import parquet_file
-    from cld_lake._meta import read_meta
-
-    pf = parquet_file(scores_path(lake))
-    if pf.metadata.num_rows != train.num_samples:
-        return False
-    recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
-    if recorded is not None and train.ids_digest is not None:
-        return bool(recorded == train.ids_digest)
-    start = 0
-    for part in iter_scores(lake, []):
-        ids = part.column("sample_id").to_numpy()
-        mine, _ = train.sample_rows(start, start + len(ids))
-        if not np.array_equal(mine, ids):
-            return False
-        start += len(ids)
-    return True
-
-
-# --- sections ------------------------------------------------------------------------------
 def _dynamics_sections(lake: Lake, data: _TrainData, cld: str | None) -> list[str]:
     """Mean curves of every split, the per-class CLD curves and the data map."""
     out: list[str] = []
