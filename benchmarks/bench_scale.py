@@ -5,7 +5,9 @@ types it: ``python -m benchmarks.synth`` -> ``cld-lake info`` -> ``verify`` -> `
 --engine numpy`` -> ``score --engine dask`` (a LocalCluster of the CLI's own, 2 workers on
 this machine) -> ``select --fraction 0.1`` -> ``sql`` (average CLD per label) -> the manifest
 as training code loads it (``cld_lake.load_manifest``, checksum checked) -> ``report``;
-``export`` (the train split to columns Parquet, removed afterwards) on request.
+``export`` (the train split to columns Parquet, removed afterwards) and ``select-dask``
+(the same selection with ``--dask``) on request; ``--scheduler`` sends both dask steps to a
+running cluster.
 
 Each step runs the real entry point (``cld_lake._cli.main``, the ``benchmarks.synth``
 module) under a few lines of wrapper that, after it returns, reads the process's own peak
@@ -46,14 +48,15 @@ STEPS = (
     "score-numpy",
     "score-dask",
     "select",
+    "select-dask",
     "sql",
     "manifest",
     "export",
     "report",
 )
-DEFAULT_STEPS = tuple(s for s in STEPS if s != "export")
+DEFAULT_STEPS = tuple(s for s in STEPS if s not in ("export", "select-dask"))
 RSS_TARGET_MB = 1024.0
-WALL_TARGETS_S = {"score-numpy": 60.0, "select": 60.0}
+WALL_TARGETS_S = {"score-numpy": 60.0, "select": 60.0, "select-dask": 60.0}
 
 # Runs in the step's own process: the entry point, then its rusage into a file.
 WRAPPER = """
@@ -118,6 +121,7 @@ def step_command(step: str, lake: Path, work: Path, args: argparse.Namespace, n:
     """The wrapper's arguments for ``step``: ``cli ARGS``, ``module NAME ARGS``, ``code SRC ARGS``."""
     lake_s = str(lake)
     manifest = str(work / f"coreset-{n}.parquet")
+    scheduler = ["--scheduler", args.scheduler] if args.scheduler else []
     if step == "synth":
         return [
             "module",
@@ -140,8 +144,10 @@ def step_command(step: str, lake: Path, work: Path, args: argparse.Namespace, n:
         "info": ["info", lake_s],
         "verify": ["verify", lake_s],
         "score-numpy": ["score", lake_s, "--engine", "numpy"],
-        "score-dask": ["score", lake_s, "--engine", "dask", "--name", "cld_dask"],
+        "score-dask": ["score", lake_s, "--engine", "dask", "--name", "cld_dask", *scheduler],
         "select": ["select", lake_s, "--score", "cld", "--fraction", "0.1", "--out", manifest],
+        "select-dask": ["select", lake_s, "--score", "cld", "--fraction", "0.1", "--dask"]
+        + [*scheduler, "--out", str(work / f"coreset-dask-{n}.parquet")],
         "sql": ["sql", lake_s, AVG_CLD_SQL, "--out", str(work / f"avg-cld-{n}.csv")],
         "export": ["export", lake_s, "--split", "train", "--layout", "columns"]
         + ["--out", str(work / f"train-{n}.parquet")],
@@ -149,11 +155,8 @@ def step_command(step: str, lake: Path, work: Path, args: argparse.Namespace, n:
     }
     if step == "manifest":
         return ["code", LOAD_MANIFEST, manifest]
-    return [
-        "cli",
-        *cli[step],
-        *(["--force"] if step in ("select", "sql", "export", "report") else []),
-    ]
+    forced = ("select", "select-dask", "sql", "export", "report")
+    return ["cli", *cli[step], *(["--force"] if step in forced else [])]
 
 
 @dataclass
@@ -315,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per step (median); synth once")
     parser.add_argument(
         "--steps", default=",".join(DEFAULT_STEPS), help=f"comma-separated, of {','.join(STEPS)}"
+    )
+    parser.add_argument(
+        "--scheduler", default=None, help="dask scheduler address for score-dask and select-dask"
     )
     parser.add_argument("--keep", action="store_true", help="keep the lakes afterwards")
     parser.add_argument("--json", type=Path, default=None, help="also write every run as JSON")
