@@ -107,3 +107,20 @@ def test_memory_does_not_grow_with_samples(tmp_path: Path) -> None:
     large = _synth_peak_rss_mb(tmp_path / "large.lake", 5_000_000)
     assert open_lake(tmp_path / "large.lake").split("train").num_samples == 5_000_000
     assert large < small + 40, (small, large)
+
+
+def test_row_source_with_given_labels_equals_streamed_one() -> None:
+    """bench_report hands _RowSource the whole label array: same rows as the streamed way,
+    for the writer's aligned blocks and for ranges across generator blocks."""
+    config = SynthConfig(train=2 * GEN_ROWS + 99, checkpoints=4, classes=7, seed=3, dtype="float16")
+    given = synth._RowSource(config, "train", labels_for(config, "train"))
+    streamed = synth._RowSource(config, "train")
+    try:
+        cuts = [0, 1000, GEN_ROWS + 5, 2 * GEN_ROWS, config.train]
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            x, y = given(a, b)["loss"], streamed(a, b)["loss"]
+            assert x.shape == (b - a, 4) and x.dtype == np.float16
+            assert np.array_equal(x, y)
+    finally:
+        given.close()
+        streamed.close()
