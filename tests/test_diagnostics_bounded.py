@@ -4,9 +4,6 @@ within the reported AUROC bound otherwise, in memory that does not grow with the
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +15,7 @@ from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
-
-REPO = Path(__file__).resolve().parents[1]
+from tests._memory import grown_mb
 
 
 def build_lake(path: Path, rows: int, *, noisy: bool = True, ids_step: int = 2) -> Lake:
@@ -141,16 +137,7 @@ BOUND_MB = 64  # bytes over the process's size before the step
 
 
 def _grown_mb(step: str, lake: Path, tiny: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, step, str(lake), str(tiny)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    ).stdout.splitlines()[-1]
-    rss = json.loads(out)
-    return (rss["peak"] - rss["before"]) / 2**20
+    return grown_mb(MEASURE, step, lake, tiny)
 
 
 @pytest.mark.slow

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +37,8 @@ from cld_lake.lake.inspect import (
 from cld_lake.lake.scores import CHECKSUMS_KEY, iter_scores, read_scores, store_score
 from cld_lake.lake.store import rows_checksum
 from cld_lake.lake.writer import SplitWriter
+from tests._memory import grown_mb
 from tests.test_integrity import build_lake
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # --- the streamed checksum is the stored one ------------------------------------------------------
 
@@ -360,16 +356,7 @@ def big_lake(tmp_path_factory) -> Path:
 
 
 def _grown_mb(step: str, lake: Path, tiny: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, step, str(lake), str(tiny)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    ).stdout.splitlines()[-1]
-    rss = json.loads(out)
-    return (rss["peak"] - rss["before"]) / 2**20
+    return grown_mb(MEASURE, step, lake, tiny)
 
 
 def test_info_and_verify_stay_within_a_bound_the_whole_table_read_exceeds(big_lake, tmp_path):

@@ -5,9 +5,6 @@ manifests still verify) and the same refusals as the whole-table read they repla
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +19,8 @@ from cld_lake import manifest as manifest_mod
 from cld_lake._meta import META_KEY, meta_bytes
 from cld_lake.errors import BadInputError, CorruptFileError
 from cld_lake.manifest import content_digest, manifest_table, write_manifest
+from tests._memory import grown_mb
 
-REPO = Path(__file__).resolve().parents[1]
 METADATA = {"kind": "cld_lake.manifest", "score": "cld", "fraction": 0.1}
 
 
@@ -152,16 +149,7 @@ WRITE_BOUND_MB = 96  # the writer's row-group buffers; the table is built before
 
 
 def _grown_mb(step: str, path: Path, tmp_path: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, step, str(path), str(tmp_path / "tiny.parquet"), str(ROWS)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    ).stdout.splitlines()[-1]
-    rss = json.loads(out)
-    return (rss["peak"] - rss["before"]) / 2**20
+    return grown_mb(MEASURE, step, path, tmp_path / "tiny.parquet", ROWS)
 
 
 def test_manifest_write_and_load_stay_within_a_bound_the_whole_table_read_exceeds(tmp_path):

@@ -164,8 +164,13 @@ def test_record_with_the_torch_recorder_into_an_s3_lake(s3_env, tmp_path):
         ("s3://no-such-bucket/lake", {}, "bucket 'no-such-bucket' does not exist"),
         (
             "s3://lakes/x",
-            {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "",
-             "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"},
+            {
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_PROFILE": "",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                "AWS_CONFIG_FILE": "/nonexistent",
+            },
             "AWS_ACCESS_KEY_ID",
         ),  # fmt: skip
         (

@@ -8,9 +8,6 @@ Polars pulled the source ahead of a slower consumer; at 250K vs 2M x 48 below it
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +18,8 @@ from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import cld_reference, compute_cld
 from cld_lake.score._polars import compute
+from tests._memory import run_child
 from tests.strategies import build_spec, write_lake
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_polars_reads_no_block_ahead_of_the_sums_it_handed_back(tmp_path):
@@ -87,15 +83,7 @@ def _synthetic_lake(path: Path, rows: int, checkpoints: int = 48, classes: int =
 
 
 def _peak_mib(lake: Path, tiny: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(lake), str(tiny), "3e-6"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    ).stdout.splitlines()[-1]
-    return json.loads(out)["peak"] / 1024
+    return run_child(MEASURE, lake, tiny, "3e-6")["peak"] / 1024
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@ samples views does not grow with the number of samples (issue 11)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +10,13 @@ import pytest
 
 from cld_lake.lake import Lake, SplitWriter, open_lake
 from cld_lake.lake.scores import store_score
-from tests.conftest import REPO
+from tests._memory import STATUS, run_child
 
-CHILD = """
+CHILD = (
+    STATUS
+    + """
 import json, sys
 import cld_lake
-
-def status(key):  # VmHWM, not ru_maxrss: that one keeps the forking parent's size
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
 
 SQL = ("SELECT label, avg(cld) AS m, count(*) AS n FROM scores GROUP BY label "
        "UNION ALL SELECT label, NULL, count(*) FROM samples GROUP BY label")
@@ -31,6 +26,7 @@ rows = cld_lake.query(sys.argv[1], SQL)
 print(json.dumps({"before": before, "peak": status("VmHWM"), "rows": rows.height,
                   "n": int(rows["n"].sum())}))
 """
+)
 
 ROWS = 3_000_000
 # growth over the process's size before the query; reading the samples and scores tables
@@ -57,11 +53,7 @@ def _lake(path: Path, rows: int) -> Path:
 @pytest.mark.slow
 def test_a_query_over_scores_and_samples_stays_within_a_bound_at_3m_rows(tmp_path):
     big, tiny = _lake(tmp_path / "big", ROWS), _lake(tmp_path / "tiny", 1000)
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(big), str(tiny)],
-        capture_output=True, text=True, cwd=REPO, check=True, timeout=300,
-    )  # fmt: skip
-    got = json.loads(done.stdout)
+    got = run_child(CHILD, big, tiny)
     assert got["rows"] == 200 and got["n"] == 2 * ROWS
     growth_mb = (got["peak"] - got["before"]) / 2**20
     assert growth_mb < BOUND_MB, f"query grew the process by {growth_mb:.0f} MB"
