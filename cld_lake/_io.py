@@ -136,6 +136,9 @@ def is_inside(path: str | os.PathLike[str] | ObjectPath, root: str | os.PathLike
     return Path(path).expanduser().resolve().is_relative_to(Path(root).expanduser().resolve())
 
 
+_FOLDED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
+
+
 def check_output_path(
     out: str | os.PathLike[str],
     lake_path: str | os.PathLike[str] | None,
@@ -151,7 +154,8 @@ def check_output_path(
     in ``suffixes``; a path inside the lake (except directly in ``LAKE/<allowed_dir>/``); a
     missing parent directory; an existing file unless ``overwrite``.
     """
-    if isinstance(out, ObjectPath) or is_url(str(out)):
+    # (a click Path has already folded "s3://b/k" into "s3:/b/k")
+    if isinstance(out, ObjectPath) or is_url(str(out)) or _FOLDED_URL.match(str(out)):
         raise BadInputError(
             f"{what} {out}: outputs are written to a local file; give a local path (and copy "
             f"it to the object store afterwards)"

@@ -459,6 +459,11 @@ def _remote_problem(path: ObjectPath, exc: BaseException) -> str | None:
             if path.scheme == "s3"
             else f"{path}: no credentials; set GOOGLE_APPLICATION_CREDENTIALS"
         )
+    if isinstance(exc, ValueError) and "Invalid endpoint" in text:
+        return (
+            f"{path}: {text}; set AWS_ENDPOINT_URL to the store's http(s)://HOST[:PORT] "
+            f"(or unset it for AWS)"
+        )
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or (
         "connect" in text.lower() and ("endpoint" in text.lower() or "timeout" in text.lower())
     ):

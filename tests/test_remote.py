@@ -178,6 +178,8 @@ def test_record_with_the_torch_recorder_into_an_s3_lake(s3_env, tmp_path):
             {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "CLD_LAKE_CONNECT_TIMEOUT": "2"},
             "AWS_ENDPOINT_URL",
         ),
+        ("s3://lakes/x", {"AWS_ENDPOINT_URL": "not a url"}, "AWS_ENDPOINT_URL"),
+        ("s3://", {}, "no bucket in the URL"),
     ],
 )
 def test_bad_url_bucket_credentials_or_endpoint_is_one_line_exit_2_nothing_written(
@@ -201,7 +203,7 @@ def test_bad_url_bucket_credentials_or_endpoint_is_one_line_exit_2_nothing_writt
         )  # fmt: skip
         assert proc.returncode == 2, (args, proc.stderr)
         assert words in proc.stderr, proc.stderr
-        assert url.split("://")[0] in proc.stderr
+        assert url.split("://")[0] + ":/" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
     assert _bucket_keys(s3_env) == before
@@ -282,3 +284,12 @@ def test_unknown_scheme_and_outputs_to_a_url_are_bad_input(tmp_path):
     with pytest.raises(BadInputError, match="local file"):
         cld_lake.select(url, score="cld", fraction=0.1, out="s3://lakes/m.parquet")
     assert isinstance(cld_lake.query(url, "SELECT count(*) FROM scores"), pl.DataFrame)
+
+
+def test_an_output_given_as_a_url_is_refused_at_the_cli(tmp_path):
+    files = _files(tmp_path)
+    lake = tmp_path / "lake"
+    _import(str(lake), files)
+    _ok("score", lake)
+    proc = _run("select", lake, "--score", "cld", "--fraction", "0.1", "--out", "s3://b/m.parquet")
+    assert proc.returncode == 2 and "local file" in proc.stderr, proc.stderr
