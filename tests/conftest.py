@@ -75,29 +75,26 @@ def make_arrays(n: int, t: int, c: int, seed: int = 0, nan_rows: int = 0):
     return loss, labels, ids
 
 
+def write_npy_set(
+    folder: Path, n: int, val: int, t: int, c: int, seeds: tuple[int, int], nan_rows: int = 0
+) -> dict:
+    """Write a train/val set of .npy files (``loss, labels, ids, vloss, vlabels``) into
+    ``folder``; returns their paths, and the arrays under ``"arrays"``."""
+    loss, labels, ids = make_arrays(n, t, c, seed=seeds[0], nan_rows=nan_rows)
+    vloss, vlabels, _ = make_arrays(val, t, c, seed=seeds[1])
+    arrays = {"loss": loss, "labels": labels, "ids": ids, "vloss": vloss, "vlabels": vlabels}
+    files: dict = {}
+    for name, arr in arrays.items():
+        files[name] = folder / f"{name}.npy"
+        np.save(files[name], arr)
+    files["arrays"] = arrays
+    return files
+
+
 @pytest.fixture
 def npy_files(tmp_path):
     """Write a small train/val set of .npy files; returns a dict of paths and arrays."""
-    loss, labels, ids = make_arrays(300, 7, 4, seed=1, nan_rows=3)
-    vloss, vlabels, _ = make_arrays(40, 7, 4, seed=2)
-    files = {}
-    for name, arr in {
-        "loss": loss,
-        "labels": labels,
-        "ids": ids,
-        "vloss": vloss,
-        "vlabels": vlabels,
-    }.items():
-        files[name] = tmp_path / f"{name}.npy"
-        np.save(files[name], arr)
-    files["arrays"] = {
-        "loss": loss,
-        "labels": labels,
-        "ids": ids,
-        "vloss": vloss,
-        "vlabels": vlabels,
-    }
-    return files
+    return write_npy_set(tmp_path, 300, 40, 7, 4, seeds=(1, 2), nan_rows=3)
 
 
 def import_arrays(folder: Path, lake: Path, split: str = "train", **arrays: np.ndarray) -> Path:

@@ -23,25 +23,13 @@ from cld_lake.errors import BadInputError, LakeLockedError
 from cld_lake.lake import SplitWriter, open_lake
 from cld_lake.lake.inspect import verify_lake
 from tests._s3server import BUCKET
-from tests.conftest import CLI_BIN, REPO, make_arrays
+from tests.conftest import CLI_BIN, REPO, write_npy_set
 
 N, T, C = 2500, 9, 4
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    loss, labels, ids = make_arrays(N, T, C, seed=3, nan_rows=2)
-    vloss, vlabels, _ = make_arrays(300, T, C, seed=4)
-    files = {}
-    for name, arr in {
-        "loss": loss,
-        "labels": labels,
-        "ids": ids,
-        "vloss": vloss,
-        "vlabels": vlabels,
-    }.items():
-        files[name] = folder / f"{name}.npy"
-        np.save(files[name], arr)
-    return files
+    return write_npy_set(folder, N, 300, T, C, seeds=(3, 4), nan_rows=2)
 
 
 def _run(*args: object, env: dict[str, str] | None = None, timeout: float = 120):
