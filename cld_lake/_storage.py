@@ -65,7 +65,7 @@ def location(spec: str | os.PathLike[str] | ObjectPath) -> Path | ObjectPath:
             f"{', '.join(s + '://' for s in SCHEMES)} URL"
         )
     key = rest.strip("/")
-    if not key or (scheme != "memory" and "/" not in key and not key):
+    if not key:
         raise BadInputError(f"{text}: no bucket in the URL; write {scheme}://BUCKET/PATH")
     return ObjectPath(filesystem(scheme), scheme, key)
 
@@ -347,8 +347,7 @@ class ObjectPath:
                     return False
                 raise
             return True
-        bucket, _, key = self.key.partition("/")  # gcs: generation match
-        try:
+        try:  # gcs: the object's generation must still match
             self._fs.pipe_file(self._fs_key, data, if_generation_match=int(version))
         except (OSError, ValueError):
             return False

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from cld_lake._duckdb import ScanSource
-from cld_lake._io import AnyPath, parquet_file
+from cld_lake._io import AnyPath, parquet_file, row_group_batches
 
 # Rows per Arrow batch handed to DuckDB (a row group is cut into batches of this size).
 BATCH_ROWS = 1 << 16
@@ -39,10 +39,4 @@ class ParquetSource(ScanSource):
         return int(self._metadata[1])
 
     def batches(self, columns: list[str] | None, filters: Sequence[Any]) -> Iterator[Any]:
-        # row group by row group: ParquetFile.iter_batches holds buffers that grow with the
-        # file (measured: +114 MB over a 10M-row scores table, against +8 MB this way)
-        pf = parquet_file(self.path)
-        for g in range(pf.metadata.num_row_groups):
-            yield from pf.read_row_group(g, columns=columns, use_threads=False).to_batches(
-                max_chunksize=BATCH_ROWS
-            )
+        return row_group_batches(parquet_file(self.path), columns, BATCH_ROWS)
