@@ -13,7 +13,7 @@ Everything cld_lake asks of DuckDB beyond running SQL lives here:
   the dependency is bounded in ``pyproject.toml`` so a new DuckDB is adopted deliberately;
 - the predicate node classes the pushdown analysis matches on (placeholders that match nothing
   when the module is missing);
-- SQL quoting (:func:`sql_str`) and error text (:func:`first_line`).
+- SQL quoting (:func:`sql_str`).
 
 This module imports duckdb: import it only where DuckDB is used (``import cld_lake`` must not).
 """
@@ -68,7 +68,6 @@ __all__ = [
     "ScanSource",
     "Unary",
     "connect",
-    "first_line",
     "lock_down",
     "register",
     "sql_str",
@@ -78,12 +77,6 @@ __all__ = [
 def sql_str(value: str | os.PathLike[str]) -> str:
     """A SQL string literal."""
     return "'" + str(value).replace("'", "''") + "'"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's text (DuckDB appends context and Python tracebacks)."""
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def default_threads() -> int:

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError
-from cld_lake.lake.scores import iter_scores, read_scores, scores_path, stored_scores
+from cld_lake.lake.scores import (
+    iter_scores,
+    read_scores,
+    score_direction,
+    scores_path,
+    stored_scores,
+)
 from cld_lake.lake.store import Lake, Split, open_lake
 from cld_lake.manifest import Manifest, load_manifest
 
@@ -147,8 +153,7 @@ def _column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _direction(lake: Lake, score: str) -> str:
-    direction = stored_scores(lake).get(score, {}).get("direction", "higher_keep")
-    return direction if direction in ("higher_keep", "higher_harder") else "higher_keep"
+    return score_direction(stored_scores(lake).get(score, {}))
 
 
 def class_nonpositive_share(lake: LakeLike, score: str = "cld") -> list[dict[str, Any]]:

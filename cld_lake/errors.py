@@ -70,3 +70,12 @@ class LakeChangedError(CldLakeError):
     the command was reading); running it again reads the new state."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """What a library's error says, as one line for a message of ours: its first line (DuckDB
+    and Arrow append context and tracebacks below it), whitespace collapsed, at most ``limit``
+    characters; the error's type name when it says nothing."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].split())[:limit] if lines else ""
+    return text or type(exc).__name__

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cld_lake._meta import META_KEY, meta_bytes, read_meta
-from cld_lake.errors import BadInputError, CorruptFileError, InputFileNotFoundError
+from cld_lake.errors import BadInputError, CorruptFileError, InputFileNotFoundError, one_line
 
 if TYPE_CHECKING:
     import polars as pl
@@ -306,9 +306,7 @@ def _read_column(
             try:
                 chunk = chunk.cast(kind, safe=True)
             except (pa.ArrowInvalid, OverflowError) as exc:
-                raise refuse(
-                    f"manifest {p}: values out of int64 range ({_first_line(exc)})"
-                ) from exc
+                raise refuse(f"manifest {p}: values out of int64 range ({one_line(exc)})") from exc
             if at + len(chunk) > len(values):
                 raise CorruptFileError(_row_count_damaged(p))
             piece = values[at : at + len(chunk)]
@@ -376,11 +374,9 @@ def _open_parquet(p: Path) -> pq.ParquetFile:
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         if _has_parquet_magic(p):
             raise CorruptFileError(
-                f"manifest {p}: damaged Parquet file ({_first_line(exc)}); write it again"
+                f"manifest {p}: damaged Parquet file ({one_line(exc)}); write it again"
             ) from exc
-        raise BadInputError(
-            f"manifest {p}: not a readable Parquet file ({_first_line(exc)})"
-        ) from exc
+        raise BadInputError(f"manifest {p}: not a readable Parquet file ({one_line(exc)})") from exc
     return pf
 
 
@@ -392,7 +388,7 @@ def _read_row_group(pf: pq.ParquetFile, p: Path, group: int, name: str) -> pa.Ch
         return pf.read_row_group(group, columns=[name]).column(0)
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
         raise CorruptFileError(
-            f"manifest {p}: damaged Parquet file ({_first_line(exc)}); write it again"
+            f"manifest {p}: damaged Parquet file ({one_line(exc)}); write it again"
         ) from exc
 
 
@@ -433,8 +429,3 @@ def _has_parquet_magic(p: Path) -> bool:
         head = fh.read(4)
         fh.seek(size - 4)
         return head == b"PAR1" and fh.read(4) == b"PAR1"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

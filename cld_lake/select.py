@@ -44,6 +44,7 @@ from cld_lake._io import check_output_path
 from cld_lake._types import Balance, Strategy, choices
 from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError
 from cld_lake.lake import scores as scores_table
+from cld_lake.lake.scores import DIRECTIONS, score_direction
 from cld_lake.lake.store import Lake
 from cld_lake.manifest import (
     MANIFEST_KIND,
@@ -57,7 +58,6 @@ from cld_lake.manifest import (
 BALANCES = choices(Balance)
 STRATEGIES = choices(Strategy)
 MANIFESTS_DIR = "manifests"
-DIRECTIONS = ("higher_keep", "higher_harder")
 # CCS defaults: 50 strata as in the authors' code; a hard cut-off of 10% (the paper tunes it per
 # pruning rate, larger for smaller coresets, e.g. 0.3 for a 10% coreset of CIFAR-10)
 CCS_PRUNE = 0.1
@@ -235,16 +235,6 @@ def _ranks_within_class(sorted_labels: np.ndarray) -> np.ndarray:
 
 
 # --- CCS: coverage-centric selection -----------------------------------------------------
-def score_direction(provenance: dict[str, Any]) -> str:
-    """``"higher_keep"`` (high = more useful, e.g. CLD) or ``"higher_harder"`` (high = harder,
-    e.g. forgetting counts), from a stored score's provenance; missing = ``higher_keep``."""
-    direction = provenance.get("direction", "higher_keep")
-    if direction not in DIRECTIONS:
-        raise BadInputError(
-            f"score provenance has direction {direction!r}; expected one of {', '.join(DIRECTIONS)} "
-            "(recompute the score with this version of cld_lake)"
-        )
-    return str(direction)
 
 
 def check_ccs_args(prune: float, bins: int, seed: int) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from cld_lake._io import atomic_path
 from cld_lake._storage import ObjectPath, list_names, location, remove_tree
-from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError
+from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._validate import (
     arrow_dtype,
@@ -126,7 +126,7 @@ def load_labels(con: duckdb.DuckDBPyConnection, labels: PathLike, ids: np.ndarra
             "USING (sample_id) ORDER BY w.pos"
         ).fetchnumpy()
     except duckdb.Error as exc:
-        raise BadInputError(f"--labels {p}: could not be read ({first_line(exc)})") from exc
+        raise BadInputError(f"--labels {p}: could not be read ({one_line(exc)})") from exc
     lab = got["label"]
     if len(lab) != len(ids):
         raise BadInputError(
@@ -152,17 +152,13 @@ def parquet_schema(path: PathLike, what: str) -> pa.Schema:
         return pq.read_schema(p)
     except (OSError, pa.ArrowException) as exc:
         raise BadInputError(
-            f"{what} {p}: not a readable Parquet file ({first_line(exc)}); is it truncated?"
+            f"{what} {p}: not a readable Parquet file ({one_line(exc)}); is it truncated?"
         ) from exc
 
 
 def sql_str(path: PathLike) -> str:
     """``path`` as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def check_import_options(

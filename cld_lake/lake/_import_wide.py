@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from cld_lake._meta import read_meta
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
     channel_dtype,
     check_import_options,
-    first_line,
     import_rows,
     load_labels,
     parquet_schema,
@@ -222,7 +221,7 @@ def import_wide_parquet(
         label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)
         width = _check_values(pf, path, layout)
     except (OSError, pa.ArrowException) as exc:
-        raise BadInputError(f"{what}: could not be read ({first_line(exc)})") from exc
+        raise BadInputError(f"{what}: could not be read ({one_line(exc)})") from exc
     ckpts = layout.checkpoints if len(layout.checkpoints) else np.arange(width, dtype=np.int64)
     if len(ckpts) != width:
         raise BadInputError(
@@ -349,7 +348,7 @@ class _WideRows:
         try:
             return self._rows(a, b)
         except (OSError, pa.ArrowException, StopIteration) as exc:  # changed since the check
-            raise BadInputError(f"{self.what}: could not be read ({first_line(exc)})") from exc
+            raise BadInputError(f"{self.what}: could not be read ({one_line(exc)})") from exc
 
     def _rows(self, a: int, b: int) -> dict[str, np.ndarray]:
         if self.rows is None:

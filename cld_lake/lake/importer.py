@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cld_lake._storage import location
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
     channel_dtype,
     check_import_options,
-    first_line,
     import_rows,
     load_ids,
     load_labels,
@@ -338,7 +337,7 @@ def import_long_parquet(
             num_classes, dtypes, row_chunk, run,
         )  # fmt: skip
     except duckdb.Error as exc:
-        raise BadInputError(f"{what}: could not be read ({first_line(exc)})") from exc
+        raise BadInputError(f"{what}: could not be read ({one_line(exc)})") from exc
     finally:
         con.close()
 
@@ -453,7 +452,7 @@ class _LongRowReader:
         try:
             return self._rows(a, b)
         except (duckdb.Error, pa.ArrowException, StopIteration) as exc:
-            raise BadInputError(f"{self._what}: could not be read ({first_line(exc)})") from exc
+            raise BadInputError(f"{self._what}: could not be read ({one_line(exc)})") from exc
 
     def _rows(self, a: int, b: int) -> dict[str, np.ndarray]:
         t = self._t

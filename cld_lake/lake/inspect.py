@@ -17,7 +17,7 @@ import numpy as np
 from cld_lake._io import parquet_file
 from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
 from cld_lake._storage import ObjectPath, tree_bytes
-from cld_lake.errors import CldLakeError, CorruptLakeError
+from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
@@ -166,7 +166,7 @@ def _verify_run(
         except CldLakeError as exc:  # what a reader refuses on is a verification error
             report.errors.append(f"split {label!r} is corrupt: {exc}")
         except Exception as exc:  # anything unreadable is a verification error, not a crash
-            report.errors.append(f"split {label!r}: {type(exc).__name__}: {_one_line(exc)}")
+            report.errors.append(f"split {label!r}: {type(exc).__name__}: {one_line(exc)}")
 
 
 def _label(run: str, split: str) -> str:
@@ -287,11 +287,6 @@ def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
             )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
-
-
 # --- samples.parquet, streamed ----------------------------------------------------------------
 # ``info`` and ``verify`` check a split's samples table one row group at a time: the file's
 # checksum (TableChecksum is the same value over the parts as over the whole table), the
@@ -339,7 +334,7 @@ def scan_samples(
     except FileNotFoundError as exc:
         raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
     except Exception as exc:
-        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+        raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
     checked = split.lake.checksummed
     recorded = sample_groups(split.meta) if checked else []
     check_groups = checked and sizes == [rows for rows, _ in recorded]
@@ -353,7 +348,7 @@ def scan_samples(
         try:
             part = first if g == 0 else pf.read_row_group(g)
         except Exception as exc:
-            raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+            raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
         whole.update(part)
         if check_groups and bad_group is None:
             computed = rows_checksum(part) if has_ids else "no ids"

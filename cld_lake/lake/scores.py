@@ -38,7 +38,8 @@ from cld_lake._meta import (
     meta_bytes,
     read_meta,
 )
-from cld_lake.errors import CorruptLakeError, ScoringError
+from cld_lake._types import Direction, choices
+from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake.store import Lake, Split, root_lock
 
@@ -51,6 +52,24 @@ ScoreReader = Callable[[int, int], np.ndarray]
 
 RESERVED = ("sample_id", "label")
 BATCH_ROWS = 1 << 16
+DIRECTIONS = choices(Direction)
+
+
+def score_direction(provenance: Mapping[str, Any]) -> Direction:
+    """What a higher value of a stored score means, from its provenance: ``"higher_keep"``
+    (more worth keeping, e.g. CLD) or ``"higher_harder"`` (harder, e.g. forgetting counts).
+
+    A score stored before directions were recorded has none and is ``higher_keep``; a
+    direction this version does not know (a newer cld_lake wrote it) is refused, since
+    reading it the wrong way round would select the opposite end.
+    """
+    direction = provenance.get("direction", "higher_keep")
+    if direction not in DIRECTIONS:
+        raise BadInputError(
+            f"score provenance has direction {direction!r}; expected one of "
+            f"{', '.join(DIRECTIONS)} (recompute the score with this version of cld_lake)"
+        )
+    return direction  # type: ignore[no-any-return]
 
 
 def check_score_name(name: str) -> str:
@@ -76,7 +95,7 @@ def _open_checked(lake: Lake) -> pq.ParquetFile:
     try:
         pf = parquet_file(path)
     except Exception as exc:  # a damaged footer
-        raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+        raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
     recorded = _recorded_checksums(pf)
     if recorded is None:
         if lake.checksummed:
@@ -104,11 +123,6 @@ def _recorded_checksums(pf: pq.ParquetFile) -> dict[str, Any] | None:
     except ValueError:
         return {}  # present but damaged: every comparison fails
     return recorded if isinstance(recorded, dict) else ({} if raw is not None else None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
 
 
 class _ColumnChecksums:
@@ -175,7 +189,7 @@ def check_scores_file(lake: Lake) -> None:
             sums.update(pf.read_row_group(g))
     except Exception as exc:
         raise CorruptLakeError(
-            f"{scores_path(lake)}: unreadable ({_first_line(exc)}); {lake.fix}"
+            f"{scores_path(lake)}: unreadable ({one_line(exc)}); {lake.fix}"
         ) from exc
     expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
     if sums.values() != expected:
@@ -209,7 +223,7 @@ def read_scores(lake: Lake, columns: list[str] | None = None) -> pa.Table | None
     try:
         table = pf.read(columns=wanted)
     except Exception as exc:
-        raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+        raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
     _check_columns(lake, pf, table)
     return table
 
@@ -514,7 +528,7 @@ def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
         try:
             part = pf.read_row_group(g, columns=wanted)
         except Exception as exc:
-            raise CorruptLakeError(f"{path}: unreadable ({_first_line(exc)}); {lake.fix}") from exc
+            raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
         if sums is not None:
             sums.update(part)
         yield part

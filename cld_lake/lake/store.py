@@ -31,6 +31,7 @@ from cld_lake.errors import (
     LakeChangedError,
     NotALakeError,
     SplitNotFoundError,
+    one_line,
 )
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
@@ -393,7 +394,7 @@ class Split:
             raise
         except Exception as exc:  # zarr could not parse what it read
             raise CorruptLakeError(
-                f"{path}: segment metadata cannot be decoded ({_one_line(exc)}); {self.lake.fix}"
+                f"{path}: segment metadata cannot be decoded ({one_line(exc)}); {self.lake.fix}"
             ) from exc
 
     def _missing(self, segment: str, path: Path) -> CldLakeError:
@@ -437,7 +438,7 @@ class _SampleRows:
         except FileNotFoundError as exc:
             raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
         except Exception as exc:
-            raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+            raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
         sizes = _check_group_sizes(self._split, pf, path)
         self._file = pf
         if self._groups is None:
@@ -454,7 +455,7 @@ class _SampleRows:
                     table = pf.read_row_group(g, columns=["sample_id", "label"])
                 except Exception as exc:
                     raise CorruptLakeError(
-                        f"{path} cannot be decoded ({_one_line(exc)}); {fix}"
+                        f"{path} cannot be decoded ({one_line(exc)}); {fix}"
                     ) from exc
                 if self._split.lake.checksummed:
                     check_sample_group(self._split, g, table)
@@ -484,7 +485,7 @@ def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: Path) -> list[int
     try:
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     except Exception as exc:
-        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+        raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
     if split.lake.checksummed:
         recorded = [rows for rows, _ in sample_groups(split.meta)]
         if sizes != recorded:
@@ -503,7 +504,7 @@ def read_table(path: Path, fix: str) -> pa.Table:
     except FileNotFoundError as exc:
         raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
     except Exception as exc:
-        raise CorruptLakeError(f"{path} cannot be decoded ({_one_line(exc)}); {fix}") from exc
+        raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
 
 
 def _check_record(meta: dict[str, Any], table: pa.Table, path: Path, fix: str) -> None:
@@ -538,11 +539,6 @@ def check_sample_group(split: Split, group: int, table: pa.Table) -> None:
             f"{split.path / fmt.SAMPLES_FILE} fails its checksum (row group {group}: stored "
             f"{stored}, computed {computed}); {split.lake.fix}"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 class Lake:

@@ -52,11 +52,10 @@ from cld_lake.diagnostics import (
 )
 from cld_lake.errors import BadInputError, CldLakeError
 from cld_lake.lake.inspect import lake_info
-from cld_lake.lake.scores import iter_scores, stale_scores, stored_scores
+from cld_lake.lake.scores import iter_scores, score_direction, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
-    DIRECTIONS,
     FINE_BINS,
     DetectionTally,
     SplitScan,
@@ -227,13 +226,6 @@ def build_report(
 
 
 # --- the training split and its scores, in train row order ---------------------------------
-def _direction(provenance: dict[str, Any]) -> str:
-    """A stored score's direction; a score that records none (or an unknown one) is
-    ``higher_keep``, as CLD."""
-    direction = provenance.get("direction")
-    return direction if direction in DIRECTIONS else "higher_keep"
-
-
 def _cld_name(stored: dict[str, dict[str, Any]]) -> str | None:
     """The CLD score the curves and the data map use: ``cld`` if stored, else the first
     score whose method is cld."""
@@ -516,7 +508,7 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
         _table(
             [
                 {"score": k, **{f: v.get(f, "") for f in shown}}
-                | {"direction": _direction(v), "created_at": v.get("created_at", "")}
+                | {"direction": score_direction(v), "created_at": v.get("created_at", "")}
                 for k, v in stored.items()
             ]
         ),
@@ -528,7 +520,7 @@ def _score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: _TrainD
     approximate: list[str] = []
     paired = {n for pair in _run_pairs(stored) for n in pair}
     for name, prov in stored.items():
-        direction = _direction(prov)
+        direction = score_direction(prov)
         wide = not data.whole and name in paired
         column = data.read(lake, name, whole=data.whole, wide=wide)
         if column.whole is not None:  # small: the exact figures, from the whole column

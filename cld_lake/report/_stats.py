@@ -17,8 +17,6 @@ import numpy as np
 from cld_lake.lake.store import Split
 from cld_lake.select import fraction_size
 
-DIRECTIONS = ("higher_keep", "higher_harder")
-
 
 @dataclass(frozen=True)
 class SplitScan:

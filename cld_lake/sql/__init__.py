@@ -36,9 +36,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from cld_lake import _duckdb
-from cld_lake._duckdb import first_line, sql_str
+from cld_lake._duckdb import sql_str
 from cld_lake._io import atomic_path, check_output_path
-from cld_lake.errors import CldLakeError, CorruptLakeError
+from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake.store import Lake
 from cld_lake.sql._guard import SqlError, parse, sandbox_files
 from cld_lake.sql._losses import LossSource, ScanStats
@@ -116,10 +116,10 @@ def _error(exc: BaseException, sources: list[LossSource], lake: Lake) -> CldLake
         if failure is not None:
             return CorruptLakeError(
                 f"SQL: reading the losses of split {source.split.name!r} failed: "
-                f"{type(failure).__name__}: {first_line(failure)}; "
+                f"{type(failure).__name__}: {one_line(failure)}; "
                 f"run cld-lake verify {lake.path} to find damaged or missing files"
             )
-    text = f"SQL: {first_line(exc)}"
+    text = f"SQL: {one_line(exc)}"
     if isinstance(exc, _duckdb.SandboxError):
         text += f" ({_SANDBOX_HINT})"
     return SqlError(text)

@@ -24,9 +24,9 @@ from typing import Any
 
 import duckdb
 
-from cld_lake._duckdb import Connection, Error, first_line
+from cld_lake._duckdb import Connection, Error
 from cld_lake._io import check_output_path, is_inside
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, one_line
 
 REFUSED_STATEMENTS = {"ATTACH", "DETACH", "EXPORT"}
 
@@ -40,7 +40,7 @@ def parse(con: Connection, query: str) -> list[Any]:
     try:
         statements = con.extract_statements(query)
     except Error as exc:
-        raise SqlError(f"SQL: {first_line(exc)}") from exc
+        raise SqlError(f"SQL: {one_line(exc)}") from exc
     if not statements:
         raise SqlError("SQL: empty query; give a statement such as SELECT count(*) FROM samples")
     for st in statements:
