@@ -111,7 +111,8 @@ def _scheduler_view(dask_scheduler) -> tuple[int, set[str]]:
 
 
 def test_tasks_carry_row_ranges_in_a_bounded_window_and_results_come_in_row_order(lake, scheduler):
-    from cld_lake.score._dask import IN_FLIGHT_PER_THREAD, compute
+    from cld_lake._dask import IN_FLIGHT_PER_THREAD
+    from cld_lake.score._dask import compute
 
     lk = open_lake(lake)
     train, val = lk.split("train"), lk.split("val")
@@ -193,7 +194,7 @@ def test_an_unreachable_scheduler_is_one_line_naming_it_and_how_to_start_one(cli
 
 
 def test_a_scheduler_without_workers_is_refused_naming_dask_worker():
-    from cld_lake.score._dask import connect
+    from cld_lake._dask import connect
 
     with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as bare:
         with pytest.raises(ScoringError, match=r"has no workers.*`dask worker tcp://"):

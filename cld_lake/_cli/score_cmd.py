@@ -162,7 +162,7 @@ def _engine_options(engine: Engine, scheduler: str | None) -> dict[str, str]:
             f"--scheduler applies to --engine dask (got --engine {engine}); add --engine dask "
             "to score on that cluster, or leave --scheduler out"
         )
-    from cld_lake.score._dask import check_scheduler_address
+    from cld_lake._dask import check_scheduler_address
 
     return {"scheduler": check_scheduler_address(scheduler)}
 

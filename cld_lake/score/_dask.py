@@ -21,17 +21,17 @@ see). Dask is optional: install it with ``pip install 'cld-lake[dask]'``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cld_lake.errors import BadInputError, CldLakeError, NotALakeError, ScoringError
+from cld_lake._dask import IN_FLIGHT_PER_THREAD, in_row_order
+from cld_lake._dask import client_for as _client
+from cld_lake._dask import shared as _shared
+from cld_lake._dask import thread_count as _threads
+from cld_lake.errors import NotALakeError, ScoringError
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._formula import Chunk, Progress, Reference, Sums, sums_over_blocks
 from cld_lake.score._method import Plan
@@ -42,30 +42,6 @@ TASKS_PER_WORKER = 4
 # Measured at 10M x 50: client peak RSS 191-199 MiB with 256K-row tasks, 285 MiB with 1M-row
 # tasks (the result, its copy on arrival and the scorer's temporaries), at the same speed.
 MAX_TASK_ROWS = 1 << 18
-# Tasks submitted ahead per worker thread: workers stay busy while the client takes a result.
-IN_FLIGHT_PER_THREAD = 2
-CONNECT_TIMEOUT_S = 10
-# Host:port schemes of ``distributed.comm`` a scheduler in another process can listen on.
-ADDRESS_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
-START_ONE = (
-    "start one with `dask scheduler` (it prints the address to pass) and workers with "
-    "`dask worker ADDRESS`, or leave --scheduler out to run a LocalCluster"
-)
-
-
-class MissingDependencyError(CldLakeError, ImportError):
-    """An optional dependency of the requested engine is not installed."""
-
-
-def _distributed() -> Any:
-    try:
-        import distributed
-    except ImportError as exc:  # pragma: no cover - dask is installed in the dev environment
-        raise MissingDependencyError(
-            "--engine dask needs dask and distributed; install them with "
-            "pip install 'cld-lake[dask]' or choose --engine numpy"
-        ) from exc
-    return distributed
 
 
 # --- what a task carries ---------------------------------------------------------------------
@@ -83,14 +59,6 @@ class RowRange:
     def open(self) -> Split:
         """The split, opened by the worker itself."""
         return Lake(self.location).split(self.split, self.run)
-
-
-def lake_location(lake: Lake) -> str:
-    """The lake's location as every worker can open it: an absolute path or a URL."""
-    path = lake.path
-    if isinstance(path, Path):
-        return str(path.resolve())
-    return str(path)
 
 
 def row_ranges(
@@ -131,124 +99,6 @@ def _methods_task(
 
 
 # --- the cluster ---------------------------------------------------------------------------------
-def check_scheduler_address(address: str) -> str:
-    """``address`` as ``SCHEME://HOST:PORT`` (``HOST:PORT`` means tcp), or one line saying how
-    to write it."""
-    _distributed()
-    from distributed.comm.addressing import parse_address, parse_host_port, unparse_address
-
-    fix = (
-        f"--scheduler {address!r}: not a scheduler address; write tcp://HOST:PORT, e.g. "
-        "tcp://127.0.0.1:8786 (what `dask scheduler` prints)"
-    )
-    try:
-        scheme, loc = parse_address(address.strip(), strict=False)
-        host, port = parse_host_port(loc)
-    except (ValueError, TypeError):
-        raise BadInputError(fix) from None
-    if scheme not in ADDRESS_SCHEMES or not host or not 0 < port < 65536:
-        raise BadInputError(fix)
-    return unparse_address(scheme, loc)
-
-
-def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
-    """A client of the scheduler at ``address`` that has at least one worker; one line (exit 2)
-    when the address is malformed, nobody answers within ``timeout_s``, or it has no workers."""
-    distributed = _distributed()
-    address = check_scheduler_address(address)
-    try:
-        client = distributed.Client(address, timeout=f"{timeout_s}s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise ScoringError(
-            f"--scheduler {address}: no dask scheduler answered within {timeout_s:g} s "
-            f"({type(exc).__name__}); {START_ONE}"
-        ) from None
-    try:
-        client.wait_for_workers(1, timeout=timeout_s)
-    except (OSError, TimeoutError):
-        client.close()
-        raise ScoringError(
-            f"--scheduler {address}: the scheduler has no workers (none joined within "
-            f"{timeout_s:g} s); start one with `dask worker {address}`"
-        ) from None
-    return client
-
-
-def _active_client() -> Any | None:
-    try:
-        return _distributed().default_client()
-    except ValueError:
-        return None
-
-
-@contextlib.contextmanager
-def _client(lake: Lake, scheduler: str | None, n_workers: int | None) -> Iterator[tuple[Any, str]]:
-    """The client to run on and the lake location its workers open."""
-    distributed = _distributed()
-    location = lake_location(lake)
-    active = None if scheduler is not None else _active_client()
-    if location.startswith("memory://") and (scheduler is not None or active is not None):
-        raise ScoringError(
-            f"{location}: a memory:// lake lives in this process only and the workers of "
-            f"{scheduler or 'the active dask client'} cannot open it; write the lake to a path "
-            "or URL they reach (s3://...), or score it without a cluster of your own "
-            "(--engine dask then runs its workers as threads of this process)"
-        )
-    if scheduler is not None:
-        client = connect(scheduler)
-        try:
-            yield client, location
-        finally:
-            client.close()
-    elif active is not None:
-        yield active, location
-    else:  # a LocalCluster of our own, for this run
-        with (
-            distributed.LocalCluster(
-                n_workers=n_workers or max(1, min(os.cpu_count() or 1, 8)),
-                threads_per_worker=1,
-                processes=not location.startswith("memory://"),
-                dashboard_address=None,
-            ) as cluster,
-            distributed.Client(cluster, set_as_default=False) as client,
-        ):
-            yield client, location
-
-
-def _threads(client: Any) -> int:
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
-
-
-def in_row_order(client: Any, tasks: Iterable[Any], window: int) -> Iterator[Any]:
-    """Submit ``tasks`` (each ``submit(client)``) with at most ``window`` in flight and yield
-    their results in submission order, one at a time; the rest are cancelled if the consumer
-    stops early."""
-    todo = iter(tasks)
-    pending: deque[Any] = deque()
-    try:
-        for task in todo:
-            pending.append(task(client))
-            if len(pending) >= window:
-                break
-        while pending:
-            future = pending.popleft()
-            result = future.result()
-            future.release()
-            task = next(todo, None)
-            if task is not None:
-                pending.append(task(client))
-            yield result
-            del result
-    finally:
-        if pending:
-            client.cancel(list(pending))
-
-
-def _shared(value: Any) -> Any:
-    return value
-
-
 def _on_cluster(
     split: Split,
     block_rows: int | None,
