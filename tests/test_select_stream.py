@@ -27,13 +27,13 @@ from cld_lake.lake.scores import CHECKSUMS_KEY
 from cld_lake.manifest import manifest_table
 from cld_lake.select import (
     STREAM_ROWS_ENV,
-    _ScoresStream,
-    _table_in_order,
     rank_keys,
     select_rows,
     sorted_order,
     stream_select,
 )
+from cld_lake.select._select import _table_in_order
+from cld_lake.select._stream import _ScoresStream
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL = [np.nan, -0.0, 0.0, np.inf, -np.inf, 5e-324, -5e-324, 1e308, -1e308]
@@ -109,7 +109,7 @@ def monkeypatch_block():
     """Set ``TIE_BLOCK`` (the tied rows ordered at a time) for one example; restored after."""
     import importlib
 
-    module = importlib.import_module("cld_lake.select")
+    module = importlib.import_module("cld_lake.select._stream")
     saved = module.TIE_BLOCK
 
     def set_block(value: int) -> None:
@@ -356,7 +356,7 @@ def many_span_lake(synth_lake, tmp_path_factory) -> Path:
 def test_dask_selection_equals_in_memory(dask_client, many_span_lake, monkeypatch, kw):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("cld_lake.select"), "SPAN_ROWS", 1000)
+    monkeypatch.setattr(importlib.import_module("cld_lake.select._stream"), "SPAN_ROWS", 1000)
     monkeypatch.setenv(STREAM_ROWS_ENV, str(10**12))
     memory = cld_lake.select(many_span_lake, "cld", **kw)
     on_cluster = cld_lake.select(many_span_lake, "cld", dask=True, **kw)  # the active client
