@@ -51,8 +51,8 @@ def _distributed() -> Any:
         import distributed
     except ImportError as exc:  # pragma: no cover - dask is installed in the dev environment
         raise MissingDependencyError(
-            "--engine dask needs dask and distributed; install them with "
-            "pip install 'cld-lake[dask]' or choose --engine numpy"
+            "score --engine dask and select --dask need dask and distributed; install them "
+            "with pip install 'cld-lake[dask]', or score with --engine numpy / drop --dask"
         ) from exc
     return distributed
 
@@ -129,8 +129,8 @@ def client_for(
         raise ScoringError(
             f"{location}: a memory:// lake lives in this process only and the workers of "
             f"{scheduler or 'the active dask client'} cannot open it; write the lake to a path "
-            "or URL they reach (s3://...), or score it without a cluster of your own "
-            "(--engine dask then runs its workers as threads of this process)"
+            "or URL they reach (s3://...), or run without a cluster of your own "
+            "(--engine dask and --dask then run their workers as threads of this process)"
         )
     if scheduler is not None:
         client = connect(scheduler)

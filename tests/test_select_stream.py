@@ -325,6 +325,29 @@ def test_streaming_refuses_a_tampered_column_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("rows", ["0", str(10**12)])
+def test_an_unreadable_page_is_a_one_line_corrupt_lake_error(
+    synth_lake, tmp_path, monkeypatch, rows
+):
+    # regression: the streaming reader's error path called scores._first_line after it had
+    # become errors.one_line, so a damaged page raised AttributeError instead of this line
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(synth_lake, lake)
+    path = lake / "scores.parquet"
+    column = pq.ParquetFile(path).metadata.row_group(0).column(2)
+    assert column.path_in_schema == "cld"
+    with open(path, "r+b") as f:  # the page header: the reader cannot decode the page
+        f.seek(column.data_page_offset)
+        f.write(b"\xff" * 16)
+    monkeypatch.setenv(STREAM_ROWS_ENV, rows)
+    out = tmp_path / "m.parquet"
+    with pytest.raises(CorruptLakeError, match="scores.parquet: unreadable .*cld-lake verify"):
+        cld_lake.select(lake, "cld", fraction=0.1, out=out)
+    assert not out.exists()
+
+
 # --- on a dask cluster -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def many_span_lake(synth_lake, tmp_path_factory) -> Path:
