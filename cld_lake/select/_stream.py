@@ -26,13 +26,7 @@ from cld_lake._types import Balance
 from cld_lake.errors import BadInputError, CorruptLakeError, one_line
 from cld_lake.lake import Lake
 from cld_lake.lake import scores as scores_table
-from cld_lake.select._rules import (
-    BALANCES,
-    Chosen,
-    _quotas,
-    _ranks_within_class,
-    target_size,
-)
+from cld_lake.select._rules import BALANCES, Chosen, _quotas, _ranks_within_class, target_size
 
 STREAM_ROWS_ENV = "CLD_LAKE_SELECT_STREAM_ROWS"
 STREAM_MIN_ROWS = 2_000_000  # below this the table is read whole (faster, and small)
@@ -112,21 +106,17 @@ class PassSource(Protocol):
 
     def class_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Classes present (ascending) and their sizes, NaN scores included."""
-        ...
 
     def edges(self, score: str, lowest: bool, buckets: int) -> np.ndarray:
         """At most ``buckets - 1`` distinct key edges, at the quantiles of a sample."""
-        ...
 
     def histogram(
         self, score: str, lowest: bool, classes: np.ndarray, single: bool, edges: np.ndarray
     ) -> np.ndarray:
         """Per group (each class, or one for ``single``): selectable rows in each bucket."""
-        ...
 
     def keep(self, score: str, classes: np.ndarray, top: _TopRows) -> None:
         """Offer every row to ``top``, in table order; the checksums checked at the end."""
-        ...
 
 
 def open_stream(lake: Lake, *, check: bool = True) -> _ScoresStream:
@@ -469,8 +459,8 @@ def stream_select(
     buckets: int = HIST_BUCKETS,
     slack: int = PRUNE_SLACK,
 ) -> Chosen:
-    """:func:`stream_top_k` over a :class:`_ScoresStream` (one process) or a :class:`_Cluster`
-    (the same passes mapped over dask workers); ``buckets`` (histogram buckets per class) and
+    """:func:`stream_top_k` over a :class:`PassSource` (a table read in this process, or
+    ``select._dask._Cluster``: the same passes on dask workers); ``buckets`` (histogram buckets per class) and
     ``slack`` (rows kept beyond the quotas before a cut) change only the work done, never the
     result (the tests shrink them to exercise every path)."""
     if balance not in BALANCES:
