@@ -43,7 +43,12 @@ import numpy as np
 
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
 from cld_lake.diagnostics import (
+    EXACT_ROWS,
+    FINE_BINS,
+    DetectionTally,
     class_nonpositive_share,
+    detection,
+    flags_at,
     noisy_bits,
     rank_stability,
     scores_aligned,
@@ -56,15 +61,11 @@ from cld_lake.lake.scores import iter_scores, score_direction, stale_scores, sto
 from cld_lake.lake.store import Lake, Split
 from cld_lake.report import _plots as plots
 from cld_lake.report._stats import (
-    FINE_BINS,
-    DetectionTally,
     SplitScan,
     binned_counts,
     curve_groups,
-    detection,
     finite_range,
     histogram_edges,
-    noise_detection,
     pick_classes,
     range_edges,
     sample_stride,
@@ -79,12 +80,10 @@ __all__ = [
     "compare_series",
     "curve_stats",
     "load_compare",
-    "noise_detection",
     "report_path",
 ]
 
 MAX_POINTS = 200_000  # rows of the strided sample behind the data map and the correlations
-EXACT_ROWS = 2_000_000  # up to this many training rows, score columns are held whole (exact)
 CURVE_CLASSES = 4  # classes drawn in the per-class loss curves
 GROUP_SHARE = 0.1  # share of a class in each CLD group of those curves
 
@@ -304,7 +303,7 @@ class _TrainData:
     def noisy_of(self, rows: np.ndarray) -> np.ndarray:
         """The noisy flags of train ``rows``."""
         assert self.noisy_bits is not None
-        return ((self.noisy_bits[rows >> 3] >> (7 - (rows & 7)).astype(np.uint8)) & 1).astype(bool)
+        return flags_at(self.noisy_bits, rows)
 
     def batches(
         self, lake: Lake, names: list[str]
