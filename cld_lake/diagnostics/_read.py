@@ -28,10 +28,12 @@ EXACT_ROWS = 2_000_000
 
 
 def as_lake(lake: LakeLike) -> Lake:
+    """``lake`` opened, if given as a path or URL."""
     return lake if isinstance(lake, Lake) else open_lake(lake)
 
 
 def check_stored(lake: Lake, score: str) -> None:
+    """Refuse a score the scores table does not hold, naming those it does."""
     stored = stored_scores(lake)
     if score not in stored:
         have = ", ".join(stored) or "none"
@@ -65,6 +67,7 @@ def score_column(lake: Lake, score: str) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def direction_of(lake: Lake, score: str) -> str:
+    """The direction of stored score ``score`` (:func:`~cld_lake.lake.scores.score_direction`)."""
     return score_direction(stored_scores(lake).get(score, {}))
 
 
