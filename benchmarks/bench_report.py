@@ -34,8 +34,7 @@ from benchmarks.synth import SynthConfig, _RowSource, labels_for, synth_lake
 
 def synth_noisy_lake(path: Path, config: SynthConfig, share: float) -> None:
     """As :func:`benchmarks.synth.synth_lake`, the train split with a ``noisy`` flag."""
-    from cld_lake.lake import Lake
-    from cld_lake.lake.writer import SplitWriter
+    from cld_lake.lake import Lake, SplitWriter
 
     lake = Lake.create(path, num_classes=config.classes)
     for split, rows in (("train", config.train), ("val", config.val)):

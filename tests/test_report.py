@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from cld_lake.diagnostics import noisy_among_lowest
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
-from cld_lake.report import curve_stats, noise_detection
+from cld_lake.report import curve_stats
 
 
 def _lake(tmp_path):
@@ -39,7 +40,7 @@ def test_curve_stats_streams_finite_means(tmp_path):
 def test_noise_detection_counts_noisy_among_lowest():
     scores = np.array([-1.0, -0.9, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, np.nan, 0.2])
     noisy = np.array([1, 1, 0, 0, 0, 0, 0, 0, 1, 0], bool)
-    rows = noise_detection(scores, noisy, fractions=(0.2,))
+    rows = noisy_among_lowest(scores, noisy, fractions=(0.2,))
     assert rows[0]["noisy_share_lowest"] == 1.0  # the 2 lowest of 9 finite are both noisy
     assert rows[0]["recall"] == 1.0
 
@@ -57,7 +58,7 @@ def test_report_noise_table_values_match_a_hand_computation(tmp_path, cli):
     cld[:6] = [-1.0, -0.9, -0.8, 0.9, 0.95, 0.99]
     cld[6:50] = np.linspace(-0.5, 0.5, 44)
     store_score(lake, lake.split("train"), "cld", cld, {"method": "cld"})
-    rows = noise_detection(cld, ids < 6)
+    rows = noisy_among_lowest(cld, ids < 6)
     assert rows == [
         {"fraction": 0.05, "noisy_share_lowest": 1.0, "recall": 0.5, "base_rate": 0.12},
         {"fraction": 0.1, "noisy_share_lowest": 0.6, "recall": 0.5, "base_rate": 0.12},

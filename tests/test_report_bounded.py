@@ -26,20 +26,13 @@ from hypothesis import strategies as st
 
 from cld_lake import diagnostics as dg
 from cld_lake._meta import meta_bytes, read_meta
-from cld_lake.diagnostics import spearman
+from cld_lake.diagnostics import FINE_BINS, DetectionTally, detection, spearman
 from cld_lake.lake import Lake
 from cld_lake.lake import scores as scores_table
 from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import build_report
-from cld_lake.report._stats import (
-    FINE_BINS,
-    DetectionTally,
-    curve_groups,
-    detection,
-    finite_range,
-    scan_split,
-)
+from cld_lake.report._stats import curve_groups, finite_range, scan_split
 from tests.conftest import write_scores_table
 from tests.test_report_page import N, rich_lake
 

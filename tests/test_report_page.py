@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 
 from cld_lake.diagnostics import average_ranks as rankdata
-from cld_lake.diagnostics import spearman
+from cld_lake.diagnostics import detection, detection_row, spearman
 from cld_lake.lake import Lake
 from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import MAX_POINTS, build_report
 from cld_lake.report import _plots as plots
-from cld_lake.report._stats import (
-    curve_groups,
-    data_map_stats,
-    detection,
-    detection_row,
-    pick_classes,
-    scan_split,
-)
+from cld_lake.report._stats import curve_groups, data_map_stats, pick_classes, scan_split
 
 N, T, C, NV = 600, 8, 4, 120
 

@@ -11,7 +11,14 @@ import sys
 
 import click
 
-from cld_lake._cli import lake_cmds
+from cld_lake._cli import (
+    export_cmd,
+    lake_cmds,
+    report_cmd,
+    score_cmd,
+    select_cmd,
+    sql_cmd,
+)
 from cld_lake._cli._common import run_main
 from cld_lake._version import __version__
 
@@ -22,18 +29,9 @@ def cli() -> None:
     """cld-lake: record loss trajectories, score samples by CLD, query and export coresets."""
 
 
-for command in lake_cmds.COMMANDS:
-    cli.add_command(command)
-
-for _module in ("sql_cmd", "score_cmd", "select_cmd", "export_cmd", "report_cmd"):
-    try:
-        _mod = __import__(f"cld_lake._cli.{_module}", fromlist=["COMMANDS"])
-    except ModuleNotFoundError as _exc:  # a stage not built yet
-        if _exc.name != f"cld_lake._cli.{_module}":
-            raise
-        continue
-    for command in _mod.COMMANDS:
-        cli.add_command(command)
+for _stage in (lake_cmds, sql_cmd, score_cmd, select_cmd, export_cmd, report_cmd):
+    for _command in _stage.COMMANDS:
+        cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
