@@ -51,7 +51,7 @@ from cld_lake.diagnostics import (
     spearman,
 )
 from cld_lake.errors import BadInputError, CldLakeError
-from cld_lake.lake.inspect import lake_info
+from cld_lake.lake.check import lake_info
 from cld_lake.lake.scores import iter_scores, score_direction, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.report import _plots as plots

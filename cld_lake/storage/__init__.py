@@ -1,0 +1,41 @@
+"""Where a lake's bytes live, behind one interface.
+
+:class:`Store` declares what the lake needs of a place to keep its files: ranged reads (and a
+read into a buffer), atomic puts, put-if-absent, replace-if-unchanged on a version, listing, a
+tree's deletion and size, and a :class:`Lock` (``try_acquire`` / ``check`` / ``release`` /
+``held``). :class:`LocalStore` is a directory tree with the fast path (``pread``/``readinto``,
+``flock``, temp file + fsync + rename + fsync of the folder); :class:`FsspecStore` is an
+object store (S3, GCS, fsspec's in-process ``memory://``) where a lock is a :class:`Lease`.
+Lake code holds a :class:`StorePath` (a store and a key) that :func:`location` parses from a
+path or URL, and never asks which store it holds.
+"""
+
+from cld_lake.storage._abc import Lock, Store
+from cld_lake.storage._compat import ObjectPath, compat_path
+from cld_lake.storage._fsspec import FsspecStore, filesystem
+from cld_lake.storage._lease import DEFAULT_LEASE_SECONDS, LEASE_SECONDS_ENV, Lease, lease_seconds
+from cld_lake.storage._local import FileLock, LocalStore, fsync_dir, temp_path_for
+from cld_lake.storage._location import SCHEMES, is_url, local, location
+from cld_lake.storage._path import StorePath
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "LEASE_SECONDS_ENV",
+    "SCHEMES",
+    "FileLock",
+    "FsspecStore",
+    "Lease",
+    "LocalStore",
+    "Lock",
+    "ObjectPath",
+    "Store",
+    "StorePath",
+    "compat_path",
+    "filesystem",
+    "fsync_dir",
+    "is_url",
+    "lease_seconds",
+    "local",
+    "location",
+    "temp_path_for",
+]
