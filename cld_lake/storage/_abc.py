@@ -99,7 +99,7 @@ class Store(ABC):
     @abstractmethod
     def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
         """Replace the object at ``key`` with ``data`` atomically (a local disk: a temp file,
-        fsync, rename, fsync of the folder; an object store: one PUT)."""
+        fsync, rename, fsync of the folder, missing folders made; an object store: one PUT)."""
 
     @abstractmethod
     def put_file(self, key: str) -> contextlib.AbstractContextManager[Path]:

@@ -224,6 +224,8 @@ class FsspecStore(Store):
                     Body=data,
                     IfMatch=version,
                 )
+            except FileNotFoundError:
+                return False  # nothing there: no version matches
             except (OSError, FileExistsError) as exc:
                 if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):
                     return False

@@ -105,6 +105,7 @@ class LocalStore(Store):
     def put_file(self, key: str) -> Iterator[Path]:
         final = Path(key)
         tmp = temp_path_for(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
         try:
             yield tmp
             with open(tmp, "rb+") as fh:
@@ -129,6 +130,7 @@ class LocalStore(Store):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         final = Path(key)
         tmp = temp_path_for(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -152,7 +154,10 @@ class LocalStore(Store):
         return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
     def replace_if(self, key: str, data: bytes, version: str) -> bool:
-        folder = os.open(os.path.dirname(key) or ".", os.O_RDONLY)
+        try:
+            folder = os.open(os.path.dirname(key) or ".", os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # no folder, no object: no version matches
         try:
             fcntl.flock(folder, fcntl.LOCK_EX)  # conditional writers of this folder in turn
             if self.version(key) != version:

@@ -54,9 +54,19 @@ def local(path: str | os.PathLike[str] | StorePath) -> StorePath:
     return StorePath(LOCAL, str(Path(path)))
 
 
+#: which client reaches ``s3://``: ``obstore`` or ``fsspec`` (s3fs)
+S3_CLIENT_ENV = "CLD_LAKE_S3_CLIENT"
+DEFAULT_S3_CLIENT = "fsspec"
+
+
 def object_store(scheme: str) -> Store:
     """The store for ``scheme`` (``s3``, ``gs``, ``memory``), its client configured from the
-    environment."""
+    environment (``s3``: the client ``CLD_LAKE_S3_CLIENT`` names, default
+    :data:`DEFAULT_S3_CLIENT`)."""
+    if scheme == "s3" and os.environ.get(S3_CLIENT_ENV, DEFAULT_S3_CLIENT) == "obstore":
+        from cld_lake.storage._obstore import ObstoreStore
+
+        return ObstoreStore(scheme)
     from cld_lake.storage._fsspec import FsspecStore, filesystem
 
     return FsspecStore(scheme, filesystem(scheme))
