@@ -110,7 +110,7 @@ class Split:
         else:
             meta = read_meta(table.schema)
         ids = table.column("checkpoint").to_numpy()
-        # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute: +0.1 s)
+        # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute, slow)
         self.checkpoint_table = table if np.all(ids[:-1] < ids[1:]) else table.sort_by("checkpoint")
         self.meta: dict[str, Any] = meta
         self.channels: dict[str, str] = dict(meta["channels"])
@@ -492,7 +492,7 @@ def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: StorePath) -> lis
 def read_table(path: StorePath, fix: str) -> pa.Table:
     """A committed Parquet file, whole; :class:`CorruptLakeError` when it cannot be decoded."""
     try:
-        # (pq.read_table would import pyarrow.dataset: +0.3 s)
+        # (pq.read_table would import pyarrow.dataset, which is slow to import)
         return parquet_file(path).read()
     except FileNotFoundError as exc:
         raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc

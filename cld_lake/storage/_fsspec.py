@@ -66,7 +66,7 @@ def _new_filesystem(scheme: str) -> Any:
             import s3fs
         except ImportError as exc:
             raise BadInputError(
-                "s3:// lakes need the s3fs package; install cld_lake[remote]"
+                "s3:// lakes through fsspec (CLD_LAKE_S3_CLIENT=fsspec) need the s3fs package; pip install s3fs"
             ) from exc
         timeout = float(os.environ.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
         return s3fs.S3FileSystem(

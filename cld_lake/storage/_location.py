@@ -56,7 +56,7 @@ def local(path: str | os.PathLike[str] | StorePath) -> StorePath:
 
 #: which client reaches ``s3://``: ``obstore`` or ``fsspec`` (s3fs)
 S3_CLIENT_ENV = "CLD_LAKE_S3_CLIENT"
-DEFAULT_S3_CLIENT = "fsspec"
+DEFAULT_S3_CLIENT = "obstore"
 
 
 def object_store(scheme: str) -> Store:

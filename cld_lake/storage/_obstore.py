@@ -2,9 +2,10 @@
 (``If-None-Match: *`` for put-if-absent, ``If-Match`` on the ETag for replace-if-unchanged),
 a light import, and reads that release the GIL.
 
-Configured from the same environment as the other S3 client (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``,
-``AWS_DEFAULT_REGION``; ``AWS_PROFILE`` through boto3's session).
+Configured from the same environment as the other S3 client: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``;
+without keys in the environment, botocore's credential chain (``AWS_PROFILE``, the shared
+credentials and config files, SSO, a container's or an instance's role) supplies them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _new_client(bucket: str) -> Any:
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     timeout = float(env.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
-    config: dict[str, Any] = {"region": env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    config: dict[str, Any] = {}
     if endpoint:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"Invalid endpoint: {endpoint}")
@@ -71,13 +72,10 @@ def _new_client(bucket: str) -> Any:
         if env.get(name):
             config[option] = env[name]
     provider = None
-    if "access_key_id" not in config and env.get("AWS_PROFILE"):
-        import boto3
-        from obstore.auth.boto3 import Boto3CredentialProvider
-
-        provider = Boto3CredentialProvider(boto3.Session(profile_name=env["AWS_PROFILE"]))
-    elif "access_key_id" not in config:
-        raise NoCredentialsError("Unable to locate credentials: could not find AWS_ACCESS_KEY_ID")
+    region = env.get("AWS_DEFAULT_REGION")
+    if "access_key_id" not in config:
+        provider, region = _botocore_credentials(region)
+    config["region"] = region or ("us-east-1" if endpoint else _bucket_region(bucket, timeout))
     return S3Store(
         bucket,
         config=config,  # type: ignore[arg-type]
@@ -91,8 +89,66 @@ def _new_client(bucket: str) -> Any:
     )
 
 
+def _bucket_region(bucket: str, timeout: float) -> str:
+    """The AWS region of ``bucket`` (one HEAD request, answered without credentials), for an
+    environment that names none: the other client follows S3's redirects, this one needs it."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"https://{bucket}.s3.amazonaws.com", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return str(response.headers.get("x-amz-bucket-region") or "us-east-1")
+    except urllib.error.HTTPError as exc:  # 301/403 still name the region
+        return str(exc.headers.get("x-amz-bucket-region") or "us-east-1")
+    except OSError:
+        return "us-east-1"  # unreachable: the requests themselves will say so
+
+
 class NoCredentialsError(Exception):
-    """No keys and no profile in the environment (worded as botocore's error is)."""
+    """No credentials anywhere botocore looks (named as botocore's error is)."""
+
+
+def _botocore_credentials(region: str | None) -> tuple[Any, str | None]:
+    """A credential provider over botocore's chain, and the region its configuration names
+    (when the environment names none)."""
+    try:
+        import botocore.session
+    except ImportError as exc:
+        raise NoCredentialsError(
+            "Unable to locate credentials: could not find AWS_ACCESS_KEY_ID"
+        ) from exc
+    session = botocore.session.get_session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise NoCredentialsError("Unable to locate credentials: could not find AWS_ACCESS_KEY_ID")
+
+    def provide() -> dict[str, Any]:
+        frozen = credentials.get_frozen_credentials()  # refreshed by botocore when due
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5),
+        }
+
+    return provide, region or session.get_config_variable("region")
+
+
+def _problem(url: str, scheme: str, bucket: str, exc: BaseException) -> str | None:
+    """The one line for an error of obstore's (its texts first, then every client's)."""
+    text = " ".join(str(exc).split())
+    if "NoSuchBucket" in text:
+        return f"{url}: bucket {bucket!r} does not exist; create it first or fix the URL"
+    if "169.254.169.254" in text or "credential" in text.lower() and "error" in text.lower():
+        return remote_problem(url, scheme, bucket, NoCredentialsError(text))
+    if "error sending request" in text or "connection refused" in text.lower():
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        return (
+            f"{url}: cannot reach {endpoint or 'the default endpoint'} ({text[:200]}); check "
+            f"AWS_ENDPOINT_URL and the network"
+        )
+    return remote_problem(url, scheme, bucket, exc)
 
 
 class ObstoreStore(Store):
@@ -126,9 +182,7 @@ class ObstoreStore(Store):
         except (CldLakeError, FileNotFoundError):
             raise
         except Exception as exc:
-            message = remote_problem(self.url(key), self.scheme, bucket, exc)
-            if message is None and "NoSuchBucket" in str(exc):
-                message = f"{self.url(key)}: bucket {bucket!r} does not exist; create it first or fix the URL"
+            message = _problem(self.url(key), self.scheme, bucket, exc)
             if message is None:
                 raise
             raise BadInputError(message) from exc
