@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from cld_lake.errors import LakeChangedError, LakeLockedError
-from cld_lake.storage import Lease, Lock, StorePath, location
+from cld_lake.storage import Lease, Lock, StorePath, VersionConflict, location
 
 
 class StoreContract:
@@ -154,6 +154,20 @@ class StoreContract:
         for t in threads:
             t.join()
         assert sorted(results) == [False] * 3 + [True]
+
+    def test_a_conditional_put_file_writes_only_while_its_condition_holds(self, root: StorePath):
+        key = root / "checkpoints.parquet"
+        with key.put_file(if_absent=True) as tmp:
+            tmp.write_bytes(b"first")
+        first = key.version()
+        with pytest.raises(VersionConflict), key.put_file(if_absent=True) as tmp:
+            tmp.write_bytes(b"again")
+        with key.put_file(if_version=first) as tmp:
+            tmp.write_bytes(b"second")
+        with pytest.raises(VersionConflict), key.put_file(if_version=first) as tmp:
+            tmp.write_bytes(b"stale")
+        assert key.read() == b"second"
+        assert sorted(key.parent.list()) == ["checkpoints.parquet"]  # no temp file left
 
     # --- listing, deleting, sizes ---------------------------------------------------------
     def test_list_walk_delete_and_bytes_of_a_tree(self, root: StorePath):

@@ -10,7 +10,7 @@ Lake code holds a :class:`StorePath` (a store and a key) that :func:`location` p
 path or URL, and never asks which store it holds.
 """
 
-from cld_lake.storage._abc import Lock, Store
+from cld_lake.storage._abc import Lock, Store, VersionConflict
 from cld_lake.storage._compat import ObjectPath, compat_path
 from cld_lake.storage._fsspec import FsspecStore, filesystem
 from cld_lake.storage._lease import DEFAULT_LEASE_SECONDS, LEASE_SECONDS_ENV, Lease, lease_seconds
@@ -30,6 +30,7 @@ __all__ = [
     "ObjectPath",
     "Store",
     "StorePath",
+    "VersionConflict",
     "compat_path",
     "filesystem",
     "fsync_dir",

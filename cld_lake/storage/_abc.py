@@ -102,9 +102,16 @@ class Store(ABC):
         fsync, rename, fsync of the folder, missing folders made; an object store: one PUT)."""
 
     @abstractmethod
-    def put_file(self, key: str) -> contextlib.AbstractContextManager[Path]:
+    def put_file(
+        self, key: str, *, if_version: str | None = None, if_absent: bool = False
+    ) -> contextlib.AbstractContextManager[Path]:
         """A context giving a local temp file to write; when the block ends without an error
-        its content replaces ``key`` atomically (as :meth:`put`), else it is deleted."""
+        its content replaces ``key`` atomically (as :meth:`put`), else it is deleted.
+
+        ``if_version``: only while ``key`` is still at that version; ``if_absent``: only if
+        nothing is at ``key``. A write whose condition fails raises :class:`VersionConflict`
+        and changes nothing.
+        """
 
     @abstractmethod
     def put_new(self, key: str, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
@@ -164,6 +171,11 @@ class Store(ABC):
     def lock(self, key: str, holder: str) -> Lock:
         """The exclusive lock kept at ``key``, to be held by ``holder`` (a description that a
         refused writer is shown)."""
+
+
+class VersionConflict(Exception):
+    """A conditional write found the object changed since its version was read (or present,
+    for a write that creates it): nothing was written."""
 
 
 class Lock(ABC):
@@ -230,4 +242,4 @@ def joined(data: Buffer | Sequence[Buffer]) -> bytes:
     return b"".join(bytes(p) for p in parts)
 
 
-__all__ = ["Lock", "Store", "as_buffers", "joined"]
+__all__ = ["Lock", "Store", "VersionConflict", "as_buffers", "joined"]

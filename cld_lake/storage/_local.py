@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from cld_lake.storage._abc import Lock, Store, as_buffers
+from cld_lake.storage._abc import Lock, Store, VersionConflict, as_buffers
 
 if TYPE_CHECKING:
     from collections.abc import Buffer
@@ -102,7 +102,9 @@ class LocalStore(Store):
                 fh.write(part)
 
     @contextlib.contextmanager
-    def put_file(self, key: str) -> Iterator[Path]:
+    def put_file(
+        self, key: str, *, if_version: str | None = None, if_absent: bool = False
+    ) -> Iterator[Path]:
         final = Path(key)
         tmp = temp_path_for(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,14 @@ class LocalStore(Store):
             yield tmp
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            if if_version is None and not if_absent:
+                os.replace(tmp, final)
+            else:
+                with _folder_lock(final.parent):
+                    current = self.version(key)
+                    if current != if_version if if_version is not None else current is not None:
+                        raise VersionConflict(f"{key}: changed since version {if_version}")
+                    os.replace(tmp, final)
             fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -137,7 +146,8 @@ class LocalStore(Store):
                 fh.flush()
                 os.fsync(fh.fileno())
             try:
-                os.link(tmp, final)  # fails when the name exists: one of two racers wins
+                with _folder_lock(final.parent):  # in turn with put_file's conditions
+                    os.link(tmp, final)  # fails when the name exists: one of two racers wins
             except FileExistsError:
                 return False
             fsync_dir(final.parent)
@@ -154,18 +164,14 @@ class LocalStore(Store):
         return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
     def replace_if(self, key: str, data: bytes, version: str) -> bool:
+        if self.version(key) is None:
+            return False  # nothing there: no version matches
         try:
-            folder = os.open(os.path.dirname(key) or ".", os.O_RDONLY)
-        except FileNotFoundError:
-            return False  # no folder, no object: no version matches
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)  # conditional writers of this folder in turn
-            if self.version(key) != version:
-                return False
-            self.put(key, data)
-            return True
-        finally:
-            os.close(folder)
+            with self.put_file(key, if_version=version) as tmp:
+                tmp.write_bytes(data)
+        except VersionConflict:
+            return False
+        return True
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -212,6 +218,17 @@ class LocalStore(Store):
     # --- locks ----------------------------------------------------------------------------
     def lock(self, key: str, holder: str) -> FileLock:
         return FileLock(Path(key), holder)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Conditional writers of one folder in turn (an ``flock`` on the folder itself)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

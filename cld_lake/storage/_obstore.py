@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cld_lake.errors import BadInputError, CldLakeError
-from cld_lake.storage._abc import Store, joined
+from cld_lake.storage._abc import Store, VersionConflict, joined
 from cld_lake.storage._errors import remote_problem
 from cld_lake.storage._lease import Lease
 
@@ -231,13 +231,25 @@ class ObstoreStore(Store):
         self._call(key, "put", joined(data))
 
     @contextlib.contextmanager
-    def put_file(self, key: str) -> Iterator[Path]:
+    def put_file(
+        self, key: str, *, if_version: str | None = None, if_absent: bool = False
+    ) -> Iterator[Path]:
         """A local temp file, uploaded whole (one PUT, or a multipart upload that becomes
         visible when it completes)."""
         with tempfile.TemporaryDirectory(prefix="cld-lake-upload-") as folder:
             tmp = Path(folder) / key.rsplit("/", 1)[-1]
             yield tmp
-            self._call(key, "put", tmp)
+            if if_version is None and not if_absent:
+                self._call(key, "put", tmp)
+                return
+            data = tmp.read_bytes()  # a conditional PUT: one request, the whole object
+            done = (
+                self.replace_if(key, data, if_version)
+                if if_version is not None
+                else self.put_if_absent(key, data)
+            )
+            if not done:
+                raise VersionConflict(f"{self.url(key)}: changed since version {if_version}")
 
     def put_new(self, key: str, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
         self.put(key, data)  # durable once the PUT returns

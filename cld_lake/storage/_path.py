@@ -113,8 +113,10 @@ class StorePath:
     def put(self, data: Buffer | Sequence[Buffer]) -> None:
         self.store.put(self.key, data)
 
-    def put_file(self) -> contextlib.AbstractContextManager[Path]:
-        return self.store.put_file(self.key)
+    def put_file(
+        self, *, if_version: str | None = None, if_absent: bool = False
+    ) -> contextlib.AbstractContextManager[Path]:
+        return self.store.put_file(self.key, if_version=if_version, if_absent=if_absent)
 
     def put_new(self, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
         self.store.put_new(self.key, data, durable=durable)
