@@ -26,8 +26,8 @@ def location(spec: str | os.PathLike[str] | StorePath) -> StorePath:
     """The place ``spec`` names: a local path (plain or ``file://``) or an object-store URL
     (``s3://BUCKET/PATH``, ``gs://``, ``memory://``). :class:`BadInputError` for a scheme this
     package cannot reach or a URL without a bucket."""
-    if isinstance(spec, StorePath):
-        return spec
+    if isinstance(spec, StorePath):  # (a subclass, e.g. the transitional ObjectPath: plain)
+        return spec if type(spec) is StorePath else StorePath(spec.store, spec.key)
     text = os.fspath(spec)
     m = _URL.match(text)
     if not m:
