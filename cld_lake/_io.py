@@ -115,15 +115,13 @@ def check_output_path(
     missing parent directory; an existing file unless ``overwrite``.
     """
     # (a click Path has already folded "s3://b/k" into "s3:/b/k")
-    given = out.local_path if isinstance(out, StorePath) else None
-    if given is None and (
-        isinstance(out, StorePath) or is_url(str(out)) or _FOLDED_URL.match(str(out))
-    ):
+    given = local(out).local_path
+    if given is None or is_url(str(out)) or _FOLDED_URL.match(str(out)):
         raise BadInputError(
             f"{what} {out}: outputs are written to a local file; give a local path (and copy "
             f"it to the object store afterwards)"
         )
-    out = given if given is not None else Path(out)  # type: ignore[arg-type]
+    out = given
     if suffixes is not None and out.suffix.lower() not in suffixes:
         raise BadInputError(
             f"{what} {out}: expected a {' or '.join(suffixes)} file; name it e.g. out{suffixes[0]}"
