@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 class Store(ABC):
     """Objects under ``/``-separated keys, with the few operations a lake is built on.
 
-    Reads raise ``FileNotFoundError`` for a key that holds nothing. Every write is atomic:
-    a reader sees the whole new object or the old one (or none), never part of one.
+    Reads raise ``FileNotFoundError`` for a key that holds nothing. Every write but
+    :meth:`put_new` (for objects nobody reads yet) is atomic: a reader sees the whole new
+    object or the old one (or none), never part of one.
     """
 
     #: reads worth keeping in flight at once to hide the store's latency (1: a local disk)
