@@ -74,7 +74,7 @@ split = split_now()
 (seg,) = split.segment_names()
 folder = split.path / "segments" / seg / "loss"
 array = split.open_segment(seg)["loss"]
-probe = ChunkReader(folder, array)
+probe = ChunkReader(split.root / "segments" / seg / "loss", array)
 rows, width, itemsize = probe.chunk_rows, probe.width, probe.dtype.itemsize
 n = split.num_samples
 starts = range(0, n, rows)
@@ -110,7 +110,7 @@ def drain(items):  # consume, holding one item at a time (as a scoring loop does
         pass
 
 def chunk_reads():
-    reader = ChunkReader(folder, array)
+    reader = ChunkReader(split.root / "segments" / seg / "loss", array)
     for a in starts:
         reader.read(a, min(a + rows, n))
 

@@ -1,12 +1,15 @@
-"""Benchmark: the same lake on local disk and on an S3-compatible server (moto, on 127.0.0.1).
+"""Benchmark: the same lake on local disk and on an S3-compatible server (moto, on 127.0.0.1),
+through each S3 client (s3fs and obstore).
 
 Plain script (not part of the test suite). Writes one N x T float32 ``.npy`` (bounded memory,
 block by block), then for each place (a local directory, ``s3://lakes/...`` on a moto server
-this script starts and stops) times, each in its own process: ``cld-lake import`` (train and
-val), ``score --engine numpy``, ``select --fraction 0.1`` and a SQL aggregate over the scores.
-Wall time is the whole process; peak RSS is the CLI process's (the moto server is another
-process and holds the objects in its memory: its size is reported too). Medians of
-``--repeat`` runs; the remote/local ratio is from the same invocation.
+this script starts and stops, once per client: ``CLD_LAKE_S3_CLIENT``) times, each in its own
+process: ``cld-lake import`` (train and val), opening the lake (process start-up, the
+client's import, the root JSON), ``score --engine numpy``, ``select --fraction 0.1`` and a SQL
+aggregate over the scores; and the import of each client module alone. Wall time is the
+whole process; peak RSS is the CLI process's (the moto server is another process and holds
+the objects in its memory: its size is reported too). Medians of ``--repeat`` runs, all
+places in the same invocation.
 
     python -m benchmarks.bench_remote                       # 1.28M x 90 (ImageNet-1k size)
     python -m benchmarks.bench_remote --rows 200000 --repeat 1
@@ -15,6 +18,7 @@ process and holds the objects in its memory: its size is reported too). Medians 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -27,7 +31,9 @@ import numpy as np
 
 from benchmarks.bench_scale import run_wrapped
 
-STEPS = ("import", "score", "select", "sql")
+STEPS = ("import", "open", "score", "select", "sql")
+CLIENTS = ("fsspec", "obstore")  # CLD_LAKE_S3_CLIENT
+CLIENT_MODULES = {"fsspec": "s3fs", "obstore": "obstore"}
 SQL = "SELECT label, avg(cld) AS m FROM scores GROUP BY label ORDER BY label"
 
 
@@ -56,6 +62,9 @@ def steps_for(lake: str, inputs: Path, out: Path, classes: int) -> dict[str, lis
 
     return {
         "import": [imp("train"), imp("val")],
+        "open": [
+            ["code", f"from cld_lake.lake import open_lake; open_lake({lake!r}).split('train')"]
+        ],
         "score": [["cli", "score", lake, "--engine", "numpy"]],
         "select": [
             [
@@ -116,16 +125,23 @@ def main(argv: list[str] | None = None) -> None:
 
             server = next(p for p in psutil.Process().children() if "moto" in " ".join(p.cmdline()))
             server_peak = 0.0
+            imports: dict[str, list[float]] = {}
             for r in range(args.repeat):
-                places = {
-                    "local": str(work / f"lake-{r}"),
-                    "s3": f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake",
-                }
-                for place, lake in places.items():
+                places = {"local": (str(work / f"lake-{r}"), "fsspec")}
+                for client in CLIENTS:
+                    places[client] = (f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake", client)
+                for place, (lake, client) in places.items():
+                    os.environ["CLD_LAKE_S3_CLIENT"] = client
                     commands = steps_for(lake, work, work / "m.parquet", args.classes)
                     for step in STEPS:
                         results.setdefault((place, step), []).append(run(commands[step], work))
                     server_peak = max(server_peak, server.memory_info().rss / 2**20)
+                    if lake.startswith("s3://"):
+                        run([["code", f"from cld_lake.storage import location; location({lake!r}).delete_tree()"]], work)  # fmt: skip
+                for client, module in CLIENT_MODULES.items():
+                    imports.setdefault(client, []).append(
+                        run([["code", f"import {module}"]], work)[0]
+                    )
                 shutil.rmtree(work / f"lake-{r}", ignore_errors=True)
         size = args.rows * args.checkpoints * 4 / 1e9
         print(
@@ -133,12 +149,22 @@ def main(argv: list[str] | None = None) -> None:
             f"medians of {args.repeat}; moto server peak RSS {server_peak:,.0f} MB "
             f"(endpoint {env['AWS_ENDPOINT_URL']})\n"
         )
-        print("| step | local wall s | local RSS MB | s3 (moto) wall s | s3 RSS MB | s3 / local |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(
+            "| step | local wall s | local RSS MB | s3 via s3fs wall s | RSS MB | s3 / local "
+            "| s3 via obstore wall s | RSS MB | s3 / local | obstore / s3fs |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for step in STEPS:
-            lw, lr = (statistics.median(x) for x in zip(*results[("local", step)], strict=True))
-            sw, sr = (statistics.median(x) for x in zip(*results[("s3", step)], strict=True))
-            print(f"| {step} | {lw:.2f} | {lr:,.0f} | {sw:.2f} | {sr:,.0f} | {sw / lw:.2f}x |")
+            (lw, lr), (fw, fr), (ow, orss) = (
+                (statistics.median(x) for x in zip(*results[(place, step)], strict=True))
+                for place in ("local", *CLIENTS)
+            )
+            print(
+                f"| {step} | {lw:.2f} | {lr:,.0f} | {fw:.2f} | {fr:,.0f} | {fw / lw:.2f}x "
+                f"| {ow:.2f} | {orss:,.0f} | {ow / lw:.2f}x | {ow / fw:.2f}x |"
+            )
+        for client, module in CLIENT_MODULES.items():
+            print(f"process importing {module} alone: {statistics.median(imports[client]):.2f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -93,7 +93,7 @@ def private_temp_dir(prefix: str = "cld-lake-duckdb-") -> Path:
 
 def connect(
     *,
-    memory_limit: str,
+    memory_limit: str | None = None,
     threads: int | None = None,
     temp_directory: str | os.PathLike[str] | None = None,
     pin_join_order: bool = False,
@@ -102,8 +102,9 @@ def connect(
 
     Parameters
     ----------
-    memory_limit : str
-        DuckDB's memory limit; larger sorts and joins spill to ``temp_directory``.
+    memory_limit : str, optional
+        DuckDB's memory limit (default: DuckDB's own); larger sorts and joins spill to
+        ``temp_directory``.
     threads : int, optional
         Worker threads (default: DuckDB's own choice).
     temp_directory : path, optional
@@ -116,11 +117,12 @@ def connect(
     """
     temp = Path(temp_directory) if temp_directory is not None else private_temp_dir()
     config: dict[str, Any] = {
-        "memory_limit": memory_limit,
         "temp_directory": str(temp),
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     }
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
     if threads is not None:
         config["threads"] = threads
     con = duckdb.connect(config=config)

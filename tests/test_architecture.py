@@ -12,14 +12,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cld_lake"
 # Modules every layer may use: the leaves of the graph.
-LEAVES = {
-    "cld_lake.errors",
-    "cld_lake._io",
-    "cld_lake._meta",
-    "cld_lake._storage",
-    "cld_lake._version",
-    "cld_lake._types",
-}
+LEAVES = (
+    {
+        "cld_lake.errors",
+        "cld_lake._duckdb",
+        "cld_lake._io",
+        "cld_lake._meta",
+        "cld_lake._storage",
+        "cld_lake._version",
+        "cld_lake._types",
+    }
+    | {f"cld_lake.storage.{p.stem}" for p in (PACKAGE / "storage").glob("_[!_]*.py")}
+    | {"cld_lake.storage"}
+)
 
 
 def _module_name(path: Path) -> str:

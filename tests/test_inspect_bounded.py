@@ -27,9 +27,9 @@ from cld_lake.diagnostics import class_nonpositive_share
 from cld_lake.errors import CorruptLakeError
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake import _format as fmt
-from cld_lake.lake import inspect as inspect_mod
+from cld_lake.lake import check as inspect_mod
 from cld_lake.lake._validate import count_duplicates, ids_digest
-from cld_lake.lake.inspect import (
+from cld_lake.lake.check import (
     count_duplicates_bounded,
     scan_samples,
     verify_lake,
@@ -310,7 +310,7 @@ from cld_lake._cli import cli
 from cld_lake._cli._common import run_main
 from cld_lake.lake import open_lake
 from cld_lake.lake._validate import ids_digest
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 
 def status(key):  # VmHWM, not ru_maxrss: that one keeps the forking parent's size
     with open("/proc/self/status") as f:

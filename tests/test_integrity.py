@@ -20,7 +20,7 @@ import pytest
 from cld_lake._meta import read_meta
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Lake, open_lake
-from cld_lake.lake.inspect import lake_info, verify_lake
+from cld_lake.lake.check import lake_info, verify_lake
 from cld_lake.lake.writer import SplitWriter
 
 CHANNELS = {"loss": "float32", "correct": "bool"}

@@ -25,7 +25,7 @@ from cld_lake.lake import Lake, open_lake
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import create_segment
 from cld_lake.lake._validate import MAX_CLASSES
-from cld_lake.lake.inspect import lake_info, verify_lake
+from cld_lake.lake.check import lake_info, verify_lake
 from cld_lake.lake.store import root_lock
 from cld_lake.lake.writer import SplitWriter
 from tests.conftest import lake_hash

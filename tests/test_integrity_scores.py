@@ -18,7 +18,7 @@ import cld_lake
 from cld_lake._meta import read_meta
 from cld_lake.errors import CldLakeError, CorruptLakeError
 from cld_lake.lake import open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 from cld_lake.lake.scores import CHECKSUMS_KEY, check_scores_file, read_scores, stored_scores
 from tests.conftest import import_arrays, lake_hash, make_arrays
 

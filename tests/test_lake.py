@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from cld_lake.errors import BadInputError, CheckpointExistsError, SplitNotFoundError
 from cld_lake.lake import Lake, open_lake
+from cld_lake.lake.check import lake_info, verify_lake
 from cld_lake.lake.importer import import_long_parquet, import_npy
-from cld_lake.lake.inspect import lake_info, verify_lake
 from cld_lake.lake.writer import SplitWriter
 from tests.conftest import make_arrays
 
@@ -321,7 +321,7 @@ def test_blocks_read_ahead_at_any_depth_yield_every_row_in_order(
 ):
     import uuid
 
-    from cld_lake.lake import store
+    from cld_lake.storage import FsspecStore, LocalStore
 
     loss, labels, ids = make_arrays(1000, 6, 3, seed=5)
     np.save(tmp_path / "loss.npy", loss)
@@ -330,8 +330,8 @@ def test_blocks_read_ahead_at_any_depth_yield_every_row_in_order(
     lake = tmp_path / "lake" if where == "local" else f"memory://{uuid.uuid4().hex[:8]}/lake"
     import_npy(lake, "train", tmp_path / "loss.npy", tmp_path / "labels.npy",
                sample_ids=tmp_path / "ids.npy", row_chunk=256)  # fmt: skip
-    monkeypatch.setattr(store, "READ_AHEAD", depth)
-    monkeypatch.setattr(store, "REMOTE_READ_AHEAD", depth)
+    monkeypatch.setattr(LocalStore, "parallel_reads", depth)  # the read-ahead depth
+    monkeypatch.setattr(FsspecStore, "parallel_reads", depth)
     split = open_lake(lake).split("train")
     for block_rows in (100, 256, 999, 1000, 5000):  # 10, 4, 2, 1 and 1 blocks
         blocks = list(split.blocks(block_rows=block_rows))

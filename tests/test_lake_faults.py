@@ -14,7 +14,7 @@ import pytest
 
 from cld_lake.errors import LakeLockedError
 from cld_lake.lake import Lake, open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 from cld_lake.lake.writer import SplitWriter
 from tests._fault_writer import values
 from tests.conftest import REPO, run_cli_subprocess

@@ -9,10 +9,10 @@ import uuid
 import numpy as np
 import pytest
 
-from cld_lake._storage import Lease, location
 from cld_lake.errors import LakeChangedError, LakeLockedError
 from cld_lake.lake import Lake, SplitWriter, open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
+from cld_lake.storage import Lease, location
 
 N = 500
 

@@ -21,7 +21,7 @@ import pytest
 import cld_lake
 from cld_lake.errors import BadInputError, LakeLockedError
 from cld_lake.lake import SplitWriter, open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 from tests._s3server import BUCKET
 from tests.conftest import CLI_BIN, REPO, write_npy_set
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import cld_lake
 from cld_lake.errors import BadInputError, ScoringError, SplitNotFoundError
 from cld_lake.lake import _format as fmt
+from cld_lake.lake.check import verify_lake
 from cld_lake.lake.importer import import_file
-from cld_lake.lake.inspect import verify_lake
 from cld_lake.score import compute_scores
 from cld_lake.sql import query
 from cld_lake.torch import LossRecorder, WithIndex

@@ -13,7 +13,7 @@ import pytest
 
 from cld_lake.errors import CldLakeError
 from cld_lake.lake import Lake, open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 from cld_lake.lake.writer import SplitWriter
 from tests._writer_hooks import (
     COMMIT_RECORD,

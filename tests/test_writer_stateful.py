@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 
 from cld_lake.lake import Lake, open_lake
-from cld_lake.lake.inspect import verify_lake
+from cld_lake.lake.check import verify_lake
 from cld_lake.lake.store import Split
 from cld_lake.lake.writer import SplitWriter
 from tests._writer_hooks import child_values

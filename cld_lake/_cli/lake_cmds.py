@@ -105,7 +105,7 @@ def import_cmd(
 def info_cmd(lake, as_json):
     """Splits, samples, classes, checkpoints, channels, bytes on disk, scores."""
     from cld_lake.lake import open_lake
-    from cld_lake.lake.inspect import lake_info
+    from cld_lake.lake.check import lake_info
 
     opened = open_lake(lake)
     info = lake_info(opened)
@@ -216,7 +216,7 @@ def _human(n: int) -> str:
 def verify_cmd(lake, quick):
     """Check integrity: exit 0 only if every committed byte is readable and consistent."""
     from cld_lake.lake import open_lake
-    from cld_lake.lake.inspect import verify_lake
+    from cld_lake.lake.check import verify_lake
 
     report = verify_lake(open_lake(lake), read_data=not quick)
     for w in report.warnings:

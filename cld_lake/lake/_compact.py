@@ -14,10 +14,10 @@ new segment whose commit fails.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import create_segment, delete_segment, new_segment_name
 from cld_lake.lake.store import Split
+from cld_lake.storage import location
 
 GC_GRACE_SECONDS = 600.0  # readers of a retired segment get this long to finish their scan
 COMPACT_FANOUT = 8
@@ -88,7 +89,7 @@ def _merge_into(split: Split, segments: Sequence[str], new_name: str, commit: Co
     seg_col = np.asarray(table.column("segment").to_pylist(), dtype=object)
     ckpts = np.sort(table.column("checkpoint").to_numpy()[np.isin(seg_col, list(segments))])
     arrays = create_segment(
-        split.path / fmt.SEGMENTS_DIR / new_name,
+        split.root / fmt.SEGMENTS_DIR / new_name,
         split.num_samples,
         len(ckpts),
         split.channels,
@@ -107,7 +108,7 @@ def _merge_into(split: Split, segments: Sequence[str], new_name: str, commit: Co
 
 
 def collect_garbage(
-    split_dir: Path,
+    split_dir: fmt.LakePath,
     referenced: set[str],
     retired: Mapping[str, float],
     grace_seconds: float = GC_GRACE_SECONDS,
@@ -116,17 +117,18 @@ def collect_garbage(
     once ``grace_seconds`` have passed, every other unreferenced segment and stray temp file
     at once. Only the split's writer calls this. Returns the names deleted."""
     deleted = []
-    seg_dir = split_dir / fmt.SEGMENTS_DIR
+    root = location(split_dir)
+    seg_dir = root / fmt.SEGMENTS_DIR
     now = time.time()
-    if seg_dir.exists():
-        for entry in seg_dir.iterdir():
-            if entry.name in referenced:
-                continue
-            if entry.name in retired and now - float(retired[entry.name]) < grace_seconds:
-                continue  # readers of an older snapshot may still be scanning it
-            delete_segment(entry)
-            deleted.append(entry.name)
-    for entry in split_dir.glob(".*.tmp-*"):
-        entry.unlink(missing_ok=True)
-        deleted.append(entry.name)
+    for name in seg_dir.list():
+        if name in referenced:
+            continue
+        if name in retired and now - float(retired[name]) < grace_seconds:
+            continue  # readers of an older snapshot may still be scanning it
+        delete_segment(seg_dir / name)
+        deleted.append(name)
+    for name in root.list():
+        if fnmatch.fnmatchcase(name, ".*.tmp-*"):
+            (root / name).delete()
+            deleted.append(name)
     return deleted

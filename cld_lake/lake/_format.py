@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import uuid
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from cld_lake._io import atomic_write_json
 from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex
-from cld_lake._storage import ObjectPath, check_reachable, remote_errors
 from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
+from cld_lake.storage import StorePath, location
 
-LakePath = Path | ObjectPath  # where a lake (or one of its files) lives
+#: where a lake (or one of its files) lives: a location, or a path or URL to parse
+LakePath = str | os.PathLike[str] | StorePath
+P = TypeVar("P", bound="StorePath | os.PathLike[str]")
 FORMAT_NAME = "cld_lake"
 FORMAT_VERSION = 2
 CHECKSUMS_SINCE = 2  # the first format whose every committed file carries a checksum
@@ -91,13 +92,14 @@ def new_root_metadata(num_classes: int | None) -> dict[str, Any]:
     }
 
 
-def write_root_metadata(path: Path | ObjectPath, meta: dict[str, Any]) -> dict[str, Any]:
+def write_root_metadata(path: LakePath, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``cld_lake.json`` atomically with the checksum of its canonical JSON; return it.
 
-    Callers hold :class:`~cld_lake.lake.store.root_lock`.
+    Callers hold :func:`~cld_lake.lake.store.lock_root`.
     """
     meta = {**meta, CHECKSUM_KEY: crc32c_hex(canonical_json(meta))}
-    atomic_write_json(path / ROOT_FILE, meta)
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    (location(path) / ROOT_FILE).put(text.encode())
     return meta
 
 
@@ -114,11 +116,11 @@ def listed_runs(meta: dict[str, Any]) -> dict[str, list[str]]:
     return {DEFAULT_RUN: listed_splits(meta) or [], **{str(r): list(s) for r, s in runs.items()}}
 
 
-def split_dir(lake_path: LakePath, split: str, run: str = DEFAULT_RUN) -> LakePath:
-    """The directory of ``split`` of ``run``."""
+def split_dir(lake_path: P, split: str, run: str = DEFAULT_RUN) -> P:
+    """The directory of ``split`` of ``run`` (of the same kind as ``lake_path``)."""
     if run == DEFAULT_RUN:
-        return lake_path / SPLITS_DIR / split
-    return lake_path / RUNS_DIR / run / SPLITS_DIR / split
+        return lake_path / SPLITS_DIR / split  # type: ignore[operator,no-any-return]
+    return lake_path / RUNS_DIR / run / SPLITS_DIR / split  # type: ignore[operator,no-any-return]
 
 
 def has_checksums(meta: dict[str, Any]) -> bool:
@@ -129,51 +131,67 @@ def has_checksums(meta: dict[str, Any]) -> bool:
 def read_root_metadata(path: LakePath) -> dict[str, Any]:
     """Read and check ``cld_lake.json``; raise a clear error when ``path`` is not a lake,
     :class:`CorruptLakeError` when the file fails its checksum."""
-    root_file = path / ROOT_FILE
-    fix = f"run `cld-lake verify {path}` and restore it from a backup"
-    if isinstance(path, ObjectPath):
-        return _check_root(path, _read_remote_root(path, root_file, fix), fix)
-    if not path.exists():
-        raise NotALakeError(
-            f"{path}: no such lake directory; create one with `cld-lake import {path} ...`"
-        )
-    if not path.is_dir():
-        raise NotALakeError(f"{path}: is a file, not a lake directory")
-    if not root_file.exists():
-        if (path / SPLITS_DIR).is_dir() and any((path / SPLITS_DIR).iterdir()):
-            raise CorruptLakeError(f"{root_file} is missing but {path} holds splits; {fix}")
-        raise NotALakeError(
-            f"{path}: not a cld_lake lake (no {ROOT_FILE}); point to a lake directory or create one with `cld-lake import`"
-        )
-    try:
-        meta = json.loads(root_file.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CorruptLakeError(f"{root_file}: unreadable lake metadata ({exc}); {fix}") from exc
-    return _check_root(path, meta, fix)
+    root = location(path)
+    data = read_root_bytes(root)
+    if data is None:
+        raise _not_a_lake(root, _fix(root)) from None
+    return parse_root_metadata(root, data)
 
 
-def _read_remote_root(path: ObjectPath, root_file: ObjectPath, fix: str) -> Any:
-    """The parsed root JSON of a lake on an object store (one GET); a missing one is "not a
-    lake" after the bucket, credentials and endpoint were checked."""
-    with remote_errors(path):
-        try:
-            data = root_file.read_bytes()
-        except FileNotFoundError:
-            check_reachable(path)
-            if (path / SPLITS_DIR).exists():
-                raise CorruptLakeError(
-                    f"{root_file} is missing but {path} holds splits; {fix}"
-                ) from None
-            raise NotALakeError(
-                f"{path}: not a cld_lake lake (no {ROOT_FILE}); point to a lake or create one with `cld-lake import {path} ...`"
-            ) from None
+def read_root_bytes(root: StorePath) -> bytes | None:
+    """The bytes of ``cld_lake.json`` as stored (None when there is none), unchecked."""
     try:
-        return json.loads(data)
+        return (root / ROOT_FILE).read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if not root.store.has_folders:
+            raise  # an object store's transport error, not a damaged file
+        raise CorruptLakeError(
+            f"{root / ROOT_FILE}: unreadable lake metadata ({exc}); {_fix(root)}"
+        ) from exc
+
+
+def parse_root_metadata(root: StorePath, data: bytes) -> dict[str, Any]:
+    """The root metadata in ``data`` (the bytes of ``root``'s ``cld_lake.json``), checked."""
+    fix = _fix(root)
+    try:
+        meta = json.loads(data)
     except ValueError as exc:
-        raise CorruptLakeError(f"{root_file}: unreadable lake metadata ({exc}); {fix}") from exc
+        raise CorruptLakeError(
+            f"{root / ROOT_FILE}: unreadable lake metadata ({exc}); {fix}"
+        ) from exc
+    return _check_root(root, meta, fix)
 
 
-def _check_root(path: Path | ObjectPath, meta: Any, fix: str) -> dict[str, Any]:
+def _fix(root: StorePath) -> str:
+    return f"run `cld-lake verify {root}` and restore it from a backup"
+
+
+def _not_a_lake(root: StorePath, fix: str) -> Exception:
+    """Why ``root`` holds no ``cld_lake.json``: nothing there, a file, a lake that lost it
+    (corrupt), or a place that is not a lake; checked after the bucket, credentials and
+    endpoint of an object store."""
+    root.check_reachable()
+    folders = root.store.has_folders
+    if folders and not root.exists():
+        return NotALakeError(
+            f"{root}: no such lake directory; create one with `cld-lake import {root} ...`"
+        )
+    if folders and root.is_file():
+        return NotALakeError(f"{root}: is a file, not a lake directory")
+    if (root / SPLITS_DIR).list():
+        return CorruptLakeError(f"{root / ROOT_FILE} is missing but {root} holds splits; {fix}")
+    if folders:
+        return NotALakeError(
+            f"{root}: not a cld_lake lake (no {ROOT_FILE}); point to a lake directory or create one with `cld-lake import`"
+        )
+    return NotALakeError(
+        f"{root}: not a cld_lake lake (no {ROOT_FILE}); point to a lake or create one with `cld-lake import {root} ...`"
+    )
+
+
+def _check_root(path: StorePath, meta: Any, fix: str) -> dict[str, Any]:
     root_file = path / ROOT_FILE
     if not isinstance(meta, dict):
         raise CorruptLakeError(f"{root_file}: not a JSON object; {fix}")

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake._io import atomic_path
-from cld_lake._storage import ObjectPath, list_names, location, remove_tree
 from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._validate import (
@@ -28,14 +26,18 @@ from cld_lake.lake._validate import (
     check_run_name,
     check_split_name,
 )
-from cld_lake.lake.store import Lake, Split, root_lock
+from cld_lake.lake.store import Lake, Split, lock_root
 from cld_lake.lake.writer import RowReader, SplitWriter
+from cld_lake.storage import StorePath, location
 
 if TYPE_CHECKING:
-    import duckdb
     import pyarrow as pa
 
+    from cld_lake._duckdb import Connection
+
 PathLike = str | os.PathLike[str]
+#: where an import goes: an opened lake, or the place of one (created when missing)
+Target = Lake | PathLike | StorePath
 # Given the split's rows for each import row (None: same order), a reader of row blocks.
 SourceFactory = Callable[[np.ndarray | None], RowReader]
 
@@ -93,7 +95,7 @@ def load_ids(path: PathLike | None, n: int, what: str, *, checkpoints: bool = Fa
     return (as_checkpoint_ids if checkpoints else as_ids)(arr, f"{what} {path}")
 
 
-def load_labels(con: duckdb.DuckDBPyConnection, labels: PathLike, ids: np.ndarray) -> np.ndarray:
+def load_labels(con: Connection, labels: PathLike, ids: np.ndarray) -> np.ndarray:
     """Labels for ``ids`` from a ``.parquet`` with ``sample_id, label`` (joined by DuckDB on
     ``con``) or from a ``.npy`` aligned with ``ids``."""
     p = Path(labels)
@@ -116,8 +118,9 @@ def load_labels(con: duckdb.DuckDBPyConnection, labels: PathLike, ids: np.ndarra
     label_dtype, label_type = arrow_dtype(schema.field("label").type)
     if label_dtype.kind != "f":  # float labels are refused after the read: NaN is named
         as_labels(np.zeros(0, label_dtype), f"--labels {p}", type_label=label_type)
-    import duckdb
     import pyarrow as pa
+
+    from cld_lake._duckdb import Error, sql_str
 
     con.register("_want", pa.table({"sample_id": ids, "pos": np.arange(len(ids))}))
     try:
@@ -125,7 +128,7 @@ def load_labels(con: duckdb.DuckDBPyConnection, labels: PathLike, ids: np.ndarra
             f"SELECT w.pos, l.label FROM _want w LEFT JOIN read_parquet({sql_str(p)}) l "
             "USING (sample_id) ORDER BY w.pos"
         ).fetchnumpy()
-    except duckdb.Error as exc:
+    except Error as exc:
         raise BadInputError(f"--labels {p}: could not be read ({one_line(exc)})") from exc
     lab = got["label"]
     if len(lab) != len(ids):
@@ -156,11 +159,6 @@ def parquet_schema(path: PathLike, what: str) -> pa.Schema:
         ) from exc
 
 
-def sql_str(path: PathLike) -> str:
-    """``path`` as a SQL string literal."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def check_import_options(
     split: str, num_classes: int | None, dtypes: Mapping[str, str] | None, row_chunk: int
 ) -> None:
@@ -179,8 +177,13 @@ def check_import_options(
         raise BadInputError(f"row_chunk must be a power of two, got {row_chunk}")
 
 
+def target_root(lake: Target) -> StorePath:
+    """Where an import into ``lake`` goes (parsed once, here)."""
+    return lake.root if isinstance(lake, Lake) else location(lake)
+
+
 def import_rows(
-    lake_path: PathLike,
+    lake: Target,
     split: str,
     ids: np.ndarray,
     labels: np.ndarray,
@@ -197,8 +200,9 @@ def import_rows(
     Everything that can be checked is checked before the lake (or split) is created. If writing
     still fails (disk full, permissions, an interrupt), what this call created is removed
     again (see :class:`_Undo`) and the error propagates (the CLI words it in one line, exit 1).
+    The root metadata is read once, here (an opened ``lake`` may be older than the import).
     """
-    lake_path = location(lake_path)
+    root = target_root(lake)
     check_import_options(split, num_classes, None, row_chunk)
     run = check_run_name(run)
     labels = as_labels(labels, "--labels", num_classes)
@@ -209,32 +213,34 @@ def import_rows(
     if len(ckpts) == 0:
         raise BadInputError("--loss: no checkpoints to import (0 columns)")
     rows: np.ndarray | None = None
-    if (lake_path / fmt.ROOT_FILE).exists():
-        lake = Lake(lake_path, run)
+    root_bytes = fmt.read_root_bytes(root)
+    opened: Lake | None = None
+    if root_bytes is not None:
+        opened = Lake(root, run, meta=fmt.parse_root_metadata(root, root_bytes))
         if (
             num_classes is not None
-            and lake.num_classes is not None
-            and num_classes != lake.num_classes
+            and opened.num_classes is not None
+            and num_classes != opened.num_classes
         ):
             raise BadInputError(
-                f"--num-classes {num_classes}: the lake at {lake_path} has {lake.num_classes} classes; use the same number or a new lake"
+                f"--num-classes {num_classes}: the lake at {root} has {opened.num_classes} classes; use the same number or a new lake"
             )
         check_labels(
             labels,
-            lake.num_classes if lake.num_classes is not None else num_classes,
-            f"--labels for {lake_path}",
+            opened.num_classes if opened.num_classes is not None else num_classes,
+            f"--labels for {root}",
         )
-        if lake.has_split(split):
-            rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
-    undo = _Undo(lake_path, split, run)
+        if opened.has_split(split):
+            rows = _rows_in_existing_split(opened, split, ids, labels, ckpts, channels)
+    undo = _Undo(root, split, run, root_bytes)
     try:
-        if not (lake_path / fmt.ROOT_FILE).exists():
-            lake = Lake.create(lake_path, num_classes).with_run(run)
-        with SplitWriter(lake, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
+        if opened is None:
+            opened = Lake.create(root, num_classes).with_run(run)
+        with SplitWriter(opened, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
             new_samples = (ids, labels) if writer.split is None else None
             if writer.split is not None and rows is None:  # created meanwhile by another job
                 undo.split_existed = True  # not ours to remove
-                rows = _rows_in_existing_split(lake, split, ids, labels, ckpts, channels)
+                rows = _rows_in_existing_split(opened, split, ids, labels, ckpts, channels)
             try:
                 writer.append_columns(
                     ckpts.tolist(),
@@ -250,7 +256,7 @@ def import_rows(
     except BaseException as exc:
         undo.run()
         if isinstance(exc, OSError) and not isinstance(exc, CldLakeError) and exc.filename is None:
-            exc.filename = str(lake_path)  # e.g. EFBIG from a chunk write: name the lake
+            exc.filename = str(root)  # e.g. EFBIG from a chunk write: name the lake
         raise
     assert result_split is not None
     return ImportResult(
@@ -274,30 +280,31 @@ class _Undo:
       nobody else made them).
     """
 
-    def __init__(self, lake_path: fmt.LakePath, split: str, run: str) -> None:
-        self.lake_path = lake_path
+    def __init__(self, root: StorePath, split: str, run: str, root_bytes: bytes | None) -> None:
+        self.root = root
         self.run_name = run
-        self.top_created = _first_missing_ancestor(lake_path)
-        root = lake_path / fmt.ROOT_FILE
-        self.root_bytes = root.read_bytes() if root.exists() else None
+        self.top_created = root.first_missing()
+        self.root_bytes = root_bytes
         self.entries = (
-            list_names(lake_path)
-            if self.top_created is None and self.root_bytes is None and lake_path.is_dir()
+            set(root.list())
+            if self.top_created is None
+            and root_bytes is None
+            and root.exists()
+            and not root.is_file()
             else None
         )
-        self.split_dir = fmt.split_dir(lake_path, split, run)
+        self.split_dir = fmt.split_dir(root, split, run)
         self.split_existed = self.split_dir.exists()
-        segments = self.split_dir / fmt.SEGMENTS_DIR
-        self.segments = list_names(segments)
+        self.segments = set((self.split_dir / fmt.SEGMENTS_DIR).list())
 
     def run(self) -> None:
         if self.top_created is not None:
-            remove_tree(self.top_created)
+            self.top_created.delete_tree()
         elif self.entries is not None:
-            for name in list_names(self.lake_path) - self.entries:
-                remove_tree(self.lake_path / name)
+            for name in set(self.root.list()) - self.entries:
+                (self.root / name).delete_tree()
         elif not self.split_existed:
-            remove_tree(self.split_dir)
+            self.split_dir.delete_tree()
             self._restore_root()
 
     def remove_new_segments(self) -> None:
@@ -306,38 +313,24 @@ class _Undo:
         if not self.split_existed:
             return  # run() removes the whole split
         segments = self.split_dir / fmt.SEGMENTS_DIR
-        if not list_names(segments):
+        if not segments.list():
             return
         try:
-            split = Lake(self.lake_path, self.run_name).split(self.split_dir.name)
+            split = Lake(self.root, self.run_name).split(self.split_dir.name)
             referenced = set(split.segment_names())
         except CldLakeError:
             return  # the commit record is unreadable: leave everything for verify / gc
-        for name in list_names(segments) - self.segments - referenced:
-            remove_tree(segments / name)
+        for name in set(segments.list()) - self.segments - referenced:
+            (segments / name).delete_tree()
 
     def _restore_root(self) -> None:
         """Put back ``num_classes: null`` that the failed first split wrote into a lake whose
         root had none, unless another split now relies on it."""
-        root = self.lake_path / fmt.ROOT_FILE
-        if self.root_bytes is None or not root.exists() or root.read_bytes() == self.root_bytes:
+        if self.root_bytes is None or fmt.read_root_bytes(self.root) in (None, self.root_bytes):
             return
-        with root_lock(self.lake_path):
-            if not any(fmt.listed_runs(Lake(self.lake_path).meta).values()):
-                with atomic_path(root) as tmp:
-                    tmp.write_bytes(self.root_bytes)
-
-
-def _first_missing_ancestor(path: fmt.LakePath) -> fmt.LakePath | None:
-    """The highest of ``path`` and its parents that does not exist (None: ``path`` exists);
-    on an object store the lake's prefix or None (the bucket is never created)."""
-    if isinstance(path, ObjectPath):
-        return None if path.exists() else path
-    top = None
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        top, p = p, p.parent
-    return top
+        with lock_root(self.root):
+            if not any(fmt.listed_runs(Lake(self.root).meta).values()):
+                (self.root / fmt.ROOT_FILE).put(self.root_bytes)
 
 
 def _nonfinite_of(split: Split, ckpts: np.ndarray) -> int:
@@ -359,18 +352,18 @@ def _rows_in_existing_split(
     split = lake.split(split_name)
     if len(ids) != split.num_samples:
         raise BadInputError(
-            f"split {split_name!r} of {lake.path} has {split.num_samples} samples; the import has {len(ids)}. "
+            f"split {split_name!r} of {lake.root} has {split.num_samples} samples; the import has {len(ids)}. "
             "An import adds checkpoints for the same samples"
         )
     if channels != split.channels:
         raise BadInputError(
-            f"split {split_name!r} of {lake.path} stores channels {split.channels}; the import "
+            f"split {split_name!r} of {lake.root} stores channels {split.channels}; the import "
             f"gives {channels}; import the same channels with the same dtypes (see --loss-dtype)"
         )
     dup = np.intersect1d(ckpts, split.checkpoint_ids)
     if len(dup):
         raise BadInputError(
-            f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r} of {lake.path}; use --checkpoint-ids with new ids"
+            f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r} of {lake.root}; use --checkpoint-ids with new ids"
         )
     if np.array_equal(ids, split.sample_ids):
         if not np.array_equal(labels, split.labels):
@@ -379,7 +372,7 @@ def _rows_in_existing_split(
     pos = split.rows_of(ids)
     if (pos < 0).any():
         raise BadInputError(
-            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r} of {lake.path}"
+            f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r} of {lake.root}"
         )
     if not np.array_equal(split.labels[pos], labels):
         raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")

@@ -22,6 +22,7 @@ from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
+    Target,
     channel_dtype,
     check_import_options,
     import_rows,
@@ -169,7 +170,7 @@ def is_wide_parquet(path: PathLike) -> bool:
 
 
 def import_wide_parquet(
-    lake_path: PathLike,
+    lake_path: Target,
     split: str,
     loss: PathLike,
     labels: PathLike | None = None,
@@ -252,9 +253,9 @@ def _wide_labels(
         if dtype.kind != "f":  # float labels are refused after the read: NaN is named
             as_labels(np.zeros(0, dtype), f"--loss {path} column label", type_label=type_label)
         return as_labels(col.to_numpy(), f"--loss {path} column label")
-    import duckdb
+    from cld_lake import _duckdb
 
-    con = duckdb.connect()
+    con = _duckdb.connect()
     try:
         return load_labels(con, labels, ids)
     finally:

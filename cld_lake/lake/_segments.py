@@ -9,21 +9,18 @@ CRC32C of each segment's metadata files (``zarr.json``), checked when the segmen
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import fsync_dir
 from cld_lake._meta import crc32c_hex
-from cld_lake._storage import ObjectPath, remove_tree
 from cld_lake.errors import CorruptLakeError
 from cld_lake.lake._format import LakePath, chunk_rows_for
+from cld_lake.storage import StorePath, location
 
 METADATA_FILE = "zarr.json"
 DEFAULT_FIX = "run `cld-lake verify LAKE` and restore it from a backup"
@@ -37,17 +34,19 @@ def new_segment_name() -> str:
 
 
 def create_segment(
-    path: Path, num_rows: int, width: int, channels: Mapping[str, str], row_chunk: int
+    path: LakePath, num_rows: int, width: int, channels: Mapping[str, str], row_chunk: int
 ) -> dict[str, ChunkWriter]:
-    """Create empty arrays for a new segment; return a writer for each channel."""
+    """Create empty arrays for a new segment; return a writer for each channel.
+
+    Zarr makes the metadata documents in memory; they are written to the store, and the
+    chunks straight to their objects by the :class:`ChunkWriter` s.
+    """
     import zarr  # on first use: `cld-lake --help` stays fast
     from zarr.codecs import Crc32cCodec
 
-    remote = isinstance(path, ObjectPath)
-    # on an object store the metadata is made in memory and uploaded, the chunks written
-    # directly (one PUT each) by the ChunkWriters
-    store = zarr.storage.MemoryStore() if remote else str(path)
-    group = zarr.open_group(store=store, mode="w-")
+    root = location(path)
+    documents: dict[str, Any] = {}
+    group = zarr.open_group(store=zarr.storage.MemoryStore(documents), mode="w-")
     arrays: dict[str, zarr.Array] = {}
     for channel, dtype in channels.items():
         itemsize = np.dtype(dtype).itemsize
@@ -61,26 +60,23 @@ def create_segment(
             compressors=[Crc32cCodec()],
             config={"write_empty_chunks": True},
         )
-    if remote:
-        _upload_metadata(store, path)
-    return {channel: ChunkWriter(path / channel, arr) for channel, arr in arrays.items()}
+    for key, buffer in sorted(documents.items()):
+        (root / key).put_new(buffer.to_bytes())
+    return {channel: ChunkWriter(root / channel, arr) for channel, arr in arrays.items()}
 
 
-def _upload_metadata(store: Any, path: ObjectPath) -> None:
-    """Write the metadata documents Zarr made in ``store`` (a MemoryStore) under ``path``."""
-    for key, buffer in sorted(store._store_dict.items()):
-        (path / key).write_bytes(buffer.to_bytes())
-
-
-def segment_checksums(path: Path) -> dict[str, str]:
+def segment_checksums(path: LakePath) -> dict[str, str]:
     """CRC32C of each metadata file of a segment (``zarr.json`` of the group and of each
     array), by path relative to the segment: what the commit record keeps for it."""
-    if isinstance(path, ObjectPath):  # metadata sits at the group and array level only
-        files = [path / METADATA_FILE] + [c / METADATA_FILE for c in sorted(path.iterdir())]
-        files = [f for f in files if f.exists()]
-    else:
-        files = sorted(path.rglob(METADATA_FILE))
-    return {str(f.relative_to(path)): crc32c_hex(f.read_bytes()) for f in files}
+    root = location(path)
+    names = [METADATA_FILE] + [f"{child}/{METADATA_FILE}" for child in sorted(root.list())]
+    checksums = {}
+    for name in names:
+        try:
+            checksums[name] = crc32c_hex((root / name).read())
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # a listed name that is not an array (the group's own zarr.json)
+    return checksums
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ class SegmentArray:
     files; any other layout through Zarr (:attr:`zarr`, opened on first use).
     """
 
-    path: Path
+    path: StorePath
     meta: dict[str, Any]
 
     @property
@@ -118,7 +114,7 @@ class SegmentArray:
 
 
 def open_segment(
-    path: Path, checksums: Mapping[str, str] | None = None, fix: str = DEFAULT_FIX
+    path: LakePath, checksums: Mapping[str, str] | None = None, fix: str = DEFAULT_FIX
 ) -> dict[str, SegmentArray]:
     """Open a segment read-only; return its arrays by channel.
 
@@ -126,56 +122,48 @@ def open_segment(
     parsed: :class:`CorruptLakeError` when one differs; ``FileNotFoundError`` when one is
     missing. The metadata is parsed here (no Zarr import for this package's own layout).
     """
+    root = location(path)
     texts = {}
     for name, stored in (checksums or {}).items():
-        data = (path / name).read_bytes()
+        data = (root / name).read()
         computed = crc32c_hex(data)
         if computed != stored:
             raise CorruptLakeError(
-                f"{path / name} fails its checksum (stored {stored}, computed {computed}); {fix}"
+                f"{root / name} fails its checksum (stored {stored}, computed {computed}); {fix}"
             )
         texts[name] = data
-    group = _node(path, texts)
+    group = _node(root, texts)
     if group.get("node_type") != "group":
-        raise CorruptLakeError(f"{path / METADATA_FILE}: not a Zarr group; {fix}")
+        raise CorruptLakeError(f"{root / METADATA_FILE}: not a Zarr group; {fix}")
     arrays = {}
-    for child in sorted(path.iterdir()):
-        if not (child / METADATA_FILE).exists():
-            continue
-        meta = _node(child, texts, prefix=f"{child.name}/")
+    for name in sorted(root.list()):
+        try:
+            meta = _node(root / name, texts, prefix=f"{name}/")
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not a node (the group's own zarr.json)
         if meta.get("node_type") == "array":
-            arrays[child.name] = SegmentArray(child, meta)
+            arrays[name] = SegmentArray(root / name, meta)
     return arrays
 
 
-def _node(path: Path, texts: Mapping[str, bytes], prefix: str = "") -> dict[str, Any]:
+def _node(path: StorePath, texts: Mapping[str, bytes], prefix: str = "") -> dict[str, Any]:
     """The parsed ``zarr.json`` of ``path`` (the bytes already checked when there are)."""
     data = texts.get(f"{prefix}{METADATA_FILE}")
-    meta = json.loads(data if data is not None else (path / METADATA_FILE).read_bytes())
+    meta = json.loads(data if data is not None else (path / METADATA_FILE).read())
     if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
         raise ValueError(f"{path / METADATA_FILE} is not Zarr v3 metadata")
     return meta
 
 
 def sync_segment(path: LakePath) -> None:
-    """fsync every file and folder of a new segment (and the folder holding it), so a commit
-    record that names it never outlives its bytes on a power loss. (An object store has
-    every object durable once its PUT returned.)"""
-    if isinstance(path, ObjectPath):
-        return
-    for folder, _, files in os.walk(path, topdown=False):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
-    fsync_dir(path.parent)
+    """Make every file and folder of a new segment (and the folder holding it) durable, so a
+    commit record that names it never outlives its bytes on a power loss (an object store:
+    every object is, once its PUT returned)."""
+    location(path).sync_tree()
 
 
 def delete_segment(path: LakePath) -> None:
-    remove_tree(path)
+    location(path).delete_tree()
 
 
 class ChunkReader:
@@ -184,18 +172,19 @@ class ChunkReader:
     Segments are written by this package with one layout: a regular grid of full-width
     chunks, the ``bytes`` codec (little endian) and a ``crc32c`` checksum, in a local
     directory. For that layout a chunk file is the raw values plus 4 checksum bytes, so a
-    row-block read is one ``readinto`` into a fresh buffer and one checksum: no copies through
-    Zarr's codec pipeline. Any other layout (or a partial chunk of another shape) goes
-    through Zarr. The checksum is always verified.
+    row-block read is one read into a fresh buffer (``readinto`` on a local disk, one GET on
+    an object store) and one checksum: no copies through Zarr's codec pipeline. Any other
+    layout (or a partial chunk of another shape) goes through Zarr. The checksum is always
+    verified.
     """
 
     def __init__(
         self,
-        path: Path,
+        path: StorePath,
         array: SegmentArray,
         *,
         fix: str = DEFAULT_FIX,
-        on_missing: Callable[[Path], Exception] | None = None,
+        on_missing: Callable[[StorePath], Exception] | None = None,
     ) -> None:
         self.array = array
         self.path = path
@@ -229,48 +218,31 @@ class ChunkReader:
         import google_crc32c
 
         nbytes = self.chunk_rows * self.width * self.dtype.itemsize
-        buf = np.empty(nbytes + 4, dtype=np.uint8)
-        path = self.path / "c" / str(i) / "0"
+        # one byte more than the chunk holds: a longer file fills it
+        buf = np.empty(nbytes + 5, dtype=np.uint8)
+        path = self.path / f"c/{i}/0"
         try:
-            if isinstance(path, ObjectPath):
-                data = path.read_bytes()
-                got, extra = min(len(data), len(buf)), data[len(buf) :]
-                buf[:got] = np.frombuffer(data, np.uint8, count=got)
-            else:
-                with open(path, "rb", buffering=0) as fh:
-                    got = fh.readinto(memoryview(buf))
-                    extra = fh.read(1)
+            got = path.read_into(memoryview(buf))
         except FileNotFoundError as exc:
             if self._on_missing is not None:
                 raise self._on_missing(path) from exc
             raise CorruptLakeError(f"{path}: committed chunk file missing; {self._fix}") from exc
-        if got != nbytes + 4 or extra:
+        if got != nbytes + 4:
+            extra = got > nbytes + 4
             raise CorruptLakeError(
-                f"{path}: chunk has {'more than ' if extra else ''}{got} bytes, expected "
-                f"{nbytes + 4}; {self._fix}"
+                f"{path}: chunk has {'more than ' if extra else ''}{min(got, nbytes + 4)} bytes, "
+                f"expected {nbytes + 4}; {self._fix}"
             )
-        stored = int(buf[-4:].view("<u4")[0])
-        computed = google_crc32c.value(buf[:-4])
+        stored = int(buf[nbytes : nbytes + 4].view("<u4")[0])
+        computed = google_crc32c.value(buf[:nbytes])
         if computed != stored:
             raise CorruptLakeError(
                 f"{path} fails its checksum (stored {stored:08x}, computed {computed:08x}); {self._fix}"
             )
-        chunk = buf[:-4].view(self.dtype).reshape(self.chunk_rows, self.width)
+        chunk = buf[:nbytes].view(self.dtype).reshape(self.chunk_rows, self.width)
         chunk.flags.writeable = False  # blocks are views of it: nobody may change another's rows
         self._cached = (i, chunk)
         return chunk
-
-
-def _is_plain_layout(array: zarr.Array) -> bool:
-    """Is this Zarr array (in a local directory) of the layout this package writes?"""
-    try:
-        meta = array.metadata.to_dict()
-        store = array.store
-    except AttributeError:
-        return False
-    from zarr.storage import LocalStore
-
-    return isinstance(store, LocalStore) and _is_plain_meta(meta)
 
 
 def _is_plain_meta(meta: dict[str, Any]) -> bool:
@@ -303,41 +275,31 @@ def _plain(meta: dict[str, Any]) -> bool:
 
 
 class ChunkWriter:
-    """Writes row ranges of a new segment array, straight to its chunk files when it can.
+    """Writes row ranges of a new segment array straight to its chunk objects.
 
-    The mirror of :class:`ChunkReader`: for this package's layout a chunk file is the raw
-    little-endian values of a full chunk (the last one padded with the fill value, as Zarr
-    stores edge chunks) followed by their CRC32C, which is exactly what Zarr writes, so the
-    array stays a plain Zarr array. Row ranges must start on a chunk boundary and cover whole
-    chunks (or run to the end of the array); anything else goes through Zarr.
+    The mirror of :class:`ChunkReader`: for this package's layout (what
+    :func:`create_segment` makes) a chunk is the raw little-endian values of a full chunk
+    (the last one padded with the fill value, as Zarr stores edge chunks) followed by their
+    CRC32C, which is exactly what Zarr writes, so the array stays a plain Zarr array. Row
+    ranges must start on a chunk boundary and cover whole chunks (or run to the end of the
+    array).
     """
 
-    def __init__(self, path: LakePath, array: zarr.Array) -> None:
+    def __init__(self, path: StorePath, array: zarr.Array) -> None:
         self.array = array
         self.path = path
-        self.remote = isinstance(path, ObjectPath)
-        self.direct = self.remote or _is_plain_layout(array)
-        if self.direct:
-            self.chunk_rows = int(array.chunks[0])
-            self.rows = int(array.shape[0])
-            self.width = int(array.shape[1])
-            self.dtype = np.dtype(array.dtype)
-            fill = array.metadata.fill_value
-            self.fill = np.asarray(fill, dtype=self.dtype)
+        self.chunk_rows = int(array.chunks[0])
+        self.rows = int(array.shape[0])
+        self.width = int(array.shape[1])
+        self.dtype = np.dtype(array.dtype)
+        self.fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
 
     def write(self, a: int, b: int, values: np.ndarray) -> None:
-        aligned = (
-            a % self.chunk_rows == 0 and (b % self.chunk_rows == 0 or b == self.rows)
-            if self.direct
-            else False
-        )
+        aligned = a % self.chunk_rows == 0 and (b % self.chunk_rows == 0 or b == self.rows)
         if not aligned or values.shape != (b - a, self.width):
-            if self.remote:  # the array lives in memory only: its chunks would be lost
-                raise ValueError(
-                    f"{self.path}: rows [{a}, {b}) are not whole chunks of {self.chunk_rows} rows"
-                )
-            self.array[a:b] = values
-            return
+            raise ValueError(
+                f"{self.path}: rows [{a}, {b}) are not whole chunks of {self.chunk_rows} rows"
+            )
         import google_crc32c
 
         values = np.ascontiguousarray(values, dtype=self.dtype)
@@ -350,22 +312,9 @@ class ChunkWriter:
                 part = padded
             data = part.reshape(-1).view(np.uint8)
             crc = np.array([google_crc32c.value(data)], dtype="<u4")
-            if self.remote:  # one PUT per chunk: durable once it returns
-                key = self.path / "c" / str(start // self.chunk_rows) / "0"
-                key.write_bytes(data.tobytes() + crc.tobytes())
-                continue
-            folder = self.path / "c" / str(start // self.chunk_rows)
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "0", "wb", buffering=0) as fh:
-                _write_all(fh, memoryview(data))
-                _write_all(fh, memoryview(crc.view(np.uint8)))
-                # durable before the commit record may name it; done here, in the writer's
-                # background threads, the flush overlaps the reading of the next block instead
-                # of stalling the commit (sync_segment then finds the chunk files clean)
-                os.fsync(fh.fileno())
-
-
-def _write_all(fh: BinaryIO, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        done += fh.write(view[done:])
+            # durable before the commit record may name it; done here, in the writer's
+            # background threads, the flush overlaps the reading of the next block instead of
+            # stalling the commit (sync_segment then finds the chunk files clean)
+            (self.path / f"c/{start // self.chunk_rows}/0").put_new(
+                [data, crc.view(np.uint8)], durable=True
+            )

@@ -10,19 +10,18 @@ is validated before anything is written, so a bad input leaves the lake exactly 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake._storage import location
 from cld_lake.errors import BadInputError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._import_common import (
     ImportResult,
     PathLike,
+    Target,
     channel_dtype,
     check_import_options,
     import_rows,
@@ -30,7 +29,6 @@ from cld_lake.lake._import_common import (
     load_labels,
     load_npy,
     parquet_schema,
-    sql_str,
 )
 from cld_lake.lake._import_wide import import_wide_parquet, is_wide_parquet, wide_layout
 from cld_lake.lake._validate import (
@@ -49,8 +47,9 @@ from cld_lake.lake.store import Lake
 from cld_lake.lake.writer import RowReader
 
 if TYPE_CHECKING:
-    import duckdb
     import pyarrow as pa
+
+    from cld_lake._duckdb import Connection
 
 __all__ = [
     "ImportResult",
@@ -63,7 +62,7 @@ __all__ = [
 
 
 def import_file(
-    lake: Lake | PathLike,
+    lake: Target,
     split: str,
     *,
     loss: PathLike,
@@ -109,7 +108,6 @@ def import_file(
         The proxy run (seed, architecture) the trajectories belong to (default: the lake's
         default run); each run holds its own splits.
     """
-    lake_path = lake.path if isinstance(lake, Lake) else location(lake)
     check_import_options(split, num_classes, dtypes, row_chunk)
     run = check_run_name(lake.run if run is None and isinstance(lake, Lake) else run)
     if Path(loss).suffix == ".parquet":
@@ -124,7 +122,7 @@ def import_file(
                 )
         if wide_layout(parquet_schema(loss, "--loss"), loss) is not None:
             return import_wide_parquet(
-                lake_path,
+                lake,
                 split,
                 loss,
                 labels,
@@ -135,7 +133,7 @@ def import_file(
                 run=run,
             )
         return import_long_parquet(
-            lake_path,
+            lake,
             split,
             loss,
             _required_labels(labels, "a long .parquet"),
@@ -146,7 +144,7 @@ def import_file(
             run=run,
         )
     return import_npy(
-        lake_path,
+        lake,
         split,
         loss,
         _required_labels(labels, "a .npy"),
@@ -208,7 +206,7 @@ def _rows_reader(path: PathLike, mm: np.ndarray) -> RowReader:
 
 
 def import_npy(
-    lake_path: PathLike,
+    lake_path: Target,
     split: str,
     loss: PathLike,
     labels: PathLike,
@@ -292,7 +290,7 @@ def import_npy(
 
 
 def import_long_parquet(
-    lake_path: PathLike,
+    lake_path: Target,
     split: str,
     loss: PathLike,
     labels: PathLike,
@@ -310,7 +308,7 @@ def import_long_parquet(
     with ``sample_ids`` (default: the file's distinct sample ids, ascending). DuckDB sorts the
     rows by (sample, checkpoint) out of core, and row blocks stream into the split.
     """
-    import duckdb
+    from cld_lake import _duckdb
 
     check_import_options(split, num_classes, dtypes, row_chunk)
     loss_path = Path(loss)
@@ -328,23 +326,21 @@ def import_long_parquet(
     as_ids(np.zeros(0, types["checkpoint"][0]), f"{what} column checkpoint", types["checkpoint"][1])
     for c in present:
         check_channel_dtype(c, types[c][0], what, types[c][1])
-    con = duckdb.connect(
-        config={"memory_limit": memory_limit, "temp_directory": tempfile.gettempdir()}
-    )
+    con = _duckdb.connect(memory_limit=memory_limit)
     try:
         return _import_long(
             con, lake_path, split, loss_path, labels, sample_ids, present, types,
             num_classes, dtypes, row_chunk, run,
         )  # fmt: skip
-    except duckdb.Error as exc:
+    except _duckdb.Error as exc:
         raise BadInputError(f"{what}: could not be read ({one_line(exc)})") from exc
     finally:
         con.close()
 
 
 def _import_long(
-    con: duckdb.DuckDBPyConnection,
-    lake_path: PathLike,
+    con: Connection,
+    lake_path: Target,
     split: str,
     loss_path: Path,
     labels: PathLike,
@@ -357,6 +353,8 @@ def _import_long(
     run: str | None = None,
 ) -> ImportResult:
     import pyarrow as pa
+
+    from cld_lake._duckdb import sql_str
 
     what = f"--loss {loss_path}"
     src = f"read_parquet({sql_str(loss_path)})"
@@ -446,12 +444,13 @@ class _LongRowReader:
         self._pending: dict[str, np.ndarray] | None = None
 
     def __call__(self, a: int, b: int) -> dict[str, np.ndarray]:
-        import duckdb
         import pyarrow as pa
+
+        from cld_lake._duckdb import Error
 
         try:
             return self._rows(a, b)
-        except (duckdb.Error, pa.ArrowException, StopIteration) as exc:
+        except (Error, pa.ArrowException, StopIteration) as exc:
             raise BadInputError(f"{self._what}: could not be read ({one_line(exc)})") from exc
 
     def _rows(self, a: int, b: int) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ stream trajectories through it in bounded memory (one block of rows at a time).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import socket
@@ -16,14 +15,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cld_lake._io import parquet_file
 from cld_lake._meta import read_meta, table_checksum, verify_checksum
-from cld_lake._storage import ObjectPath, blocking_lease, check_reachable, location
 from cld_lake.errors import (
     BadInputError,
     CldLakeError,
@@ -36,14 +33,13 @@ from cld_lake.errors import (
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
 from cld_lake.lake._validate import check_num_classes, check_run_name
+from cld_lake.storage import Lock, StorePath, compat_path, location
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
 CheckpointSelection = str | slice | Sequence[int] | np.ndarray | None
-READ_AHEAD = 1  # blocks read ahead of the caller (each one block of memory)
-REMOTE_READ_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -87,22 +83,25 @@ class Split:
         self.lake = lake
         self.name = name
         self.run = lake.run if run is None else check_run_name(run)
-        self.path = fmt.split_dir(lake.path, name, self.run)
-        ck_path = self.path / fmt.CHECKPOINTS_FILE
+        #: where the split lives
+        self.root: StorePath = fmt.split_dir(lake.root, name, self.run)
+        #: the same place as code outside ``lake/`` reads it (see ``Lake.path``)
+        self.path = compat_path(self.root)
+        ck_path = self.root / fmt.CHECKPOINTS_FILE
         present = lake.splits(self.run)
         if name not in present:
             of_run = "" if self.run == fmt.DEFAULT_RUN else f" in run {self.run!r}"
             runs = lake.runs()
             hint = "" if runs == [self.run] else f"; the lake's runs: {', '.join(runs)}"
             raise SplitNotFoundError(
-                f"{lake.path}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}{hint}); import or record it first"
+                f"{lake.root}: no split {name!r}{of_run} (splits present: {', '.join(present) or 'none'}{hint}); import or record it first"
             )
-        #: the commit record's version as read (object stores: the ETag, taken before the
-        #: read): a writer replaces the record only while it is still this one
-        self.record_version = ck_path.version() if isinstance(ck_path, ObjectPath) else None
-        if not ck_path.exists():  # listed in cld_lake.json, so committed once
+        #: the commit record's version as read (taken before the read): a writer replaces
+        #: the record only while it is still this one
+        self.record_version = ck_path.version()
+        if self.record_version is None:  # listed in cld_lake.json, so committed once
             raise CorruptLakeError(
-                f"{ck_path} is missing but {lake.path / fmt.ROOT_FILE} lists split {name!r}; {lake.fix}"
+                f"{ck_path} is missing but {lake.root / fmt.ROOT_FILE} lists split {name!r}; {lake.fix}"
             )
         table = read_table(ck_path, lake.fix)
         if lake.checksummed:
@@ -111,7 +110,7 @@ class Split:
         else:
             meta = read_meta(table.schema)
         ids = table.column("checkpoint").to_numpy()
-        # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute: +0.1 s)
+        # written sorted; sort_by only for a hand-made file (it imports pyarrow.compute, slow)
         self.checkpoint_table = table if np.all(ids[:-1] < ids[1:]) else table.sort_by("checkpoint")
         self.meta: dict[str, Any] = meta
         self.channels: dict[str, str] = dict(meta["channels"])
@@ -121,7 +120,7 @@ class Split:
     # --- samples -------------------------------------------------------------------------
     @cached_property
     def _samples(self) -> pa.Table:
-        path = self.path / fmt.SAMPLES_FILE
+        path = self.root / fmt.SAMPLES_FILE
         table = read_table(path, self.lake.fix)
         if self.lake.checksummed:
             verify_checksum(table, path, fix=self.lake.fix)
@@ -138,12 +137,6 @@ class Split:
                 check_sample_group(self, g, table.slice(start, rows))
                 start += rows
         return table
-
-    def check_samples(self) -> None:
-        """Read ``samples.parquet`` whole and check it against its checksums, for a reader
-        that then scans the file itself (e.g. the SQL ``samples`` view through DuckDB).
-        Raises :class:`CorruptLakeError` when it fails."""
-        self._samples  # noqa: B018  (the read checks it; the table stays cached)
 
     @property
     def samples_table(self) -> pa.Table:
@@ -217,7 +210,7 @@ class Split:
     def classes_table(self) -> pa.Table:
         """``label, count``: samples per class present (format 2), checked against the
         checksum the commit record holds for it."""
-        path = self.path / fmt.CLASSES_FILE
+        path = self.root / fmt.CLASSES_FILE
         table = read_table(path, self.lake.fix)
         meta = verify_checksum(table, path, fix=self.lake.fix)
         if meta.get("checksum") != self.meta["classes"]:
@@ -318,9 +311,9 @@ class Split:
         plan = []
         for name, src, dst in self._read_plan(ckpts):
             arrays = self.open_segment(name)
-            seg_path = self.path / fmt.SEGMENTS_DIR / name
+            seg_path = self.root / fmt.SEGMENTS_DIR / name
 
-            def on_missing(path: Path, name: str = name) -> CldLakeError:
+            def on_missing(path: StorePath, name: str = name) -> CldLakeError:
                 return self._missing(name, path)
 
             readers = {
@@ -360,10 +353,10 @@ class Split:
             for a in starts:
                 yield read(a)
             return
-        # Blocks are read ahead by threads while the caller works on the current one. From
-        # local disk one block ahead keeps up (a deeper queue measured the same scan time at
-        # +87 MB); an object store gets a deeper queue to hide the latency of its GETs.
-        depth = REMOTE_READ_AHEAD if isinstance(self.path, ObjectPath) else READ_AHEAD
+        # Blocks are read ahead by threads while the caller works on the current one: from
+        # local disk one block ahead keeps up (a deeper queue costs memory, not time); an
+        # object store gets a deeper queue to hide the latency of its GETs.
+        depth = self.root.store.parallel_reads
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="cld-lake-prefetch") as pool:
             pending = deque(pool.submit(read, a) for a in starts[:depth])
             later = iter(starts[depth:])
@@ -384,7 +377,7 @@ class Split:
     def open_segment(self, name: str) -> dict[str, Any]:
         """The arrays of committed segment ``name``, its metadata checked against the commit
         record (format 2)."""
-        path = self.path / fmt.SEGMENTS_DIR / name
+        path = self.root / fmt.SEGMENTS_DIR / name
         checksums = self.meta["segments"][name] if self.lake.checksummed else None
         try:
             return open_segment(path, checksums, self.lake.fix)
@@ -397,7 +390,7 @@ class Split:
                 f"{path}: segment metadata cannot be decoded ({one_line(exc)}); {self.lake.fix}"
             ) from exc
 
-    def _missing(self, segment: str, path: Path) -> CldLakeError:
+    def _missing(self, segment: str, path: StorePath) -> CldLakeError:
         """The error for a file of ``segment`` that is gone: retired by a compaction since this
         snapshot was taken (run again), or a committed file lost (corrupt)."""
         try:
@@ -431,7 +424,7 @@ class _SampleRows:
         cached = self._split.__dict__
         if "sample_ids" in cached and "labels" in cached:
             return cached["sample_ids"][a:b], cached["labels"][a:b]
-        path = self._split.path / fmt.SAMPLES_FILE
+        path = self._split.root / fmt.SAMPLES_FILE
         fix = self._split.lake.fix
         try:
             pf = self._file or parquet_file(path)
@@ -479,7 +472,7 @@ class _SampleRows:
 _RECORD_KEYS = ("channels", "num_samples", "row_chunk", "ids_sha1", "samples", "classes")
 
 
-def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: Path) -> list[int]:
+def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: StorePath) -> list[int]:
     """The row-group sizes of ``samples.parquet``, checked against the commit record (format 2)."""
     fix = split.lake.fix
     try:
@@ -496,10 +489,10 @@ def _check_group_sizes(split: Split, pf: pq.ParquetFile, path: Path) -> list[int
     return sizes
 
 
-def read_table(path: Path, fix: str) -> pa.Table:
+def read_table(path: StorePath, fix: str) -> pa.Table:
     """A committed Parquet file, whole; :class:`CorruptLakeError` when it cannot be decoded."""
     try:
-        # (pq.read_table would import pyarrow.dataset: +0.3 s)
+        # (pq.read_table would import pyarrow.dataset, which is slow to import)
         return parquet_file(path).read()
     except FileNotFoundError as exc:
         raise CorruptLakeError(f"{path}: committed file missing; {fix}") from exc
@@ -507,7 +500,7 @@ def read_table(path: Path, fix: str) -> pa.Table:
         raise CorruptLakeError(f"{path} cannot be decoded ({one_line(exc)}); {fix}") from exc
 
 
-def _check_record(meta: dict[str, Any], table: pa.Table, path: Path, fix: str) -> None:
+def _check_record(meta: dict[str, Any], table: pa.Table, path: StorePath, fix: str) -> None:
     """A format 2 commit record names everything the split depends on."""
     missing = [k for k in _RECORD_KEYS if k not in meta]
     if missing or not isinstance(meta.get("segments"), dict):
@@ -536,7 +529,7 @@ def check_sample_group(split: Split, group: int, table: pa.Table) -> None:
     computed = rows_checksum(table) if "sample_id" in names and "label" in names else "no ids"
     if computed != stored:
         raise CorruptLakeError(
-            f"{split.path / fmt.SAMPLES_FILE} fails its checksum (row group {group}: stored "
+            f"{split.root / fmt.SAMPLES_FILE} fails its checksum (row group {group}: stored "
             f"{stored}, computed {computed}); {split.lake.fix}"
         )
 
@@ -544,9 +537,20 @@ def check_sample_group(split: Split, group: int, table: pa.Table) -> None:
 class Lake:
     """A trajectory lake in a local directory or on an object store. Open with :func:`open_lake` or :meth:`Lake.create`."""
 
-    def __init__(self, path: str | os.PathLike[str] | ObjectPath, run: str | None = None) -> None:
-        self.path = location(path)
-        self.meta = fmt.read_root_metadata(self.path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | StorePath,
+        run: str | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        #: where the lake lives (what ``lake/`` reads and writes through)
+        self.root: StorePath = location(path)
+        #: the same place as code outside ``lake/`` has always read it: a ``pathlib.Path``
+        #: for a local lake (see :mod:`cld_lake.storage._compat`)
+        self.path = compat_path(self.root)
+        #: the root metadata (``meta``: as just read by the caller, not read again)
+        self.meta = fmt.read_root_metadata(self.root) if meta is None else meta
         #: the run whose splits ``split`` / ``splits`` read when given none
         self.run = check_run_name(run)
         #: was :attr:`run` named (a command on this lake then needs no ``--run``)?
@@ -555,7 +559,7 @@ class Lake:
     def with_run(self, run: str | None) -> Lake:
         """This lake with ``run`` (None: the default run) as the run its splits are read from,
         so any code that reads ``lake.split("train")`` reads that run's."""
-        return Lake(self.path, run)
+        return Lake(self.root, run, meta=self.meta)
 
     def resolve_run(self) -> Lake:
         """This lake, or, when no run was chosen and the default run holds no split (a lake
@@ -569,7 +573,7 @@ class Lake:
     def runs(self) -> list[str]:
         """The runs holding at least one committed split, the default run first; an empty
         lake has just the default run."""
-        listed = fmt.listed_runs(fmt.read_root_metadata(self.path))
+        listed = fmt.listed_runs(fmt.read_root_metadata(self.root))
         default, others = listed.pop(fmt.DEFAULT_RUN), sorted(r for r, s in listed.items() if s)
         return [fmt.DEFAULT_RUN, *others] if default or not others else others
 
@@ -581,40 +585,38 @@ class Lake:
             runs = self.runs()
             if run not in runs:
                 raise BadInputError(
-                    f"{self.path}: no run {run!r} (runs: {', '.join(runs)}); record or import it first"
+                    f"{self.root}: no run {run!r} (runs: {', '.join(runs)}); record or import it first"
                 )
             return run
         runs = self.runs()
         if len(runs) > 1:
             raise BadInputError(
-                f"{self.path} holds {len(runs)} runs ({', '.join(runs)}); name one or more with --run"
+                f"{self.root} holds {len(runs)} runs ({', '.join(runs)}); name one or more with --run"
             )
         return runs[0]
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], num_classes: int | None = None) -> Lake:
+    def create(
+        cls, path: str | os.PathLike[str] | StorePath, num_classes: int | None = None
+    ) -> Lake:
         """Open the lake at ``path``, creating an empty one if the directory has none."""
-        path = location(path)
+        root = location(path)
         if num_classes is not None:
             check_num_classes(num_classes)
-        if isinstance(path, ObjectPath):
-            check_reachable(path)
-        elif path.exists() and not path.is_dir():
-            raise NotALakeError(f"{path}: is a file; choose a directory for the lake")
-        if (
-            path.exists()
-            and not (path / fmt.ROOT_FILE).exists()
-            and any(p.name != fmt.ROOT_LOCK for p in path.iterdir())
-        ):
+        root.check_reachable()
+        if root.is_file():
+            raise NotALakeError(f"{root}: is a file; choose a directory for the lake")
+        names = root.list()
+        if names and fmt.ROOT_FILE not in names and any(n != fmt.ROOT_LOCK for n in names):
             raise NotALakeError(
-                f"{path}: directory exists, is not empty and is not a lake; choose a new or empty directory"
+                f"{root}: directory exists, is not empty and is not a lake; choose a new or empty directory"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        with root_lock(path):
-            if not (path / fmt.ROOT_FILE).exists():
-                fmt.write_root_metadata(path, fmt.new_root_metadata(num_classes))
-                (path / fmt.SPLITS_DIR).mkdir(exist_ok=True)
-        return cls(path)
+        root.make_folder()
+        with lock_root(root):
+            if not (root / fmt.ROOT_FILE).exists():
+                fmt.write_root_metadata(root, fmt.new_root_metadata(num_classes))
+                (root / fmt.SPLITS_DIR).make_folder()
+        return cls(root)
 
     @property
     def lake_id(self) -> str:
@@ -637,7 +639,7 @@ class Lake:
     @property
     def fix(self) -> str:
         """What to do about a damaged file of this lake (the end of every corruption error)."""
-        return f"run `cld-lake verify {self.path}` and restore it from a backup"
+        return f"run `cld-lake verify {self.root}` and restore it from a backup"
 
     def splits(self, run: str | None = None) -> list[str]:
         """The committed splits of ``run`` (default: :attr:`run`), those ``cld_lake.json``
@@ -645,17 +647,13 @@ class Lake:
         was opened."""
         run = self.run if run is None else check_run_name(run)
         if self.checksummed:
-            self.meta = fmt.read_root_metadata(self.path)
+            self.meta = fmt.read_root_metadata(self.root)
             names = fmt.listed_runs(self.meta).get(run, [])
         elif run != fmt.DEFAULT_RUN:
             names = []
         else:  # format 1: a split is a directory with a commit record
-            root = self.path / fmt.SPLITS_DIR
-            names = (
-                [p.name for p in root.iterdir() if (p / fmt.CHECKPOINTS_FILE).exists()]
-                if root.exists()
-                else []
-            )
+            root = self.root / fmt.SPLITS_DIR
+            names = [p.name for p in root.iterdir() if (p / fmt.CHECKPOINTS_FILE).exists()]
         order = {n: i for i, n in enumerate(fmt.SPLIT_NAMES)}
         return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
@@ -668,38 +666,23 @@ class Lake:
         return name in self.splits(run)
 
     def reload(self) -> Lake:
-        return Lake(self.path, self.run)
+        return Lake(self.root, self.run)
 
     def __repr__(self) -> str:
         run = "" if self.run == fmt.DEFAULT_RUN else f", run={self.run!r}"
-        return f"Lake({str(self.path)!r}{run}, splits={self.splits()})"
+        return f"Lake({str(self.root)!r}{run}, splits={self.splits()})"
 
 
-class root_lock:
-    """Blocking lock around root-metadata changes (short critical sections only): an
-    ``flock`` on local disk, a lease object on an object store."""
+def lock_root(path: str | os.PathLike[str] | StorePath) -> Lock:
+    """The lock around root-metadata changes (short critical sections only: ``with
+    lock_root(lake.root): ...`` waits for it): an ``flock`` on local disk, a lease object on
+    an object store."""
+    holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
+    return (location(path) / fmt.ROOT_LOCK).lock(holder)
 
-    def __init__(self, path: fmt.LakePath) -> None:
-        self._path = path / fmt.ROOT_LOCK
-        self._lease: Any = None
 
-    def __enter__(self) -> root_lock:
-        if isinstance(self._path, ObjectPath):
-            holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
-            self._lease = blocking_lease(self._path, holder)
-            self._lease.__enter__()
-            return self
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lease is not None:
-            self._lease.__exit__(None, None, None)
-            self._lease = None
-            return
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+#: the former name of :func:`lock_root` (``with root_lock(lake.path): ...``)
+root_lock = lock_root
 
 
 def open_lake(path: str | os.PathLike[str]) -> Lake:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
 from cld_lake.errors import BadInputError
-from cld_lake.lake.inspect import lake_info
+from cld_lake.lake.check import lake_info
 from cld_lake.lake.scores import stale_scores, stored_scores
 from cld_lake.lake.store import Lake
 from cld_lake.report._compare import compare_series, load_compare

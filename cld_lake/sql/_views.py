@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cld_lake._duckdb import Connection, register, sql_str
 from cld_lake.lake import _format as fmt
-from cld_lake.lake.inspect import scan_samples
+from cld_lake.lake.check import scan_samples
 from cld_lake.lake.scores import check_scores_file, scores_path
 from cld_lake.lake.store import Lake
 from cld_lake.sql._losses import LossSource, ScanStats

@@ -9,36 +9,33 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cld_lake._io import parquet_file
 from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
-from cld_lake._storage import ObjectPath, tree_bytes
 from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
 from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
+from cld_lake.storage import StorePath
 
-
-def _dir_bytes(path: Path) -> int:
-    return tree_bytes(path)
+__all__ = ["SamplesScan", "VerifyReport", "lake_info", "scan_samples", "verify_lake"]
 
 
 def lake_info(lake: Lake) -> dict[str, Any]:
     """A JSON-ready summary of the lake: splits, samples, classes, checkpoints, channels,
     bytes on disk, NaN/inf loss counts, and the scores present with their provenance."""
     info: dict[str, Any] = {
-        "path": str(lake.path),
+        "path": str(lake.root),
         "lake_id": lake.lake_id,
         "format_version": lake.meta["format_version"],
         "created_at": lake.meta.get("created_at"),
         "num_classes": lake.num_classes,
-        "bytes_on_disk": _dir_bytes(lake.path),
+        "bytes_on_disk": lake.root.tree_bytes(),
         "splits": {},
     }
     runs = lake.runs()
@@ -58,7 +55,7 @@ def _split_info(split: Split) -> dict[str, Any]:
     """What ``info`` shows of one split (its samples table streamed and checked, never whole)."""
     samples = scan_samples(split, fingerprint=False)
     ck = split.checkpoint_ids
-    seg_bytes = _dir_bytes(split.path / fmt.SEGMENTS_DIR)
+    seg_bytes = (split.root / fmt.SEGMENTS_DIR).tree_bytes()
     values = split.num_samples * len(ck) * len(split.channels)
     return {
         "samples": split.num_samples,
@@ -69,7 +66,7 @@ def _split_info(split: Split) -> dict[str, Any]:
         "segments": len(split.segment_names()),
         "nonfinite_losses": split.nonfinite_losses(),
         "metadata_columns": [c for c in samples.columns if c not in ("sample_id", "label")],
-        "bytes_on_disk": _dir_bytes(split.path),
+        "bytes_on_disk": split.root.tree_bytes(),
         "bytes_per_value": round(seg_bytes / values, 3) if values else None,
     }
 
@@ -79,7 +76,7 @@ def _classes_present(split: Split, samples: SamplesScan) -> int:
         return int(np.count_nonzero(split.classes_table.column("count").to_numpy()))
     if samples.label_counts is None:
         raise CorruptLakeError(
-            f"{split.path / fmt.SAMPLES_FILE}: labels outside 0..{MAX_CLASSES - 1}; {split.lake.fix}"
+            f"{split.root / fmt.SAMPLES_FILE}: labels outside 0..{MAX_CLASSES - 1}; {split.lake.fix}"
         )
     return int(np.count_nonzero(samples.label_counts))
 
@@ -136,7 +133,7 @@ def verify_lake(
     for run in runs:
         _verify_run(lake, run, report, read_data, splits)
     _verify_scores(lake, report)
-    for temp in _temp_files(lake.path):
+    for temp in _temp_files(lake.root):
         report.warnings.append(
             f"{temp}: temp file of an interrupted write (never committed; the next writer of "
             "that file deletes it)"
@@ -153,9 +150,7 @@ def _verify_run(
     for name in names if only is None else [n for n in names if n in only]:
         label = _label(run, name)
         if name not in listed:
-            if any(
-                p.name != fmt.WRITER_LOCK for p in fmt.split_dir(lake.path, name, run).iterdir()
-            ):
+            if any(n != fmt.WRITER_LOCK for n in fmt.split_dir(lake.root, name, run).list()):
                 report.warnings.append(
                     f"split {label!r}: an unfinished first write (not listed in {fmt.ROOT_FILE}; "
                     "nothing committed): the split's next writer deletes it"
@@ -175,17 +170,17 @@ def _label(run: str, split: str) -> str:
 
 
 def _run_dirs(lake: Lake) -> list[str]:
-    root = lake.path / fmt.RUNS_DIR
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    return _folders(lake.root / fmt.RUNS_DIR)
 
 
-def _temp_files(root: Path) -> list[Path]:
-    if isinstance(root, ObjectPath):  # nothing is written to a temp name on an object store
-        return sorted(p for p in root.walk_files() if p.name.startswith(".") and ".tmp-" in p.name)
-    found = []
-    for folder, _, files in os.walk(root):
-        found += [Path(folder) / f for f in files if f.startswith(".") and ".tmp-" in f]
-    return sorted(found)
+def _folders(root: StorePath) -> list[str]:
+    """The folders directly below ``root`` (on an object store: every name, a key prefix)."""
+    return sorted(name for name in root.list() if not (root / name).is_file())
+
+
+def _temp_files(root: StorePath) -> list[StorePath]:
+    """Temp files an interrupted write left (a local disk's: an object store has none)."""
+    return sorted(p for p in root.walk() if p.name.startswith(".") and ".tmp-" in p.name)
 
 
 def _verify_scores(lake: Lake, report: VerifyReport) -> None:
@@ -196,8 +191,7 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
 
 
 def _split_dirs(lake: Lake, run: str) -> list[str]:
-    root = fmt.split_dir(lake.path, "", run)
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    return _folders(fmt.split_dir(lake.root, "", run))
 
 
 def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
@@ -267,22 +261,22 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
 def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
     """Warnings for segments no commit references: retired ones kept for the grace period,
     and those of failed or killed writes."""
-    seg_dir = split.path / fmt.SEGMENTS_DIR
+    seg_dir = split.root / fmt.SEGMENTS_DIR
     retired = split.meta.get("retired", {})
     grace = f"{GC_GRACE_SECONDS / 60:g} min"
-    for entry in sorted(seg_dir.iterdir()) if seg_dir.exists() else []:
-        if entry.name in referenced:
+    for name in sorted(seg_dir.list()):
+        if name in referenced:
             continue
-        if entry.name in retired:
-            when = _dt.datetime.fromtimestamp(float(retired[entry.name]), _dt.UTC)
+        if name in retired:
+            when = _dt.datetime.fromtimestamp(float(retired[name]), _dt.UTC)
             report.warnings.append(
-                f"split {_label(split.run, split.name)!r}: segment {entry.name} retired by compaction at "
+                f"split {_label(split.run, split.name)!r}: segment {name} retired by compaction at "
                 f"{when.isoformat(timespec='seconds')}; kept for the grace period ({grace}) so "
                 "running readers finish, then deleted by the split's next writer"
             )
         else:
             report.warnings.append(
-                f"split {_label(split.run, split.name)!r}: segment {entry.name} left by a failed or killed write "
+                f"split {_label(split.run, split.name)!r}: segment {name} left by a failed or killed write "
                 "(never committed); the split's next writer deletes it"
             )
 
@@ -322,7 +316,7 @@ def scan_samples(
     each row group's CRC; :class:`CorruptLakeError` (the same one line a reader of the whole
     table raises) when any differs or the file cannot be decoded. Memory: one row group.
     """
-    path = split.path / fmt.SAMPLES_FILE
+    path = split.root / fmt.SAMPLES_FILE
     fix = split.lake.fix
     try:
         pf = parquet_file(path)

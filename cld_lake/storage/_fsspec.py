@@ -1,0 +1,273 @@
+"""Object stores through fsspec (``s3fs``, ``gcsfs`` and fsspec's in-process memory
+filesystem): one PUT per object, conditional PUTs on an ETag or generation, leases.
+
+Credentials and endpoints come from the standard environment of each store (for S3:
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``,
+``AWS_DEFAULT_REGION``; for GCS: ``GOOGLE_APPLICATION_CREDENTIALS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from cld_lake.errors import BadInputError
+from cld_lake.storage._abc import Store, VersionConflict, joined
+from cld_lake.storage._errors import remote_errors
+from cld_lake.storage._lease import Lease
+
+if TYPE_CHECKING:
+    from collections.abc import Buffer
+
+T = TypeVar("T")
+
+#: the environment that configures a client: a change makes a new one
+ENV_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLD_LAKE_CONNECT_TIMEOUT",
+)
+_FILESYSTEMS: dict[tuple[str, ...], Any] = {}
+#: fsspec's memory filesystem has no conditional writes: this lock makes them atomic
+_MEMORY_LOCK = threading.Lock()
+READ_BLOCK = 8 * 2**20  # what a reader fetches per range request
+
+
+def filesystem(scheme: str) -> Any:
+    """The fsspec filesystem for ``scheme``, configured from the environment (one per
+    scheme and environment, so a changed endpoint or credential gets a new client); listings
+    are never cached (another process may commit at any time)."""
+    key = (scheme, *(os.environ.get(k, "") for k in ENV_KEYS))
+    fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        fs = _FILESYSTEMS[key] = _new_filesystem(scheme)
+    return fs
+
+
+def _new_filesystem(scheme: str) -> Any:
+    if scheme == "memory":
+        import fsspec
+
+        return fsspec.filesystem("memory")
+    if scheme == "s3":
+        try:
+            import s3fs
+        except ImportError as exc:
+            raise BadInputError(
+                "s3:// lakes through fsspec (CLD_LAKE_S3_CLIENT=fsspec) need the s3fs package; pip install s3fs"
+            ) from exc
+        timeout = float(os.environ.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
+        return s3fs.S3FileSystem(
+            skip_instance_cache=True,
+            use_listings_cache=False,
+            config_kwargs={
+                "connect_timeout": timeout,
+                "read_timeout": 120,
+                "retries": {"max_attempts": 2, "mode": "standard"},
+            },
+        )
+    try:
+        import gcsfs
+    except ImportError as exc:
+        raise BadInputError("gs:// lakes need the gcsfs package; pip install gcsfs") from exc
+    return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+class FsspecStore(Store):
+    """``scheme://`` keys (``BUCKET/PATH``) on an fsspec filesystem. Every call's errors
+    about the bucket, credentials and endpoint are one line (:func:`remote_errors`)."""
+
+    parallel_reads = 4
+
+    def __init__(self, scheme: str, fs: Any | None = None) -> None:
+        self.scheme = scheme
+        self._fs = fs
+
+    @property
+    def fs(self) -> Any:
+        """The filesystem (made on first use, from the environment of that moment)."""
+        return self._fs if self._fs is not None else filesystem(self.scheme)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FsspecStore) and other.scheme == self.scheme
+
+    def __hash__(self) -> int:
+        return hash(("fsspec", self.scheme))
+
+    def __repr__(self) -> str:
+        return f"FsspecStore({self.scheme!r})"
+
+    def url(self, key: str) -> str:
+        return f"{self.scheme}://{key}"
+
+    def _path(self, key: str) -> str:
+        return f"/{key}" if self.scheme == "memory" else key
+
+    def _call(self, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        with remote_errors(self.url(key), self.scheme, key.split("/", 1)[0]):
+            return getattr(self.fs, method)(*args, **kwargs)
+
+    # --- reads ----------------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        return bytes(self._call(key, "cat_file", self._path(key)))
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        return bytes(self._call(key, "cat_file", self._path(key), start=start, end=start + length))
+
+    def read_into(self, key: str, out: memoryview) -> int:
+        data = self.read(key)  # one GET of the whole object
+        got = min(len(data), len(out))
+        out[:got] = data[:got]
+        return got
+
+    def open_reader(self, key: str) -> BinaryIO:
+        return self._call(key, "open", self._path(key), "rb", block_size=READ_BLOCK)  # type: ignore[no-any-return]
+
+    def exists(self, key: str) -> bool:
+        return bool(self._call(key, "exists", self._path(key)))
+
+    def list(self, key: str) -> list[str]:
+        try:
+            entries = self._call(key, "ls", self._path(key), detail=False)
+        except FileNotFoundError:
+            return []
+        names = (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return [n for n in names if n]
+
+    def walk(self, key: str) -> Iterator[str]:
+        try:
+            found = self._call(key, "find", self._path(key))
+        except FileNotFoundError:
+            return
+        for entry in found:
+            entry = str(entry).strip("/")
+            if entry != key:
+                yield entry
+
+    def tree_bytes(self, key: str) -> int:
+        try:
+            found = self._call(key, "find", self._path(key), detail=True)
+        except FileNotFoundError:
+            return 0
+        return sum(int(v.get("size") or 0) for v in found.values())
+
+    # --- writes ---------------------------------------------------------------------------
+    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        self._call(key, "pipe_file", self._path(key), joined(data))
+
+    @contextlib.contextmanager
+    def put_file(
+        self, key: str, *, if_version: str | None = None, if_absent: bool = False
+    ) -> Iterator[Path]:
+        """A local temp file, uploaded whole (one PUT, or a multipart upload that becomes
+        visible when it completes)."""
+        with tempfile.TemporaryDirectory(prefix="cld-lake-upload-") as folder:
+            tmp = Path(folder) / key.rsplit("/", 1)[-1]
+            yield tmp
+            if if_version is None and not if_absent:
+                self._call(key, "put_file", str(tmp), self._path(key))
+                return
+            data = tmp.read_bytes()  # a conditional PUT: one request, the whole object
+            done = (
+                self.replace_if(key, data, if_version)
+                if if_version is not None
+                else self.put_if_absent(key, data)
+            )
+            if not done:
+                raise VersionConflict(f"{self.url(key)}: changed since version {if_version}")
+
+    def put_new(self, key: str, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
+        self.put(key, data)  # durable once the PUT returns
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self._locked(lambda: self._call(key, "pipe_file", self._path(key), data, mode="create"))
+        except FileExistsError:
+            return False
+        return True
+
+    def _locked(self, call: Callable[[], T]) -> T:
+        if self.scheme != "memory":
+            return call()
+        with _MEMORY_LOCK:
+            return call()
+
+    def version(self, key: str) -> str | None:
+        if self.scheme == "memory":
+            try:
+                return hashlib.sha1(self.read(key)).hexdigest()
+            except FileNotFoundError:
+                return None
+        try:
+            info = self._call(key, "info", self._path(key))
+        except FileNotFoundError:
+            return None
+        tag = info.get("ETag") or info.get("etag") or info.get("generation")
+        return None if tag is None else str(tag)
+
+    def replace_if(self, key: str, data: bytes, version: str) -> bool:
+        if self.scheme == "memory":
+            with _MEMORY_LOCK:
+                if self.version(key) != version:
+                    return False
+                self.put(key, data)
+                return True
+        if self.scheme == "s3":
+            bucket, _, name = key.partition("/")
+            try:
+                self._call(
+                    key,
+                    "call_s3",
+                    "put_object",
+                    Bucket=bucket,
+                    Key=name,
+                    Body=data,
+                    IfMatch=version,
+                )
+            except FileNotFoundError:
+                return False  # nothing there: no version matches
+            except (OSError, FileExistsError) as exc:
+                if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):
+                    return False
+                raise
+            return True
+        try:  # gcs: the object's generation must still match
+            self._call(key, "pipe_file", self._path(key), data, if_generation_match=int(version))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._call(key, "rm_file", self._path(key))
+
+    def delete_tree(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._call(key, "rm", self._path(key), recursive=True)
+
+    def check_reachable(self, key: str) -> None:
+        if self.scheme == "memory":
+            return
+        bucket = key.split("/", 1)[0]
+        if not self._call(key, "exists", bucket):
+            raise BadInputError(
+                f"{self.url(key)}: bucket {bucket!r} does not exist (or these credentials "
+                f"cannot see it); create it first or fix the URL"
+            )
+
+    def lock(self, key: str, holder: str) -> Lease:
+        from cld_lake.storage._path import StorePath
+
+        return Lease(StorePath(self, key), holder)
