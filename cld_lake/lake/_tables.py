@@ -162,19 +162,24 @@ def _write_samples(
 
 def _row_groups(parts: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
     """The rows of ``parts`` in tables of ``rows`` rows (the last one shorter), each one
-    contiguous whatever the sizes of the parts."""
+    contiguous whatever the sizes of the parts; no rows at all are one empty table (the one
+    row group pyarrow writes for a whole empty table)."""
     held: list[pa.Table] = []
-    count = 0
+    count, groups = 0, 0
+    empty: pa.Table | None = None
     for part in parts:
+        empty = part.slice(0, 0) if empty is None else empty
         while part.num_rows:
             take = min(rows - count, part.num_rows)
             held.append(part.slice(0, take))
             part, count = part.slice(take), count + take
             if count == rows:
                 yield _contiguous(held)
-                held, count = [], 0
+                held, count, groups = [], 0, groups + 1
     if count:
         yield _contiguous(held)
+    elif not groups and empty is not None:
+        yield empty
 
 
 def _contiguous(parts: list[pa.Table]) -> pa.Table:
