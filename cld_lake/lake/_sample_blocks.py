@@ -10,6 +10,7 @@ import numpy as np
 
 from cld_lake.errors import BadInputError
 from cld_lake.lake._validate import as_ids, as_labels
+from cld_lake.lake._write_checks import check_metadata_column
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -84,31 +85,14 @@ def checked_tables(samples: SampleBlocks, num_classes: int | None) -> Iterator[p
     last_id: int | None = None
     start = 0
     for block in samples.blocks():
-        ids, labels, metadata = _unpack(block, start)
-        what = f"new_samples: the block at row {start}"
-        ids = as_ids(ids, f"{what}: sample ids")
-        labels = np.asarray(labels)
-        if labels.shape != ids.shape:
-            raise BadInputError(
-                f"{what}: {ids.shape[0]} sample ids and labels of shape {labels.shape}; "
-                "give one label per sample id"
-            )
-        labels = as_labels(labels, "labels", num_classes)
-        if len(ids) and (
-            (last_id is not None and ids[0] <= last_id) or bool((np.diff(ids) <= 0).any())
-        ):
-            raise BadInputError(
-                f"{what}: sample ids must increase strictly from row to row (from one block to "
-                "the next too); give the split's samples sorted by id"
-            )
-        columns: dict[str, Any] = {"sample_id": pa.array(ids), "label": pa.array(labels)}
-        columns |= _metadata_columns(metadata, len(ids), schema, what)
-        table = pa.table(columns) if schema is None else pa.table(columns, schema=schema)
-        if schema is None:
-            schema = table.schema
+        ids, labels, metadata = _checked_block(block, start, last_id, num_classes)
         start += len(ids)
         if start > samples.num_rows:
             break
+        columns = {"sample_id": pa.array(ids), "label": pa.array(labels)}
+        columns |= _metadata_columns(metadata, len(ids), schema, _at_row(start - len(ids)))
+        table = pa.table(columns, schema=schema)
+        schema = table.schema
         last_id = int(ids[-1]) if len(ids) else last_id
         yield table
     if start != samples.num_rows:
@@ -118,16 +102,42 @@ def checked_tables(samples: SampleBlocks, num_classes: int | None) -> Iterator[p
         )
 
 
+def _checked_block(
+    block: Any, start: int, last_id: int | None, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]:
+    """The int64 ids and labels of the block at row ``start`` (ids above ``last_id``)."""
+    ids, labels, metadata = _unpack(block, start)
+    what = _at_row(start)
+    ids = as_ids(ids, f"{what}: sample ids")
+    labels = np.asarray(labels)
+    if labels.shape != ids.shape:
+        raise BadInputError(
+            f"{what}: {ids.shape[0]} sample ids and labels of shape {labels.shape}; "
+            "give one label per sample id"
+        )
+    labels = as_labels(labels, "labels", num_classes)
+    if len(ids) and ((last_id is not None and ids[0] <= last_id) or (np.diff(ids) <= 0).any()):
+        raise BadInputError(
+            f"{what}: sample ids must increase strictly from row to row (from one block to "
+            "the next too); give the split's samples sorted by id"
+        )
+    return ids, labels, metadata
+
+
+def _at_row(start: int) -> str:
+    return f"new_samples: the block at row {start}"
+
+
 def _unpack(block: Any, start: int) -> tuple[Any, Any, Mapping[str, Any]]:
     if not isinstance(block, tuple | list) or len(block) not in (2, 3):
         raise BadInputError(
-            f"new_samples: the block at row {start} is {type(block).__name__}; blocks are "
+            f"{_at_row(start)} is {type(block).__name__}; blocks are "
             "(sample_ids, labels) or (sample_ids, labels, metadata) tuples"
         )
     metadata = block[2] if len(block) == 3 else {}
     if not isinstance(metadata, Mapping):
         raise BadInputError(
-            f"new_samples: the block at row {start} has metadata of type "
+            f"{_at_row(start)} has metadata of type "
             f"{type(metadata).__name__}; give a mapping of column name to values"
         )
     return block[0], block[1], metadata
@@ -146,13 +156,8 @@ def _metadata_columns(
         )
     out = {}
     for name in expected or metadata:
-        if name in ("sample_id", "label"):
-            raise BadInputError(f"metadata column {name!r} is reserved")
         values = np.asarray(metadata[name])
-        if values.shape != (rows,):
-            raise BadInputError(
-                f"{what}: metadata column {name!r} has shape {values.shape}; expected ({rows},)"
-            )
+        check_metadata_column(name, values, rows)
         typ = None if schema is None else schema.field(name).type
         out[name] = pa.array(values, type=typ)
     return out

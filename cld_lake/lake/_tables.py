@@ -8,8 +8,9 @@ labels without the whole table), each row group's CRC going into the commit reco
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from hashlib import sha1
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,27 +68,16 @@ def write_sample_blocks(
     fix_class_count: FixClassCount,
 ) -> SampleTables:
     """A new split's tables from :class:`SampleBlocks`: a first pass checks the blocks and
-    takes the table's checksum, the class counts and the ids' fingerprint; the second writes
-    the rows (and must see the same values)."""
-    first_pass: TableChecksum | None = None
-    schema: pa.Schema | None = None
-    counts = np.zeros(0, np.int64)
-    sha = hashlib.sha1()
-    for table in checked_tables(samples, num_classes):
-        if first_pass is None:
-            first_pass, schema = TableChecksum(table.schema), table.schema
-        first_pass.update(table)
-        labels = table.column("label").to_numpy()
-        counts = _add_counts(counts, labels)
-        sha.update(np.ascontiguousarray(table.column("sample_id").to_numpy(), "<i8").tobytes())
-    if first_pass is None or schema is None:  # no rows: the table of a whole (empty) array
-        return write_new_samples(
-            path, np.zeros(0, np.int64), np.zeros(0, np.int64), None, row_chunk, fix_class_count
-        )
-    present = np.flatnonzero(counts)
+    takes what the file and the record need before the rows; the second writes the rows
+    (and must see the same values)."""
+    scan = _scan(samples, num_classes)
+    if scan is None:  # no blocks: the tables of empty arrays
+        empty = np.zeros(0, np.int64)
+        return write_new_samples(path, empty, empty, None, row_chunk, fix_class_count)
+    present = np.flatnonzero(scan.counts)
     fix_class_count(present[[0, -1]] if len(present) else np.zeros(0, np.int64))
-    checksum = first_pass.value(SAMPLES_TABLE_META)
-    schema = with_meta(schema, {**SAMPLES_TABLE_META, CHECKSUM_KEY: checksum})
+    checksum = scan.checksum.value(SAMPLES_TABLE_META)
+    schema = with_meta(scan.schema, {**SAMPLES_TABLE_META, CHECKSUM_KEY: checksum})
     second_pass = TableChecksum(schema)
 
     def rows() -> Iterator[pa.Table]:
@@ -103,10 +93,34 @@ def write_sample_blocks(
         )
     return SampleTables(
         num_samples=samples.num_rows,
-        ids_sha1=sha.hexdigest(),
+        ids_sha1=scan.ids_sha1.hexdigest(),
         row_groups=groups,
-        classes=write_classes(path, counts),
+        classes=write_classes(path, scan.counts),
     )
+
+
+@dataclass
+class _Scan:
+    """What a first pass over the blocks learns: the table's schema and checksum, the class
+    counts and the ids' fingerprint (as :func:`~cld_lake.lake._validate.ids_digest`)."""
+
+    schema: pa.Schema
+    checksum: TableChecksum
+    counts: np.ndarray
+    ids_sha1: Any  # hashlib's sha1 object
+
+
+def _scan(samples: SampleBlocks, num_classes: int | None) -> _Scan | None:
+    """The first pass over ``samples`` (None when it yields no block)."""
+    scan: _Scan | None = None
+    for table in checked_tables(samples, num_classes):
+        if scan is None:
+            scan = _Scan(table.schema, TableChecksum(table.schema), np.zeros(0, np.int64), sha1())
+        scan.checksum.update(table)
+        scan.counts = _add_counts(scan.counts, table.column("label").to_numpy())
+        ids = table.column("sample_id").to_numpy()
+        scan.ids_sha1.update(np.ascontiguousarray(ids, "<i8").tobytes())
+    return scan
 
 
 def write_samples_table(path: Path, table: pa.Table, row_chunk: int) -> list[list[Any]]:
