@@ -5,7 +5,8 @@ Memory: O(N) values per channel of the split; never the N x T matrix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -16,7 +17,32 @@ from cld_lake.lake._validate import check_labels, default_channels
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from cld_lake.lake.writer import SplitWriter
+    from cld_lake.lake.store import Lake, Split
+
+
+class BufferedWriter(Protocol):
+    """What a checkpoint buffer uses of its writer (:class:`~cld_lake.lake.SplitWriter`)."""
+
+    name: str
+    lake: Lake
+    num_classes: int | None
+
+    @property
+    def split(self) -> Split | None: ...
+
+    @property
+    def channels(self) -> dict[str, str] | None: ...
+
+    def _check_new_checkpoints(self, ckpts: Sequence[int]) -> None: ...
+
+    def _commit_segment(
+        self,
+        columns: Sequence[tuple[int, int | None, int | None, float | None]],
+        blocks: Iterable[tuple[int, Mapping[str, np.ndarray]]],
+        num_rows: int,
+        channels: dict[str, str],
+        new_samples: Any,
+    ) -> None: ...
 
 
 class CheckpointBuffer:
@@ -24,7 +50,7 @@ class CheckpointBuffer:
 
     def __init__(
         self,
-        writer: SplitWriter,
+        writer: BufferedWriter,
         checkpoint: int,
         epoch: int | None,
         step: int | None,
