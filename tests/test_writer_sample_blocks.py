@@ -168,3 +168,16 @@ def test_no_samples_in_blocks_equal_empty_arrays(tmp_path: Path, blocks: list) -
     want = declared(tmp_path / "arrays.lake", empty, empty)
     got = declared(tmp_path / "blocks.lake", SampleBlocks(lambda: iter(blocks), num_rows=0))
     assert_same_split(got, want)
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [
+        (np.arange(N, dtype=np.float64), "give a 1-D array of integers"),
+        (np.arange(N).reshape(1, N), "give a 1-D array of integers"),
+        (np.arange(N, dtype=np.uint64) + np.uint64(2**63), "does not fit in int64"),
+    ],
+)
+def test_sample_ids_must_be_integers_that_fit_int64(tmp_path: Path, ids, match: str) -> None:
+    labels = np.arange(N) % CLASSES
+    _refused(tmp_path, SampleBlocks(lambda: [(ids, labels)], num_rows=N), match)

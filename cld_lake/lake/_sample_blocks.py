@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from cld_lake.errors import BadInputError
-from cld_lake.lake._validate import as_ids, as_labels
+from cld_lake.lake._validate import as_labels, type_name
 from cld_lake.lake._write_checks import check_metadata_column
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _checked_block(
     """The int64 ids and labels of the block at row ``start`` (ids above ``last_id``)."""
     ids, labels, metadata = _unpack(block, start)
     what = _at_row(start)
-    ids = as_ids(ids, f"{what}: sample ids")
+    ids = _block_ids(ids, what)
     labels = np.asarray(labels)
     if labels.shape != ids.shape:
         raise BadInputError(
@@ -116,12 +116,26 @@ def _checked_block(
             "give one label per sample id"
         )
     labels = as_labels(labels, "labels", num_classes)
-    if len(ids) and ((last_id is not None and ids[0] <= last_id) or (np.diff(ids) <= 0).any()):
+    if len(ids) and ((last_id is not None and ids[0] <= last_id) or (ids[1:] <= ids[:-1]).any()):
         raise BadInputError(
             f"{what}: sample ids must increase strictly from row to row (from one block to "
             "the next too); give the split's samples sorted by id"
         )
     return ids, labels, metadata
+
+
+def _block_ids(values: Any, what: str) -> np.ndarray:
+    """The block's sample ids as int64: 1-D integers below 2**63, the importers' rules (unique
+    because they increase, so without the sort :func:`as_ids` makes)."""
+    ids = np.asarray(values)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise BadInputError(
+            f"{what}: sample ids of shape {ids.shape} and dtype {type_name(ids)}; give a 1-D "
+            "array of integers"
+        )
+    if ids.dtype.kind == "u" and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+        raise BadInputError(f"{what}: sample id {int(ids.max())} does not fit in int64")
+    return ids.astype(np.int64, copy=False)
 
 
 def _at_row(start: int) -> str:
