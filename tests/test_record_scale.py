@@ -135,8 +135,7 @@ def refusal_messages(lake: Path, parts_of: Any, make: Any) -> dict[str, str]:
 def worker(root: str) -> None:
     import torch.distributed as dist
 
-    from cld_lake.torch import LossRecorder
-    from cld_lake.torch import _distributed
+    from cld_lake.torch import LossRecorder, _distributed
 
     _distributed.COMMIT_BLOCK_ROWS = 1  # one chunk (65,536 rows) per block: several blocks
     torch.set_num_threads(1)
