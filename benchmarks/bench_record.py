@@ -268,8 +268,7 @@ def _free_port() -> int:
 def _declare(root: Path, samples: int) -> None:
     """Create the split (ids 0..N-1, no checkpoints yet), so the ranks commit into a split
     that exists (``--existing``: the steady state, without the first commit's sample set)."""
-    from cld_lake.lake import Lake
-    from cld_lake.lake.writer import SplitWriter
+    from cld_lake.lake import Lake, SplitWriter
 
     ids = np.arange(samples)
     channels = {"loss": "float32", "correct": "bool", "margin": "float32"}

@@ -22,23 +22,15 @@ random share ``f`` of the rest, ``margin = log p - log(f (1 - p))`` (the logit m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from cld_lake._io import atomic_path, atomic_write_parquet
-from cld_lake._meta import CHECKSUM_KEY, TableChecksum, read_meta, with_checksum, with_meta
-from cld_lake.errors import BadInputError
-from cld_lake.lake import Lake
-from cld_lake.lake import _format as fmt
-from cld_lake.lake.store import rows_checksum
-from cld_lake.lake.writer import TABLE_OPTIONS, SplitWriter
+from cld_lake.lake import Lake, SampleBlocks, SplitWriter
 
 GEN_ROWS = 65536
 PREFETCH = 2  # blocks generated ahead, in background threads
@@ -211,101 +203,16 @@ def _channel_dtypes(config: SynthConfig) -> dict[str, str]:
     return {c: dtypes[c] for c in config.channels}
 
 
-class _StreamedSamples:
-    """A new split's sample ids (``0..n-1``) and labels, produced block by block."""
+def sample_blocks(config: SynthConfig, split: str) -> SampleBlocks:
+    """The split's sample ids (``0..n-1``) and labels, ``GEN_ROWS`` at a time."""
 
-    def __init__(self, config: SynthConfig, split: str) -> None:
-        self.config, self.split = config, split
-        self.num_rows = config.train if split == "train" else config.val
-
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         a = 0
-        for labels in label_blocks(self.config, self.split):
+        for labels in label_blocks(config, split):
             yield np.arange(a, a + len(labels), dtype=np.int64), labels
             a += len(labels)
 
-
-class _StreamedSamplesWriter(SplitWriter):
-    """A SplitWriter that creates a split from :class:`_StreamedSamples` in bounded memory.
-
-    ``SplitWriter`` takes a new split's ids and labels as whole arrays (int64: 1.6 GB at 100M
-    samples, plus copies for its checks and fingerprint). The ids here are ``0..n-1`` and the
-    labels in range by construction, so this writer skips those checks and writes
-    ``samples.parquet`` (row groups of one chunk, the same file), ``classes.parquet`` and the
-    ids fingerprint from the streamed blocks. The commit itself is SplitWriter's: the values
-    it would have computed from the arrays are handed to it as ``prepared`` (which its record
-    takes last); :func:`synth_lake` checks the committed split against the streamed values.
-    """
-
-    def _check_new_samples(self, sample_ids: Any, labels: Any) -> tuple[np.ndarray, Any]:
-        if not isinstance(labels, _StreamedSamples):
-            return super()._check_new_samples(sample_ids, labels)
-        if self.split is not None:
-            raise BadInputError(f"split {self.name!r} already has its samples")
-        return np.zeros(0, np.int64), labels
-
-    def _prepare_new_split(self, ids_labels: tuple[Any, Any, Any]) -> dict[str, Any]:
-        source = ids_labels[1]
-        if not isinstance(source, _StreamedSamples):
-            return super()._prepare_new_split(ids_labels)
-        if self._chunk() != GEN_ROWS:  # samples.parquet holds one row group per chunk
-            raise BadInputError(f"row_chunk {self._chunk()}: the streamed samples need {GEN_ROWS}")
-        self._ensure_num_classes(np.asarray([0, source.config.classes - 1], np.int64))
-        groups, counts, digest = self._write_streamed_samples(source)
-        return {
-            "num_samples": source.num_rows,
-            "ids_sha1": digest,
-            "samples": {"row_groups": groups},
-            "classes": self._write_class_counts(counts),
-        }
-
-    def _write_streamed_samples(
-        self, source: _StreamedSamples
-    ) -> tuple[list[list[Any]], np.ndarray, str]:
-        """samples.parquet in one pass per block: the table checksum (which the file's own
-        metadata holds, so it is known before the file is opened) is a first pass."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([("sample_id", pa.int64()), ("label", pa.int64())])
-
-        def parts() -> Iterator[pa.Table]:
-            for ids, labels in source.blocks():
-                yield pa.table([pa.array(ids), pa.array(labels)], schema=schema)
-
-        body = {"table": "samples"}
-        acc = TableChecksum(schema)
-        for part in parts():
-            acc.update(part)
-        schema = with_meta(schema, {**body, CHECKSUM_KEY: acc.value(body)})
-        groups, counts, sha = [], np.zeros(source.config.classes, np.int64), hashlib.sha1()
-        with atomic_path(self.path / fmt.SAMPLES_FILE) as tmp:
-            with pq.ParquetWriter(tmp, schema, **TABLE_OPTIONS) as out:
-                for part in parts():
-                    out.write_table(part.replace_schema_metadata(schema.metadata))
-                    ids = part.column("sample_id").to_numpy()
-                    labels = part.column("label").to_numpy()
-                    groups.append([part.num_rows, rows_checksum(part)])
-                    counts += np.bincount(labels, minlength=len(counts))
-                    sha.update(np.ascontiguousarray(ids, "<i8").tobytes())
-        return groups, counts, sha.hexdigest()
-
-    def _write_class_counts(self, counts: np.ndarray) -> str:
-        """classes.parquet from the class counts (as SplitWriter writes it from the labels)."""
-        import pyarrow as pa
-
-        present = np.flatnonzero(counts)
-        table = with_checksum(
-            pa.table(
-                {
-                    "label": pa.array(present, pa.int64()),
-                    "count": pa.array(counts[present], pa.int64()),
-                }
-            ),
-            {"table": "classes"},
-        )
-        atomic_write_parquet(self.path / fmt.CLASSES_FILE, table, **TABLE_OPTIONS)
-        return str(read_meta(table.schema)[CHECKSUM_KEY])
+    return SampleBlocks(blocks, num_rows=config.train if split == "train" else config.val)
 
 
 def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) -> Lake:
@@ -314,33 +221,19 @@ def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) 
     config = config or SynthConfig()
     lake = Lake.create(path, num_classes=config.classes)
     for split, rows in (("train", config.train), ("val", config.val)):
-        source = _StreamedSamples(config, split)
         values = _RowSource(config, split)
         try:
-            with _StreamedSamplesWriter(lake, split) as writer:
+            with SplitWriter(lake, split) as writer:
                 writer.append_columns(
                     list(range(config.checkpoints)),
                     values,
                     num_rows=rows,
                     channels=_channel_dtypes(config),
-                    new_samples=(source, source),
+                    new_samples=sample_blocks(config, split),
                 )
         finally:
             values.close()
-        committed = lake.reload().split(split)
-        if committed.num_samples != rows or committed.ids_digest != _arange_digest(rows):
-            raise RuntimeError(
-                f"{path}: split {split!r} committed {committed.num_samples} samples "
-                f"(ids {committed.ids_digest}); the streamed writer is out of step with SplitWriter"
-            )
     return lake.reload()
-
-
-def _arange_digest(rows: int) -> str:
-    sha = hashlib.sha1()
-    for a in range(0, rows, GEN_ROWS):
-        sha.update(np.arange(a, min(a + GEN_ROWS, rows), dtype="<i8").tobytes())
-    return sha.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

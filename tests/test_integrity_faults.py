@@ -23,6 +23,7 @@ from cld_lake.errors import (
 )
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._commit import CommitRecord
 from cld_lake.lake._segments import create_segment
 from cld_lake.lake._validate import MAX_CLASSES
 from cld_lake.lake.check import lake_info, verify_lake
@@ -131,7 +132,7 @@ def test_a_failed_first_commit_leaves_no_split(tmp_path, monkeypatch):
     def disk_full(self):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(SplitWriter, "_list_split", disk_full)
+    monkeypatch.setattr(CommitRecord, "_list_split", disk_full)
     with SplitWriter(lake, "train") as w, pytest.raises(OSError):
         ck = w.checkpoint(0)
         ck.add(np.arange(5), np.ones(5, np.float32), labels=np.arange(5) % 2)
@@ -352,19 +353,19 @@ def test_temp_files_anywhere_are_listed_by_verify(lake, cli):
 
 @pytest.mark.parametrize("first", [False, True])
 def test_a_commit_that_fails_on_a_full_disk_removes_its_new_segment(tmp_path, monkeypatch, first):
-    import cld_lake.lake.writer as writer_module
+    import cld_lake.lake._commit as commit_module
 
     path = build_lake(tmp_path / "lake")
     split = "test" if first else "train"
     before = {p for p in (path / "splits").rglob("seg-*")}
-    real = writer_module.atomic_write_parquet
+    real = commit_module.atomic_write_parquet
 
     def disk_full(target, table, **options):
         if Path(target).name == fmt.CHECKPOINTS_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(target, table, **options)
 
-    monkeypatch.setattr(writer_module, "atomic_write_parquet", disk_full)
+    monkeypatch.setattr(commit_module, "atomic_write_parquet", disk_full)
     with SplitWriter(open_lake(path), split) as w, pytest.raises(OSError, match="No space"):
         ck = w.checkpoint(9)
         ids = w.split.sample_ids if w.split is not None else np.arange(4)

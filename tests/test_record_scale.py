@@ -135,10 +135,9 @@ def refusal_messages(lake: Path, parts_of: Any, make: Any) -> dict[str, str]:
 def worker(root: str) -> None:
     import torch.distributed as dist
 
-    from cld_lake.torch import LossRecorder
-    from cld_lake.torch import record as record_module
+    from cld_lake.torch import LossRecorder, _distributed
 
-    record_module.COMMIT_BLOCK_ROWS = 1  # one chunk (65,536 rows) per block: several blocks
+    _distributed.COMMIT_BLOCK_ROWS = 1  # one chunk (65,536 rows) per block: several blocks
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()

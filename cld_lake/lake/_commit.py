@@ -1,0 +1,283 @@
+"""The commit protocol of a split: its commit record, the checksums it holds, the root listing.
+
+A commit is crash-safe at every step:
+
+1. the checkpoint's values go into a *new* segment directory (nothing references it yet);
+2. on a split's first commit, ``samples.parquet`` and ``classes.parquet`` are written (temp
+   file + rename), each with its checksum;
+3. ``checkpoints.parquet`` is replaced atomically with a version that references the new
+   segment and holds the checksums of everything the split depends on. This rename (on an
+   object store: a conditional PUT) is the commit point: before it the checkpoint does not
+   exist, after it the checkpoint is complete;
+4. on a split's first commit only, the split is added to the list in ``cld_lake.json``: that
+   is its commit point (an unlisted split directory is a first write that did not finish).
+
+A crash before the commit point leaves debris that the next writer of the split deletes at
+once (it holds the split's lock, so nobody can be using it); a failed commit removes its own
+debris before it raises (:meth:`CommitRecord.guard`). The lake stays readable with the
+previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cld_lake._io import atomic_write_parquet
+from cld_lake._meta import with_checksum
+from cld_lake._storage import ObjectPath
+from cld_lake.errors import BadInputError, CldLakeError, LakeChangedError
+from cld_lake.lake import _format as fmt
+from cld_lake.lake._segments import delete_segment, segment_checksums, sync_segment
+from cld_lake.lake._validate import check_labels, check_num_classes
+from cld_lake.lake.store import Lake, Split, root_lock
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from cld_lake._io import FileLock
+    from cld_lake._storage import Lease
+
+# Committed tables carry no Parquet statistics: a reader that prunes row groups by them (a
+# filtered dataset scan) would otherwise depend on bytes the checksums do not cover.
+TABLE_OPTIONS: dict[str, Any] = {"write_statistics": False}
+
+_CHECKPOINT_SCHEMA_FIELDS = (
+    ("checkpoint", "int64"),
+    ("epoch", "int64"),
+    ("step", "int64"),
+    ("wall_time", "float64"),
+    ("committed_at", "string"),
+    ("segment", "string"),
+    ("column", "int32"),
+    ("nonfinite", "int64"),
+)
+
+
+def _checkpoint_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    fields = [
+        pa.field(name, getattr(pa, typ)() if typ != "string" else pa.string())
+        for name, typ in _CHECKPOINT_SCHEMA_FIELDS
+    ]
+    return pa.schema(fields)
+
+
+def checkpoint_row(
+    ckpt: int,
+    epoch: int | None,
+    step: int | None,
+    wall_time: float | None,
+    segment: str,
+    column: int,
+    nonfinite: int,
+    now: float,
+) -> dict[str, Any]:
+    """One row of the commit record: checkpoint ``ckpt`` is column ``column`` of ``segment``."""
+    return {
+        "checkpoint": int(ckpt),
+        "epoch": None if epoch is None else int(epoch),
+        "step": None if step is None else int(step),
+        "wall_time": float(wall_time) if wall_time is not None else now,
+        "committed_at": fmt.now_iso(),
+        "segment": segment,
+        "column": int(column),
+        "nonfinite": int(nonfinite),
+    }
+
+
+@dataclass(frozen=True)
+class SampleTables:
+    """What a new split's first commit record says of its samples and classes tables."""
+
+    num_samples: int
+    ids_sha1: str  # sample ids never change after creation: readers need not recompute it
+    row_groups: list[list[Any]]  # [rows, crc] of each row group of samples.parquet
+    classes: str  # the checksum of classes.parquet
+
+
+def remove_unlisted(path: Path) -> None:
+    """Delete what a first write of the (unlisted) split at ``path`` left: it never committed,
+    and its writer holds the split's lock, so nothing else can be using it."""
+    for name in (fmt.CHECKPOINTS_FILE, fmt.SAMPLES_FILE, fmt.CLASSES_FILE):
+        (path / name).unlink(missing_ok=True)
+    delete_segment(path / fmt.SEGMENTS_DIR)  # the whole folder: none is committed
+    for entry in path.glob(".*.tmp-*"):
+        entry.unlink(missing_ok=True)
+
+
+def fix_class_count(lake: Lake, split: str, wanted: int | None, labels: np.ndarray) -> int:
+    """Before a new split's first commit: the lake's class count, set in ``cld_lake.json`` from
+    ``wanted`` (else the labels) if the lake has none yet; ``labels`` must fit it."""
+    inferred = int(labels.max()) + 1 if labels.size else 0
+    with root_lock(lake.path):
+        current_lake = Lake(lake.path)
+        current = current_lake.num_classes
+        if current is None:
+            value = wanted if wanted is not None else inferred
+            check_num_classes(max(value, 1), f"split {split!r}: class count")
+            meta = fmt.write_root_metadata(lake.path, dict(current_lake.meta, num_classes=value))
+            current = value
+        else:
+            meta = current_lake.meta
+        check_labels(labels, current, f"split {split!r}")
+        lake.meta = meta
+    return current
+
+
+class CommitRecord:
+    """The commit record of one split and the protocol that replaces it, run by the split's
+    writer (which holds ``lock``). ``split`` is the snapshot the last commit wrote (None while
+    the split is not listed)."""
+
+    def __init__(self, lake: Lake, name: str, run: str, path: Path, lock: FileLock | Lease) -> None:
+        self.lake = lake
+        self.name = name
+        self.run = run
+        self.path = path
+        self._lock = lock
+        self.split: Split | None = None
+
+    def reload(self) -> Split | None:
+        """The snapshot on disk, when the split is listed (this writer's own record)."""
+        if self.lake.has_split(self.name):
+            self.split = Split(self.lake, self.name)
+        return self.split
+
+    def commit(
+        self,
+        rows: list[dict[str, Any]],
+        segment: str | None,
+        *,
+        channels: dict[str, str],
+        row_chunk: int,
+        new_samples: SampleTables | None = None,
+    ) -> Split:
+        """Add ``rows`` (columns of the new ``segment``) to the record; a new split's first
+        commit also needs its ``new_samples`` tables, already written."""
+        first = self.split is None
+        if self.split is None:
+            if new_samples is None:
+                raise BadInputError(
+                    f"split {self.name!r} is new: its sample ids and labels are needed"
+                )
+            meta = {
+                "channels": channels,
+                "num_samples": new_samples.num_samples,
+                "row_chunk": row_chunk,
+                "ids_sha1": new_samples.ids_sha1,
+                "samples": {"row_groups": new_samples.row_groups},
+                "classes": new_samples.classes,
+                "segments": {},
+                "retired": {},
+            }
+            old_rows: list[dict[str, Any]] = []
+        else:
+            meta = self.split.meta
+            old_rows = self.split.checkpoint_table.to_pylist()
+        self._write_checkpoints(old_rows + rows, meta, segment)  # a later commit's point
+        if first:
+            self._list_split()  # a first commit's point
+        self.split = Split(self.lake, self.name)
+        return self.split
+
+    def replace(
+        self, rows: list[dict[str, Any]], new_segment: str, retired: Sequence[str]
+    ) -> Split:
+        """Commit ``rows`` as the whole commit record (compaction: ``new_segment`` replaces
+        the ``retired`` ones); return the new snapshot."""
+        if self.split is None:
+            raise BadInputError(f"split {self.name!r} does not exist yet in {self.lake.path}")
+        meta = dict(self.split.meta)
+        now = time.time()
+        meta["retired"] = {**meta.get("retired", {}), **{name: now for name in retired}}
+        self._write_checkpoints(rows, meta, new_segment)
+        self.split = Split(self.lake, self.name)
+        return self.split
+
+    @contextlib.contextmanager
+    def guard(self, name: str | None) -> Iterator[None]:
+        """Around a commit that writes segment ``name``: if it fails before its commit point,
+        remove the segment (and a new split's files) at once; if it failed after it (the
+        record was renamed, a later fsync raised), keep it and take the new snapshot."""
+        try:
+            yield
+        except BaseException:
+            try:
+                on_disk = Split(self.lake, self.name) if self.lake.has_split(self.name) else None
+            except CldLakeError:
+                on_disk = None
+            if on_disk is not None and (name is None or name in on_disk.segment_names()):
+                self.split = on_disk
+            elif on_disk is None and self.split is None:
+                remove_unlisted(self.path)
+            elif name is not None:
+                delete_segment(self.path / fmt.SEGMENTS_DIR / name)
+            raise
+
+    def _write_checkpoints(
+        self, rows: list[dict[str, Any]], meta: dict[str, Any], new_segment: str | None
+    ) -> None:
+        """Write the commit record: ``rows``, and in its metadata the checksums of every file
+        the split depends on (``new_segment``'s computed now, the others carried over)."""
+        import pyarrow as pa
+
+        rows = sorted(rows, key=lambda r: r["checkpoint"])
+        known = dict(meta.get("segments", {}))
+        if new_segment is not None:
+            sync_segment(self.path / fmt.SEGMENTS_DIR / new_segment)
+            known[new_segment] = segment_checksums(self.path / fmt.SEGMENTS_DIR / new_segment)
+        seg_dir = self.path / fmt.SEGMENTS_DIR
+        meta = {
+            **meta,
+            "segments": {r["segment"]: known[r["segment"]] for r in rows},
+            # retired segments gc has deleted need no entry any more
+            "retired": {n: t for n, t in meta.get("retired", {}).items() if (seg_dir / n).exists()},
+        }
+        table = pa.Table.from_pylist(rows, schema=_checkpoint_schema())
+        self._lock.check()  # a writer whose lease was taken over must not commit
+        record = self.path / fmt.CHECKPOINTS_FILE
+        if isinstance(record, ObjectPath):
+            self._put_record(record, with_checksum(table, meta))
+            return
+        atomic_write_parquet(record, with_checksum(table, meta), **TABLE_OPTIONS)
+
+    def _put_record(self, record: ObjectPath, table: pa.Table) -> None:
+        """The commit point on an object store: one conditional PUT of the whole record,
+        accepted only while the record is the one this writer's snapshot read (If-Match; a
+        first record: only if none exists). The lease keeps other writers out; this keeps out
+        a writer that was paused past its lease and did not notice."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **TABLE_OPTIONS)
+        data = sink.getvalue().to_pybytes()
+        version = self.split.record_version if self.split is not None else None
+        done = record.replace_if(data, version) if version else record.create(data)
+        if not done:
+            raise LakeChangedError(
+                f"{record}: the commit record changed since this writer read it (another "
+                f"writer committed); nothing was committed by this one: open the lake again"
+            )
+
+    def _list_split(self) -> None:
+        """Add this split to the committed splits of its run in ``cld_lake.json``."""
+        with root_lock(self.lake.path):
+            meta = fmt.read_root_metadata(self.lake.path)
+            splits = fmt.listed_runs(meta).get(self.run, [])
+            if self.name not in splits:
+                listed = [*splits, self.name]
+                if self.run == fmt.DEFAULT_RUN:
+                    meta = {**meta, "splits": listed}
+                else:
+                    meta = {**meta, "runs": {**(meta.get("runs") or {}), self.run: listed}}
+                meta = fmt.write_root_metadata(self.lake.path, meta)
+            self.lake.meta = meta
