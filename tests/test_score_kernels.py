@@ -50,3 +50,9 @@ def test_the_compiled_kernel_is_built_in_this_install():
     assert _fused_kernel() is not None, (
         "cld_lake/score/_ckernel.c was not compiled: is gcc installed?"
     )
+
+
+def test_the_public_kernel_name_is_the_kernel_that_runs():
+    from cld_lake.score import kernel_name  # what `cld-lake env` reports
+
+    assert kernel_name() == "fused"
