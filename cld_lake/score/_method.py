@@ -170,7 +170,7 @@ def _key(channel: str, cols: Cols) -> tuple[Any, ...]:
 
 class Rows:
     """A piece of a block (at most :data:`~cld_lake.score._passes.PIECE_ROWS` rows) and the
-    derived arrays methods share, computed once per piece whatever the number of methods in the pass.
+    derived arrays methods share, computed once per piece whatever the number of methods.
 
     Derived arrays are float64 and checkpoint-major: shape ``(k, m)`` for ``k`` columns and
     ``m`` rows, so every reduction over checkpoints is a sequence of element-wise operations

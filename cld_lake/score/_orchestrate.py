@@ -460,7 +460,7 @@ def _ensemble(
     totals: dict[str, np.ndarray] = {}
     per_run: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs:
-        _, columns, provenance = _score_run(
+        _, columns, own = _score_run(
             _on_run(lake, run), job, spill=False, started=time.perf_counter()
         )
         for name, column in columns.items():
@@ -469,8 +469,8 @@ def _ensemble(
                 totals[name] += column.values
             else:  # the first run's column (nobody else holds it) becomes the sum
                 totals[name] = column.values
-            per_run.setdefault(name, {})[run] = provenance[name]
-    provenance = {}
+            per_run.setdefault(name, {})[run] = own[name]
+    provenance: dict[str, dict[str, Any]] = {}
     for name, total in totals.items():
         total /= len(runs)
         provenance[name] = ensemble_provenance(per_run[name][runs[0]], runs, per_run[name], total)
