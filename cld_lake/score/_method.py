@@ -92,6 +92,9 @@ class Method:
         whose row maths reduce to the three sums of :class:`~cld_lake.score._formula.Sums`
         (CLD). An engine that computes those sums in its own language (SQL, Polars
         expressions) hands them to this stage, so the edge cases stay in one place.
+    whole_blocks : bool
+        Its row maths keep their own temporaries cache-sized (CLD's kernels), so a pass of such
+        methods alone cuts a block only into one piece per thread, not into cache-sized pieces.
     """
 
     name: str
@@ -106,6 +109,7 @@ class Method:
     min_checkpoints: int = 1
     needs_val: bool = False
     from_sums: Callable[[Sums, np.ndarray, Plan], Scored] | None = None
+    whole_blocks: bool = False
 
 
 @dataclass(frozen=True)

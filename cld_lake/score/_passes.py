@@ -71,11 +71,15 @@ def score_values(
     plans: Sequence[Plan],
     threads: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
-    """Every plan's scores for one block of rows (values ``(m, T)`` per channel)."""
+    """Every plan's scores for one block of rows (values ``(m, T)`` per channel), in pieces
+    of :data:`PIECE_ROWS` rows (one per thread when every method takes whole blocks)."""
     n = len(labels)
     scores = {p.name: np.empty(n, dtype=np.float64) for p in plans}
     piece_counts: list[dict[str, dict[str, int]]] = []
-    pieces = [(a, min(a + PIECE_ROWS, n)) for a in range(0, n, PIECE_ROWS)]
+    step = PIECE_ROWS
+    if all(p.method.whole_blocks for p in plans):
+        step = max(1, -(-n // max(threads, 1)))
+    pieces = [(a, min(a + step, n)) for a in range(0, n, step)]
 
     def run(piece: tuple[int, int]) -> None:
         a, b = piece

@@ -124,6 +124,7 @@ _DEFINITIONS = (
         min_checkpoints=3,
         needs_val=True,
         from_sums=_cld_from_sums,
+        whole_blocks=True,
     ),
     Method(
         name="mean_loss",
