@@ -8,9 +8,15 @@ excluded, library imports included for the engines) and reported as medians of `
 runs. The lake is generated into a temporary directory (``benchmarks/synth.py``) and removed
 afterwards.
 
+``--cli`` measures instead the whole ``cld-lake score`` process per engine (interpreter start,
+imports, scoring and storing the column; the scores table removed before each run), one source
+tree against another (``--tree LABEL=PATH``, imported through ``PYTHONPATH``; runs interleaved
+so that both see the same load).
+
     python -m benchmarks.bench_score                      # 1.28M x 90, 1000 classes, 12.8K val
     python -m benchmarks.bench_score --scale 4            # also 4x samples: RSS must not grow
     python -m benchmarks.bench_score --rows 200000 --engines numpy duckdb   # quicker
+    python -m benchmarks.bench_score --cli --tree before=/scratch/before --tree after=.
 """
 
 from __future__ import annotations
@@ -118,6 +124,78 @@ def run_child(code: str, *args: str) -> dict:
     result["rss_mib"] = int(maxrss.split("=")[1]) / 1024
     result["tree_rss_mib"] = tree_peak / 2**20
     return result
+
+
+def run_cli(tree: Path, lake: Path, engine: str) -> dict:
+    """One whole ``cld-lake score`` process importing cld_lake from ``tree``: wall seconds of
+    the process, its CPU seconds (user + system, its reaped children included: on a shared
+    machine they depend on the load much less) and its peak RSS (MiB)."""
+    (lake / "scores.parquet").unlink(missing_ok=True)
+    cld_lake = Path(sys.executable).with_name("cld-lake")
+    args = ["score", str(lake), "--engine", engine, "--name", f"bench_{engine}"]
+    cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M CPU_S=%U %S", str(cld_lake), *args]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"cld-lake score --engine {engine} ({tree}) failed:\n{proc.stderr[-3000:]}"
+        )
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("MAXRSS_KB=")][-1]
+    rss, user, system = line.replace("MAXRSS_KB=", "").replace("CPU_S=", "").split()
+    return {"seconds": seconds, "cpu_s": float(user) + float(system), "rss_mib": int(rss) / 1024}
+
+
+def bench_cli(
+    config: SynthConfig, work: Path, engines: list[str], repeats: int, trees: list[list[str]]
+) -> list[dict]:
+    """Whole-process ``cld-lake score`` per engine and source tree, runs interleaved."""
+    lake = work / f"lake-{config.train}"
+    synth_lake(lake, config)
+    warm(lake)
+    rows = []
+    for engine in engines:
+        runs: dict[str, list[dict]] = {label: [] for label, _ in trees}
+        for _ in range(repeats):
+            for label, tree in trees:
+                runs[label].append(run_cli(Path(tree).resolve(), lake, engine))
+        for label, _ in trees:
+            mine = runs[label]
+            row = {
+                "step": f"cld-lake score --engine {engine} [{label}]",
+                "engine": engine,
+                "tree": label,
+                "seconds": statistics.median(r["seconds"] for r in mine),
+                "cpu_s": statistics.median(r["cpu_s"] for r in mine),
+                "rss_mib": statistics.median(r["rss_mib"] for r in mine),
+                "runs": [round(r["seconds"], 3) for r in mine],
+            }
+            print(
+                f"  {row['step']:<42} {row['seconds']:8.2f} s  {row['cpu_s']:6.2f} CPU s  "
+                f"{row['rss_mib']:6.0f} MiB  (runs {row['runs']})",
+                flush=True,
+            )
+            rows.append(row)
+    shutil.rmtree(lake)
+    return rows
+
+
+def print_cli_table(title: str, rows: list[dict], labels: list[str]) -> None:
+    print(f"\n{title}")
+    columns = [("seconds", "s", ".2f"), ("cpu_s", "CPU s", ".2f"), ("rss_mib", "MiB", ".0f")]
+    names = [f"{label} {unit}" for _, unit, _ in columns for label in labels]
+    if len(labels) > 1:
+        names += [f"{unit} {labels[-1]}/{labels[0]}" for _, unit, _ in columns[:2]]
+    header = f"| {'engine':<6} | " + " | ".join(f"{n:>12}" for n in names) + " |"
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        by = {r["tree"]: r for r in rows if r["engine"] == engine}
+        cells = [f"{by[t][key]:12{fmt}}" for key, _, fmt in columns for t in labels]
+        if len(labels) > 1:
+            cells += [f"{by[labels[-1]][k] / by[labels[0]][k]:12.2f}" for k, _, _ in columns[:2]]
+        print(f"| {engine:<6} | " + " | ".join(cells) + " |")
 
 
 def _rss(p) -> int:
@@ -240,6 +318,18 @@ def main(argv: list[str] | None = None) -> None:
         "--workdir", default=None, help="Where to put the lakes (default: a temp dir)."
     )
     parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="Measure the whole `cld-lake score` process per engine instead (see docstring).",
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="--cli: a source tree to import cld_lake from (repeat; default: this one).",
+    )
     args = parser.parse_args(argv)
     engines = [e for arg in args.engines for e in arg.split(",") if e and e != "reference"]
     unknown = sorted(set(engines) - set(ENGINES))
@@ -251,6 +341,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = SynthConfig(args.rows, args.val, args.checkpoints, args.classes)
+        if args.cli:
+            trees = [t.split("=", 1) for t in args.tree] or [
+                ["this", str(Path(__file__).parents[1])]
+            ]
+            rows = bench_cli(config, work, engines, args.repeats, trees)
+            title = f"whole `cld-lake score` process, {config.train:,} train x {config.checkpoints}"
+            print_cli_table(title, rows, [label for label, _ in trees])
+            if args.json:
+                Path(args.json).write_text(json.dumps({"cli": rows}, indent=2))
+            return
         rows = bench(config, work, engines, args.repeats, reference=True)
         print_table(
             f"{config.train:,} train x {config.checkpoints} checkpoints, {config.classes} classes, {config.val:,} val",

@@ -14,8 +14,9 @@ Strategy = Literal["topk", "ccs"]
 Layout = Literal["wide", "columns", "long"]
 Fallback = Literal["global"]
 Duplicates = Literal["error", "first"]
-# Scoring methods (cld_lake.score's registry is checked against this list).
-Method = Literal[
+# Scoring method names (cld_lake.score's registry, of Method definitions, is checked against
+# this list).
+MethodName = Literal[
     "cld",
     "mean_loss",
     "early_loss",

@@ -49,10 +49,9 @@ from torch.utils.data import Subset
 
 import cld_lake
 from cld_lake import diagnostics
-from cld_lake._types import Method, choices
 from cld_lake.errors import BadInputError
 from cld_lake.lake.scores import stored_scores
-from cld_lake.score import compute_scores
+from cld_lake.score import METHODS, compute_scores
 from cld_lake.torch import subset
 from pipelines._common import Recipe, progress_bar, recipe_for, resolve_device, run_cli
 from pipelines._config import build_parser as build_config_parser
@@ -110,7 +109,7 @@ def subset_recipe(epochs: int) -> Recipe:
 
 def check_config(cfg: CompareConfig) -> None:
     """Refuse bad settings before anything is trained."""
-    known = choices(Method)
+    known = METHODS
     if not cfg.methods or any(m not in known for m in cfg.methods):
         raise BadInputError(f"--methods {','.join(cfg.methods)}: choose from {','.join(known)}")
     if not cfg.fractions or any(not 0.0 < f < 1.0 for f in cfg.fractions):

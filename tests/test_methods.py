@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cld_lake._types import Direction, choices
-from cld_lake._types import Method as MethodLiteral
+from cld_lake._types import MethodName as MethodLiteral
 from cld_lake.errors import ScoringError
 from cld_lake.lake import Lake
 from cld_lake.lake.writer import SplitWriter
@@ -288,7 +288,7 @@ def test_the_registry_is_the_method_literal_and_each_method_declares_itself():
     import typing
     from collections.abc import Iterator
 
-    from cld_lake.score._engines import load_methods_engine
+    from cld_lake.score._engines import load_engine
     from cld_lake.score._passes import ScoredChunk
 
     assert METHODS == choices(MethodLiteral) == tuple(METHOD_REGISTRY)
@@ -297,7 +297,7 @@ def test_the_registry_is_the_method_literal_and_each_method_declares_itself():
         assert method.citation and method.summary and method.channels
         assert set(method.uses) <= {"early", "window_length", "reference", "fallback"}
     for engine in METHOD_ENGINES:
-        compute = load_methods_engine(engine, ["aum"])
+        compute = load_engine(engine, ["aum"])
         params = list(inspect.signature(compute).parameters.values())
         rest = {p.name: p for p in params[2:]}
         assert rest["block_rows"].default is None and rest["progress"].default is None

@@ -13,6 +13,7 @@ import pytest
 import cld_lake
 from cld_lake.errors import ScoringError
 from cld_lake.lake import Lake
+from cld_lake.lake.scores import stale_scores
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import compute_cld
 from tests.cld_reference import reference_cld
@@ -135,6 +136,22 @@ def test_checkpoints_are_the_intersection_of_train_and_val(tmp_path):
     assert len(lake.split("train").checkpoint_ids) == 8
     result = compute_cld(lake, checkpoints="1:", store=False)
     assert result.provenance["checkpoint_ids"] == spec.common_checkpoints[1:].tolist()
+
+
+def test_a_window_is_recorded_as_written_whether_text_or_slice(tmp_path):
+    """Regression: a ``slice`` window was stored as ``slice(1, None, 2)``, which no reader
+    parses; it is ``1::2``, as the same window given as text."""
+    spec = build_spec(seed=9, n_train=50, n_val=20, n_checkpoints=8, n_classes=2)
+    lake = write_lake(tmp_path / "lake", spec)
+    text = compute_cld(lake, checkpoints="1::2", store=False)
+    sliced = compute_cld(lake, checkpoints=slice(1, None, 2), name="s")
+    assert text.provenance["window"] == sliced.provenance["window"] == "1::2"
+    np.testing.assert_array_equal(text.scores, sliced.scores)
+    assert text.provenance["checkpoint_ids"] == spec.common_checkpoints[1::2].tolist()
+    # cld records what every method records: its window and the columns of its pass
+    assert sliced.provenance["used_checkpoints"] == sliced.provenance["checkpoints"]
+    assert sliced.provenance["computed_with"] == ["s"]
+    assert stale_scores(lake.reload()) == {}
 
 
 def test_val_rows_with_nonfinite_loss_are_left_out_and_counted(tmp_path):

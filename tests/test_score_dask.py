@@ -20,8 +20,8 @@ import pytest
 
 from cld_lake.errors import BadInputError, ScoringError
 from cld_lake.lake import open_lake
-from cld_lake.score import cld_reference, compute_cld
-from cld_lake.score._formula import plan_checkpoints
+from cld_lake.score import METHOD_REGISTRY, compute_cld
+from cld_lake.score._plan import plan_pass
 from tests.strategies import build_spec, write_lake
 
 distributed = pytest.importorskip("distributed")
@@ -115,14 +115,11 @@ def test_tasks_carry_row_ranges_in_a_bounded_window_and_results_come_in_row_orde
     from cld_lake.score._dask import compute
 
     lk = open_lake(lake)
-    train, val = lk.split("train"), lk.split("val")
-    ckpts = plan_checkpoints(train, val, None)
-    blocks = val.blocks(checkpoints=ckpts)
-    ref = cld_reference(((b.loss, b.labels) for b in blocks), lk.num_classes, checkpoints=ckpts)
+    train, plans = plan_pass(lk, [METHOD_REGISTRY["cld"]])
     with distributed.Client(scheduler, set_as_default=False) as observer:
         held, carried = [], set()  # while the client takes each result
         starts, sizes = [], []
-        for chunk in compute(train, ref, scheduler=scheduler, task_rows=256):
+        for chunk in compute(train, plans, scheduler=scheduler, task_rows=256):
             count, args = observer.run_on_scheduler(_scheduler_view)
             held.append(count)
             carried |= args

@@ -1,8 +1,8 @@
 """Engine contract and parity: every registered engine, checked the same way.
 
 The contract (:class:`cld_lake.score.EngineCompute`): the registry is the ``Engine`` literal and
-the CLI's choices; each engine's ``compute`` has the declared signature and yields chunks that
-cover every row once. Parity, run by each engine (parametrised): within 1e-9 of
+the CLI's choices; each engine's ``compute`` has the declared signature and yields scored chunks
+that cover every row once. Parity, run by each engine (parametrised): within 1e-9 of
 ``cld_reference`` on the stored values, NaN exactly where the reference has NaN, the same NaN / degenerate / fallback counts,
 identical scores at block sizes 1, an odd size and more than N; and within 1e-5 of the
 reference on the original float64 values when stored as float32.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import tempfile
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -24,9 +24,11 @@ from cld_lake._types import Engine, Fallback, choices
 from cld_lake.errors import ScoringError
 from cld_lake.lake import parse_window
 from cld_lake.lake.store import Split
-from cld_lake.score import ENGINES, METHODS, compute_cld
+from cld_lake.score import ENGINES, METHOD_REGISTRY, METHODS, compute_cld
 from cld_lake.score._engines import ENGINE_MODULES, load_engine
-from cld_lake.score._formula import Chunk, Reference
+from cld_lake.score._method import Plan
+from cld_lake.score._passes import ScoredChunk
+from cld_lake.score._plan import plan_pass
 from tests.cld_reference import MissingClassesError, reference_cld
 from tests.strategies import LakeSpec, build_spec, lake_specs, write_lake
 
@@ -64,29 +66,26 @@ def test_engine_signature_meets_the_protocol(engine: str) -> None:
             p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty
         ), p.name
     hints = typing.get_type_hints(compute)
-    assert hints[params[0].name] is Split and hints[params[1].name] is Reference
-    assert hints["return"] == Iterator[Chunk]
+    assert hints[params[0].name] is Split and hints[params[1].name] == Sequence[Plan]
+    assert hints["return"] == Iterator[ScoredChunk]
 
 
 def test_engine_chunks_cover_every_row_once(engine: str, tmp_path) -> None:
     spec = build_spec(seed=4, n_train=150, n_val=30, n_checkpoints=5, n_classes=3)
     lake = write_lake(tmp_path / "lake", spec, row_chunk=32)
-    train, val = lake.split("train"), lake.split("val")
-    from cld_lake.score import cld_reference
-
-    ckpts = spec.common_checkpoints
-    reference = cld_reference(
-        ((b.loss, b.labels) for b in val.blocks(checkpoints=ckpts)), 3, checkpoints=ckpts
-    )
+    train, plans = plan_pass(lake, [METHOD_REGISTRY["cld"]])
+    assert plans[0].reference is not None
+    assert plans[0].reference.checkpoints.tolist() == spec.common_checkpoints.tolist()
     done: list[int] = []
     seen = np.zeros(train.num_samples, dtype=np.int64)
-    for chunk in load_engine(engine)(train, reference, block_rows=50, progress=done.append):
-        assert isinstance(chunk, Chunk)
+    for chunk in load_engine(engine)(train, plans, block_rows=50, progress=done.append):
+        assert isinstance(chunk, ScoredChunk)
         rows = np.arange(train.num_samples)[chunk.rows]
         np.add.at(seen, rows, 1)
         np.testing.assert_array_equal(chunk.labels, train.labels[rows])
-        for values in (chunk.sums.a, chunk.sums.b, chunk.sums.q):
-            assert values.dtype == np.float64 and values.shape == rows.shape
+        values = chunk.scores["cld"]
+        assert values.dtype == np.float64 and values.shape == rows.shape
+        assert chunk.counts["cld"]["nan"] == int(np.isnan(values).sum())
     assert (seen == 1).all() and sum(done) == train.num_samples
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cld_lake.score._formula import row_sums
+from cld_lake.score._kernel import row_sums
 
 
 @settings(max_examples=60, deadline=None)
@@ -45,8 +45,14 @@ def test_fused_kernel_checks_shapes_and_labels_before_running_unchecked_code():
 
 
 def test_the_compiled_kernel_is_built_in_this_install():
-    from cld_lake.score._formula import _fused_kernel
+    from cld_lake.score._kernel import _fused_kernel
 
     assert _fused_kernel() is not None, (
         "cld_lake/score/_ckernel.c was not compiled: is gcc installed?"
     )
+
+
+def test_the_public_kernel_name_is_the_kernel_that_runs():
+    from cld_lake.score import kernel_name  # what `cld-lake env` reports
+
+    assert kernel_name() == "fused"

@@ -17,7 +17,7 @@ import pytest
 from cld_lake.lake import Lake, open_lake
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import cld_reference, compute_cld
-from cld_lake.score._polars import compute
+from cld_lake.score._polars import sums
 from tests._memory import run_child
 from tests.strategies import build_spec, write_lake
 
@@ -32,7 +32,7 @@ def test_polars_reads_no_block_ahead_of_the_sums_it_handed_back(tmp_path):
     )
     handed_out: list[int] = []  # rows of each block whose batches all went to Polars
     taken, ahead, sizes = 0, [], []
-    for chunk in compute(train, ref, progress=handed_out.append, batch_rows=100):
+    for chunk in sums(train, ref, progress=handed_out.append, batch_rows=100):
         time.sleep(0.002)  # a consumer slower than the engine
         sizes.append(len(chunk.labels))
         taken += len(chunk.labels)
@@ -46,7 +46,7 @@ import json, resource, sys, time
 import numpy as np
 from cld_lake.lake import open_lake
 from cld_lake.score import cld_reference
-from cld_lake.score._polars import compute
+from cld_lake.score._polars import sums
 
 def current_rss():
     with open("/proc/self/statm") as f:
@@ -56,7 +56,7 @@ def score(path, seconds_per_row):
     lake = open_lake(path)
     train, val = lake.split("train"), lake.split("val")
     ref = cld_reference(((b.loss, b.labels) for b in val.blocks()), lake.num_classes)
-    for chunk in compute(train, ref):  # a scorer slower than the engine (a loaded machine)
+    for chunk in sums(train, ref):  # a scorer slower than the engine (a loaded machine)
         time.sleep(len(chunk.labels) * seconds_per_row)
 
 score(sys.argv[2], 0)  # imports and caches everything on a tiny lake first

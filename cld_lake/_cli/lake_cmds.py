@@ -287,11 +287,10 @@ def env_cmd():
         except metadata.PackageNotFoundError:
             version = "not installed"
         click.echo(f"{package} {version}")
-    from cld_lake.score._formula import _fused_kernel
+    from cld_lake.score import kernel_name
 
-    click.echo(
-        f"CLD kernel: {'compiled C (fused)' if _fused_kernel() else 'NumPy (no compiled kernel)'}"
-    )
+    fused = kernel_name() == "fused"
+    click.echo(f"CLD kernel: {'compiled C (fused)' if fused else 'NumPy (no compiled kernel)'}")
 
 
 COMMANDS = [import_cmd, info_cmd, verify_cmd, compact_cmd, env_cmd]

@@ -1,11 +1,10 @@
-"""The Dask engine: the NumPy kernel mapped over row ranges on a ``distributed`` cluster.
+"""The Dask engine: the numpy engine's pass mapped over row ranges on a ``distributed`` cluster.
 
 A task carries where the rows are, never the rows: the lake's location (an absolute path the
-workers share, or an object-store URL), the run and split and a row range. CLD's per-class
-reference table (C x K floats; for ``compute_methods`` the plans) is sent once, as a task the
-row tasks depend on. Each worker opens the lake itself and runs the numpy engine's kernel over
-its range; only the three sums per row travel back (for the other methods: every method's final
-scores).
+workers share, or an object-store URL), the run and split and a row range. The plans (with
+CLD's per-class reference table, C x K floats) are sent once, as a task the row tasks depend
+on. Each worker opens the lake itself and runs the numpy engine's pass over its range; only
+every method's final scores per row travel back.
 
 The client stays in bounded memory, whatever N: a task covers at most :data:`MAX_TASK_ROWS`
 rows, at most :data:`IN_FLIGHT_PER_THREAD` tasks per worker thread are submitted at a time, and
@@ -33,14 +32,12 @@ from cld_lake._dask import shared as _shared
 from cld_lake._dask import thread_count as _threads
 from cld_lake.errors import NotALakeError, ScoringError
 from cld_lake.lake.store import Lake, Split
-from cld_lake.score._formula import Chunk, Progress, Reference, Sums, sums_over_blocks
 from cld_lake.score._method import Plan
-from cld_lake.score._passes import ScoredChunk, merge_counts, score_blocks
+from cld_lake.score._passes import Progress, ScoredChunk, merge_counts, score_blocks
 
 TASKS_PER_WORKER = 4
-# Rows per task at most: one result (labels and three float64 sums, 32 bytes a row) is 8 MiB.
-# Measured at 10M x 50: client peak RSS 191-199 MiB with 256K-row tasks, 285 MiB with 1M-row
-# tasks (the result, its copy on arrival and the scorer's temporaries), at the same speed.
+# Rows per task at most: one result (labels and a float64 score per method) stays a few MiB, so
+# the client's memory is bounded (docs/scores.md has the measured client RSS per task size).
 MAX_TASK_ROWS = 1 << 18
 
 
@@ -73,19 +70,7 @@ def row_ranges(
     return [(a, min(a + step, num_rows)) for a in range(0, num_rows, step)]
 
 
-def _task(where: RowRange, reference: Reference) -> tuple[np.ndarray, Sums]:
-    """Labels and row sums of a row range, on a worker."""
-    split = where.open()
-    chunks = list(
-        sums_over_blocks(
-            split, reference, block_rows=where.block_rows, start=where.start, stop=where.stop
-        )
-    )
-    joined = [np.concatenate([getattr(c.sums, x) for c in chunks]) for x in ("a", "b", "q")]
-    return np.concatenate([c.labels for c in chunks]), Sums(*joined)
-
-
-def _methods_task(
+def _task(
     where: RowRange, plans: Sequence[Plan]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict[str, int]]]:
     """Labels and every plan's scores of a row range, on a worker."""
@@ -144,29 +129,6 @@ def _submitter(task: Callable[[RowRange, Any], Any], where: RowRange, common: An
 
 def compute(
     split: Split,
-    reference: Reference,
-    *,
-    block_rows: int | None = None,
-    progress: Progress | None = None,
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    task_rows: int = MAX_TASK_ROWS,
-) -> Iterator[Chunk]:
-    """The three sums for every row of ``split``, computed by Dask workers, in row order.
-
-    ``scheduler``: the address of a running scheduler (else the active client, else a
-    LocalCluster of ``n_workers`` processes). ``task_rows``: rows per task at most (rounded up
-    to whole blocks), which bounds what one result holds in the client.
-    """
-    options = {"scheduler": scheduler, "n_workers": n_workers, "task_rows": task_rows}
-    for where, (labels, sums) in _on_cluster(split, block_rows, options, _task, reference):
-        yield Chunk(slice(where.start, where.stop), labels, sums)
-        if progress is not None:
-            progress(where.stop - where.start)
-
-
-def compute_methods(
-    split: Split,
     plans: Sequence[Plan],
     *,
     block_rows: int | None = None,
@@ -176,9 +138,14 @@ def compute_methods(
     task_rows: int = MAX_TASK_ROWS,
 ) -> Iterator[ScoredChunk]:
     """Every planned method's scores for every row of ``split``, computed by Dask workers, in
-    row order; options as :func:`compute`."""
+    row order.
+
+    ``scheduler``: the address of a running scheduler (else the active client, else a
+    LocalCluster of ``n_workers`` processes). ``task_rows``: rows per task at most (rounded up
+    to whole blocks), which bounds what one result holds in the client.
+    """
     options = {"scheduler": scheduler, "n_workers": n_workers, "task_rows": task_rows}
-    for where, result in _on_cluster(split, block_rows, options, _methods_task, list(plans)):
+    for where, result in _on_cluster(split, block_rows, options, _task, list(plans)):
         labels, scores, counts = result
         yield ScoredChunk(slice(where.start, where.stop), labels, scores, counts)
         if progress is not None:

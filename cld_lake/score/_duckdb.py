@@ -1,10 +1,10 @@
-"""The DuckDB engine: the three sums in SQL over wide rows streamed as Arrow batches.
+"""The DuckDB engine: CLD's three sums in SQL over wide rows streamed as Arrow batches.
 
 DuckDB pulls ``(r, label, l0..l{K-1})`` batches from the lake's block iterator through an Arrow
 C stream (nothing is exported or materialised), joins the small per-class table
 ``(label, u0..u{n-1})`` and computes, per row, the sufficient statistics in wide form
 (``sum e_t u'_t``, ``sum e_t``, ``sum e_t^2``) with no GROUP BY. Results stream back in batches
-(with ``r``) and are finalised as they arrive. ``memory_limit``, ``temp_directory`` and
+(with ``r``) and are finalised as they arrive, by CLD's own last stage (``Method.from_sums``). ``memory_limit``, ``temp_directory`` and
 ``threads`` are set explicitly.
 
 The stream is registered as a scan source that declares its row count: without it DuckDB
@@ -24,7 +24,9 @@ import numpy as np
 
 from cld_lake import _duckdb
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Chunk, Progress, Reference, Sums
+from cld_lake.score._formula import Reference, Sums
+from cld_lake.score._method import Plan
+from cld_lake.score._passes import Progress, ScoredChunk, SumsChunk, finalised
 from cld_lake.score._wide import BATCH_ROWS, arrow_schema, record_batches, reference_table
 
 RESULT_BATCH_ROWS = 1 << 16
@@ -81,6 +83,31 @@ def sums_sql(k: int, source: str = "trajectories", ref: str = "reference") -> st
 
 def compute(
     split: Split,
+    plans: Sequence[Plan],
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    memory_limit: str = MEMORY_LIMIT,
+    threads: int | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[ScoredChunk]:
+    """CLD for every row of ``split``: :func:`sums` finished by the one formula."""
+    return finalised(
+        plans,
+        lambda reference: sums(
+            split,
+            reference,
+            block_rows=block_rows,
+            progress=progress,
+            memory_limit=memory_limit,
+            threads=threads,
+            batch_rows=batch_rows,
+        ),
+    )
+
+
+def sums(
+    split: Split,
     reference: Reference,
     *,
     block_rows: int | None = None,
@@ -88,7 +115,7 @@ def compute(
     memory_limit: str = MEMORY_LIMIT,
     threads: int | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[Chunk]:
+) -> Iterator[SumsChunk]:
     """The three sums for every row of ``split`` computed by DuckDB.
 
     ``threads`` defaults to the CPU count, at most 4; ``batch_rows`` is the size of the Arrow
@@ -112,7 +139,7 @@ def compute(
             rows, labels, a, b, q = (
                 batch.column(i).to_numpy(zero_copy_only=False) for i in range(5)
             )
-            yield Chunk(rows, labels, Sums(*(np.asarray(x, np.float64) for x in (a, b, q))))
+            yield SumsChunk(rows, labels, Sums(*(np.asarray(x, np.float64) for x in (a, b, q))))
     finally:
         con.close()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,16 +1,17 @@
-"""The engine contracts and the one registry of engines (the CLI's ``--engine`` choices).
+"""The engine contract and the one registry of engines (the CLI's ``--engine`` choices).
 
-An engine streams the training rows of a split through the formula and yields
-:class:`~cld_lake.score._formula.Chunk` objects: the three sums of some rows (a slice or row
-positions) with their labels. It never finalises: :func:`cld_lake.score.compute_cld` does, once,
-for every engine. A new engine is a module with a ``compute`` function meeting
-:class:`EngineCompute` plus one line in :data:`ENGINE_MODULES` (and its name in
-``cld_lake._types.Engine``).
+An engine streams the training rows of a split through the planned methods and yields
+:class:`~cld_lake.score._passes.ScoredChunk` objects: every method's final scores for some rows
+(a slice or row positions) with their labels and counters. It never stores: the orchestrator
+(:mod:`cld_lake.score._orchestrate`) writes each chunk into the score columns as it arrives.
 
-Methods other than CLD (and several methods in one pass) run through a second contract,
-:class:`MethodsCompute`: ``compute_methods(train, plans, ...)`` yields
-:class:`~cld_lake.score._passes.ScoredChunk` objects, every planned method's final scores for
-some rows. The engines that have it are :data:`METHOD_ENGINES`.
+``numpy`` and ``dask`` run the methods' own row maths (:func:`~cld_lake.score._passes.score_blocks`)
+and so every method, in any combination. ``duckdb`` and ``polars`` compute CLD's three row sums
+in SQL / Polars expressions, the stage they are good at, and finish them through the method's
+``from_sums`` (:func:`~cld_lake.score._passes.finalised`): they run ``cld``.
+
+A new engine is a module with a ``compute`` function meeting :class:`EngineCompute`, one line in
+:data:`ENGINE_MODULES` and :data:`ENGINE_METHODS`, and its name in ``cld_lake._types.Engine``.
 """
 
 from __future__ import annotations
@@ -23,39 +24,20 @@ from typing import TYPE_CHECKING, Protocol, cast
 from cld_lake._types import Engine
 from cld_lake.errors import ScoringError
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Chunk, Progress, Reference
 from cld_lake.score._method import Plan
-from cld_lake.score._passes import ScoredChunk
+from cld_lake.score._passes import Progress, ScoredChunk
 
 
 class EngineCompute(Protocol):
-    """``compute(train, reference, *, block_rows=None, progress=None, **options)``.
+    """``compute(train, plans, *, block_rows=None, progress=None, **options)``.
 
-    ``train`` is the split to score and ``reference`` the per-class table; ``block_rows`` the
-    rows per block read from the lake (None: one stored chunk) and ``progress`` a callback told
-    the number of rows of each block done. Engine options (``threads``, ``memory_limit``, ...)
-    are further keyword-only parameters, each with a default; ``compute_cld`` passes its
+    ``train`` is the split to score and ``plans`` the methods of one pass (each with its
+    columns, parameters and, for CLD, its reference table); ``block_rows`` the rows per block
+    read from the lake (None: one stored chunk) and ``progress`` a callback told the number of
+    rows of each block done. Engine options (``threads``, ``memory_limit``, ``scheduler``, ...)
+    are further keyword-only parameters, each with a default; the orchestrator passes
     ``engine_options`` through. Every row of ``train`` must appear in exactly one chunk, in any
-    order.
-    """
-
-    def __call__(
-        self,
-        train: Split,
-        reference: Reference,
-        /,
-        *,
-        block_rows: int | None = None,
-        progress: Progress | None = None,
-    ) -> Iterator[Chunk]: ...
-
-
-class MethodsCompute(Protocol):
-    """``compute_methods(train, plans, *, block_rows=None, progress=None, **options)``.
-
-    ``plans`` are the methods of one pass (each with its columns, parameters and, for CLD, its
-    reference table). Every row of ``train`` must appear in exactly one chunk, in any order;
-    a chunk holds every plan's scores for its rows.
+    order; a chunk holds every plan's scores for its rows.
     """
 
     def __call__(
@@ -79,29 +61,26 @@ ENGINE_MODULES: Mapping[Engine, str] = MappingProxyType(
     }
 )
 ENGINES: tuple[Engine, ...] = tuple(ENGINE_MODULES)
-# Engines that run every method (their module also has ``compute_methods``); the others run CLD.
-METHOD_ENGINES: tuple[Engine, ...] = ("numpy", "dask")
+# The methods each engine runs: None for every method, in any combination.
+ENGINE_METHODS: Mapping[Engine, tuple[str, ...] | None] = MappingProxyType(
+    {"numpy": None, "duckdb": ("cld",), "polars": ("cld",), "dask": None}
+)
+# Engines that run every method.
+METHOD_ENGINES: tuple[Engine, ...] = tuple(e for e in ENGINES if ENGINE_METHODS[e] is None)
 
 
-def load_engine(name: str) -> EngineCompute:
-    """The ``compute`` function of engine ``name``."""
+def load_engine(name: str, methods: Sequence[str] = ("cld",)) -> EngineCompute:
+    """The ``compute`` function of engine ``name``, which must run ``methods`` (names)."""
     if name not in ENGINE_MODULES:
         raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
-    module = import_module(ENGINE_MODULES[cast(Engine, name)])
-    return cast(EngineCompute, module.compute)
-
-
-def load_methods_engine(name: str, methods: Sequence[str]) -> MethodsCompute:
-    """The ``compute_methods`` function of engine ``name``, which must run ``methods``."""
-    if name not in ENGINE_MODULES:
-        raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
-    if name not in METHOD_ENGINES:
+    engine = cast(Engine, name)
+    runs = ENGINE_METHODS[engine]
+    if runs is not None and not set(methods) <= set(runs):
         raise ScoringError(
-            f"--engine {name} runs --method cld alone; for --method {','.join(methods)} use "
-            f"--engine {' or '.join(METHOD_ENGINES)}"
+            f"--engine {name} runs --method {','.join(runs)} alone; for --method "
+            f"{','.join(methods)} use --engine {' or '.join(METHOD_ENGINES)}"
         )
-    module = import_module(ENGINE_MODULES[cast(Engine, name)])
-    return cast(MethodsCompute, module.compute_methods)
+    return cast(EngineCompute, import_module(ENGINE_MODULES[engine]).compute)
 
 
 if TYPE_CHECKING:  # a type checker proves each engine meets the contract, importing none
@@ -113,4 +92,3 @@ if TYPE_CHECKING:  # a type checker proves each engine meets the contract, impor
         _polars.compute,
         _dask.compute,
     )
-    _METHODS_CONTRACT: tuple[MethodsCompute, ...] = (_numpy.compute_methods, _dask.compute_methods)

@@ -2,10 +2,11 @@
 
 A method is defined once, as a :class:`Method`: its name, the lake channels it reads, which of
 the selected checkpoints it uses (its window rule), what a higher score means, its range, its
-source, and its per-row maths ``score(rows, plan)`` over a piece of a block. The definitions
-live in :mod:`cld_lake.score._methods` (one registry, the CLI's ``--method`` choices); engines
-stream row blocks through them (:mod:`cld_lake.score._passes`); the orchestrator
-(:func:`cld_lake.score.compute_scores`) plans, collects and stores.
+source, and its per-row maths ``score(rows, plan)`` over a piece of a block. CLD is one of
+them. The definitions live in :mod:`cld_lake.score._registry` (one registry, the CLI's
+``--method`` choices); :mod:`cld_lake.score._plan` plans a pass (each method's checkpoints and
+window, CLD's reference); engines stream row blocks through the methods
+(:mod:`cld_lake.score._passes`); :mod:`cld_lake.score._orchestrate` runs, collects and stores.
 
 Every method here scores a row from that row's values alone (CLD also from a small per-class
 validation table built once, before the pass), so a block's scores are final when the block is
@@ -27,14 +28,7 @@ import numpy as np
 
 from cld_lake._types import CLDReference, Direction, Fallback
 from cld_lake.errors import ScoringError
-from cld_lake.lake.store import Split, parse_window
-from cld_lake.score._formula import Reference
-
-# Rows of a block handed to the methods at once: keeps the float64 temporaries (one
-# (checkpoints x rows) array per derived quantity) a few MB.
-PIECE_ROWS = 8192
-# Guard for the floor in ``early_count``: 0.3 * 10 is 3.0000000000000004 in binary floating point.
-_FLOOR_EPS = 1e-9
+from cld_lake.score._formula import Reference, Sums
 
 Cols = slice | np.ndarray
 
@@ -93,6 +87,14 @@ class Method:
     needs_val : bool
         It reads the val split too (CLD's per-class reference); its checkpoints are then those
         committed in both train and val.
+    from_sums : callable, optional
+        ``from_sums(sums, labels, plan) -> Scored``: the last stage of ``score`` for a method
+        whose row maths reduce to the three sums of :class:`~cld_lake.score._formula.Sums`
+        (CLD). An engine that computes those sums in its own language (SQL, Polars
+        expressions) hands them to this stage, so the edge cases stay in one place.
+    whole_blocks : bool
+        Its row maths keep their own temporaries cache-sized (CLD's kernels), so a pass of such
+        methods alone cuts a block only into one piece per thread, not into cache-sized pieces.
     """
 
     name: str
@@ -106,6 +108,8 @@ class Method:
     uses: tuple[str, ...] = ()
     min_checkpoints: int = 1
     needs_val: bool = False
+    from_sums: Callable[[Sums, np.ndarray, Plan], Scored] | None = None
+    whole_blocks: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,11 +153,6 @@ class Plan:
         return self.params.early if self.params.early is not None else self.method.early
 
 
-def early_count(k: int, fraction: float) -> int:
-    """Checkpoints in an early window: the first ``max(1, floor(fraction * k))`` of ``k``."""
-    return max(1, min(k, math.floor(fraction * k + _FLOOR_EPS)))
-
-
 def check_params(params: Params) -> None:
     if params.early is not None and not 0.0 < params.early <= 1.0:
         raise ScoringError(
@@ -167,51 +166,6 @@ def check_params(params: Params) -> None:
         )
 
 
-def select_train_checkpoints(train: Split, window: str | slice | None) -> np.ndarray:
-    """The train split's committed checkpoints, then the window/stride over their positions."""
-    ids = train.checkpoint_ids
-    if window is None:
-        return ids
-    sel = parse_window(window) if isinstance(window, str) else window
-    if not isinstance(sel, slice):
-        raise ScoringError(f"--checkpoints {window!r}: expected START:STOP[:STEP]")
-    return ids[sel]
-
-
-def window_of(method: Method, params: Params, selected: np.ndarray) -> np.ndarray:
-    """The checkpoints ``method`` uses out of the ``selected`` ones, checked for its needs."""
-    fraction = params.early if params.early is not None else method.early
-    used = selected if method.early is None else selected[: early_count(len(selected), fraction)]
-    needed = method.min_checkpoints
-    if "window_length" in method.uses:
-        needed = max(needed, params.window_length)
-    if len(used) < needed:
-        if method.early is not None:
-            where = f"its early window (--early {fraction:g} of {len(selected)}) holds {len(used)}"
-        else:
-            where = f"{len(used)} are selected"
-        fixes = []
-        if "window_length" in method.uses and len(used) >= 2:
-            fixes.append(f"--window-length {len(used)} or less")
-        if method.early is not None:
-            fixes.append("a larger --early")
-        fixes.append("more checkpoints (record more, or widen --checkpoints)")
-        raise ScoringError(
-            f"--method {method.name} needs at least {needed} checkpoint{'s' * (needed != 1)}; "
-            f"{where}; use "
-            f"{' or '.join(fixes)}"
-        )
-    return used
-
-
-def as_cols(positions: np.ndarray) -> Cols:
-    """Column positions as a slice when they are consecutive (a view, no copy)."""
-    positions = np.asarray(positions, dtype=np.int64)
-    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
-        return slice(int(positions[0]), int(positions[-1]) + 1)
-    return positions
-
-
 def _key(channel: str, cols: Cols) -> tuple[Any, ...]:
     if isinstance(cols, slice):
         return (channel, cols.start, cols.stop, cols.step)
@@ -219,8 +173,8 @@ def _key(channel: str, cols: Cols) -> tuple[Any, ...]:
 
 
 class Rows:
-    """A piece of a block (at most :data:`PIECE_ROWS` rows) and the derived arrays methods
-    share, computed once per piece whatever the number of methods in the pass.
+    """A piece of a block (at most :data:`~cld_lake.score._passes.PIECE_ROWS` rows) and the
+    derived arrays methods share, computed once per piece whatever the number of methods.
 
     Derived arrays are float64 and checkpoint-major: shape ``(k, m)`` for ``k`` columns and
     ``m`` rows, so every reduction over checkpoints is a sequence of element-wise operations

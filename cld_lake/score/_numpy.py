@@ -1,4 +1,5 @@
-"""The default engine: the NumPy kernel over the lake's row blocks (float64 accumulation).
+"""The default engine: every method's row maths over the lake's row blocks (float64), CLD's
+three sums in the fused C kernel.
 
 The block iterator reads the next block in a background thread while this one computes, so
 reading and arithmetic overlap; memory is one block plus a few cache-sized temporaries.
@@ -10,28 +11,11 @@ import os
 from collections.abc import Iterator, Sequence
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Chunk, Progress, Reference, sums_over_blocks
 from cld_lake.score._method import Plan
-from cld_lake.score._passes import ScoredChunk, score_blocks
+from cld_lake.score._passes import Progress, ScoredChunk, score_blocks
 
 
 def compute(
-    split: Split,
-    reference: Reference,
-    *,
-    block_rows: int | None = None,
-    progress: Progress | None = None,
-    threads: int | None = None,
-) -> Iterator[Chunk]:
-    """Chunks of the three sums for every row of ``split``, block by block, on ``threads`` threads
-    (default: the CPU count, at most 4)."""
-    threads = threads or min(os.cpu_count() or 1, 4)
-    yield from sums_over_blocks(
-        split, reference, block_rows=block_rows, progress=progress, threads=threads
-    )
-
-
-def compute_methods(
     split: Split,
     plans: Sequence[Plan],
     *,

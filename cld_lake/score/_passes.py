@@ -1,33 +1,56 @@
 """One pass over the train split's row blocks, scoring every planned method on each block.
 
-The numpy engine runs :func:`score_blocks` over the whole split, the dask engine over a row
-range per task. A block is read once (the union of the methods' channels and checkpoints),
-cut into pieces of :data:`~cld_lake.score._method.PIECE_ROWS` rows whose derived arrays the
-methods share (:class:`~cld_lake.score._method.Rows`), and each method's scores for the block
-are final when it is done: memory is one block, never the N x T matrix.
+What every engine yields is a :class:`ScoredChunk`: every planned method's final scores for
+some rows. The numpy engine runs :func:`score_blocks` over the whole split, the dask engine over
+a row range per task. A block is read once (the union of the methods' channels and
+checkpoints), cut into pieces of :data:`PIECE_ROWS` rows whose derived arrays the methods share
+(:class:`~cld_lake.score._method.Rows`), and each method's scores for the block are final when
+it is done: memory is one block, never the N x T matrix.
+
+The DuckDB and Polars engines compute CLD's three row sums in their own language and yield
+:class:`SumsChunk` objects; :func:`finalised` turns them into scored chunks through the
+method's own last stage (``Method.from_sums``), so the edge cases are decided in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Progress, _run_pieces
-from cld_lake.score._method import PIECE_ROWS, Plan, Rows
+from cld_lake.score._formula import Reference, Sums
+from cld_lake.score._kernel import run_pieces
+from cld_lake.score._method import Plan, Rows, Scored
+
+# Rows of a block handed to the methods at once: keeps the float64 temporaries (one
+# (checkpoints x rows) array per derived quantity) a few MB.
+PIECE_ROWS = 8192
+
+Progress = Callable[[int], None]
 
 
 @dataclass
 class ScoredChunk:
-    """What a methods engine yields: every planned method's scores for some consecutive rows,
-    and the counters each method keeps (``nan`` and the method's own)."""
+    """What an engine yields: every planned method's scores for some rows (a slice, or row
+    positions in any order), their labels, and the counters each method keeps (``nan`` and
+    the method's own)."""
 
-    rows: slice
+    rows: slice | np.ndarray
     labels: np.ndarray
     scores: dict[str, np.ndarray]
     counts: dict[str, dict[str, int]]
+
+
+@dataclass
+class SumsChunk:
+    """CLD's three sums of some rows (a slice or row positions) and their labels: what the
+    DuckDB and Polars engines compute before :func:`finalised`."""
+
+    rows: slice | np.ndarray
+    labels: np.ndarray
+    sums: Sums
 
 
 def read_needs(plans: Sequence[Plan]) -> tuple[np.ndarray, list[str]]:
@@ -37,17 +60,26 @@ def read_needs(plans: Sequence[Plan]) -> tuple[np.ndarray, list[str]]:
     return ids.astype(np.int64), channels
 
 
+def _counted(scored: Scored) -> dict[str, int]:
+    """A method's counters for some rows: ``nan`` (rows without a score) and its own."""
+    return {"nan": int(np.isnan(scored.scores).sum()), **scored.counts}
+
+
 def score_values(
     values: Mapping[str, np.ndarray],
     labels: np.ndarray,
     plans: Sequence[Plan],
     threads: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
-    """Every plan's scores for one block of rows (values ``(m, T)`` per channel)."""
+    """Every plan's scores for one block of rows (values ``(m, T)`` per channel), in pieces
+    of :data:`PIECE_ROWS` rows (one per thread when every method takes whole blocks)."""
     n = len(labels)
     scores = {p.name: np.empty(n, dtype=np.float64) for p in plans}
     piece_counts: list[dict[str, dict[str, int]]] = []
-    pieces = [(a, min(a + PIECE_ROWS, n)) for a in range(0, n, PIECE_ROWS)]
+    step = PIECE_ROWS
+    if all(p.method.whole_blocks for p in plans):
+        step = max(1, -(-n // max(threads, 1)))
+    pieces = [(a, min(a + step, n)) for a in range(0, n, step)]
 
     def run(piece: tuple[int, int]) -> None:
         a, b = piece
@@ -56,10 +88,10 @@ def score_values(
         for plan in plans:
             scored = plan.method.score(rows, plan)
             scores[plan.name][a:b] = scored.scores
-            counts[plan.name] = {"nan": int(np.isnan(scored.scores).sum()), **scored.counts}
+            counts[plan.name] = _counted(scored)
         piece_counts.append(counts)  # list.append is atomic under the GIL
 
-    _run_pieces(run, pieces, threads)
+    run_pieces(run, pieces, threads)
     return scores, merge_counts(piece_counts, [p.name for p in plans])
 
 
@@ -96,3 +128,19 @@ def score_blocks(
         )
         if progress is not None:
             progress(len(block))
+
+
+def finalised(
+    plans: Sequence[Plan], sums: Callable[[Reference], Iterator[SumsChunk]]
+) -> Iterator[ScoredChunk]:
+    """The pass of an engine that computes the three sums itself: ``sums(reference)`` streams
+    them for the one planned method (CLD), each chunk finished by ``Method.from_sums``."""
+    [plan] = plans  # the engine registry lets these engines run their one method alone
+    finish, reference = plan.method.from_sums, plan.reference
+    if finish is None or reference is None:
+        raise RuntimeError(f"--method {plan.method.name} has no sums stage for this engine")
+    for chunk in sums(reference):
+        scored = finish(chunk.sums, chunk.labels, plan)
+        yield ScoredChunk(
+            chunk.rows, chunk.labels, {plan.name: scored.scores}, {plan.name: _counted(scored)}
+        )

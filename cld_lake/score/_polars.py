@@ -1,4 +1,5 @@
-"""The Polars engine: one Polars plan run on each wide batch of the block iterator.
+"""The Polars engine: CLD's three sums by one Polars plan run on each wide batch of the block
+iterator, finished by CLD's own last stage (``Method.from_sums``).
 
 Each batch of the lake's row blocks (``r, label, l0..l{K-1}``, at most ``batch_rows`` rows)
 becomes a DataFrame; the plan joins the per-class table ``(label, u0..)`` and computes the three
@@ -7,29 +8,28 @@ before the next batch is read.
 
 Why one plan per batch rather than one streaming query over a source of every batch: the
 streaming engine pulls its source ahead of a slower consumer (the scorer writing scores out),
-so the frames it held grew with the split (measured with a consumer taking 0.1 s per result
-batch: 652 MiB at 1.28M x 90, 742 MiB at 10M x 90, against 381 MiB when it kept up). Here
+so the frames it held grew with the split (``docs/scores.md`` has the measurements). Here
 memory is one batch of K columns and its float64 stages, whatever N and however slow the
 consumer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Chunk, Progress, Reference, Sums
+from cld_lake.score._formula import Reference, Sums
+from cld_lake.score._method import Plan
+from cld_lake.score._passes import Progress, ScoredChunk, SumsChunk, finalised
 from cld_lake.score._wide import loss_columns, reference_table, u_columns, wide_batches
 
 if TYPE_CHECKING:
     import polars as pl
 
-# Rows per batch: each plan costs ~15 ms to start at K = 90 (its ~600 expressions), so small
-# batches pay it often. Measured (CPU s / peak MiB, the old single streaming query in brackets):
-# 1.28M x 90 f32: 16K 3.5/350, 32K 3.0/364, 64K 2.6/461 (2.7/365); 10M x 50 f16: 16K 12.1/238,
-# 32K 11.2/264, 64K 10.5/332 (9.7/327).
+# Rows per batch: each plan has a start-up cost (hundreds of expressions at K = 90), so small
+# batches pay it often, large ones hold more; docs/scores.md has the measured trade-off.
 BATCH_ROWS = 1 << 15
 
 
@@ -63,12 +63,29 @@ def sums_plan(lazy: pl.LazyFrame, reference: pl.LazyFrame, k: int) -> pl.LazyFra
 
 def compute(
     split: Split,
+    plans: Sequence[Plan],
+    *,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[ScoredChunk]:
+    """CLD for every row of ``split``: :func:`sums` finished by the one formula."""
+    return finalised(
+        plans,
+        lambda reference: sums(
+            split, reference, block_rows=block_rows, progress=progress, batch_rows=batch_rows
+        ),
+    )
+
+
+def sums(
+    split: Split,
     reference: Reference,
     *,
     block_rows: int | None = None,
     progress: Progress | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> Iterator[Chunk]:
+) -> Iterator[SumsChunk]:
     """Chunks of the three sums for every row of ``split``, one per batch of at most
     ``batch_rows`` rows (the lake is still read in ``block_rows`` blocks)."""
     import polars as pl
@@ -79,7 +96,7 @@ def compute(
     schema = {"r": pl.Int64, "label": pl.Int64, **{c: float_type for c in names}}
     ref = pl.from_arrow(reference_table(reference)).lazy()
     # The plan is already staged (each column computed once): optimising it again for every
-    # batch cost 15% of the CPU time (measured at K = 90, 16K rows), for nothing.
+    # batch costs CPU time for nothing.
     plain = pl.QueryOptFlags.none()
     for rows, labels, columns in wide_batches(split, reference, block_rows, progress, batch_rows):
         data = {"r": rows, "label": labels, **dict(zip(names, columns, strict=True))}
@@ -87,5 +104,5 @@ def compute(
         out = sums_plan(frame.lazy(), ref, k).collect(engine="in-memory", optimizations=plain)
         if out.height != len(rows):  # every label has a row in the per-class table
             raise RuntimeError(f"polars returned {out.height} of {len(rows)} rows of a batch")
-        sums = Sums(*(out[c].to_numpy() for c in ("a", "b", "q")))
-        yield Chunk(out["r"].to_numpy(), out["label"].to_numpy(), sums)
+        batch_sums = Sums(*(out[c].to_numpy() for c in ("a", "b", "q")))
+        yield SumsChunk(out["r"].to_numpy(), out["label"].to_numpy(), batch_sums)

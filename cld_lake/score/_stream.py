@@ -7,9 +7,9 @@ the rows were cut):
 2. :class:`CLDAccumulator` scores training rows block by block against it; memory is one block
    plus the kept scores (8 bytes per row).
 
-Both run the package's one formula (:mod:`cld_lake.score._formula`), the same code the lake
-orchestrator :func:`cld_lake.score.compute_cld` runs, so every edge case is decided the same
-way. See ``docs/scores.md``.
+Both run the package's one formula (:mod:`cld_lake.score._formula`), the same code the ``cld``
+method of the lake's passes runs (:func:`cld_lake.score.compute_cld`), so every edge case is
+decided the same way. See ``docs/scores.md``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from cld_lake.score._formula import (
     check_usable,
     finalise,
     reference_from_sums,
-    row_sums,
 )
+from cld_lake.score._kernel import row_sums
 
 FLOATS = (np.float16, np.float32, np.float64)
 

@@ -3,7 +3,7 @@
 A batch holds ``r`` (row position in the split), ``label`` and one column per selected
 checkpoint ``l0 .. l{K-1}`` in the stored float dtype (float16 widened to float32; exact).
 Both engines compute ``e_t = (l_{t+1} - l_t) - (l_1 - l_0)`` in float64 from these columns, the
-same operations in the same order as :func:`cld_lake.score._formula.row_sums`.
+same operations in the same order as :func:`cld_lake.score._kernel.row_sums`.
 
 The lake is read in its own blocks (``block_rows``, default one stored chunk), but each block is
 handed to the engine in slices of at most ``batch_rows`` rows: the engines' working memory
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from cld_lake.lake.store import Split
-from cld_lake.score._formula import Progress, Reference
+from cld_lake.score._formula import Reference
+from cld_lake.score._passes import Progress
 
-# Rows per batch handed to an engine (measured: 16K rows keeps DuckDB and Polars near their
-# fastest, with working memory a few tens of MB).
+# Rows per batch handed to an engine: DuckDB and Polars near their fastest, with working
+# memory a few tens of MB (docs/scores.md).
 BATCH_ROWS = 1 << 14
 
 

@@ -12,15 +12,15 @@ and always defined.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
 
-from cld_lake._types import Method as MethodName
-from cld_lake._types import choices
+from cld_lake._types import MethodName, choices
 from cld_lake.errors import ScoringError
-from cld_lake.score._formula import Sums, check_usable, finalise, row_sums
+from cld_lake.score._formula import Reference, Sums, check_usable, finalise
+from cld_lake.score._kernel import row_sums
 from cld_lake.score._method import (
     Method,
     Plan,
@@ -88,13 +88,22 @@ def _dual(rows: Rows, plan: Plan) -> Scored:
 
 
 def _cld(rows: Rows, plan: Plan) -> Scored:
-    reference = plan.reference
-    if reference is None:  # the orchestrator builds it before the pass
-        raise RuntimeError("cld planned without its validation reference")
-    check_usable(reference, rows.labels)
-    a, b, q = row_sums(rows.raw("loss", plan.cols), rows.labels, reference.u)
-    scores, counts = finalise(Sums(a, b, q), rows.labels, reference)
+    a, b, q = row_sums(rows.raw("loss", plan.cols), rows.labels, _reference(plan).u)
+    return _cld_from_sums(Sums(a, b, q), rows.labels, plan)
+
+
+def _cld_from_sums(sums: Sums, labels: np.ndarray, plan: Plan) -> Scored:
+    """CLD from the three sums of its rows: the one finalisation (its edge cases, its counts)."""
+    reference = _reference(plan)
+    check_usable(reference, labels)
+    scores, counts = finalise(sums, labels, reference)
     return Scored(scores, {"degenerate": counts.degenerate, "fallback": counts.fallback})
+
+
+def _reference(plan: Plan) -> Reference:
+    if plan.reference is None:  # the planner builds it before the pass
+        raise RuntimeError("cld planned without its validation reference")
+    return plan.reference
 
 
 def _fixed(low: float | None, high: float | None):  # noqa: ANN202
@@ -114,6 +123,8 @@ _DEFINITIONS = (
         uses=("reference", "fallback"),
         min_checkpoints=3,
         needs_val=True,
+        from_sums=_cld_from_sums,
+        whole_blocks=True,
     ),
     Method(
         name="mean_loss",
@@ -238,7 +249,7 @@ CHANNEL_FIX = {
 }
 
 if METHODS != choices(MethodName):  # pragma: no cover - a registry edit without the Literal
-    raise ImportError("cld_lake.score._methods: METHODS and cld_lake._types.Method differ")
+    raise ImportError("cld_lake.score._registry: METHODS and cld_lake._types.MethodName differ")
 
 
 def get_method(name: str) -> Method:
@@ -247,17 +258,27 @@ def get_method(name: str) -> Method:
     return METHOD_REGISTRY[name]
 
 
-def parse_methods(methods: str | tuple[str, ...] | list[str]) -> tuple[Method, ...]:
+def split_names(names: str | Sequence[str]) -> list[str]:
+    """``"a,b"`` (spaces around each name dropped) or a sequence of names, as a list."""
+    return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+
+
+def repeated(names: Sequence[str]) -> list[str]:
+    """The names given more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
+def parse_methods(methods: str | Sequence[str]) -> tuple[Method, ...]:
     """``"a,b"`` or ``["a", "b"]`` as Method objects; unknown or repeated names refused."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = split_names(methods)
     if not names or any(not n for n in names):
         raise ScoringError(
             f"--method {methods!r}: give one method or several separated by commas, e.g. "
             "--method aum,forgetting"
         )
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ScoringError(f"--method {methods!r}: {', '.join(repeated)} given twice")
+    twice = repeated(names)
+    if twice:
+        raise ScoringError(f"--method {methods!r}: {', '.join(twice)} given twice")
     return tuple(get_method(n) for n in names)
 
 
@@ -271,4 +292,12 @@ def missing_channel(method: Method, present: Mapping[str, str], lake_path: objec
             )
 
 
-__all__ = ["METHODS", "METHOD_REGISTRY", "get_method", "missing_channel", "parse_methods"]
+__all__ = [
+    "METHODS",
+    "METHOD_REGISTRY",
+    "get_method",
+    "missing_channel",
+    "parse_methods",
+    "repeated",
+    "split_names",
+]

@@ -1,0 +1,181 @@
+"""Planning a pass: which checkpoints each method uses, the columns of one shared read, and
+CLD's validation reference, all decided (and every window checked) before a row is scored.
+
+``--checkpoints START:STOP[:STEP]`` selects over the positions of the checkpoints committed in
+the train split (for a method that reads the val split too, CLD: committed in both); an
+early-window method then keeps the first ``max(1, floor(early * K))`` of the K selected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from cld_lake.errors import ScoringError
+from cld_lake.lake.store import Lake, Split, parse_window
+from cld_lake.score._formula import MIN_CHECKPOINTS, Reference
+from cld_lake.score._method import Cols, Method, Params, Plan
+from cld_lake.score._registry import missing_channel
+from cld_lake.score._stream import cld_reference
+
+TRAIN, VAL = "train", "val"
+# Guard for the floor in ``early_count``: 0.3 * 10 is 3.0000000000000004 in binary floating point.
+_FLOOR_EPS = 1e-9
+
+Window = str | slice | None
+
+
+def window_text(window: Window) -> str | None:
+    """A window as the user writes it: ``"0:45"``, ``"::2"`` (None: every checkpoint)."""
+    if window is None or isinstance(window, str):
+        return window
+    parts = [window.start, window.stop] + ([window.step] if window.step is not None else [])
+    return ":".join("" if p is None else str(p) for p in parts)
+
+
+def _window_slice(window: str | slice) -> slice:
+    sel = parse_window(window) if isinstance(window, str) else window
+    if not isinstance(sel, slice):
+        raise ScoringError(f"--checkpoints {window!r}: expected START:STOP[:STEP]")
+    return sel
+
+
+def plan_checkpoints(train: Split, val: Split, window: Window) -> np.ndarray:
+    """Checkpoints committed in both splits, then the window/stride over their positions
+    (CLD's: at least :data:`MIN_CHECKPOINTS` of them)."""
+    common = np.intersect1d(train.checkpoint_ids, val.checkpoint_ids)
+    if len(common) < MIN_CHECKPOINTS:
+        raise ScoringError(
+            f"CLD needs at least {MIN_CHECKPOINTS} checkpoints committed in both train and val; "
+            f"found {len(common)} (train has {train.num_checkpoints}, val has {val.num_checkpoints}); "
+            "record more checkpoints"
+        )
+    if window is None:
+        return common
+    chosen = common[_window_slice(window)]
+    if len(chosen) < MIN_CHECKPOINTS:
+        raise ScoringError(
+            f"--checkpoints {window_text(window)}: selects {len(chosen)} of the {len(common)} common "
+            f"checkpoints; CLD needs at least {MIN_CHECKPOINTS} (e.g. --checkpoints 0:{len(common)})"
+        )
+    return chosen
+
+
+def select_train_checkpoints(train: Split, window: Window) -> np.ndarray:
+    """The train split's committed checkpoints, then the window/stride over their positions."""
+    ids = train.checkpoint_ids
+    return ids if window is None else ids[_window_slice(window)]
+
+
+def early_count(k: int, fraction: float) -> int:
+    """Checkpoints in an early window: the first ``max(1, floor(fraction * k))`` of ``k``."""
+    return max(1, min(k, math.floor(fraction * k + _FLOOR_EPS)))
+
+
+def window_of(method: Method, params: Params, selected: np.ndarray) -> np.ndarray:
+    """The checkpoints ``method`` uses out of the ``selected`` ones, checked for its needs."""
+    fraction = params.early if params.early is not None else method.early
+    used = selected if method.early is None else selected[: early_count(len(selected), fraction)]
+    needed = method.min_checkpoints
+    if "window_length" in method.uses:
+        needed = max(needed, params.window_length)
+    if len(used) < needed:
+        if method.early is not None:
+            where = f"its early window (--early {fraction:g} of {len(selected)}) holds {len(used)}"
+        else:
+            where = f"{len(used)} are selected"
+        fixes = []
+        if "window_length" in method.uses and len(used) >= 2:
+            fixes.append(f"--window-length {len(used)} or less")
+        if method.early is not None:
+            fixes.append("a larger --early")
+        fixes.append("more checkpoints (record more, or widen --checkpoints)")
+        raise ScoringError(
+            f"--method {method.name} needs at least {needed} checkpoint{'s' * (needed != 1)}; "
+            f"{where}; use "
+            f"{' or '.join(fixes)}"
+        )
+    return used
+
+
+def as_cols(positions: np.ndarray) -> Cols:
+    """Column positions as a slice when they are consecutive (a view, no copy)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
+
+
+def require_splits(lake: Lake, names: Sequence[str], what: str) -> None:
+    """One line naming the splits ``what`` needs that ``lake`` lacks, and how to add them."""
+    missing = [s for s in names if not lake.has_split(s)]
+    if missing:
+        present = ", ".join(lake.splits()) or "none"
+        raise ScoringError(
+            f"{lake.path}: {what} needs a {' and a '.join(missing)} split (present: {present}); "
+            f"import or record the {' and '.join(missing)} losses first, e.g. "
+            f"cld-lake import {lake.path} --split {missing[0]} --loss ... --labels ..."
+        )
+
+
+def _num_classes(lake: Lake, train: Split, val: Split) -> int:
+    if lake.num_classes is not None:  # set at the first write; every stored label is below it
+        return lake.num_classes
+    return max(len(train.label_counts()), len(val.label_counts()))
+
+
+def val_reference(
+    lake: Lake, train: Split, val: Split, ckpts: np.ndarray, params: Params, block_rows: int | None
+) -> Reference:
+    """CLD's reference table: :func:`cld_reference` over the val split's blocks."""
+    num_classes = _num_classes(lake, train, val)
+    val_blocks = val.blocks(block_rows=block_rows, checkpoints=ckpts)
+    return cld_reference(
+        ((block.loss, block.labels) for block in val_blocks),
+        num_classes,
+        checkpoints=ckpts,
+        fallback=params.fallback,
+        train_classes=np.flatnonzero(train.label_counts(num_classes)),
+        reference=params.reference,
+    )
+
+
+def plan_pass(
+    lake: Lake,
+    methods: Sequence[Method],
+    names: Sequence[str] | None = None,
+    params: Params = Params(),  # noqa: B008 - frozen, never mutated
+    checkpoints: Window = None,
+    block_rows: int | None = None,
+) -> tuple[Split, list[Plan]]:
+    """The train split and each method's plan (column ``names``, default the method names):
+    its checkpoints, window and (CLD) reference; the columns of the one read they share."""
+    names = [m.name for m in methods] if names is None else names
+    needs_val = any(m.needs_val for m in methods)
+    require_splits(
+        lake, (TRAIN, VAL) if needs_val else (TRAIN,), "--method cld" if needs_val else "scoring"
+    )
+    train = lake.split(TRAIN)
+    for method in methods:
+        missing_channel(method, train.channels, lake.path)
+    val = lake.split(VAL) if needs_val else None
+    windows = []  # every window checked before the val pass of CLD's reference
+    for method in methods:
+        if method.needs_val:
+            assert val is not None
+            selected = plan_checkpoints(train, val, checkpoints)
+        else:
+            selected = select_train_checkpoints(train, checkpoints)
+        windows.append((selected, window_of(method, params, selected)))
+    read_ids = np.unique(np.concatenate([used for _, used in windows]))
+    plans = []
+    for method, name, (selected, used) in zip(methods, names, windows, strict=True):
+        reference = None
+        if method.needs_val:
+            assert val is not None
+            reference = val_reference(lake, train, val, selected, params, block_rows)
+        cols = as_cols(np.searchsorted(read_ids, used))
+        plans.append(Plan(name, method, params, selected, used, cols, reference))
+    return train, plans
