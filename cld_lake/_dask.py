@@ -8,7 +8,7 @@ Everything cld_lake asks of a cluster beyond submitting its own tasks lives here
   processes started for the call (worker threads of this process for a ``memory://`` lake,
   which no other process can see);
 - where the workers find the lake (:func:`lake_location`): tasks carry a path or URL, never
-  rows;
+  rows (a lake that lives in this process only, ``memory://``, is read by worker threads);
 - how results come back (:func:`in_row_order`): at most a window of tasks in flight, results
   taken in submission order one at a time, so the client stays in bounded memory;
 - a value every task needs, sent once (:func:`shared`, submitted as a task of its own);
@@ -25,11 +25,10 @@ import contextlib
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from cld_lake.errors import BadInputError, CldLakeError, ScoringError
-from cld_lake.lake import Lake
+from cld_lake.storage import StorePath
 
 # Tasks submitted ahead per worker thread: workers stay busy while the client takes a result.
 IN_FLIGHT_PER_THREAD = 2
@@ -57,12 +56,10 @@ def _distributed() -> Any:
     return distributed
 
 
-def lake_location(lake: Lake) -> str:
-    """The lake's location as every worker can open it: an absolute path or a URL."""
-    path = lake.path
-    if isinstance(path, Path):
-        return str(path.resolve())
-    return str(path)
+def lake_location(root: StorePath) -> str:
+    """The location of the lake at ``root`` as every worker can open it: an absolute path or
+    a URL."""
+    return str(root.canonical())
 
 
 def check_scheduler_address(address: str) -> str:
@@ -117,15 +114,16 @@ def _active_client() -> Any | None:
 
 @contextlib.contextmanager
 def client_for(
-    lake: Lake, scheduler: str | None, n_workers: int | None
+    root: StorePath, scheduler: str | None, n_workers: int | None
 ) -> Iterator[tuple[Any, str]]:
-    """The client to run on and the lake location its workers open: the scheduler at
-    ``scheduler``, else the active client, else a ``LocalCluster`` of ``n_workers`` (default:
-    the CPU count, at most 8) for the ``with`` block."""
+    """The client to run on and the location its workers open the lake at ``root`` from: the
+    scheduler at ``scheduler``, else the active client, else a ``LocalCluster`` of
+    ``n_workers`` (default: the CPU count, at most 8) for the ``with`` block."""
     distributed = _distributed()
-    location = lake_location(lake)
+    location = lake_location(root)
+    in_process = root.store.process_local
     active = None if scheduler is not None else _active_client()
-    if location.startswith("memory://") and (scheduler is not None or active is not None):
+    if in_process and (scheduler is not None or active is not None):
         raise ScoringError(
             f"{location}: a memory:// lake lives in this process only and the workers of "
             f"{scheduler or 'the active dask client'} cannot open it; write the lake to a path "
@@ -145,7 +143,7 @@ def client_for(
             distributed.LocalCluster(
                 n_workers=n_workers or max(1, min(os.cpu_count() or 1, 8)),
                 threads_per_worker=1,
-                processes=not location.startswith("memory://"),
+                processes=not in_process,
                 dashboard_address=None,
             ) as cluster,
             distributed.Client(cluster, set_as_default=False) as client,

@@ -6,10 +6,16 @@ manifests and exports all read and write their provenance through these function
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from typing import Any
 
 META_KEY = b"cld_lake"
+
+
+def now_iso() -> str:
+    """The time now as the metadata writes it: UTC, ISO 8601, to the second."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def meta_bytes(meta: dict[str, Any]) -> dict[bytes, bytes]:

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake._io import atomic_path, check_output_path
+from cld_lake._io import check_output_path
 from cld_lake._meta import with_meta
 from cld_lake._types import Layout, choices
 from cld_lake._version import __version__
 from cld_lake.errors import BadInputError
-from cld_lake.lake import _format as fmt
+from cld_lake.lake import CHANNELS
 from cld_lake.lake.store import Block, CheckpointSelection, Lake, Split
+from cld_lake.storage import local
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -124,7 +125,7 @@ def export_trajectories(
     if layout not in choices(Layout):
         raise BadInputError(f"--layout {layout!r}: use one of {', '.join(choices(Layout))}")
     sp = lake.split(split)
-    channels = [c for c in fmt.CHANNELS if c in sp.channels] if channels is None else list(channels)
+    channels = [c for c in CHANNELS if c in sp.channels] if channels is None else list(channels)
     for c in channels:
         if c not in sp.channels:
             raise BadInputError(f"--channels {c}: split {split!r} stores {', '.join(sp.channels)}")
@@ -133,7 +134,7 @@ def export_trajectories(
         raise BadInputError(
             f"--checkpoints {checkpoints}: selects no checkpoint of split {split!r}"
         )
-    out = check_output_path(out, lake.path, suffixes=(".parquet",), overwrite=force)
+    out = check_output_path(out, lake.root, suffixes=(".parquet",), overwrite=force)
     schema = _export_schema(sp, layout, channels, ckpts)
     meta = {
         "kind": EXPORT_KIND,
@@ -142,13 +143,13 @@ def export_trajectories(
         "checkpoints": [int(c) for c in ckpts],
         "channels": {c: sp.channels[c] for c in channels},
         "samples": sp.num_samples,
-        "lake": {"lake_id": lake.lake_id, "path": str(lake.path.resolve())},
+        "lake": {"lake_id": lake.lake_id, "path": str(lake.root.canonical())},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cld_lake_version": __version__,
     }
     schema = with_meta(schema, meta)
     rows = groups = 0
-    with atomic_path(out) as tmp:
+    with local(out).put_file() as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for block in sp.blocks(block_rows=block_rows, checkpoints=ckpts, channels=channels):
                 for batch in _tables(block, layout, channels, schema):

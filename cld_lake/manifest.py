@@ -207,15 +207,16 @@ def write_manifest(path: str | os.PathLike[str], table: pa.Table, metadata: dict
     """
     import pyarrow.parquet as pq
 
-    from cld_lake._io import atomic_path, remove_dead_temps
+    from cld_lake.storage import local
 
     path = Path(path)
     table = table.select(list(COLUMNS)).cast(manifest_schema())
     sealed = seal(table, metadata)
     footer = {**meta_bytes(sealed), CHECKSUM_KEY: sealed[CHECKSUM_FIELD]["digest"].encode()}
     stored = table.cast(_with_field_ids(manifest_schema())).replace_schema_metadata(footer)
-    remove_dead_temps(path)
-    with atomic_path(path) as tmp:  # pyarrow's writer encodes and flushes one row group at a time
+    target = local(path)
+    target.remove_dead_temps()
+    with target.put_file() as tmp:  # pyarrow's writer encodes and flushes one row group at a time
         pq.write_table(stored, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     return path
 

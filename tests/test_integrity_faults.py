@@ -27,7 +27,7 @@ from cld_lake.lake._commit import CommitRecord
 from cld_lake.lake._segments import create_segment
 from cld_lake.lake._validate import MAX_CLASSES
 from cld_lake.lake.check import lake_info, verify_lake
-from cld_lake.lake.store import root_lock
+from cld_lake.lake.store import lock_root
 from cld_lake.lake.writer import SplitWriter
 from tests.conftest import lake_hash
 from tests.test_integrity import build_lake, committed_files, snapshot
@@ -107,7 +107,7 @@ def test_an_unlisted_split_is_an_unfinished_first_write_that_the_next_writer_rem
         ck = w.checkpoint(0)
         ck.add(np.arange(4), np.ones(4, np.float32), labels=np.arange(4) % 3)
         ck.commit()
-    with root_lock(lake):
+    with lock_root(lake):
         meta = fmt.read_root_metadata(lake)
         fmt.write_root_metadata(lake, {**meta, "splits": ["train", "val"]})  # as if killed
     assert open_lake(lake).splits() == ["train", "val"]
@@ -116,7 +116,7 @@ def test_an_unlisted_split_is_an_unfinished_first_write_that_the_next_writer_rem
     assert r.code == 0 and "split 'test': an unfinished first write" in r.err
     with SplitWriter(open_lake(lake), "test") as w:  # removes the debris at once
         assert w.split is None
-        assert sorted(p.name for p in w.path.iterdir()) == [fmt.WRITER_LOCK]
+        assert sorted(p.name for p in w.root.local_path.iterdir()) == [fmt.WRITER_LOCK]
         ck = w.checkpoint(5)
         ck.add(np.arange(3), np.zeros(3, np.float32), labels=np.zeros(3, np.int64))
         ck.commit()
@@ -332,7 +332,7 @@ def test_retired_segments_are_kept_for_the_grace_period_and_said_so(lake, cli):
         "kept for the grace period (10 min)" in r.err and "removed by the next writer" not in r.err
     )
     with SplitWriter(open_lake(lake), "train") as w:  # within the grace period: kept
-        assert old <= {p.name for p in (w.path / "segments").iterdir()}
+        assert old <= {p.name for p in (w.root.local_path / "segments").iterdir()}
         assert sorted(w.gc(grace_seconds=0)) == sorted(old)
     assert cli("verify", lake).err == ""
 
@@ -358,14 +358,14 @@ def test_a_commit_that_fails_on_a_full_disk_removes_its_new_segment(tmp_path, mo
     path = build_lake(tmp_path / "lake")
     split = "test" if first else "train"
     before = {p for p in (path / "splits").rglob("seg-*")}
-    real = commit_module.atomic_write_parquet
+    real = commit_module.put_record
 
-    def disk_full(target, table, **options):
-        if Path(target).name == fmt.CHECKPOINTS_FILE:
+    def disk_full(target, table, version):
+        if target.name == fmt.CHECKPOINTS_FILE:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(target, table, **options)
+        real(target, table, version)
 
-    monkeypatch.setattr(commit_module, "atomic_write_parquet", disk_full)
+    monkeypatch.setattr(commit_module, "put_record", disk_full)
     with SplitWriter(open_lake(path), split) as w, pytest.raises(OSError, match="No space"):
         ck = w.checkpoint(9)
         ids = w.split.sample_ids if w.split is not None else np.arange(4)

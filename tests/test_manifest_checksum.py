@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import cld_lake
-from cld_lake._io import temp_path_for
 from cld_lake.errors import BadInputError, CldLakeError, CorruptFileError
 from cld_lake.manifest import content_digest, manifest_table, write_manifest
+from cld_lake.storage._local import temp_path_for
 from tests.conftest import REPO
 
 METADATA = {"score": "cld", "method": "cld", "checkpoints": [0, 1, 2], "fraction": 0.5}

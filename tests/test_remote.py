@@ -258,11 +258,11 @@ def test_kill_9_mid_commit_on_s3_loses_no_committed_checkpoint(s3_env, tmp_path)
 
 
 def test_unknown_scheme_and_outputs_to_a_url_are_bad_input(tmp_path):
-    from cld_lake._storage import location
+    from cld_lake.storage import location
 
     with pytest.raises(BadInputError, match="unknown URL scheme 'hdfs'"):
         location("hdfs://namenode/lake")
-    assert location(f"file://{tmp_path}/lake") == tmp_path / "lake"
+    assert location(f"file://{tmp_path}/lake").local_path == tmp_path / "lake"
     url = f"memory://{uuid.uuid4().hex[:8]}/lake"
     files = _files(tmp_path)
     cld_lake.import_file(url, "train", loss=files["loss"], labels=files["labels"],

@@ -21,7 +21,7 @@ class LakeLocation(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if not isinstance(value, str):
             return value
-        from cld_lake._storage import location
+        from cld_lake.storage import location
 
         return location(value)
 

@@ -170,7 +170,7 @@ def _engine_options(engine: Engine, scheduler: str | None) -> dict[str, str]:
 def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
     """One line per stored column (for cld alone, the line it always printed)."""
     p = result.provenance
-    where = f"stored as column {result.name!r} of {lake.path / 'scores.parquet'}"
+    where = f"stored as column {result.name!r} of {lake.root / 'scores.parquet'}"
     if "runs" in p:
         return (
             f"scored {p['train_samples']:,} samples by {p['method']} as the mean over runs "

@@ -57,7 +57,7 @@ def selection_alignment(
         missing[order[~found]] = True  # back in manifest order, for the examples
         raise BadInputError(
             f"the manifest holds {int(missing.sum())} sample ids (e.g. "
-            f"{m.sample_ids[missing][:5].tolist()}) that {lake.path} has no score for; "
+            f"{m.sample_ids[missing][:5].tolist()}) that {lake.root} has no score for; "
             "pass the lake it was selected from"
         )
     return {

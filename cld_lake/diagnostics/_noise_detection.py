@@ -175,6 +175,6 @@ def _streamed_noise_detection(
 
 def _no_noisy_flag(lake: Lake) -> BadInputError:
     return BadInputError(
-        f"{lake.path}: the train split's samples carry no 'noisy' flag; record it as "
+        f"{lake.root}: the train split's samples carry no 'noisy' flag; record it as "
         "metadata (e.g. train_proxy --noise 0.2) to measure noisy-label detection"
     )

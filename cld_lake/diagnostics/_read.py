@@ -11,7 +11,7 @@ import numpy as np
 from cld_lake._io import parquet_file
 from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_problem
 from cld_lake.errors import CorruptLakeError, ScoringError
-from cld_lake.lake._format import SAMPLES_FILE
+from cld_lake.lake import SAMPLES_FILE
 from cld_lake.lake.scores import (
     iter_scores,
     read_scores,
@@ -38,8 +38,8 @@ def check_stored(lake: Lake, score: str) -> None:
     if score not in stored:
         have = ", ".join(stored) or "none"
         raise ScoringError(
-            f"score {score!r} is not stored in {lake.path} (stored: {have}); "
-            f"compute it first: cld-lake score {lake.path} --method METHOD --name {score}"
+            f"score {score!r} is not stored in {lake.root} (stored: {have}); "
+            f"compute it first: cld-lake score {lake.root} --method METHOD --name {score}"
         )
 
 
@@ -83,7 +83,7 @@ def noisy_bits(train: Split) -> np.ndarray | None:
     streamed one row group of the samples table at a time and, in a checksummed lake, checked
     as a whole read is (row-group sizes and CRCs against the commit record, the file's
     checksum); None when the samples carry no flag. :func:`flags_at` reads them back."""
-    path, fix = train.path / SAMPLES_FILE, train.lake.fix
+    path, fix = train.root / SAMPLES_FILE, train.lake.fix
     try:
         pf = parquet_file(path)
         sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]

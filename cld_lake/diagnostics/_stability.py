@@ -87,7 +87,7 @@ def cld_windows(
     k = len(np.intersect1d(lake.split("train").checkpoint_ids, lake.split("val").checkpoint_ids))
     if k < 6:
         raise BadInputError(
-            f"{lake.path}: {k} checkpoints common to train and val; the window diagnostics "
+            f"{lake.root}: {k} checkpoints common to train and val; the window diagnostics "
             "need at least 6 (3 per half)"
         )
     score(lake, checkpoints=f"0:{k // 2}", name=first_half)

@@ -115,7 +115,7 @@ class CheckpointBuffer:
         if (rows < 0).any():
             bad = ids[rows < 0][:5].tolist()
             raise BadInputError(
-                f"sample ids {bad} are not in split {self.writer.name!r} of {self.writer.lake.path}"
+                f"sample ids {bad} are not in split {self.writer.name!r} of {self.writer.lake.root}"
             )
         if lab is not None and not np.array_equal(split.labels[rows], lab):
             i = int(np.flatnonzero(split.labels[rows] != lab)[0])

@@ -24,25 +24,20 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_write_parquet
-from cld_lake._meta import with_checksum
-from cld_lake._storage import ObjectPath
+from cld_lake._meta import now_iso, with_checksum
 from cld_lake.errors import BadInputError, CldLakeError, LakeChangedError
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import delete_segment, segment_checksums, sync_segment
 from cld_lake.lake._validate import check_labels, check_num_classes
-from cld_lake.lake.store import Lake, Split, root_lock
+from cld_lake.lake.store import Lake, Split, lock_root
+from cld_lake.storage import Lock, StorePath, VersionConflict, is_temp_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from cld_lake._io import FileLock
-    from cld_lake._storage import Lease
 
 # Committed tables carry no Parquet statistics: a reader that prunes row groups by them (a
 # filtered dataset scan) would otherwise depend on bytes the checksums do not cover.
@@ -86,7 +81,7 @@ def checkpoint_row(
         "epoch": None if epoch is None else int(epoch),
         "step": None if step is None else int(step),
         "wall_time": float(wall_time) if wall_time is not None else now,
-        "committed_at": fmt.now_iso(),
+        "committed_at": now_iso(),
         "segment": segment,
         "column": int(column),
         "nonfinite": int(nonfinite),
@@ -103,27 +98,28 @@ class SampleTables:
     classes: str  # the checksum of classes.parquet
 
 
-def remove_unlisted(path: Path) -> None:
-    """Delete what a first write of the (unlisted) split at ``path`` left: it never committed,
+def remove_unlisted(root: StorePath) -> None:
+    """Delete what a first write of the (unlisted) split at ``root`` left: it never committed,
     and its writer holds the split's lock, so nothing else can be using it."""
     for name in (fmt.CHECKPOINTS_FILE, fmt.SAMPLES_FILE, fmt.CLASSES_FILE):
-        (path / name).unlink(missing_ok=True)
-    delete_segment(path / fmt.SEGMENTS_DIR)  # the whole folder: none is committed
-    for entry in path.glob(".*.tmp-*"):
-        entry.unlink(missing_ok=True)
+        (root / name).delete()
+    delete_segment(root / fmt.SEGMENTS_DIR)  # the whole folder: none is committed
+    for name in root.list():
+        if is_temp_name(name):
+            (root / name).delete()
 
 
 def fix_class_count(lake: Lake, split: str, wanted: int | None, labels: np.ndarray) -> int:
     """Before a new split's first commit: the lake's class count, set in ``cld_lake.json`` from
     ``wanted`` (else the labels) if the lake has none yet; ``labels`` must fit it."""
     inferred = int(labels.max()) + 1 if labels.size else 0
-    with root_lock(lake.path):
-        current_lake = Lake(lake.path)
+    with lock_root(lake.root):
+        current_lake = Lake(lake.root)
         current = current_lake.num_classes
         if current is None:
             value = wanted if wanted is not None else inferred
             check_num_classes(max(value, 1), f"split {split!r}: class count")
-            meta = fmt.write_root_metadata(lake.path, dict(current_lake.meta, num_classes=value))
+            meta = fmt.write_root_metadata(lake.root, dict(current_lake.meta, num_classes=value))
             current = value
         else:
             meta = current_lake.meta
@@ -132,16 +128,37 @@ def fix_class_count(lake: Lake, split: str, wanted: int | None, labels: np.ndarr
     return current
 
 
+def put_record(record: StorePath, table: pa.Table, version: str | None) -> None:
+    """Replace the commit record with ``table``: the commit point of a checkpoint.
+
+    Accepted only while the record is still at ``version``, the one the writer's snapshot
+    read (None: a split's first record, only if none exists), in one atomic write (a local
+    disk: temp file, fsync, rename, fsync of the folder; an object store: one conditional
+    PUT). The split's lock keeps other writers out; the condition keeps out a writer that was
+    paused past its lease and did not notice.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        with record.put_file(if_version=version, if_absent=version is None) as tmp:
+            pq.write_table(table, tmp, **TABLE_OPTIONS)
+    except VersionConflict:
+        raise LakeChangedError(
+            f"{record}: the commit record changed since this writer read it (another "
+            f"writer committed); nothing was committed by this one: open the lake again"
+        ) from None
+
+
 class CommitRecord:
     """The commit record of one split and the protocol that replaces it, run by the split's
     writer (which holds ``lock``). ``split`` is the snapshot the last commit wrote (None while
     the split is not listed)."""
 
-    def __init__(self, lake: Lake, name: str, run: str, path: Path, lock: FileLock | Lease) -> None:
+    def __init__(self, lake: Lake, name: str, run: str, root: StorePath, lock: Lock) -> None:
         self.lake = lake
         self.name = name
         self.run = run
-        self.path = path
+        self.root = root
         self._lock = lock
         self.split: Split | None = None
 
@@ -194,7 +211,7 @@ class CommitRecord:
         """Commit ``rows`` as the whole commit record (compaction: ``new_segment`` replaces
         the ``retired`` ones); return the new snapshot."""
         if self.split is None:
-            raise BadInputError(f"split {self.name!r} does not exist yet in {self.lake.path}")
+            raise BadInputError(f"split {self.name!r} does not exist yet in {self.lake.root}")
         meta = dict(self.split.meta)
         now = time.time()
         meta["retired"] = {**meta.get("retired", {}), **{name: now for name in retired}}
@@ -217,9 +234,9 @@ class CommitRecord:
             if on_disk is not None and (name is None or name in on_disk.segment_names()):
                 self.split = on_disk
             elif on_disk is None and self.split is None:
-                remove_unlisted(self.path)
+                remove_unlisted(self.root)
             elif name is not None:
-                delete_segment(self.path / fmt.SEGMENTS_DIR / name)
+                delete_segment(self.root / fmt.SEGMENTS_DIR / name)
             raise
 
     def _write_checkpoints(
@@ -232,9 +249,9 @@ class CommitRecord:
         rows = sorted(rows, key=lambda r: r["checkpoint"])
         known = dict(meta.get("segments", {}))
         if new_segment is not None:
-            sync_segment(self.path / fmt.SEGMENTS_DIR / new_segment)
-            known[new_segment] = segment_checksums(self.path / fmt.SEGMENTS_DIR / new_segment)
-        seg_dir = self.path / fmt.SEGMENTS_DIR
+            sync_segment(self.root / fmt.SEGMENTS_DIR / new_segment)
+            known[new_segment] = segment_checksums(self.root / fmt.SEGMENTS_DIR / new_segment)
+        seg_dir = self.root / fmt.SEGMENTS_DIR
         meta = {
             **meta,
             "segments": {r["segment"]: known[r["segment"]] for r in rows},
@@ -243,35 +260,13 @@ class CommitRecord:
         }
         table = pa.Table.from_pylist(rows, schema=_checkpoint_schema())
         self._lock.check()  # a writer whose lease was taken over must not commit
-        record = self.path / fmt.CHECKPOINTS_FILE
-        if isinstance(record, ObjectPath):
-            self._put_record(record, with_checksum(table, meta))
-            return
-        atomic_write_parquet(record, with_checksum(table, meta), **TABLE_OPTIONS)
-
-    def _put_record(self, record: ObjectPath, table: pa.Table) -> None:
-        """The commit point on an object store: one conditional PUT of the whole record,
-        accepted only while the record is the one this writer's snapshot read (If-Match; a
-        first record: only if none exists). The lease keeps other writers out; this keeps out
-        a writer that was paused past its lease and did not notice."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, **TABLE_OPTIONS)
-        data = sink.getvalue().to_pybytes()
         version = self.split.record_version if self.split is not None else None
-        done = record.replace_if(data, version) if version else record.create(data)
-        if not done:
-            raise LakeChangedError(
-                f"{record}: the commit record changed since this writer read it (another "
-                f"writer committed); nothing was committed by this one: open the lake again"
-            )
+        put_record(self.root / fmt.CHECKPOINTS_FILE, with_checksum(table, meta), version)
 
     def _list_split(self) -> None:
         """Add this split to the committed splits of its run in ``cld_lake.json``."""
-        with root_lock(self.lake.path):
-            meta = fmt.read_root_metadata(self.lake.path)
+        with lock_root(self.lake.root):
+            meta = fmt.read_root_metadata(self.lake.root)
             splits = fmt.listed_runs(meta).get(self.run, [])
             if self.name not in splits:
                 listed = [*splits, self.name]
@@ -279,5 +274,5 @@ class CommitRecord:
                     meta = {**meta, "splits": listed}
                 else:
                     meta = {**meta, "runs": {**(meta.get("runs") or {}), self.run: listed}}
-                meta = fmt.write_root_metadata(self.lake.path, meta)
+                meta = fmt.write_root_metadata(self.lake.root, meta)
             self.lake.meta = meta

@@ -14,7 +14,6 @@ new segment whose commit fails.
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -25,7 +24,7 @@ import numpy as np
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import create_segment, delete_segment, new_segment_name
 from cld_lake.lake.store import Split
-from cld_lake.storage import location
+from cld_lake.storage import StorePath, is_temp_name
 
 GC_GRACE_SECONDS = 600.0  # readers of a retired segment get this long to finish their scan
 COMPACT_FANOUT = 8
@@ -108,7 +107,7 @@ def _merge_into(split: Split, segments: Sequence[str], new_name: str, commit: Co
 
 
 def collect_garbage(
-    split_dir: fmt.LakePath,
+    root: StorePath,
     referenced: set[str],
     retired: Mapping[str, float],
     grace_seconds: float = GC_GRACE_SECONDS,
@@ -117,7 +116,6 @@ def collect_garbage(
     once ``grace_seconds`` have passed, every other unreferenced segment and stray temp file
     at once. Only the split's writer calls this. Returns the names deleted."""
     deleted = []
-    root = location(split_dir)
     seg_dir = root / fmt.SEGMENTS_DIR
     now = time.time()
     for name in seg_dir.list():
@@ -128,7 +126,7 @@ def collect_garbage(
         delete_segment(seg_dir / name)
         deleted.append(name)
     for name in root.list():
-        if fnmatch.fnmatchcase(name, ".*.tmp-*"):
+        if is_temp_name(name):
             (root / name).delete()
             deleted.append(name)
     return deleted

@@ -29,13 +29,13 @@ checksums, class counts in the commit record's metadata) are read as before, not
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
+import socket
 import uuid
 from typing import Any, TypeVar
 
-from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex
+from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex, now_iso
 from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
 from cld_lake.storage import StorePath, location
 
@@ -74,8 +74,9 @@ DEFAULT_ROW_CHUNK = 65536
 MAX_CHUNK_BYTES = 32 * 2**20
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+def lock_holder() -> str:
+    """Who takes a lock (this process, this host, since now): what a refused writer is told."""
+    return f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}"
 
 
 def new_root_metadata(num_classes: int | None) -> dict[str, Any]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha1
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_path, atomic_write_parquet
 from cld_lake._meta import CHECKSUM_KEY, TableChecksum, read_meta, with_checksum, with_meta
 from cld_lake.errors import BadInputError, CorruptLakeError
 from cld_lake.lake import _format as fmt
@@ -24,6 +22,7 @@ from cld_lake.lake._commit import TABLE_OPTIONS, SampleTables
 from cld_lake.lake._sample_blocks import SampleBlocks, checked_tables
 from cld_lake.lake._validate import ids_digest
 from cld_lake.lake.store import rows_checksum
+from cld_lake.storage import StorePath
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,7 +36,7 @@ FixClassCount = Callable[[np.ndarray], int]
 
 
 def write_new_samples(
-    path: Path,
+    root: StorePath,
     ids: np.ndarray,
     labels: np.ndarray,
     metadata: Mapping[str, np.ndarray] | None,
@@ -55,13 +54,13 @@ def write_new_samples(
     return SampleTables(
         num_samples=int(len(ids)),
         ids_sha1=ids_digest(ids),
-        row_groups=write_samples_table(path, pa.table(columns), row_chunk),
-        classes=write_classes(path, counts),
+        row_groups=write_samples_table(root, pa.table(columns), row_chunk),
+        classes=write_classes(root, counts),
     )
 
 
 def write_sample_blocks(
-    path: Path,
+    root: StorePath,
     samples: SampleBlocks,
     row_chunk: int,
     num_classes: int | None,
@@ -73,7 +72,7 @@ def write_sample_blocks(
     scan = _scan(samples, num_classes)
     if scan is None:  # no blocks: the tables of empty arrays
         empty = np.zeros(0, np.int64)
-        return write_new_samples(path, empty, empty, None, row_chunk, fix_class_count)
+        return write_new_samples(root, empty, empty, None, row_chunk, fix_class_count)
     present = np.flatnonzero(scan.counts)
     fix_class_count(present[[0, -1]] if len(present) else np.zeros(0, np.int64))
     checksum = scan.checksum.value(SAMPLES_TABLE_META)
@@ -85,7 +84,7 @@ def write_sample_blocks(
             second_pass.update(table)
             yield table
 
-    groups = _write_samples(path, schema, rows(), row_chunk)
+    groups = _write_samples(root, schema, rows(), row_chunk)
     if second_pass.value(SAMPLES_TABLE_META) != checksum:
         raise BadInputError(
             "new_samples: blocks() gave other values on its second call; it must yield the "
@@ -95,7 +94,7 @@ def write_sample_blocks(
         num_samples=samples.num_rows,
         ids_sha1=scan.ids_sha1.hexdigest(),
         row_groups=groups,
-        classes=write_classes(path, scan.counts),
+        classes=write_classes(root, scan.counts),
     )
 
 
@@ -123,17 +122,18 @@ def _scan(samples: SampleBlocks, num_classes: int | None) -> _Scan | None:
     return scan
 
 
-def write_samples_table(path: Path, table: pa.Table, row_chunk: int) -> list[list[Any]]:
-    """Write the whole samples ``table`` as ``samples.parquet`` of the split at ``path``;
+def write_samples_table(root: StorePath, table: pa.Table, row_chunk: int) -> list[list[Any]]:
+    """Write the whole samples ``table`` as ``samples.parquet`` of the split at ``root``;
     return ``[rows, crc]`` of each of its row groups."""
     table = with_checksum(table, SAMPLES_TABLE_META)
-    return _write_samples(path, table.schema, [table], row_chunk)
+    return _write_samples(root, table.schema, [table], row_chunk)
 
 
-def write_classes(path: Path, counts: np.ndarray) -> str:
+def write_classes(root: StorePath, counts: np.ndarray) -> str:
     """Write classes.parquet (samples per class present) from the count of each class;
     return its checksum."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     present = np.flatnonzero(counts)
     table = with_checksum(
@@ -145,20 +145,21 @@ def write_classes(path: Path, counts: np.ndarray) -> str:
         ),
         CLASSES_TABLE_META,
     )
-    atomic_write_parquet(path / fmt.CLASSES_FILE, table, **TABLE_OPTIONS)
+    with (root / fmt.CLASSES_FILE).put_file() as tmp:
+        pq.write_table(table, tmp, **TABLE_OPTIONS)
     return str(read_meta(table.schema)[CHECKSUM_KEY])
 
 
 def _write_samples(
-    path: Path, schema: pa.Schema, parts: Iterable[pa.Table], row_chunk: int
+    root: StorePath, schema: pa.Schema, parts: Iterable[pa.Table], row_chunk: int
 ) -> list[list[Any]]:
     """samples.parquet with ``schema`` (its checksum in its metadata) from ``parts`` in order,
     in row groups of ``row_chunk`` rows; ``[rows, crc]`` of each row group."""
     import pyarrow.parquet as pq
 
     groups: list[list[Any]] = []
-    target = path / fmt.SAMPLES_FILE
-    with atomic_path(target) as tmp:
+    target = root / fmt.SAMPLES_FILE
+    with target.put_file() as tmp:
         with pq.ParquetWriter(tmp, schema, **TABLE_OPTIONS) as out:
             for group in _row_groups(parts, row_chunk):
                 out.write_table(group, row_group_size=row_chunk)

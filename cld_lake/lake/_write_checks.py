@@ -14,9 +14,8 @@ from cld_lake.lake import _format as fmt
 from cld_lake.lake._validate import check_labels, check_num_classes, count_duplicates
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from cld_lake.lake.store import Lake
+    from cld_lake.storage import StorePath
 
 
 def check_writer_options(lake: Lake, row_chunk: int, num_classes: int | None) -> None:
@@ -27,19 +26,19 @@ def check_writer_options(lake: Lake, row_chunk: int, num_classes: int | None) ->
         check_num_classes(num_classes)
     if not lake.checksummed:
         raise LakeVersionError(
-            f"{lake.path}: lake format {lake.format_version} (no checksums) is read-only for "
+            f"{lake.root}: lake format {lake.format_version} (no checksums) is read-only for "
             f"this cld_lake (format {fmt.FORMAT_VERSION}); export its splits with `cld-lake "
             "export` and import them into a new lake to keep recording"
         )
     if num_classes is not None and lake.num_classes is not None and num_classes != lake.num_classes:
         raise BadInputError(
-            f"--num-classes {num_classes}: the lake at {lake.path} has {lake.num_classes} classes; "
+            f"--num-classes {num_classes}: the lake at {lake.root} has {lake.num_classes} classes; "
             "use the same number or a new lake"
         )
 
 
 def check_new_checkpoints(
-    ckpts: Sequence[int], committed: np.ndarray, split: str, lake_path: Path
+    ckpts: Sequence[int], committed: np.ndarray, split: str, lake_root: StorePath
 ) -> None:
     """Checkpoint ids to commit: unique, >= 0, none of the ``committed`` ones."""
     arr = np.asarray(ckpts, dtype=np.int64)
@@ -50,7 +49,7 @@ def check_new_checkpoints(
     dup = np.intersect1d(arr, committed)
     if len(dup):
         raise CheckpointExistsError(
-            f"checkpoint {dup[:5].tolist()} already committed in split {split!r} of {lake_path}; "
+            f"checkpoint {dup[:5].tolist()} already committed in split {split!r} of {lake_root}; "
             "committed checkpoints are never overwritten: use new checkpoint ids"
         )
 

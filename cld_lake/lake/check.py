@@ -21,7 +21,7 @@ from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
 from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
 from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
-from cld_lake.storage import StorePath
+from cld_lake.storage import StorePath, is_temp_name
 
 __all__ = ["SamplesScan", "VerifyReport", "lake_info", "scan_samples", "verify_lake"]
 
@@ -180,7 +180,7 @@ def _folders(root: StorePath) -> list[str]:
 
 def _temp_files(root: StorePath) -> list[StorePath]:
     """Temp files an interrupted write left (a local disk's: an object store has none)."""
-    return sorted(p for p in root.walk() if p.name.startswith(".") and ".tmp-" in p.name)
+    return sorted(p for p in root.walk() if is_temp_name(p.name))
 
 
 def _verify_scores(lake: Lake, report: VerifyReport) -> None:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import atomic_path, parquet_file, row_group_batches
+from cld_lake._io import parquet_file, row_group_batches
 from cld_lake._meta import (
     META_KEY,
     TableChecksum,
@@ -41,7 +40,8 @@ from cld_lake._meta import (
 from cld_lake._types import Direction, choices
 from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError, one_line
 from cld_lake.lake import _format as fmt
-from cld_lake.lake.store import Lake, Split, root_lock
+from cld_lake.lake.store import Lake, Split, lock_root
+from cld_lake.storage import StorePath
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -82,15 +82,17 @@ def check_score_name(name: str) -> str:
     return name
 
 
-def scores_path(lake: Lake) -> Path:
-    return lake.path / fmt.SCORES_FILE
+def scores_path(lake: Lake) -> StorePath:
+    """Where the scores table of ``lake`` lives."""
+    return lake.root / fmt.SCORES_FILE
 
 
 CHECKSUMS_KEY = b"cld_lake.checksum"
 
 
-def _open_checked(lake: Lake) -> pq.ParquetFile:
-    """The scores file, its ``cld_lake`` JSON checked against its recorded CRC32C."""
+def open_scores_file(lake: Lake) -> pq.ParquetFile:
+    """The scores table as a ``pyarrow.parquet.ParquetFile``, its ``cld_lake`` JSON checked
+    against its recorded CRC32C; read its columns through a :class:`ColumnCheck`."""
     path = scores_path(lake)
     try:
         pf = parquet_file(path)
@@ -147,19 +149,32 @@ class _ColumnChecksums:
         return {name: acc.value({}) for name, (_, acc) in self._sums.items()}
 
 
+class ColumnCheck:
+    """The checksums of ``columns`` of the scores table ``pf`` (opened by
+    :func:`open_scores_file`): :meth:`update` with each row group (or span of them) as it is
+    read, :meth:`verify` once every row has been; :class:`CorruptLakeError` when one differs
+    from what the table recorded. A table without checksums (format 1) checks nothing."""
+
+    def __init__(self, lake: Lake, pf: pq.ParquetFile, columns: list[str] | None = None) -> None:
+        self._lake = lake
+        self._recorded = _recorded_checksums(pf)
+        self._sums = (
+            _ColumnChecksums(pf.schema_arrow, columns) if self._recorded is not None else None
+        )
+
+    def update(self, part: pa.Table) -> None:
+        if self._sums is not None:
+            self._sums.update(part)
+
+    def verify(self) -> None:
+        if self._sums is not None and self._recorded is not None:
+            _compare_columns(self._lake, self._recorded, self._sums)
+
+
 def _footer(meta: dict[bytes, bytes], sums: _ColumnChecksums) -> dict[bytes, bytes]:
     body = json.loads(meta[b"cld_lake"])
     record = {"meta": crc32c_hex(canonical_json(body)), "columns": sums.values()}
     return {CHECKSUMS_KEY: json.dumps(record, sort_keys=True).encode()}
-
-
-def _check_columns(lake: Lake, pf: pq.ParquetFile, table: pa.Table) -> None:
-    recorded = _recorded_checksums(pf)
-    if recorded is None:  # a format 1 lake: nothing to check (_open_checked decided)
-        return
-    sums = _ColumnChecksums(table.schema)
-    sums.update(table)
-    _compare_columns(lake, recorded, sums)
 
 
 def _compare_columns(lake: Lake, recorded: dict[str, Any], sums: _ColumnChecksums) -> None:
@@ -179,7 +194,7 @@ def check_scores_file(lake: Lake) -> None:
     """
     if not scores_path(lake).exists():
         return
-    pf = _open_checked(lake)
+    pf = open_scores_file(lake)
     recorded = _recorded_checksums(pf)
     if recorded is None:
         return
@@ -201,7 +216,7 @@ def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
     path = scores_path(lake)
     if not path.exists():
         return {}
-    schema = _open_checked(lake).schema_arrow
+    schema = open_scores_file(lake).schema_arrow
     provenance = read_meta(schema).get("scores", {})
     if not isinstance(provenance, dict):
         provenance = {}
@@ -218,13 +233,15 @@ def read_scores(lake: Lake, columns: list[str] | None = None) -> pa.Table | None
     path = scores_path(lake)
     if not path.exists():
         return None
-    pf = _open_checked(lake)
+    pf = open_scores_file(lake)
     wanted = None if columns is None else ["sample_id", "label", *columns]
     try:
         table = pf.read(columns=wanted)
     except Exception as exc:
         raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
-    _check_columns(lake, pf, table)
+    check = ColumnCheck(lake, pf, table.schema.names)
+    check.update(table)
+    check.verify()
     return table
 
 
@@ -258,7 +275,7 @@ def store_scores(
         for name, scores in columns.items()
     }
     path = scores_path(lake)
-    with root_lock(lake.path):  # read-modify-write: one scorer at a time
+    with lock_root(lake.root):  # read-modify-write: one scorer at a time
         if path.exists() and not _same_rows(path, train):
             _store_realigned(path, train, readers, provenance)
         else:
@@ -286,7 +303,7 @@ def _nan_to_null(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_nan(column), pa.scalar(None, pa.float64()), column)
 
 
-def _same_rows(path: Path, train: Split) -> bool:
+def _same_rows(path: StorePath, train: Split) -> bool:
     """Does the old scores file hold the train split's rows, in order?
 
     O(1) when both carry the fingerprint of the sample ids recorded at the split's creation;
@@ -329,7 +346,7 @@ WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"], "write_stati
 
 
 def _store_streamed(
-    path: Path,
+    path: StorePath,
     train: Split,
     readers: Mapping[str, ScoreReader],
     provenance: Mapping[str, dict[str, Any]],
@@ -341,7 +358,7 @@ def _store_streamed(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    old = _open_checked(train.lake) if path.exists() else None
+    old = open_scores_file(train.lake) if path.exists() else None
     old_columns = [c for c in old.schema_arrow.names if c not in RESERVED] if old else []
     columns = old_columns + [n for n in readers if n not in old_columns]
     fields = [pa.field("sample_id", pa.int64()), pa.field("label", pa.int64())]
@@ -366,8 +383,10 @@ def _store_streamed(
         else None
     )
     sums = _ColumnChecksums(schema)
-    old_sums = _ColumnChecksums(old.schema_arrow, copy_old) if old is not None else None
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+    # the old columns copied over are checked as they are read, before the new table
+    # replaces the old one: a damaged scores table is not silently carried forward
+    old_check = ColumnCheck(train.lake, old, copy_old) if old is not None else None
+    with path.put_file() as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
         for i, a in enumerate(starts):
             b = min(a + BATCH_ROWS, n)
             if not copy_old:
@@ -384,21 +403,13 @@ def _store_streamed(
                 else:
                     arrays.append(_nan_to_null(batch.column(column).combine_chunks()))
             part = pa.Table.from_arrays(arrays, schema=schema)
-            if batch is not None and old_sums is not None:
-                old_sums.update(batch)  # the copied columns are checked as they are read
+            if batch is not None and old_check is not None:
+                old_check.update(batch)
             sums.update(part)
             writer.write_table(part)  # one row group
-        if old is not None and copy_old:
-            _check_copied(train.lake, old, old_sums)
+        if old_check is not None and copy_old:
+            old_check.verify()
         writer.add_key_value_metadata(_footer(schema.metadata, sums))
-
-
-def _check_copied(lake: Lake, old: pq.ParquetFile, sums: _ColumnChecksums) -> None:
-    """The old columns copied into the new table were what the old table recorded: a damaged
-    scores table is not silently carried forward (checked before the new one replaces it)."""
-    recorded = _recorded_checksums(old)
-    if recorded is not None:
-        _compare_columns(lake, recorded, sums)
 
 
 def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -420,7 +431,7 @@ def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
 
 
 def _store_realigned(
-    path: Path,
+    path: StorePath,
     train: Split,
     readers: Mapping[str, ScoreReader],
     provenance: Mapping[str, dict[str, Any]],
@@ -452,7 +463,7 @@ def _store_realigned(
     table = table.replace_schema_metadata(meta)
     sums = _ColumnChecksums(table.schema)
     sums.update(table)
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, table.schema, **WRITE_OPTIONS) as writer:
+    with path.put_file() as tmp, pq.ParquetWriter(tmp, table.schema, **WRITE_OPTIONS) as writer:
         writer.write_table(table, row_group_size=BATCH_ROWS)
         writer.add_key_value_metadata(_footer(meta, sums))
 
@@ -493,7 +504,7 @@ def stale_scores(lake: Lake) -> dict[str, str]:
         window_arg = f" --checkpoints {window}" if window else ""
         stale[name] = (
             f"computed over {_span(used)}, but {' and '.join(splits)} now give {_span(now)}; "
-            f"recompute it: cld-lake score {lake.path} --method {prov.get('method', name)} "
+            f"recompute it: cld-lake score {lake.root} --method {prov.get('method', name)} "
             f"--name {name}{window_arg}{'' if run == fmt.DEFAULT_RUN else f' --run {run}'}"
         )
     return stale
@@ -517,11 +528,10 @@ def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
     path = scores_path(lake)
     if not path.exists():
         return
-    pf = _open_checked(lake)
+    pf = open_scores_file(lake)
     wanted = ["sample_id", "label", *columns]
-    recorded = _recorded_checksums(pf)
     try:
-        sums = _ColumnChecksums(pf.schema_arrow, wanted) if recorded is not None else None
+        check = ColumnCheck(lake, pf, wanted)
     except KeyError as exc:
         raise CorruptLakeError(f"{path}: unreadable (no column {exc}); {lake.fix}") from exc
     for g in range(pf.metadata.num_row_groups):
@@ -529,8 +539,6 @@ def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
             part = pf.read_row_group(g, columns=wanted)
         except Exception as exc:
             raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
-        if sums is not None:
-            sums.update(part)
+        check.update(part)
         yield part
-    if sums is not None:
-        _compare_columns(lake, recorded, sums)
+    check.verify()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from cld_lake.errors import (
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
 from cld_lake.lake._validate import check_num_classes, check_run_name
-from cld_lake.storage import Lock, StorePath, compat_path, location
+from cld_lake.storage import Lock, StorePath, location
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -85,8 +85,6 @@ class Split:
         self.run = lake.run if run is None else check_run_name(run)
         #: where the split lives
         self.root: StorePath = fmt.split_dir(lake.root, name, self.run)
-        #: the same place as code outside ``lake/`` reads it (see ``Lake.path``)
-        self.path = compat_path(self.root)
         ck_path = self.root / fmt.CHECKPOINTS_FILE
         present = lake.splits(self.run)
         if name not in present:
@@ -116,6 +114,11 @@ class Split:
         self.channels: dict[str, str] = dict(meta["channels"])
         self.num_samples: int = int(meta["num_samples"])
         self.row_chunk: int = int(meta["row_chunk"])
+
+    @property
+    def path(self) -> Path:
+        """The split's directory on the local disk (see :attr:`Lake.path`)."""
+        return local_dir(self.root)
 
     # --- samples -------------------------------------------------------------------------
     @cached_property
@@ -544,11 +547,9 @@ class Lake:
         *,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        #: where the lake lives (what ``lake/`` reads and writes through)
+        #: where the lake lives, on the local disk or an object store (what cld_lake reads
+        #: and writes through)
         self.root: StorePath = location(path)
-        #: the same place as code outside ``lake/`` has always read it: a ``pathlib.Path``
-        #: for a local lake (see :mod:`cld_lake.storage._compat`)
-        self.path = compat_path(self.root)
         #: the root metadata (``meta``: as just read by the caller, not read again)
         self.meta = fmt.read_root_metadata(self.root) if meta is None else meta
         #: the run whose splits ``split`` / ``splits`` read when given none
@@ -619,6 +620,13 @@ class Lake:
         return cls(root)
 
     @property
+    def path(self) -> Path:
+        """The lake's directory as a :class:`pathlib.Path`, for a lake on the local disk (to
+        reach its files from your own code: ``lake.path / "scores.parquet"``). A lake on an
+        object store has none (:class:`BadInputError`); :attr:`root` names a lake anywhere."""
+        return local_dir(self.root)
+
+    @property
     def lake_id(self) -> str:
         return str(self.meta["lake_id"])
 
@@ -677,12 +685,17 @@ def lock_root(path: str | os.PathLike[str] | StorePath) -> Lock:
     """The lock around root-metadata changes (short critical sections only: ``with
     lock_root(lake.root): ...`` waits for it): an ``flock`` on local disk, a lease object on
     an object store."""
-    holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
-    return (location(path) / fmt.ROOT_LOCK).lock(holder)
+    return (location(path) / fmt.ROOT_LOCK).lock(fmt.lock_holder())
 
 
-#: the former name of :func:`lock_root` (``with root_lock(lake.path): ...``)
-root_lock = lock_root
+def local_dir(root: StorePath) -> Path:
+    """``root`` as a local directory; :class:`BadInputError` when it is on an object store."""
+    found = root.local_path
+    if found is None:
+        raise BadInputError(
+            f"{root}: a lake on an object store has no local path; use its .root (a StorePath)"
+        )
+    return found
 
 
 def open_lake(path: str | os.PathLike[str]) -> Lake:

@@ -21,8 +21,6 @@ process dies. Ranks of a distributed job send their values to one writing rank (
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -30,7 +28,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from cld_lake._io import writer_lock
 from cld_lake._types import Duplicates
 from cld_lake.errors import BadInputError, CorruptLakeError, LakeLockedError
 from cld_lake.lake import _format as fmt
@@ -113,26 +110,26 @@ class SplitWriter:
         self.lake = lake if lake.run == self.run else lake.with_run(self.run)
         check_writer_options(lake, row_chunk, num_classes)
         self.num_classes = num_classes if num_classes is not None else lake.num_classes
-        self.path = fmt.split_dir(lake.path, split, self.run)
-        self.path.mkdir(parents=True, exist_ok=True)
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {fmt.now_iso()}"
-        self._lock = writer_lock(self.path / fmt.WRITER_LOCK, holder)
+        #: where the split lives
+        self.root = fmt.split_dir(self.lake.root, split, self.run)
+        self.root.make_folder()
+        self._lock = (self.root / fmt.WRITER_LOCK).lock(fmt.lock_holder())
         held_by = self._lock.try_acquire()
         if held_by is not None:
             raise LakeLockedError(
-                f"{lake.path}: split {split!r}{self._of_run} is being written by another job "
+                f"{lake.root}: split {split!r}{self._of_run} is being written by another job "
                 f"({held_by}); "
                 "wait for it to finish, or write to another lake or split"
             )
         self.auto_compact = auto_compact
         self._row_chunk = row_chunk
-        self._record = CommitRecord(self.lake, self.name, self.run, self.path, self._lock)
+        self._record = CommitRecord(self.lake, self.name, self.run, self.root, self._lock)
         try:
             self._requested_channels = check_channels(channels) if channels is not None else None
             if self.lake.has_split(split):
                 self._record.split = Split(self.lake, split)
             else:
-                remove_unlisted(self.path)
+                remove_unlisted(self.root)
         except BaseException:
             self.close()
             raise
@@ -197,7 +194,7 @@ class SplitWriter:
         ``sample_ids`` and ``labels`` are whole arrays in row order, or ``sample_ids`` is a
         :class:`SampleBlocks` (then ``labels`` and ``metadata`` come with its blocks)."""
         if self.split is not None:
-            raise BadInputError(f"split {self.name!r} already exists in {self.lake.path}")
+            raise BadInputError(f"split {self.name!r} already exists in {self.lake.root}")
         if isinstance(sample_ids, SampleBlocks):
             if labels is not None or metadata is not None:
                 raise BadInputError(
@@ -227,10 +224,10 @@ class SplitWriter:
             else:
                 table = table.append_column(name, arr)
         # sample ids and labels are unchanged: so are the row group checksums the record holds
-        groups = write_samples_table(self.path, table, split.row_chunk)
+        groups = write_samples_table(self.root, table, split.row_chunk)
         if groups != [list(g) for g in split.meta["samples"]["row_groups"]]:
             raise CorruptLakeError(
-                f"{self.path / fmt.SAMPLES_FILE}: rewritten with other row groups than the "
+                f"{self.root / fmt.SAMPLES_FILE}: rewritten with other row groups than the "
                 f"commit record names; {self.lake.fix}"
             )
         self._record.split = Split(self.lake, self.name)
@@ -324,7 +321,7 @@ class SplitWriter:
         split = self._record.reload()
         referenced = set(split.segment_names()) if split is not None else set()
         retired = split.meta.get("retired", {}) if split is not None else {}
-        return collect_garbage(self.path, referenced, retired, grace_seconds)
+        return collect_garbage(self.root, referenced, retired, grace_seconds)
 
     # --- internals -----------------------------------------------------------------------
     @property
@@ -334,11 +331,11 @@ class SplitWriter:
 
     def _require_split(self) -> Split:
         if self.split is None:
-            raise BadInputError(f"split {self.name!r} does not exist yet in {self.lake.path}")
+            raise BadInputError(f"split {self.name!r} does not exist yet in {self.lake.root}")
         return self.split
 
     def _check_new_checkpoints(self, ckpts: Sequence[int]) -> None:
-        check_new_checkpoints(ckpts, self.committed_checkpoints, self.name, self.lake.path)
+        check_new_checkpoints(ckpts, self.committed_checkpoints, self.name, self.lake.root)
 
     def _new_samples(self, given: tuple[np.ndarray, np.ndarray] | SampleBlocks) -> NewSamples:
         """A new split's samples as given: blocks as they are, arrays checked now."""
@@ -362,7 +359,7 @@ class SplitWriter:
         tables are written after the values (or, ``samples_alongside``, while they stream)."""
         name = new_segment_name()
         with self._record.guard(name):
-            path = self.path / fmt.SEGMENTS_DIR / name
+            path = self.root / fmt.SEGMENTS_DIR / name
             arrays = create_segment(path, num_rows, len(columns), channels, self.row_chunk)
             alongside = None
             if new_samples is not None and samples_alongside:
@@ -383,11 +380,11 @@ class SplitWriter:
         cld_lake.json lists it). Returns what the commit record says of them."""
         if isinstance(samples, SampleBlocks):
             return write_sample_blocks(
-                self.path, samples, self.row_chunk, self.num_classes, self._fix_class_count
+                self.root, samples, self.row_chunk, self.num_classes, self._fix_class_count
             )
         ids, labels, metadata = samples
         return write_new_samples(
-            self.path, ids, labels, metadata, self.row_chunk, self._fix_class_count
+            self.root, ids, labels, metadata, self.row_chunk, self._fix_class_count
         )
 
     def _fix_class_count(self, labels: np.ndarray) -> int:

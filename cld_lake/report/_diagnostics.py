@@ -94,9 +94,9 @@ def diagnostics_sections(
 
 
 def _manifest_alignment(lake: Lake) -> list[dict[str, Any]]:
-    folder = lake.path / MANIFESTS_DIR
+    folder = (lake.root / MANIFESTS_DIR).local_path  # manifests are local files
     rows = []
-    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+    for path in sorted(folder.glob("*.parquet")) if folder and folder.is_dir() else []:
         try:
             row = selection_alignment(lake, path, "cld")
         except CldLakeError as e:  # another lake's manifest, a damaged file: said, not fatal

@@ -9,7 +9,7 @@ import os
 import warnings
 from pathlib import Path
 
-from cld_lake._io import atomic_path, check_output_path, is_inside, remove_dead_temps
+from cld_lake._io import check_output_path, is_inside
 from cld_lake.errors import BadInputError
 from cld_lake.lake.check import lake_info
 from cld_lake.lake.scores import stale_scores, stored_scores
@@ -26,6 +26,7 @@ from cld_lake.report._diagnostics import diagnostics_sections
 from cld_lake.report._dynamics import dynamics_sections
 from cld_lake.report._html import document, table
 from cld_lake.report._scores import score_sections
+from cld_lake.storage import local
 
 
 def report_path(
@@ -40,8 +41,8 @@ def report_path(
     out = Path(out)
     html_file = out.suffix.lower() in (".html", ".htm")
     target = out if html_file else out / "report.html"
-    if is_inside(out, lake.path):  # the lake, a file or a directory in it: refused as given
-        return check_output_path(out, lake.path, what="--out", overwrite=force)
+    if is_inside(out, lake.root):  # the lake, a file or a directory in it: refused as given
+        return check_output_path(out, lake.root, what="--out", overwrite=force)
     if not html_file:
         if out.exists() and not out.is_dir():
             raise BadInputError(
@@ -51,7 +52,7 @@ def report_path(
             if not create:  # nothing there to overwrite; the directory comes later
                 return target
             out.mkdir(parents=True)
-    return check_output_path(target, lake.path, what="--out", overwrite=force)
+    return check_output_path(target, lake.root, what="--out", overwrite=force)
 
 
 def build_report(
@@ -89,7 +90,7 @@ def build_report(
     info = lake_info(lake)
     release_arrow_memory()
     sections = [
-        f"<h1>cld_lake report</h1><p>{html.escape(str(lake.path))} · lake {info['lake_id']} · "
+        f"<h1>cld_lake report</h1><p>{html.escape(str(lake.root))} · lake {info['lake_id']} · "
         f"{info['num_classes']} classes · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
         "<h2>Splits</h2>",
         table(
@@ -109,7 +110,8 @@ def build_report(
         sections += score_sections(lake, stored, data)
     sections += diagnostics_sections(lake, stored, results, data)
     target = report_path(lake, out, force=force, create=True)
-    remove_dead_temps(target)
-    with atomic_path(target) as tmp:
+    written = local(target)
+    written.remove_dead_temps()
+    with written.put_file() as tmp:
         tmp.write_text(document(sections), encoding="utf-8")
     return target

@@ -26,10 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake._dask import IN_FLIGHT_PER_THREAD, in_row_order
-from cld_lake._dask import client_for as _client
-from cld_lake._dask import shared as _shared
-from cld_lake._dask import thread_count as _threads
+from cld_lake._dask import IN_FLIGHT_PER_THREAD, client_for, in_row_order, shared, thread_count
 from cld_lake.errors import NotALakeError, ScoringError
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._method import Plan
@@ -89,26 +86,27 @@ def _on_cluster(
     block_rows: int | None,
     options: dict[str, Any],
     task: Callable[[RowRange, Any], Any],
-    shared: Any,
+    common_value: Any,
 ) -> Iterator[tuple[RowRange, Any]]:
-    """``task(range, shared)`` for each row range of ``split``, on the chosen cluster;
+    """``task(range, common_value)`` for each row range of ``split``, on the chosen cluster;
     ``(range, result)`` in row order.
 
-    ``shared`` (CLD's reference table, the plans) is sent once, as a task of its own that the
-    row tasks depend on: each row task then carries only its :class:`RowRange` (measured: with
-    the C x K table in every task, the client grew by about the table's size per task). A task,
-    unlike scattered data, is recomputed if the worker holding it is lost.
+    ``common_value`` (CLD's reference table, the plans) is sent once, as a task of its own that
+    the row tasks depend on: each row task then carries only its :class:`RowRange` (with the
+    C x K table in every task, the client would grow by about the table's size per task). A
+    task, unlike scattered data, is recomputed if the worker holding it is lost.
     """
     task_rows = int(options["task_rows"])
     if task_rows < 1:
         raise ScoringError(f"task_rows must be >= 1, got {task_rows}")
-    with _client(split.lake, options["scheduler"], options["n_workers"]) as (client, location):
-        threads = _threads(client)
+    scheduler, n_workers = options["scheduler"], options["n_workers"]
+    with client_for(split.lake.root, scheduler, n_workers) as (client, location):
+        threads = thread_count(client)
         align = block_rows or split.row_chunk
         cuts = row_ranges(split.num_samples, threads * TASKS_PER_WORKER, align, task_rows)
         ranges = [RowRange(location, split.run, split.name, a, b, block_rows) for a, b in cuts]
         window = IN_FLIGHT_PER_THREAD * threads
-        common = client.submit(_shared, shared, pure=False)
+        common = client.submit(shared, common_value, pure=False)
         submits = (_submitter(task, where, common) for where in ranges)
         results = in_row_order(client, submits, window)
         try:

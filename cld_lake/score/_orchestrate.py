@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import remove_dead_temps
 from cld_lake._types import CLDReference, Engine, Fallback
 from cld_lake.errors import ScoringError
 from cld_lake.lake.scores import ScoreReader, check_score_name, scores_path, store_scores
@@ -388,7 +387,7 @@ def _check_same_train(lake: Lake, runs: Sequence[str]) -> None:
     missing = [r for r in runs if not lake.has_split(TRAIN, r)]
     if missing:
         raise ScoringError(
-            f"{lake.path}: run {missing[0]!r} has no train split; record or import it, or "
+            f"{lake.root}: run {missing[0]!r} has no train split; record or import it, or "
             "leave the run out of --run"
         )
     first, *others = (lake.split(TRAIN, r) for r in runs)
@@ -399,7 +398,7 @@ def _check_same_train(lake: Lake, runs: Sequence[str]) -> None:
             same = all(np.array_equal(a[1], b[1]) for a, b in pairs)
         if not same:
             raise ScoringError(
-                f"{lake.path}: runs {first.run!r} and {other.run!r} record different training "
+                f"{lake.root}: runs {first.run!r} and {other.run!r} record different training "
                 "samples (sample ids or labels differ); an ensemble needs the same train split "
                 "in every run"
             )
@@ -486,5 +485,5 @@ def _store(
 ) -> None:
     """All columns in one rewrite of the scores table."""
     # a scorer killed mid-write (kill -9) left its temp file in the lake root
-    remove_dead_temps(scores_path(lake))
+    scores_path(lake).remove_dead_temps()
     store_scores(lake, train, columns, provenance)

@@ -114,9 +114,9 @@ def require_splits(lake: Lake, names: Sequence[str], what: str) -> None:
     if missing:
         present = ", ".join(lake.splits()) or "none"
         raise ScoringError(
-            f"{lake.path}: {what} needs a {' and a '.join(missing)} split (present: {present}); "
+            f"{lake.root}: {what} needs a {' and a '.join(missing)} split (present: {present}); "
             f"import or record the {' and '.join(missing)} losses first, e.g. "
-            f"cld-lake import {lake.path} --split {missing[0]} --loss ... --labels ..."
+            f"cld-lake import {lake.root} --split {missing[0]} --loss ... --labels ..."
         )
 
 
@@ -159,7 +159,7 @@ def plan_pass(
     )
     train = lake.split(TRAIN)
     for method in methods:
-        missing_channel(method, train.channels, lake.path)
+        missing_channel(method, train.channels, lake.root)
     val = lake.split(VAL) if needs_val else None
     windows = []  # every window checked before the val pass of CLD's reference
     for method in methods:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from cld_lake._meta import now_iso
 from cld_lake._version import __version__
-from cld_lake.lake._format import DEFAULT_RUN, now_iso
-from cld_lake.lake.store import Lake, Split
+from cld_lake.lake import DEFAULT_RUN, Lake, Split
 from cld_lake.score._formula import Reference
 from cld_lake.score._method import Plan
 from cld_lake.score._plan import TRAIN, VAL, Window, window_text

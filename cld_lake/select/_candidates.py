@@ -50,14 +50,14 @@ def stored_score(lake: Lake, score: str) -> dict[str, Any]:
         )
     if not stored:
         raise BadInputError(
-            f"--score {score}: {lake.path} has no scores yet; compute one with `cld-lake score {lake.path}`"
+            f"--score {score}: {lake.root} has no scores yet; compute one with `cld-lake score {lake.root}`"
         )
     if score not in stored:
         where = scores_table.scores_path(lake)
         raise BadInputError(
             f"--score {score}: no such score in {where} (stored: {', '.join(stored)}); "
             + (
-                f"compute it with `cld-lake score {lake.path} --name {score}`"
+                f"compute it with `cld-lake score {lake.root} --name {score}`"
                 if _valid_score_name(score)
                 else "give one of the stored names"
             )
@@ -107,7 +107,7 @@ def query_candidates(lake: Lake, query: str, score: str | None, need_score: bool
     rows = train.rows_of(ids)
     if (rows < 0).any():
         raise BadInputError(
-            f"--query: sample ids {ids[rows < 0][:5].tolist()} are not training samples of {lake.path}"
+            f"--query: sample ids {ids[rows < 0][:5].tolist()} are not training samples of {lake.root}"
         )
     labels = train.labels[rows]
     if score is not None:

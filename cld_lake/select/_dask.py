@@ -144,7 +144,7 @@ def stream_top_k_on_cluster(
     call (as ``cld-lake score --engine dask``). The workers open the lake from its path or
     URL; the same rows come back as from one process."""
     stream = open_stream(lake)
-    with client_for(lake, scheduler, n_workers) as (client, location):
+    with client_for(lake.root, scheduler, n_workers) as (client, location):
         cluster = _Cluster(client, location, stream)
         return stream_select(
             cluster, score, fraction=fraction, count=count, balance=balance, lowest=lowest

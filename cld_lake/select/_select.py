@@ -134,7 +134,7 @@ def select(
     try:
         path = check_output_path(
             out,
-            lake.path,
+            lake.root,
             what="--out",
             suffixes=(".parquet",),
             allowed_dir=MANIFESTS_DIR,
@@ -142,9 +142,9 @@ def select(
         )
         return _select(lake, score, fraction, count, balance, rule, query, path)
     except BaseException:
-        if created:  # a failed call leaves the lake as it was
+        if created is not None:  # a failed call leaves the lake as it was
             with contextlib.suppress(OSError):
-                (lake.path / MANIFESTS_DIR).rmdir()
+                created.rmdir()
         raise
 
 
@@ -198,13 +198,16 @@ def _check_rule(
     return rule
 
 
-def _make_manifests_dir(out: Path, lake: Lake) -> bool:
-    """Create ``LAKE/manifests/`` when ``out`` goes directly into it; True if created here."""
-    manifests = lake.path / MANIFESTS_DIR
-    if out.expanduser().resolve().parent != manifests.resolve() or manifests.exists():
-        return False
+def _make_manifests_dir(out: Path, lake: Lake) -> Path | None:
+    """Create ``LAKE/manifests/`` when ``out`` goes directly into it (a lake on the local disk:
+    outputs are local files); the folder when it was created here."""
+    manifests = (lake.root / MANIFESTS_DIR).local_path
+    if manifests is None or manifests.exists():
+        return None
+    if out.expanduser().resolve().parent != manifests.resolve():
+        return None
     manifests.mkdir()
-    return True
+    return manifests
 
 
 def _select(
@@ -392,7 +395,7 @@ def _finish(
             "total": int(sum(chosen.shortfall.values())),
             "by_class": {("all" if k < 0 else str(k)): v for k, v in chosen.shortfall.items()},
         },
-        "lake": {"lake_id": lake.lake_id, "path": str(lake.path.resolve())},
+        "lake": {"lake_id": lake.lake_id, "path": str(lake.root.canonical())},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cld_lake_version": __version__,
     }

@@ -122,7 +122,7 @@ class PassSource(Protocol):
 def open_stream(lake: Lake, *, check: bool = True) -> _ScoresStream:
     """The scores table of ``lake`` to stream (its metadata checked on open; each column read
     checked against its recorded checksum unless ``check`` is False)."""
-    return _ScoresStream(scores_table._open_checked(lake), lake, check=check)
+    return _ScoresStream(scores_table.open_scores_file(lake), lake, check=check)
 
 
 class _ScoresStream:
@@ -144,8 +144,7 @@ class _ScoresStream:
         span_rows = SPAN_ROWS if span_rows is None else span_rows
         self.pf = pf
         self.lake = lake
-        checked = lake is not None and check
-        self.recorded = scores_table._recorded_checksums(pf) if checked else None
+        self.check = lake is not None and check
         self.checked: set[str] = set()
         self.spans: list[list[int]] = []
         rows = 0
@@ -169,16 +168,18 @@ class _ScoresStream:
 
     def passes(self, columns: list[str]) -> Any:
         """Yield each span of ``columns`` as NumPy arrays (name -> array; a null score is NaN)."""
-        fresh = [c for c in columns if c not in self.checked] if self.recorded is not None else []
-        sums = scores_table._ColumnChecksums(self.pf.schema_arrow, fresh) if fresh else None
+        fresh = [c for c in columns if c not in self.checked] if self.check else []
+        check = None
+        if fresh:
+            assert self.lake is not None
+            check = scores_table.ColumnCheck(self.lake, self.pf, fresh)
         for span in self.spans:
             table = self.read(span, columns)
-            if sums is not None:
-                sums.update(table)
+            if check is not None:
+                check.update(table)
             yield {name: _column_array(table, name) for name in columns}
-        if sums is not None:
-            assert self.lake is not None and self.recorded is not None
-            scores_table._compare_columns(self.lake, self.recorded, sums)
+        if check is not None:
+            check.verify()
             self.checked.update(fresh)
 
     # the passes of stream_select (a _Cluster runs the same ones over its workers)

@@ -37,12 +37,13 @@ from typing import Any
 
 from cld_lake import _duckdb
 from cld_lake._duckdb import sql_str
-from cld_lake._io import atomic_path, check_output_path
+from cld_lake._io import check_output_path
 from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake.store import Lake
 from cld_lake.sql._guard import SqlError, parse, sandbox_files
 from cld_lake.sql._losses import LossSource, ScanStats
 from cld_lake.sql._views import create_views
+from cld_lake.storage import local
 
 __all__ = ["ScanStats", "SqlError", "connect", "iter_result", "query", "sql_str", "write_query"]
 
@@ -72,7 +73,7 @@ def _open(
     con = _duckdb.connect(memory_limit=memory_limit)
     try:
         statements = parse(con, query) if query is not None else []
-        _duckdb.lock_down(con, [*sandbox_files(statements, lake.path), *files])
+        _duckdb.lock_down(con, [*sandbox_files(statements, lake.root), *files])
         sources = create_views(con, lake, stats=stats, block_rows=block_rows)
     except BaseException:
         con.close()
@@ -117,7 +118,7 @@ def _error(exc: BaseException, sources: list[LossSource], lake: Lake) -> CldLake
             return CorruptLakeError(
                 f"SQL: reading the losses of split {source.split.name!r} failed: "
                 f"{type(failure).__name__}: {one_line(failure)}; "
-                f"run cld-lake verify {lake.path} to find damaged or missing files"
+                f"run cld-lake verify {lake.root} to find damaged or missing files"
             )
     text = f"SQL: {one_line(exc)}"
     if isinstance(exc, _duckdb.SandboxError):
@@ -178,11 +179,11 @@ def write_query(
     """
     lake = _as_lake(lake)
     out = check_output_path(
-        out, lake.path, suffixes=tuple(OUT_FORMATS), overwrite=overwrite, what="--out"
+        out, lake.root, suffixes=tuple(OUT_FORMATS), overwrite=overwrite, what="--out"
     )
     fmt_name = OUT_FORMATS[out.suffix.lower()]
     options = "FORMAT JSON, ARRAY true" if fmt_name == "JSON" else f"FORMAT {fmt_name}"
-    with atomic_path(out) as tmp:
+    with local(out).put_file() as tmp:
         con, statements, sources = _open(lake, sql, files=(str(tmp),), stats=stats)
         try:
             last = statements[-1]

@@ -27,6 +27,7 @@ import duckdb
 from cld_lake._duckdb import Connection, Error
 from cld_lake._io import check_output_path, is_inside
 from cld_lake.errors import BadInputError, one_line
+from cld_lake.storage import StorePath
 
 REFUSED_STATEMENTS = {"ATTACH", "DETACH", "EXPORT"}
 
@@ -94,18 +95,18 @@ def _forms(path: Path) -> set[str]:
     return {str(path), str(expanded), os.path.abspath(expanded)}
 
 
-def sandbox_files(statements: list[Any], lake_path: Path) -> list[str]:
+def sandbox_files(statements: list[Any], lake_root: StorePath) -> list[str]:
     """The files the locked connection may open for ``statements`` (see the module docstring)."""
     files: set[str] = set()
     for st in statements:
         target = copy_target(st.query) if st.type.name == "COPY" else None
         if target is not None:
-            out = check_output_path(target, lake_path, what="COPY ... TO")
+            out = check_output_path(target, lake_root, what="COPY ... TO")
             files |= _forms(out) | _forms(out.with_name(f"tmp_{out.name}"))
         for _, text in _literals(st.query):
             path = Path(text)
             try:
-                usable = path.expanduser().is_file() and not is_inside(path, lake_path)
+                usable = path.expanduser().is_file() and not is_inside(path, lake_root)
             except (OSError, RuntimeError, ValueError):  # not a path at all
                 usable = False
             if usable:

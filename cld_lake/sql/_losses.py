@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from cld_lake._duckdb import ScanSource
-from cld_lake.lake import _format as fmt
+from cld_lake.lake import CHANNELS
 from cld_lake.lake.store import Block, Split
 from cld_lake.sql import _pushdown as pd
 
@@ -49,7 +49,7 @@ class LossSource(ScanSource):
         self.split = split
         self.block_rows = int(block_rows or split.row_chunk)
         self.stats = stats if stats is not None else ScanStats()
-        known = [c for c in fmt.CHANNELS if c in split.channels]
+        known = [c for c in CHANNELS if c in split.channels]
         self.channel_order = known + [c for c in split.channels if c not in known]  # loss first
 
     @property

@@ -13,7 +13,8 @@ from functools import cached_property
 from typing import Any
 
 from cld_lake._duckdb import ScanSource
-from cld_lake._io import AnyPath, parquet_file, row_group_batches
+from cld_lake._io import parquet_file, row_group_batches
+from cld_lake.storage import StorePath
 
 # Rows per Arrow batch handed to DuckDB (a row group is cut into batches of this size).
 BATCH_ROWS = 1 << 16
@@ -22,7 +23,7 @@ BATCH_ROWS = 1 << 16
 class ParquetSource(ScanSource):
     """One Parquet file as a DuckDB scan source: projection pushdown, row count known."""
 
-    def __init__(self, path: AnyPath) -> None:
+    def __init__(self, path: StorePath) -> None:
         super().__init__()
         self.path = path
 

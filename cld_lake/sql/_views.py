@@ -9,7 +9,7 @@ be pointed at the lake's files.
 from __future__ import annotations
 
 from cld_lake._duckdb import Connection, register, sql_str
-from cld_lake.lake import _format as fmt
+from cld_lake.lake import CHECKPOINTS_FILE, DEFAULT_RUN, SAMPLES_FILE
 from cld_lake.lake.check import scan_samples
 from cld_lake.lake.scores import check_scores_file, scores_path
 from cld_lake.lake.store import Lake
@@ -69,7 +69,7 @@ def create_views(
     """
     samples, checkpoints, losses, sources = [], [], [], []
     runs = lake.runs()
-    named_runs = runs != [fmt.DEFAULT_RUN]
+    named_runs = runs != [DEFAULT_RUN]
     splits = [lake.split(name, run) for run in runs for name in lake.splits(run)]
     for i, split in enumerate(splits):
         label = f"{sql_str(split.name)} AS split"
@@ -77,8 +77,8 @@ def create_views(
             label += f", {sql_str(split.run)} AS run"
         # DuckDB scans the file itself: check its checksums first, one row group at a time
         scan_samples(split, fingerprint=False)
-        register(con, f"_samples_{i}", ParquetSource(split.path / fmt.SAMPLES_FILE))
-        register(con, f"_checkpoints_{i}", ParquetSource(split.path / fmt.CHECKPOINTS_FILE))
+        register(con, f"_samples_{i}", ParquetSource(split.root / SAMPLES_FILE))
+        register(con, f"_checkpoints_{i}", ParquetSource(split.root / CHECKPOINTS_FILE))
         source = LossSource(split, block_rows=block_rows, stats=stats)
         register(con, f"_losses_{i}", source)
         sources.append(source)

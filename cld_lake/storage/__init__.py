@@ -8,16 +8,16 @@ tree's deletion and size, and a :class:`Lock` (``try_acquire`` / ``check`` / ``r
 is a :class:`Lease`, are :class:`ObstoreStore` (``s3://`` through obstore, the default) and
 :class:`FsspecStore` (``gs://``, fsspec's in-process ``memory://``, and ``s3://`` through s3fs
 with ``CLD_LAKE_S3_CLIENT=fsspec``). Lake code holds a :class:`StorePath` (a store and a key)
-that :func:`location` parses from a path or URL, and never asks which store it holds;
+that :func:`location` parses from a path or URL, and never asks which store it holds
+(:func:`local` names a place on the local disk, :func:`local_file` an output file);
 ``tests/test_store_contract.py`` holds every store to the same contract.
 """
 
 from cld_lake.storage._abc import Lock, Store, VersionConflict
-from cld_lake.storage._compat import ObjectPath, compat_path
 from cld_lake.storage._fsspec import FsspecStore, filesystem
 from cld_lake.storage._lease import DEFAULT_LEASE_SECONDS, LEASE_SECONDS_ENV, Lease, lease_seconds
-from cld_lake.storage._local import FileLock, LocalStore, fsync_dir, temp_path_for
-from cld_lake.storage._location import S3_CLIENT_ENV, SCHEMES, is_url, local, location
+from cld_lake.storage._local import FileLock, LocalStore, is_temp_name
+from cld_lake.storage._location import S3_CLIENT_ENV, SCHEMES, local, local_file, location
 from cld_lake.storage._obstore import ObstoreStore
 from cld_lake.storage._path import StorePath
 
@@ -31,17 +31,14 @@ __all__ = [
     "Lease",
     "LocalStore",
     "Lock",
-    "ObjectPath",
     "ObstoreStore",
     "Store",
     "StorePath",
     "VersionConflict",
-    "compat_path",
     "filesystem",
-    "fsync_dir",
-    "is_url",
+    "is_temp_name",
     "lease_seconds",
     "local",
+    "local_file",
     "location",
-    "temp_path_for",
 ]

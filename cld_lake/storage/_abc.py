@@ -38,6 +38,9 @@ class Store(ABC):
     #: does the store have folders of its own, that exist while empty and that a file of the
     #: same name blocks? (An object store has key prefixes: one exists while a key is below it.)
     has_folders: bool = False
+    #: do the objects live in this process only (no other process, a worker of a cluster
+    #: say, can open them)?
+    process_local: bool = False
 
     # --- names ----------------------------------------------------------------------------
     @abstractmethod

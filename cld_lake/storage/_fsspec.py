@@ -100,6 +100,10 @@ class FsspecStore(Store):
         """The filesystem (made on first use, from the environment of that moment)."""
         return self._fs if self._fs is not None else filesystem(self.scheme)
 
+    @property
+    def process_local(self) -> bool:  # type: ignore[override]
+        return self.scheme == "memory"  # fsspec's memory filesystem: a dict of this process
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FsspecStore) and other.scheme == self.scheme
 

@@ -240,6 +240,11 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def is_temp_name(name: str) -> bool:
+    """Is ``name`` a temp file a write left next to its target (:func:`temp_path_for`)?"""
+    return name.startswith(".") and ".tmp-" in name
+
+
 def temp_path_for(path: Path) -> Path:
     """A unique sibling temp name; never matches a committed name.
 

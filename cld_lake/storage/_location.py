@@ -18,16 +18,16 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 LOCAL = LocalStore()
 
 
-def is_url(spec: object) -> bool:
-    return isinstance(spec, str) and _URL.match(spec) is not None
+# a URL whose "//" a command-line parser folded to "/" (click.Path makes "s3:/b/k" of "s3://b/k")
+_FOLDED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]")
 
 
 def location(spec: str | os.PathLike[str] | StorePath) -> StorePath:
     """The place ``spec`` names: a local path (plain or ``file://``) or an object-store URL
     (``s3://BUCKET/PATH``, ``gs://``, ``memory://``). :class:`BadInputError` for a scheme this
     package cannot reach or a URL without a bucket."""
-    if isinstance(spec, StorePath):  # (a subclass, e.g. the transitional ObjectPath: plain)
-        return spec if type(spec) is StorePath else StorePath(spec.store, spec.key)
+    if isinstance(spec, StorePath):
+        return spec
     text = os.fspath(spec)
     m = _URL.match(text)
     if not m:
@@ -52,6 +52,18 @@ def local(path: str | os.PathLike[str] | StorePath) -> StorePath:
     if isinstance(path, StorePath):
         return path
     return StorePath(LOCAL, str(Path(path)))
+
+
+def local_file(spec: str | os.PathLike[str] | StorePath) -> Path | None:
+    """The local file ``spec`` names (an output a command writes); None when it names a place
+    on an object store: a URL (also one whose ``//`` a command-line parser folded to ``/``), or
+    a location that is not on the local disk."""
+    if isinstance(spec, StorePath):
+        return spec.local_path
+    text = os.fspath(spec)
+    if _URL.match(text) or _FOLDED_URL.match(text):
+        return None
+    return Path(text)
 
 
 #: which client reaches ``s3://``: ``obstore`` or ``fsspec`` (s3fs)

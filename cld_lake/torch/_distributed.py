@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 
 from cld_lake.errors import BadInputError, CldLakeError
 from cld_lake.lake import Lake, SampleBlocks, SplitWriter
+from cld_lake.storage import StorePath
 
 COMMIT_BLOCK_ROWS = 1 << 19  # rows per block (rounded to whole chunks): dst's memory per block
 # how values travel: widest first, so every array in a message stays aligned
@@ -63,7 +63,7 @@ class Ask(IntEnum):
 class CommitTarget:
     """The split a distributed commit writes, and the recorder's settings for it."""
 
-    lake_path: Path
+    lake_path: StorePath
     split: str
     run: str
     channels: dict[str, str]
@@ -487,7 +487,7 @@ class WriteSession:
         if unplaced:
             examples = [x for s in unplaced for x in s[2 : 2 + int(s[1])].tolist()][:ERROR_EXAMPLES]
             raise BadInputError(
-                f"sample ids {examples} are not in split {writer.name!r} of {writer.lake.path}"
+                f"sample ids {examples} are not in split {writer.name!r} of {writer.lake.root}"
             )
         conflicts = [s for s in stats if s[7]]
         if conflicts:

@@ -37,18 +37,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cld_lake._storage import location
 from cld_lake.errors import BadInputError
-from cld_lake.lake import Lake, SplitWriter
-from cld_lake.lake import _format as fmt
-from cld_lake.lake._validate import check_run_name, check_split_name
+from cld_lake.lake import (
+    CHANNEL_DTYPES,
+    CHANNELS,
+    ROOT_FILE,
+    Lake,
+    SplitWriter,
+    check_run_name,
+    check_split_name,
+)
+from cld_lake.storage import StorePath, location
 from cld_lake.torch._distributed import CommitTarget, commit_distributed
 
 # Rows kept on the device before one move to the host: few transfers, little device memory.
@@ -179,9 +184,9 @@ class LossRecorder:
             raise BadInputError(f"num_classes={num_classes!r}: expected a positive integer")
         self._num_classes = None if num_classes is None else int(num_classes)
         self._lake_checked = False
-        if margin_dtype not in fmt.CHANNEL_DTYPES["margin"]:
+        if margin_dtype not in CHANNEL_DTYPES["margin"]:
             raise BadInputError(
-                f"margin_dtype={margin_dtype!r}: choose one of {', '.join(fmt.CHANNEL_DTYPES['margin'])}"
+                f"margin_dtype={margin_dtype!r}: choose one of {', '.join(CHANNEL_DTYPES['margin'])}"
             )
         self.channels = _check_channels(channels, margin_dtype)
         self._el2n = "el2n" in self.channels
@@ -449,18 +454,18 @@ class LossRecorder:
 def _check_channels(channels: Sequence[str], margin_dtype: str) -> dict[str, str]:
     """The recorder's channels -> stored dtypes, in the lake's channel order."""
     names = [channels] if isinstance(channels, str) else list(channels)
-    unknown = [c for c in names if c not in fmt.CHANNELS]
+    unknown = [c for c in names if c not in CHANNELS]
     if unknown or "loss" not in names or len(set(names)) != len(names):
         raise BadInputError(
             f"channels={tuple(names)!r}: give 'loss' and any of 'correct', 'margin', 'el2n', "
             "each once (default: ('loss', 'correct', 'margin'))"
         )
     dtypes = {"loss": "float32", "correct": "bool", "margin": margin_dtype, "el2n": "float32"}
-    return {c: dtypes[c] for c in fmt.CHANNELS if c in names}
+    return {c: dtypes[c] for c in CHANNELS if c in names}
 
 
-def _lake_num_classes(path: Path) -> int | None:
-    if not (path / fmt.ROOT_FILE).exists():
+def _lake_num_classes(path: StorePath) -> int | None:
+    if not (path / ROOT_FILE).exists():
         return None
     return Lake(path).num_classes
 
