@@ -42,9 +42,9 @@ report(s, checksum=float(a[:, -1].sum()))
 """,
     "cld-lake import": """
 import zarr, pyarrow.parquet  # library import time is not part of the data path
-from cld_lake.lake.importer import import_npy
+from cld_lake.lake import import_file
 import shutil; shutil.rmtree(sys.argv[2], ignore_errors=True)
-t = time.perf_counter(); import_npy(sys.argv[2], "train", sys.argv[1], sys.argv[3]); s = time.perf_counter() - t
+t = time.perf_counter(); import_file(sys.argv[2], "train", loss=sys.argv[1], labels=sys.argv[3]); s = time.perf_counter() - t
 report(s)
 """,
     "cld-lake scan": """
@@ -65,7 +65,6 @@ SCAN_PARTS = """
 import os, resource, zarr, google_crc32c
 from concurrent.futures import ThreadPoolExecutor
 from cld_lake.lake import open_lake
-from cld_lake.lake._segments import ChunkReader
 
 def split_now():
     return open_lake(sys.argv[2]).split("train")
@@ -74,8 +73,8 @@ split = split_now()
 (seg,) = split.segment_names()
 folder = split.path / "segments" / seg / "loss"
 array = split.open_segment(seg)["loss"]
-probe = ChunkReader(split.root / "segments" / seg / "loss", array)
-rows, width, itemsize = probe.chunk_rows, probe.width, probe.dtype.itemsize
+rows, width = array.chunks  # one chunk: a block of rows, every checkpoint
+itemsize = array.dtype.itemsize
 n = split.num_samples
 starts = range(0, n, rows)
 nbytes = rows * width * itemsize
@@ -109,11 +108,6 @@ def drain(items):  # consume, holding one item at a time (as a scoring loop does
     for _ in items:
         pass
 
-def chunk_reads():
-    reader = ChunkReader(split.root / "segments" / seg / "loss", array)
-    for a in starts:
-        reader.read(a, min(a + rows, n))
-
 def sample_rows():
     s = split_now()
     for a in starts:
@@ -141,9 +135,10 @@ for p in paths:  # warm the page cache
     read_into(reused, p)
 parts = {
     "Split.blocks (as scored: prefetch thread)": timed(lambda: drain(split_now().blocks())),
-    "Split.blocks, no prefetch": timed(lambda: drain(split_now().blocks(prefetch=False))),
+    "Split.blocks, no prefetch (chunk reads + sample_rows)": timed(
+        lambda: drain(split_now().blocks(prefetch=False))
+    ),
     "open the lake and the split (commit record, checksums)": timed(split_now),
-    "ChunkReader.read (fresh buffer, readinto, CRC32C)": timed(chunk_reads),
     "sample_rows (ids, labels, row-group CRC)": timed(sample_rows),
     "readinto a fresh np.empty buffer": timed(lambda: drain(fresh_read(p) for p in paths)),
     "readinto one reused buffer": timed(lambda: [read_into(reused, p) for p in paths]),

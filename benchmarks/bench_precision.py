@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import cld_lake
 from cld_lake.diagnostics import spearman
-from cld_lake.lake.scores import iter_scores
+from cld_lake.lake import iter_scores
 
 def column(path):
     lake = cld_lake.open_lake(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.synth import SynthConfig, _RowSource, labels_for, synth_lake
+from benchmarks.synth import RowSource, SynthConfig, labels_for, synth_lake
 
 
 def synth_noisy_lake(path: Path, config: SynthConfig, share: float) -> None:
@@ -49,7 +49,7 @@ def synth_noisy_lake(path: Path, config: SynthConfig, share: float) -> None:
                 new = None
             writer.append_columns(
                 list(range(config.checkpoints)),
-                _RowSource(config, split, labels),
+                RowSource(config, split, labels),
                 num_rows=rows,
                 channels=channels,
                 new_samples=new,
@@ -59,8 +59,7 @@ def synth_noisy_lake(path: Path, config: SynthConfig, share: float) -> None:
 def prepare(path: Path, config: SynthConfig, noisy: float | None = None) -> None:
     """The lake with scores ``cld`` (all checkpoints) and ``cld_first_half``."""
     import cld_lake
-    from cld_lake.lake import open_lake
-    from cld_lake.lake.scores import stored_scores
+    from cld_lake.lake import open_lake, stored_scores
 
     if not path.exists():
         t0 = time.perf_counter()
@@ -167,8 +166,7 @@ def stored_names(lake: Path | None) -> list[str]:
     """The stored scores of ``lake`` (the default two when the lake was a temporary one)."""
     if lake is None:
         return ["cld", "cld_first_half"]
-    from cld_lake.lake import open_lake
-    from cld_lake.lake.scores import stored_scores
+    from cld_lake.lake import open_lake, stored_scores
 
     return list(stored_scores(open_lake(lake)))
 

@@ -64,9 +64,9 @@ import json, os, resource, runpy, sys
 kind, argv = sys.argv[1], sys.argv[2:]
 code = 0
 try:
-    if kind == "cli":
-        from cld_lake._cli import main
-        main(argv)
+    if kind == "cli":  # the cld-lake command, run in this process
+        sys.argv = ["cld-lake", *argv]
+        runpy.run_path(os.path.join(os.path.dirname(sys.executable), "cld-lake"), run_name="__main__")
     elif kind == "module":
         sys.argv = argv
         runpy.run_module(argv[0], run_name="__main__")

@@ -45,7 +45,7 @@ def build_lake(path: Path, n: int, classes: int, seed: int = 0) -> None:
     """A lake with a one-checkpoint train split and a synthetic ``cld`` score stored through the
     real scores-table writer (what selection reads)."""
     from cld_lake import Lake, SplitWriter
-    from cld_lake.lake.scores import store_score
+    from cld_lake.lake import store_score
 
     lake = Lake.create(path, num_classes=classes)
     rng = np.random.default_rng(seed)

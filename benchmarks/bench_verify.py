@@ -27,7 +27,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = "from cld_lake._cli import main; main(sys.argv[1:])"
+# the cld-lake command (the script next to the interpreter), run in the child process itself
+CLI = (
+    "import os, runpy; sys.argv[0] = 'cld-lake'; "
+    "runpy.run_path(os.path.join(os.path.dirname(sys.executable), 'cld-lake'), run_name='__main__')"
+)
 OPEN = (
     "from cld_lake.lake import open_lake; lake = open_lake(sys.argv[1]); "
     "[lake.split(s).checkpoint_ids for s in ('train', 'val')]"

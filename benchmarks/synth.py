@@ -108,7 +108,7 @@ def derived_channels(
     }
 
 
-class _RowSource:
+class RowSource:
     """``read_rows(a, b)`` for SplitWriter.append_columns, generating fixed blocks on demand.
 
     ``labels`` is the split's whole label array, or None to draw the labels block by block
@@ -221,7 +221,7 @@ def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) 
     config = config or SynthConfig()
     lake = Lake.create(path, num_classes=config.classes)
     for split, rows in (("train", config.train), ("val", config.val)):
-        values = _RowSource(config, split)
+        values = RowSource(config, split)
         try:
             with SplitWriter(lake, split) as writer:
                 writer.append_columns(
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.perf_counter()
     lake = synth_lake(args.lake, config)
-    print(f"wrote {lake.path}: {config} in {time.perf_counter() - started:.1f} s")
+    print(f"wrote {lake.root}: {config} in {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from torch.utils.data import Subset
 import cld_lake
 from cld_lake import diagnostics
 from cld_lake.errors import BadInputError
-from cld_lake.lake.scores import stored_scores
+from cld_lake.lake import stored_scores
 from cld_lake.score import METHODS, compute_scores
 from cld_lake.torch import subset
 from pipelines._common import Recipe, progress_bar, recipe_for, resolve_device, run_cli

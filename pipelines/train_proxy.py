@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
-from cld_lake.lake.writer import SplitWriter
+from cld_lake.lake import SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex
 from pipelines._common import (
     RECIPES,
@@ -223,7 +223,7 @@ def _declare_or_check(lake: cld_lake.Lake, run: _Run, channels: dict[str, str]) 
                 np.array_equal(split.sample_ids, ids) and np.array_equal(split.labels, split_labels)
             ):
                 raise BadInputError(
-                    f"--lake {lake.path}: split {name!r} holds other samples or labels than this run "
+                    f"--lake {lake.root}: split {name!r} holds other samples or labels than this run "
                     "(another dataset, seed, --val-fraction or --noise); use a new lake"
                 )
             continue

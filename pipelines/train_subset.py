@@ -161,7 +161,7 @@ def training_pool(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[Dataset
     ids = split.sample_ids
     if ids.size and (ids.min() < 0 or ids.max() >= len(labels)):
         raise BadInputError(
-            f"--lake {lake.path}: its train sample ids go up to {int(ids.max())} but --dataset "
+            f"--lake {lake.root}: its train sample ids go up to {int(ids.max())} but --dataset "
             f"{data.name} has {len(labels)} training samples; is it the dataset the lake was recorded from?"
         )
     labels[ids] = split.labels
@@ -183,7 +183,7 @@ def manifest_subset(
     recorded = (m.metadata.get("lake") or {}).get("lake_id")
     if lake is not None and recorded is not None and recorded != lake.lake_id:
         raise BadInputError(
-            f"{where} was selected from lake {recorded}, not from --lake {lake.path} "
+            f"{where} was selected from lake {recorded}, not from --lake {lake.root} "
             f"({lake.lake_id}); pass the lake it came from"
         )
     outside = ~np.isin(m.sample_ids, pool)

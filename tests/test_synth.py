@@ -110,11 +110,11 @@ def test_memory_does_not_grow_with_samples(tmp_path: Path) -> None:
 
 
 def test_row_source_with_given_labels_equals_streamed_one() -> None:
-    """bench_report hands _RowSource the whole label array: same rows as the streamed way,
+    """bench_report hands RowSource the whole label array: same rows as the streamed way,
     for the writer's aligned blocks and for ranges across generator blocks."""
     config = SynthConfig(train=2 * GEN_ROWS + 99, checkpoints=4, classes=7, seed=3, dtype="float16")
-    given = synth._RowSource(config, "train", labels_for(config, "train"))
-    streamed = synth._RowSource(config, "train")
+    given = synth.RowSource(config, "train", labels_for(config, "train"))
+    streamed = synth.RowSource(config, "train")
     try:
         cuts = [0, 1000, GEN_ROWS + 5, 2 * GEN_ROWS, config.train]
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
