@@ -4,8 +4,9 @@ The contract (:class:`cld_lake.score.EngineCompute`): the registry is the ``Engi
 the CLI's choices; each engine's ``compute`` has the declared signature and yields scored chunks
 that cover every row once. Parity, run by each engine (parametrised): within 1e-9 of
 ``cld_reference`` on the stored values, NaN exactly where the reference has NaN, the same NaN / degenerate / fallback counts,
-identical scores at block sizes 1, an odd size and more than N; and within 1e-5 of the
-reference on the original float64 values when stored as float32.
+identical scores at block sizes 1, an odd size and more than N; and, stored as float32, within
+a per-row bound of the reference on the original float64 values (how far the rounding can
+turn the vectors CLD correlates: :func:`float32_tolerance`).
 """
 
 from __future__ import annotations
@@ -108,12 +109,59 @@ def _expected(spec: LakeSpec, window: str | None, fallback: str | None, stored: 
     return ckpts, ref
 
 
-def assert_scores_match(actual: np.ndarray, expected: np.ndarray, atol: float) -> None:
+def assert_scores_match(actual: np.ndarray, expected: np.ndarray, atol: float | np.ndarray) -> None:
+    """NaN where ``expected`` has NaN, elsewhere within ``atol`` (one bound, or one per row)."""
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), "NaN positions differ")
     finite = ~np.isnan(expected)
     if finite.any():
-        worst = np.max(np.abs(actual[finite] - expected[finite]))
-        assert worst <= atol, f"max |engine - reference| = {worst:.3g} > {atol}"
+        excess = np.abs(actual - expected) - atol
+        worst = int(np.argmax(np.where(finite, excess, -np.inf)))
+        bound = np.broadcast_to(atol, expected.shape)[worst]
+        assert excess[worst] <= 0, (
+            f"row {worst}: |engine - reference| = {abs(actual[worst] - expected[worst]):.3g} "
+            f"> {bound:.3g}"
+        )
+
+
+# The largest relative error of rounding a float64 to the nearest float32.
+F32_ROUNDING = 2.0**-24
+
+
+def float32_tolerance(spec: LakeSpec, ckpts: np.ndarray, fallback: str | None) -> np.ndarray:
+    """Per training row: how far CLD over the float32-stored values may lie from CLD over the
+    float64 originals, from how far the rounding can turn the two vectors it correlates.
+
+    CLD is the cosine of the angle between the centred differences ``d`` of the row and ``u``
+    of its class's mean validation losses. Rounding moves each value by at most
+    ``F32_ROUNDING`` of its magnitude, so ``d`` by at most ``|e| <= 2 F32_ROUNDING |x|``
+    (differencing at most doubles a norm, centring never grows it), and ``u`` likewise from
+    the class mean of the magnitudes. A vector ``v`` moved by ``e`` turns by at most
+    ``arcsin(|e| / |v|)`` (a half turn when ``|e| >= |v|``), and a cosine moves by at most its
+    angle: the bound is the two turns added, plus the float64 slack of the exact check. Rows
+    whose centred differences are tiny (near-degenerate) get a wide bound, as they should.
+    """
+    train = spec.selected(spec.train, ckpts, stored=False)
+    val = spec.selected(spec.val, ckpts, stored=False)
+    finite_val = np.isfinite(val).all(axis=1)
+    val, val_labels = val[finite_val], spec.val.labels[finite_val]
+
+    def turn(values: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+        """Largest angle the centred differences of ``values`` (rows) can turn by."""
+        diffs = np.diff(values, axis=-1)
+        centred = diffs - diffs.mean(axis=-1, keepdims=True)
+        moved = 2 * F32_ROUNDING * np.linalg.norm(magnitude, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = moved / np.linalg.norm(centred, axis=-1)
+        return np.arcsin(np.minimum(np.nan_to_num(ratio, nan=1.0, posinf=1.0), 1.0))
+
+    class_turn = {}
+    for c in np.unique(spec.train.labels):
+        rows = val[val_labels == c] if (val_labels == c).any() or fallback is None else val
+        class_turn[int(c)] = turn(rows.mean(axis=0), np.abs(rows).mean(axis=0)) if len(rows) else 0
+    with np.errstate(invalid="ignore"):
+        row_turn = turn(train, np.abs(train))
+    of_class = np.array([class_turn[int(c)] for c in spec.train.labels])
+    return row_turn + of_class + 1e-9
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -157,7 +205,8 @@ def test_engine_matches_reference(engine: str, spec: LakeSpec, window, fallback)
         np.testing.assert_array_equal(other.scores, first.scores)
     if spec.dtype == "float32":
         _, original = _expected(spec, window, fallback, stored=False)
-        assert_scores_match(first.scores, original["scores"], atol=1e-5)
+        tolerance = float32_tolerance(spec, ckpts, fallback)
+        assert_scores_match(first.scores, original["scores"], atol=tolerance)
 
 
 def test_engines_agree_on_a_larger_lake(engine: str, tmp_path) -> None:
