@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from cld_lake.errors import LakeChangedError, LakeLockedError
-from cld_lake.storage import Lease, Lock, StorePath, VersionConflict, location
+from cld_lake.storage import Lease, Lock, StorePath, VersionConflict, local_file, location
 
 
 class StoreContract:
@@ -19,6 +19,10 @@ class StoreContract:
 
     #: does a lock of this store expire when its holder stops renewing it (a lease)?
     expiring_locks = False
+    #: is it the local disk (a location has a file-system path)?
+    on_local_disk = False
+    #: do its objects live in this process only (fsspec's memory://)?
+    process_local = False
 
     # --- reads and atomic puts ------------------------------------------------------------
     def test_a_put_object_reads_back_whole_and_by_ranges(self, root: StorePath):
@@ -194,6 +198,13 @@ class StoreContract:
         assert key.is_within(root) and not root.is_within(key)
         assert not (root / "splitsx").is_within(root / "splits")
 
+    def test_a_location_says_where_it_lives(self, root: StorePath):
+        out = root / "out.parquet"
+        assert (out.local_path is not None) is self.on_local_disk
+        assert local_file(out) == out.local_path  # an output file: local, or None
+        assert local_file(str(out)) == out.local_path  # as the user names it
+        assert root.store.process_local is self.process_local
+
     # --- locks ----------------------------------------------------------------------------
     def test_a_lock_is_exclusive_and_names_its_holder(self, root: StorePath):
         root.make_folder()
@@ -260,6 +271,8 @@ class StoreContract:
 
 
 class TestLocalStore(StoreContract):
+    on_local_disk = True
+
     @pytest.fixture
     def root(self, tmp_path) -> StorePath:
         return location(tmp_path / "store")
@@ -267,6 +280,7 @@ class TestLocalStore(StoreContract):
 
 class TestMemoryStore(StoreContract):
     expiring_locks = True
+    process_local = True
 
     @pytest.fixture
     def root(self) -> StorePath:

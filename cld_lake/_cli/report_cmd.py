@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cld_lake._cli._common import LAKE
+
+if TYPE_CHECKING:
+    from cld_lake.storage import StorePath
 
 
 @click.command("report")
@@ -24,7 +28,7 @@ from cld_lake._cli._common import LAKE
     default=None,
     help="The comparison harness's OUT directory or results.json: adds accuracy vs fraction.",
 )
-def report_cmd(lake: Path, out: Path, force: bool, compare: Path | None) -> None:
+def report_cmd(lake: StorePath, out: Path, force: bool, compare: Path | None) -> None:
     """Write a self-contained HTML report: splits, loss curves (per class, by CLD group), score
     distributions, data map, score correlations, noisy-label detection, CLD rank stability,
     per-class share of CLD <= 0, coreset alignment, rank stability between runs."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
 
     from cld_lake.lake import Lake
     from cld_lake.score import ScoreResult
+    from cld_lake.storage import StorePath
 
 # Show a progress bar on a terminal only for runs big enough to take a moment.
 PROGRESS_MIN_VALUES = 20_000_000
@@ -112,7 +112,7 @@ class MethodChoice(click.Choice):
     "URL they reach. Default: a LocalCluster on this machine.",
 )
 def score_cmd(
-    lake: Path,
+    lake: StorePath,
     method: str,
     engine: Engine,
     window: str | None,

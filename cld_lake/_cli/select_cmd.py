@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cld_lake._cli._common import LAKE
 from cld_lake._types import Balance, Strategy, choices
+
+if TYPE_CHECKING:
+    from cld_lake.storage import StorePath
 
 
 @click.command("select")
@@ -81,7 +85,7 @@ from cld_lake._types import Balance, Strategy, choices
     "workers open LAKE themselves, so it must be a path or URL they reach.",
 )
 def select_cmd(
-    lake: Path,
+    lake: StorePath,
     score: str | None,
     fraction: float | None,
     count: int | None,

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cld_lake._cli._common import LAKE
+
+if TYPE_CHECKING:
+    from cld_lake.storage import StorePath
 
 
 @click.command("sql")
@@ -36,7 +39,7 @@ from cld_lake._cli._common import LAKE
     help="Characters per printed cell.",
 )
 def sql_cmd(
-    lake: Path, query: str, out: Path | None, force: bool, max_rows: int, max_width: int
+    lake: StorePath, query: str, out: Path | None, force: bool, max_rows: int, max_width: int
 ) -> None:
     """Run DuckDB SQL over the lake's views.
 

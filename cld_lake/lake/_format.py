@@ -33,7 +33,7 @@ import json
 import os
 import socket
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 
 from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex, now_iso
 from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
@@ -41,7 +41,6 @@ from cld_lake.storage import StorePath, location
 
 #: where a lake (or one of its files) lives: a location, or a path or URL to parse
 LakePath = str | os.PathLike[str] | StorePath
-P = TypeVar("P", bound="StorePath | os.PathLike[str]")
 FORMAT_NAME = "cld_lake"
 FORMAT_VERSION = 2
 CHECKSUMS_SINCE = 2  # the first format whose every committed file carries a checksum
@@ -117,11 +116,11 @@ def listed_runs(meta: dict[str, Any]) -> dict[str, list[str]]:
     return {DEFAULT_RUN: listed_splits(meta) or [], **{str(r): list(s) for r, s in runs.items()}}
 
 
-def split_dir(lake_path: P, split: str, run: str = DEFAULT_RUN) -> P:
-    """The directory of ``split`` of ``run`` (of the same kind as ``lake_path``)."""
+def split_dir(root: StorePath, split: str, run: str = DEFAULT_RUN) -> StorePath:
+    """Where ``split`` of ``run`` lives in the lake at ``root``."""
     if run == DEFAULT_RUN:
-        return lake_path / SPLITS_DIR / split  # type: ignore[operator,no-any-return]
-    return lake_path / RUNS_DIR / run / SPLITS_DIR / split  # type: ignore[operator,no-any-return]
+        return root / SPLITS_DIR / split
+    return root / RUNS_DIR / run / SPLITS_DIR / split
 
 
 def has_checksums(meta: dict[str, Any]) -> bool:
