@@ -282,13 +282,13 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[Method, ...]:
     return tuple(get_method(n) for n in names)
 
 
-def missing_channel(method: Method, present: Mapping[str, str], lake_path: object) -> None:
+def missing_channel(method: Method, present: Mapping[str, str], lake_root: object) -> None:
     """Refuse, in one line, a method whose channel the train split does not store."""
     for channel in method.channels:
         if channel not in present:
             raise ScoringError(
                 f"--method {method.name} needs the {channel!r} channel, which the train split of "
-                f"{lake_path} does not store (it has {', '.join(present)}); {CHANNEL_FIX[channel]}"
+                f"{lake_root} does not store (it has {', '.join(present)}); {CHANNEL_FIX[channel]}"
             )
 
 
