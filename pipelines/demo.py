@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
+from cld_lake.select import MANIFESTS_DIR
 from cld_lake.torch import subset
 from pipelines._common import progress_bar, recipe_for, resolve_device, run_cli
 from pipelines._config import build_parser as build_config_parser
@@ -76,16 +77,11 @@ class DemoConfig:
 
 
 def _noisy_count(lake: cld_lake.Lake, manifest: Path) -> tuple[int, int]:
-    """(noisy labels in the coreset, its size): a SQL join of the manifest with ``samples``."""
-    from cld_lake.sql import query, sql_str
-
-    df = query(
-        lake,
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE s.noisy) AS noisy "
-        f"FROM read_parquet({sql_str(manifest)}) AS m "
-        f"JOIN samples AS s ON s.sample_id = m.sample_id AND s.split = 'train'",
-    )
-    return int(df["noisy"][0]), int(df["n"][0])
+    """(noisy labels in the coreset, its size): the manifest's rows of the training split."""
+    train = lake.split("train")
+    rows = train.rows_of(cld_lake.load_manifest(manifest).sample_ids)
+    noisy = np.asarray(train.samples_table.column("noisy"), dtype=bool)
+    return int(noisy[rows].sum()), len(rows)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -100,11 +96,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    lake_path, manifests_dir = out / "mnist1d.lake", out / "manifests"
-    for stale in (lake_path, out / "mnist1d.models", manifests_dir):  # the demo's own outputs
+    # manifests inside the lake (LAKE/manifests/, the one folder cld_lake writes there for you)
+    # so the report's coreset section shows them
+    lake_path = out / "mnist1d.lake"
+    manifests_dir = lake_path / MANIFESTS_DIR
+    compare_dir = out / "compare"
+    for stale in (
+        lake_path,
+        out / "mnist1d.models",
+        out / "manifests",
+        compare_dir,
+    ):  # its own outputs
         if stale.exists():
             shutil.rmtree(stale)
-    manifests_dir.mkdir(parents=True)
     device = resolve_device(cfg.device)
     timings: dict[str, float] = {}
 
@@ -141,6 +145,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
     step("proxy training + recording", t0)
     lake = cld_lake.open_lake(lake_path)
+    manifests_dir.mkdir()
     train_split = lake.split("train")
     print(
         f"      proxy test accuracy {proxy.test_accuracy:.3f}; lake holds {train_split.num_samples} train x "
@@ -228,9 +233,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         comparison = compare_on_lake(
             lake, data, methods=cfg.compare_methods, fractions=cfg.compare_fractions,
-            seeds=cfg.compare_seeds, epochs=cfg.epochs, manifests_dir=manifests_dir / "compare",
+            seeds=cfg.compare_seeds, epochs=cfg.epochs, manifests_dir=compare_dir / "manifests",
             device=device, progress=cfg.progress, full=False, say=lambda m: print(f"      {m}"),
         )  # fmt: skip
+        comparison = json_safe(
+            comparison | {"dataset": "mnist1d", "seeds": cfg.compare_seeds, "noise": cfg.noise}
+        )
+        compare_dir.mkdir(parents=True, exist_ok=True)
+        (compare_dir / "results.json").write_text(json.dumps(comparison, indent=2) + "\n")
         step("comparison", t0)
     report = {
         "dataset": "mnist1d",
@@ -244,13 +254,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "subset_training": {"epochs": cfg.epochs, "seeds": cfg.seeds, "recipe": asdict(recipe)},
         "sql": {"query": sql, "rows": sql_rows},
         "table": table,
-        "comparison": json_safe(comparison),
+        "comparison": comparison,
         "runs": [asdict(r) | {"method": m, "fraction": f} for m, f, r in results],
         "timings_s": timings,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "paths": {
             "lake": str(lake_path.resolve()),
             "manifests": str(manifests_dir.resolve()),
+            **({"compare": str(compare_dir.resolve())} if comparison else {}),
             "report_json": str((out / "report.json").resolve()),
             "report_md": str((out / "report.md").resolve()),
             "report_html": str((out / "report.html").resolve()),
@@ -260,7 +271,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     (out / "report.md").write_text(_markdown(report))
     from cld_lake.report import build_report
 
-    build_report(lake, out / "report.html", force=True)  # the demo replaces its own report
+    build_report(  # the demo replaces its own report
+        lake, out / "report.html", force=True, compare=compare_dir if comparison else None
+    )
     return report
 
 

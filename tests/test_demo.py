@@ -29,7 +29,12 @@ def test_demo_smoke(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved["table"] == json.loads(json.dumps(report["table"]))
     assert "| fraction |" in (tmp_path / "demo" / "report.md").read_text()
-    assert "noisy labels among the lowest-scored" in (tmp_path / "demo" / "report.html").read_text()
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "noisy labels among the lowest-scored" in page
+    # the demo's coresets live in LAKE/manifests/, so the report shows each one's mean CLD, and
+    # its comparison is drawn (both were missing when the manifests sat outside the lake)
+    assert "cld_top_0.3.parquet" in page and "random_0.3_seed0.parquet" in page
+    assert "<h3>Coreset accuracy</h3>" in page
     lake = cld_lake.open_lake(report["paths"]["lake"])
     assert "cld" in pq.read_schema(lake.path / "scores.parquet").names
     train = lake.split("train")
@@ -67,7 +72,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
     detection = {r["score"]: r for r in comparison["noise_detection"]}
     assert set(detection) == {"cld", "forgetting", "aum"}
     assert detection["cld"]["auroc"] > 0.6  # measured 0.76: CLD ranks flipped labels low
-    top = cld_lake.load_manifest(Path(report["paths"]["manifests"]) / "compare" / "cld_0.3.parquet")
+    top = cld_lake.load_manifest(Path(report["paths"]["compare"]) / "manifests" / "cld_0.3.parquet")
     assert set(top.sample_ids) == set(
         cld_lake.load_manifest(
             Path(report["paths"]["manifests"]) / "cld_top_0.3.parquet"
