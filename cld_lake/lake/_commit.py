@@ -233,7 +233,9 @@ class CommitRecord:
                 on_disk = None
             if on_disk is not None and (name is None or name in on_disk.segment_names()):
                 self.split = on_disk
-            elif on_disk is None and self.split is None:
+            elif on_disk is None and self.split is None and self._lock.held:
+                # (a writer whose lease was taken over leaves the unlisted split alone: it is
+                # the new holder's first write in progress; only its own segment goes)
                 remove_unlisted(self.root)
             elif name is not None:
                 delete_segment(self.root / fmt.SEGMENTS_DIR / name)
