@@ -186,7 +186,9 @@ class Lock(ABC):
     """An exclusive lock: ``flock`` on a local disk, a lease object on an object store.
 
     Use :meth:`try_acquire` for a writer that must not wait (it is told who holds the lock),
-    or the lock as a context manager for a short critical section (it waits).
+    or the lock as a context manager for a short critical section (it waits). A lock dropped
+    while held (its owner never released it) is released when it is garbage-collected, and
+    any thread it started ends.
     """
 
     #: where the lock is kept (what messages name)

@@ -11,9 +11,10 @@ import re
 import shutil
 import socket
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cld_lake.storage._abc import Lock, Store, VersionConflict, as_buffers
 
@@ -278,6 +279,7 @@ class FileLock(Lock):
         self.path = Path(path)
         self.holder = holder
         self._fd: int | None = None
+        self._on_drop: weakref.finalize[Any, Any] | None = None
 
     def try_acquire(self) -> str | None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -307,11 +309,17 @@ class FileLock(Lock):
         os.ftruncate(fd, 0)
         os.write(fd, self.holder.encode())
         self._fd = fd
+        # a lock dropped unreleased (a writer never closed) is freed when it is collected, as
+        # when its process ends: closing the file drops the flock
+        self._on_drop = weakref.finalize(self, os.close, fd)
 
     def check(self) -> None:
         """The kernel keeps a ``flock`` until the process dies: nothing can take it over."""
 
     def release(self) -> None:
+        if self._on_drop is not None:
+            self._on_drop.detach()
+            self._on_drop = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
