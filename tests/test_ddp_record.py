@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -83,6 +84,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.timeout(300)
 def test_two_rank_gloo_recording_equals_single_process(tmp_path: Path) -> None:
     import cld_lake
     from cld_lake.torch import LossRecorder, WithIndex

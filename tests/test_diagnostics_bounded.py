@@ -140,6 +140,7 @@ def _grown_mb(step: str, lake: Path, tiny: Path) -> float:
     return grown_mb(MEASURE, step, lake, tiny)
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.slow
 def test_streamed_detection_and_stability_stay_within_a_bound_the_whole_read_exceeds(tmp_path):
     rng = np.random.default_rng(3)

@@ -174,6 +174,7 @@ def _pages_with_examples() -> list[str]:
     return pages
 
 
+@pytest.mark.timeout(900)  # the README page runs the whole walk-through
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", _pages_with_examples())
 def test_the_examples_of_a_page_run_as_written(doc, demo_lake, tmp_path, request):

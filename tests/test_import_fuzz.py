@@ -438,6 +438,7 @@ FUZZ = settings(
 )
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", KINDS)
 def test_fuzz_every_importer_through_the_cli(kind, tmp_path, cli):
     @FUZZ
@@ -452,6 +453,7 @@ def test_fuzz_every_importer_through_the_cli(kind, tmp_path, cli):
     run()
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_mutation_into_every_target(kind, tmp_path, cli):
     """Each mutation at least once per importer and target (the random draws above may miss

@@ -159,6 +159,7 @@ def test_the_small_lake_verifies_and_covers_every_kind_of_file(pristine):
     assert len(train.segment_names()) == 2 and train.samples_table.num_columns == 3
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["json", "parquet", "chunks"])
 def test_every_bit_flip_is_detected_and_refused_or_changes_nothing(tmp_path, pristine, kind):
     path = tmp_path / "lake"

@@ -49,6 +49,7 @@ def test_a_scored_lake_verifies_and_records_a_checksum_per_column(scored):
     check_scores_file(open_lake(scored))
 
 
+@pytest.mark.timeout(300)
 def test_every_flipped_byte_of_the_scores_table_is_refused_or_changes_nothing(scored, tmp_path):
     lake_path = tmp_path / "lake"
     shutil.copytree(scored, lake_path)

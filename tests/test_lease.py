@@ -21,7 +21,7 @@ from tests._s3server import BUCKET
 
 N = 500
 # Every test here waits on leases of a second or less: a renewal loop that never ends, or a
-# lease never given up, fails it in seconds instead of stalling the suite.
+# lease never given up, ends the run in seconds instead of stalling it.
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -269,6 +269,7 @@ def test_a_writer_whose_lease_was_taken_over_cannot_commit(monkeypatch, first_co
     _lease_taken_over_then_stale_commit(_lake(), first_commit)
 
 
+@pytest.mark.timeout(90)  # the first test here to start the S3 server
 @pytest.mark.parametrize("client", ["obstore", "fsspec"])
 def test_a_writer_whose_lease_was_taken_over_cannot_commit_on_s3(s3_env, monkeypatch, client):
     monkeypatch.setenv("CLD_LAKE_S3_CLIENT", client)

@@ -43,6 +43,7 @@ def committed(lake: Path) -> dict[str, list[int]]:
     return {s: opened.split(s).checkpoint_ids.tolist() for s in ("train", "val")}
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.slow  # ~25 s: four real processes, each paying torch's import
 def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path: Path) -> None:
     ref, lake = tmp_path / "ref.lake", tmp_path / "a.lake"

@@ -63,6 +63,7 @@ def _bucket_keys(env: dict[str, str]) -> list[str]:
     return sorted(fs.find(BUCKET))
 
 
+@pytest.mark.timeout(300)
 def test_whole_path_on_s3_equals_the_local_lake(s3_env, tmp_path):
     files = _files(tmp_path)
     url = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake"
@@ -197,6 +198,7 @@ def test_bad_url_bucket_credentials_or_endpoint_is_one_line_exit_2_nothing_writt
     assert _bucket_keys(s3_env) == before
 
 
+@pytest.mark.timeout(60)
 def test_a_live_writer_lease_refuses_a_second_writer_naming_the_holder(s3_env, tmp_path):
     files = _files(tmp_path)
     url = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake"
@@ -222,6 +224,7 @@ def test_a_live_writer_lease_refuses_a_second_writer_naming_the_holder(s3_env, t
         holder.wait()
 
 
+@pytest.mark.timeout(60)
 def test_kill_9_mid_commit_on_s3_loses_no_committed_checkpoint(s3_env, tmp_path):
     url = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/lake"
     env = {**os.environ, "CLD_LAKE_LEASE_SECONDS": "3", "PYTHONPATH": str(REPO)}

@@ -206,6 +206,7 @@ class StoreContract:
         assert root.store.process_local is self.process_local
 
     # --- locks ----------------------------------------------------------------------------
+    @pytest.mark.timeout(30)
     def test_a_lock_is_exclusive_and_names_its_holder(self, root: StorePath):
         root.make_folder()
         first, second = (root / ".lock").lock("writer A"), (root / ".lock").lock("writer B")
@@ -222,6 +223,7 @@ class StoreContract:
         assert second.try_acquire() is None
         second.release()
 
+    @pytest.mark.timeout(60)
     def test_a_waiting_lock_gets_it_when_released(self, root: StorePath):
         root.make_folder()
         holder = (root / ".lock").lock("writer A")
@@ -241,6 +243,7 @@ class StoreContract:
         waiter.join(timeout=30)
         assert got and got[0] >= released
 
+    @pytest.mark.timeout(30)
     def test_an_expired_lease_is_taken_over_and_its_holder_cannot_go_on(self, root: StorePath):
         if not self.expiring_locks:
             pytest.skip("an flock lives as long as its holder: nothing expires")
@@ -257,6 +260,7 @@ class StoreContract:
             dead.check()
         taker.release()
 
+    @pytest.mark.timeout(30)
     def test_a_lock_held_too_long_is_refused_after_the_timeout(self, root: StorePath):
         if not self.expiring_locks:
             pytest.skip("an flock waits for its holder (the kernel frees it when it dies)")

@@ -242,4 +242,4 @@ WriterMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-test_writer_state_machine = WriterMachine.TestCase
+test_writer_state_machine = pytest.mark.timeout(300)(WriterMachine.TestCase)
