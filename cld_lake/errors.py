@@ -8,6 +8,9 @@ exits with ``error.exit_code``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class CldLakeError(Exception):
     """Root of every cld_lake error."""
@@ -79,3 +82,39 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines[0].split())[:limit] if lines else ""
     return text or type(exc).__name__
+
+
+# --- how an error names an argument ------------------------------------------------------
+# A message names the argument to fix as its caller wrote it: ``window_length=4`` for a Python
+# caller, ``--window-length 4`` on the command line. The CLI switches the spelling for the
+# whole process (it is one command) with :func:`command_line_spelling`; the flags that are not
+# the parameter's name with dashes are listed here, the one place the two are mapped.
+_FLAGS = {"names": "--name", "runs": "--run", "methods": "--method"}
+_spelling = ["python"]
+_UNSET = object()
+
+
+def argument(param: str, value: object = _UNSET) -> str:
+    """``param`` (a Python parameter name) and ``value`` as the caller spells them: ``early=0.1``
+    from Python, ``--early 0.1`` on the command line (without a value: ``early=`` /
+    ``--early``)."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()  # a NumPy number: spelled as the Python number it holds
+    if _spelling[-1] == "python":
+        return f"{param}=" if value is _UNSET else f"{param}={value!r}"
+    flag = _FLAGS.get(param, "--" + param.replace("_", "-"))
+    if value is _UNSET:
+        return flag
+    import shlex
+
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+@contextlib.contextmanager
+def command_line_spelling() -> Iterator[None]:
+    """Inside, :func:`argument` spells command-line flags (what the CLI's commands run in)."""
+    _spelling.append("cli")
+    try:
+        yield
+    finally:
+        _spelling.pop()
