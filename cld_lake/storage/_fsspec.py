@@ -81,7 +81,9 @@ def _new_filesystem(scheme: str) -> Any:
     try:
         import gcsfs
     except ImportError as exc:
-        raise BadInputError("gs:// lakes need the gcsfs package; pip install gcsfs") from exc
+        from cld_lake.storage._location import install_hint
+
+        raise BadInputError(f"gs:// lakes need the gcsfs package; {install_hint('gcs')}") from exc
     return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 

@@ -49,13 +49,22 @@ def _client(bucket: str) -> Any:
     return store
 
 
-def _new_client(bucket: str) -> Any:
+def _require_obstore() -> None:
+    """One line with the install hint when obstore is missing (before any call needs it)."""
     try:
-        from obstore.store import S3Store
+        import obstore.store  # noqa: F401
     except ImportError as exc:
+        from cld_lake.storage._location import install_hint
+
         raise BadInputError(
-            "s3:// lakes need the obstore package; install cld_lake[remote]"
+            f"s3:// lakes need the obstore package; {install_hint('remote')}"
         ) from exc
+
+
+def _new_client(bucket: str) -> Any:
+    _require_obstore()
+    from obstore.store import S3Store
+
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     timeout = float(env.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
@@ -159,6 +168,7 @@ class ObstoreStore(Store):
 
     def __init__(self, scheme: str = "s3") -> None:
         self.scheme = scheme
+        _require_obstore()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObstoreStore) and other.scheme == self.scheme
