@@ -75,6 +75,12 @@ class LakeChangedError(CldLakeError):
     exit_code = 1
 
 
+def install_hint(extra: str) -> str:
+    """How to install the optional dependencies of ``extra`` (an extra of this package's
+    ``pyproject.toml``): the one spelling every missing-dependency error ends with."""
+    return f"pip install 'cld-lake[{extra}]'"
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """What a library's error says, as one line for a message of ours: its first line (DuckDB
     and Arrow append context and tracebacks below it), whitespace collapsed, at most ``limit``

@@ -66,12 +66,6 @@ def local_file(spec: str | os.PathLike[str] | StorePath) -> Path | None:
     return Path(text)
 
 
-def install_hint(extra: str) -> str:
-    """How to install the optional dependencies of ``extra`` (an extra of this package's
-    ``pyproject.toml``): the one spelling every missing-client error ends with."""
-    return f"pip install 'cld-lake[{extra}]'"
-
-
 #: which client reaches ``s3://``: ``obstore`` or ``fsspec`` (s3fs)
 S3_CLIENT_ENV = "CLD_LAKE_S3_CLIENT"
 DEFAULT_S3_CLIENT = "obstore"

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from cld_lake.errors import BadInputError, CldLakeError
+from cld_lake.errors import BadInputError, CldLakeError, install_hint
 from cld_lake.storage._abc import Store, VersionConflict, joined
 from cld_lake.storage._errors import remote_problem
 from cld_lake.storage._lease import Lease
@@ -54,8 +54,6 @@ def _require_obstore() -> None:
     try:
         import obstore.store  # noqa: F401
     except ImportError as exc:
-        from cld_lake.storage._location import install_hint
-
         raise BadInputError(
             f"s3:// lakes need the obstore package; {install_hint('remote')}"
         ) from exc
