@@ -239,10 +239,14 @@ def test_refusals_are_exactly_where_the_window_is_too_short(tmp_path):
     values = make_values(1, 20, 8, 0.0)
     lake = write_method_lake(tmp_path / "lake", values, np.zeros(20, dtype=np.int64), 1)
     # a Python caller is told the Python parameters (the CLI's flags: tests/test_score_defaults)
-    with pytest.raises(ScoringError, match=r"'dynunc' needs at least 9 checkpoints.*window_length=8"):
+    with pytest.raises(
+        ScoringError, match=r"'dynunc' needs at least 9 checkpoints.*window_length=8"
+    ):
         compute_scores(lake, "dynunc", window_length=9)
     # dual's default early window: 15% of 8 = 1 checkpoint, fewer than the default's 3
-    with pytest.raises(ScoringError, match=r"'dual' needs at least 3 checkpoints; its early window"):
+    with pytest.raises(
+        ScoringError, match=r"'dual' needs at least 3 checkpoints; its early window"
+    ):
         compute_scores(lake, "dual")
     assert compute_scores(lake, "dual", early=0.5, window_length=4, store=False)["dual"].provenance[
         "parameters"
