@@ -9,7 +9,7 @@ exits with ``error.exit_code``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 class CldLakeError(Exception):
@@ -114,6 +114,16 @@ def argument(param: str, value: object = _UNSET) -> str:
     import shlex
 
     return f"{flag} {shlex.quote(str(value))}"
+
+
+def alternatives(param: str, values: Iterable[object], sep: str = " or ") -> str:
+    """``param`` with any of ``values``: ``engine='numpy' or 'dask'`` from Python,
+    ``--engine numpy or dask`` on the command line."""
+    first, *rest = list(values)
+    shown = [argument(param, first)]
+    for value in rest:
+        shown.append(repr(value) if _spelling[-1] == "python" else str(value))
+    return sep.join(shown)
 
 
 @contextlib.contextmanager

@@ -284,7 +284,7 @@ def test_cld_global_reference_is_the_all_class_mean(tmp_path):
     # the same in a pass with other methods, and through the CLI's option
     both = compute_scores(lake, "cld,aum", reference="global", store=False)
     np.testing.assert_array_equal(both["cld"].scores, result.scores)
-    with pytest.raises(ScoringError, match="--reference 'nearest'"):
+    with pytest.raises(ScoringError, match="reference='nearest'"):
         compute_cld(lake, reference="nearest")
 
 

@@ -95,6 +95,20 @@ def test_below_three_checkpoints_the_default_refuses_with_the_fixes(tmp_path) ->
         ({"method": "nosuch"}, "method='nosuch': choose among", "'--method': 'nosuch'"),
         ({"method": "aum"}, "method='aum' needs the 'margin' channel", "--method aum needs the"),
         ({"name": "1st"}, "name='1st': a score name is", "--name 1st: a score name is"),
+        (
+            {"method": "mean_loss", "early": 0.5},
+            "early= applies to method='early_loss' / 'dual' / 'el2n'; none of them is in "
+            "method='mean_loss'",
+            "--early applies to --method early_loss / dual / el2n; none of them is in --method "
+            "mean_loss",
+        ),
+        (
+            {"method": "aum", "engine": "duckdb"},
+            "engine='duckdb' runs method='cld' alone; for method='aum' use engine='numpy' or "
+            "'dask'",
+            "--engine duckdb runs --method cld alone; for --method aum use --engine numpy or dask",
+        ),
+        ({"reference": "nearest"}, "reference='nearest': use class or global", "'--reference'"),
     ],
 )
 def test_errors_name_the_python_parameter_or_the_flag(tmp_path, cli, params, python, flags):
