@@ -1,8 +1,8 @@
 """Input checks shared by the writer, the importers and ``verify``.
 
 One place for the rules a split's inputs obey (run, split and score names, channels and their
-dtypes, labels, unique ids) and for the small counts taken on the way in (duplicates, NaN/inf, the ids
-fingerprint). Messages name what was found and how to fix it.
+dtypes, labels, unique ids) and for the small counts taken on the way in (duplicates, NaN/inf,
+the ids fingerprint). Messages name what was found and how to fix it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -50,7 +51,7 @@ _IDENTIFIER_RULE = "letters, digits and '_', not starting with a digit"
 _SHOWN = 32  # characters of a refused name quoted in its error
 
 
-def _refuse(kind: str, name: object, param: str, rule: str, error: type[CldLakeError]) -> None:
+def _refuse(kind: str, name: object, param: str, rule: str, error: type[CldLakeError]) -> NoReturn:
     if isinstance(name, str) and len(name) > _SHOWN:
         shown = f"{argument(param, name[:_SHOWN] + '...')} ({len(name)} characters)"
     else:
@@ -68,10 +69,7 @@ def _check_name(
     error: type[CldLakeError] = BadInputError,
 ) -> str:
     full = f"1 to {MAX_NAME_LENGTH} characters: {rule} (e.g. {example})"
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        _refuse(kind, name, param, full, error)
-    assert isinstance(name, str)
-    if len(name) > MAX_NAME_LENGTH:
+    if not isinstance(name, str) or not pattern.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         _refuse(kind, name, param, full, error)
     return name
 
