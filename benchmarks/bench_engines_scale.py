@@ -21,7 +21,6 @@ Medians of ``--repeats`` runs; the ratios compare medians measured in this run. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks._args import ArgumentParser, existing_lake, labelled_dir, output_file
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("polars", "dask")
@@ -101,18 +102,21 @@ def describe(lake: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Polars / Dask engines at scale (see docstring).")
-    parser.add_argument("lakes", nargs="+", type=Path)
+    parser = ArgumentParser(description="Polars / Dask engines at scale (see docstring).")
+    parser.add_argument("lakes", nargs="+", type=existing_lake)
     parser.add_argument(
         "--tree",
         action="append",
         default=[],
+        type=labelled_dir,
         metavar="LABEL=PATH",
         help="a source tree to import cld_lake from (repeat; default: this one as 'this')",
     )
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
+    parser.add_argument(
+        "--json", type=output_file, default=None, help="Also write the rows as JSON here."
+    )
     args = parser.parse_args(argv)
     trees = [t.split("=", 1) for t in args.tree] or [["this", str(REPO)]]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser, work_dir
+
 CHILD_PRELUDE = """
 import json, sys, time
 import numpy as np
@@ -183,14 +185,14 @@ def run_step(name: str, *args: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_280_000)
     parser.add_argument("--checkpoints", type=int, default=90)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=work_dir, default=None)
     parser.add_argument(
         "--scan-parts", action="store_true", help="also time the parts of a scan, one by one"
     )

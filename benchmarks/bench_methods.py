@@ -14,7 +14,6 @@ temporary directory (``benchmarks/synth.py``) and removed afterwards.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -23,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._args import ArgumentParser, existing_dir
 from benchmarks.bench_score import run_child, warm
 from benchmarks.synth import SynthConfig, synth_lake
 from cld_lake.score import METHODS
@@ -80,9 +80,7 @@ def print_table(title: str, rows: list[dict], together: dict, methods: list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Scoring methods benchmark (see module docstring)."
-    )
+    parser = ArgumentParser(description="Scoring methods benchmark (see module docstring).")
     parser.add_argument("--rows", type=int, default=SynthConfig.train)
     parser.add_argument("--val", type=int, default=SynthConfig.val)
     parser.add_argument("--checkpoints", type=int, default=SynthConfig.checkpoints)
@@ -90,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--engine", default="numpy", choices=["numpy", "dask"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", default=None, help="Where to put the lake (default: temp).")
+    parser.add_argument(
+        "--workdir",
+        type=existing_dir,
+        help="An existing directory for the lake (default: temp).",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))

@@ -23,13 +23,13 @@ ranks). Scoring and selection are the lake's own bounded paths.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._args import ArgumentParser, work_dir
 from benchmarks.bench_scale import machine_line, run_wrapped
 
 DTYPES = ("float16", "float32")
@@ -84,13 +84,13 @@ def run(arguments: list[str], work: Path, what: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=10_000_000)
     parser.add_argument("--checkpoints", type=int, default=50)
     parser.add_argument("--val", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None, help="where the lakes go (default: temp)")
+    parser.add_argument("--dir", type=work_dir, help="where the lakes go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the lakes afterwards")
     args = parser.parse_args(argv)
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-precision-"))

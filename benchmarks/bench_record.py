@@ -35,7 +35,6 @@ steady state of a training run, without the first commit's sample set): what fit
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks._args import ArgumentParser, existing_dir, labelled_dir
 from cld_lake.torch import LossRecorder, WithIndex
 
 
@@ -156,7 +156,7 @@ def bench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m benchmarks.bench_record", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--repeats", type=int, default=5)
@@ -168,9 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=10_000_000, help="--ddp: samples in all")
     p.add_argument("--ranks", type=int, default=2, help="--ddp: gloo processes")
     p.add_argument(
-        "--tree", action="append", default=[], help="--ddp: LABEL=DIR, a checkout to run"
+        "--tree",
+        action="append",
+        default=[],
+        type=labelled_dir,
+        help="--ddp: LABEL=DIR, a checkout to run",
     )
-    p.add_argument("--root", help="--ddp: where the lakes go (default: a temporary folder)")
+    p.add_argument(
+        "--root", type=existing_dir, help="--ddp: where the lakes go (default: a temp folder)"
+    )
     p.add_argument(
         "--existing",
         action="store_true",

@@ -17,7 +17,6 @@ places in the same invocation.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser, existing_dir
 from benchmarks.bench_scale import run_wrapped
 
 STEPS = ("import", "open", "score", "select", "sql")
@@ -97,13 +97,13 @@ def run(commands: list[list[str]], work: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_281_167)
     parser.add_argument("--val-rows", type=int, default=50_000)
     parser.add_argument("--checkpoints", type=int, default=90)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--dir", type=existing_dir, default=None)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests._s3server import BUCKET, s3_server

@@ -18,7 +18,6 @@ the medians.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser, existing_dir, lake_to_build
 from benchmarks.synth import RowSource, SynthConfig, labels_for, synth_lake
 
 
@@ -101,16 +101,18 @@ def run_report(lake: Path, out: Path, code: Path | None = None) -> tuple[float, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=10_000_000)
     ap.add_argument("--val", type=int, default=100_000)
     ap.add_argument("--checkpoints", type=int, default=50)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    ap.add_argument("--lake", type=Path, help="lake to build or reuse (default: a temp dir)")
+    ap.add_argument(
+        "--lake", type=lake_to_build, help="lake to build or reuse (default: a temp dir)"
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--noisy", type=float, help="share of train samples flagged noisy")
-    ap.add_argument("--before", type=Path, help="an earlier checkout to compare with")
+    ap.add_argument("--before", type=existing_dir, help="an earlier checkout to compare with")
     args = ap.parse_args()
     if not Path("/usr/bin/time").exists():
         sys.exit("needs /usr/bin/time (Debian: apt-get install time)")

@@ -40,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks._args import ArgumentParser, output_file, work_dir
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (
     "synth",
@@ -303,7 +305,7 @@ def machine_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--samples", default="100000000", help="training samples, comma-separated sizes"
     )
@@ -312,9 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=100_000, help="validation samples")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where the lakes go (default: a temp dir)"
-    )
+    parser.add_argument("--dir", type=work_dir, help="where the lakes go (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per step (median); synth once")
     parser.add_argument(
         "--steps", default=",".join(DEFAULT_STEPS), help=f"comma-separated, of {','.join(STEPS)}"
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scheduler", default=None, help="dask scheduler address for score-dask and select-dask"
     )
     parser.add_argument("--keep", action="store_true", help="keep the lakes afterwards")
-    parser.add_argument("--json", type=Path, default=None, help="also write every run as JSON")
+    parser.add_argument("--json", type=output_file, help="also write every run as JSON")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = sorted(set(steps) - set(STEPS))

@@ -21,7 +21,6 @@ so that both see the same load).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser, existing_dir, labelled_dir, output_file
 from benchmarks.synth import SynthConfig, synth_lake
 
 ENGINES = ("numpy", "duckdb", "polars", "dask")
@@ -298,7 +298,7 @@ def print_table(title: str, rows: list[dict], base: dict[str, dict] | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="CLD scoring benchmark (see module docstring).")
+    parser = ArgumentParser(description="CLD scoring benchmark (see module docstring).")
     parser.add_argument("--rows", type=int, default=SynthConfig.train)
     parser.add_argument("--val", type=int, default=SynthConfig.val)
     parser.add_argument("--checkpoints", type=int, default=SynthConfig.checkpoints)
@@ -315,9 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         "--scale", type=int, default=0, help="Also run at SCALE x samples (RSS check)."
     )
     parser.add_argument(
-        "--workdir", default=None, help="Where to put the lakes (default: a temp dir)."
+        "--workdir",
+        type=existing_dir,
+        default=None,
+        help="An existing directory for the lakes (default: a temp dir).",
     )
-    parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
+    parser.add_argument(
+        "--json", type=output_file, default=None, help="Also write the rows as JSON here."
+    )
     parser.add_argument(
         "--cli",
         action="store_true",
@@ -327,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         "--tree",
         action="append",
         default=[],
+        type=labelled_dir,
         metavar="LABEL=PATH",
         help="--cli: a source tree to import cld_lake from (repeat; default: this one).",
     )

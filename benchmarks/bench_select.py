@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser, lake_to_build
+
 CALL = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
@@ -157,7 +159,7 @@ def compare_paths(args: argparse.Namespace, lake: Path, scratch: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=1_281_167)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--fraction", type=float, default=0.1)
@@ -165,7 +167,9 @@ def main() -> None:
     ap.add_argument("--paths", action="store_true", help="streaming vs in-memory select")
     ap.add_argument("--balance", default="proportional", help="--paths: the balance rule")
     ap.add_argument("--memory-runs", type=int, default=None, help="--paths: in-memory runs")
-    ap.add_argument("--lake", type=Path, help="--paths: lake to use (built there if missing)")
+    ap.add_argument(
+        "--lake", type=lake_to_build, help="--paths: lake to use (built there if missing)"
+    )
     ap.add_argument("--dask", action="store_true", help="--paths: also select --dask")
     args = ap.parse_args()
     if args.paths:

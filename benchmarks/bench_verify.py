@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._args import ArgumentParser, existing_lake, labelled_dir
+
 REPO = Path(__file__).resolve().parents[1]
 # the cld-lake command (the script next to the interpreter), run in the child process itself
 CLI = (
@@ -79,12 +81,14 @@ def make_lake(lake: Path, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=10_000_000)
     parser.add_argument("--checkpoints", type=int, default=50)
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    parser.add_argument("--lake", type=Path, help="an existing scored lake (kept)")
-    parser.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--lake", type=existing_lake, help="an existing scored lake (kept)")
+    parser.add_argument(
+        "--code", action="append", default=[], type=labelled_dir, metavar="NAME=DIR"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     checkouts = dict(c.split("=", 1) for c in args.code) or {"this checkout": str(REPO)}

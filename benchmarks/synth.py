@@ -21,7 +21,6 @@ random share ``f`` of the rest, ``margin = log p - log(f (1 - p))`` (the logit m
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks._args import ArgumentParser
 from cld_lake.lake import Lake, SampleBlocks, SplitWriter
 
 GEN_ROWS = 65536
@@ -237,7 +237,7 @@ def synth_lake(path: str | os.PathLike[str], config: SynthConfig | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("lake")
     defaults = SynthConfig()
     parser.add_argument("--train", type=int, default=defaults.train)

@@ -8,6 +8,9 @@ exits with ``error.exit_code``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+
 
 class CldLakeError(Exception):
     """Root of every cld_lake error."""
@@ -72,6 +75,12 @@ class LakeChangedError(CldLakeError):
     exit_code = 1
 
 
+def install_hint(extra: str) -> str:
+    """How to install the optional dependencies of ``extra`` (an extra of this package's
+    ``pyproject.toml``): the one spelling every missing-dependency error ends with."""
+    return f"pip install 'cld-lake[{extra}]'"
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """What a library's error says, as one line for a message of ours: its first line (DuckDB
     and Arrow append context and tracebacks below it), whitespace collapsed, at most ``limit``
@@ -79,3 +88,49 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines[0].split())[:limit] if lines else ""
     return text or type(exc).__name__
+
+
+# --- how an error names an argument ------------------------------------------------------
+# A message names the argument to fix as its caller wrote it: ``window_length=4`` for a Python
+# caller, ``--window-length 4`` on the command line. The CLI switches the spelling for the
+# whole process (it is one command) with :func:`command_line_spelling`; the flags that are not
+# the parameter's name with dashes are listed here, the one place the two are mapped.
+_FLAGS = {"names": "--name", "runs": "--run", "methods": "--method"}
+_spelling = ["python"]
+_UNSET = object()
+
+
+def argument(param: str, value: object = _UNSET) -> str:
+    """``param`` (a Python parameter name) and ``value`` as the caller spells them: ``early=0.1``
+    from Python, ``--early 0.1`` on the command line (without a value: ``early=`` /
+    ``--early``)."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()  # a NumPy number: spelled as the Python number it holds
+    if _spelling[-1] == "python":
+        return f"{param}=" if value is _UNSET else f"{param}={value!r}"
+    flag = _FLAGS.get(param, "--" + param.replace("_", "-"))
+    if value is _UNSET:
+        return flag
+    import shlex
+
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+def alternatives(param: str, values: Iterable[object], sep: str = " or ") -> str:
+    """``param`` with any of ``values``: ``engine='numpy' or 'dask'`` from Python,
+    ``--engine numpy or dask`` on the command line."""
+    first, *rest = list(values)
+    shown = [argument(param, first)]
+    for value in rest:
+        shown.append(repr(value) if _spelling[-1] == "python" else str(value))
+    return sep.join(shown)
+
+
+@contextlib.contextmanager
+def command_line_spelling() -> Iterator[None]:
+    """Inside, :func:`argument` spells command-line flags (what the CLI's commands run in)."""
+    _spelling.append("cli")
+    try:
+        yield
+    finally:
+        _spelling.pop()

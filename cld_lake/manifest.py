@@ -363,8 +363,11 @@ def _manifest_path(path: object) -> Path:
 def _open_parquet(p: Path) -> pq.ParquetFile:
     """The file's footer, opened to read with page checksums verified.
 
-    A file that is Parquet by its magic bytes but fails to decode is damaged
-    (:class:`CorruptFileError`); anything else is not a manifest (:class:`BadInputError`).
+    A file that starts as Parquet does (its magic bytes) but whose footer cannot be read is
+    damaged (:class:`CorruptFileError`): truncated (the footer, at the end, is the first thing
+    lost), or a byte of the footer or its closing magic changed. A file that does not start as
+    Parquet is not a manifest (:class:`BadInputError`), nor is a readable Parquet file without
+    a manifest's columns (refused by the checks after this one).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -373,9 +376,10 @@ def _open_parquet(p: Path) -> pq.ParquetFile:
         pf = pq.ParquetFile(p, page_checksum_verification=True)
         pf.schema_arrow  # noqa: B018  (a footer whose schema fails to convert is damaged too)
     except (pa.ArrowException, OSError, ValueError, MemoryError) as exc:
-        if _has_parquet_magic(p):
+        if _starts_as_parquet(p):
             raise CorruptFileError(
-                f"manifest {p}: damaged Parquet file ({one_line(exc)}); write it again"
+                f"manifest {p}: damaged or truncated Parquet file ({one_line(exc)}); write it "
+                "again with `cld-lake select`"
             ) from exc
         raise BadInputError(f"manifest {p}: not a readable Parquet file ({one_line(exc)})") from exc
     return pf
@@ -422,11 +426,7 @@ def _recorded_digest(p: Path, schema: pa.Schema, metadata: dict[str, Any]) -> st
     return str(digest)
 
 
-def _has_parquet_magic(p: Path) -> bool:
-    size = p.stat().st_size
-    if size < 8:
-        return False
+def _starts_as_parquet(p: Path) -> bool:
+    """Does ``p`` begin with Parquet's magic bytes (whatever became of its end)?"""
     with open(p, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(size - 4)
-        return head == b"PAR1" and fh.read(4) == b"PAR1"
+        return fh.read(4) == b"PAR1"

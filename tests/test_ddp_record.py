@@ -71,11 +71,19 @@ def worker(lake: str, states: str) -> None:
             rec.update(ids, model.module(x), y)
     save(2)
     rec.commit(2, epoch=2)
-    try:
-        rec.record(model.module, loader, checkpoint=0)
-    except CheckpointExistsError:
-        print(f"rank {rank}: CheckpointExistsError", flush=True)
+    print(f"rank {rank}: committed {rec.committed_checkpoints.tolist()}", flush=True)
+    try:  # refused before the pass: the loader is never drawn from
+        rec.record(model.module, _Untouched(), checkpoint=0)
+    except CheckpointExistsError as exc:
+        print(f"rank {rank}: CheckpointExistsError {exc}", flush=True)
     dist.destroy_process_group()
+
+
+class _Untouched:
+    """A loader that must not be iterated."""
+
+    def __iter__(self):
+        raise AssertionError("record() ran its pass over a committed checkpoint")
 
 
 def free_port() -> int:
@@ -105,11 +113,17 @@ def test_two_rank_gloo_recording_equals_single_process(tmp_path: Path) -> None:
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out
-    # the writing rank's error reached every rank (and nobody hung at the barrier)
-    assert (
-        "rank 0: CheckpointExistsError" in outputs[0]
-        and "rank 1: CheckpointExistsError" in outputs[1]
-    )
+    # the writing rank's error reached every rank (and nobody hung at the barrier), the same
+    # line on each, before the pass; every rank learnt the committed ids from dst
+    errors = [
+        line.split("CheckpointExistsError ", 1)[1]
+        for out in outputs
+        for line in out.splitlines()
+        if "CheckpointExistsError" in line
+    ]
+    assert len(errors) == 2 and errors[0] == errors[1] and "(committed: 0..2)" in errors[0]
+    for rank, out in enumerate(outputs):
+        assert f"rank {rank}: committed [0, 1, 2]" in out, out
 
     ref = tmp_path / "ref.lake"
     rec = LossRecorder(ref, "train")

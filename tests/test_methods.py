@@ -238,10 +238,15 @@ def test_every_method_matches_its_reference_at_any_block_size(
 def test_refusals_are_exactly_where_the_window_is_too_short(tmp_path):
     values = make_values(1, 20, 8, 0.0)
     lake = write_method_lake(tmp_path / "lake", values, np.zeros(20, dtype=np.int64), 1)
-    with pytest.raises(ScoringError, match=r"dynunc needs at least 9 checkpoints.*--window-length"):
+    # a Python caller is told the Python parameters (the CLI's flags: tests/test_score_defaults)
+    with pytest.raises(
+        ScoringError, match=r"'dynunc' needs at least 9 checkpoints.*window_length=8"
+    ):
         compute_scores(lake, "dynunc", window_length=9)
-    # dual's default early window: 15% of 8 = 1 checkpoint, fewer than J = 10
-    with pytest.raises(ScoringError, match=r"dual needs at least 10 checkpoints; its early window"):
+    # dual's default early window: 15% of 8 = 1 checkpoint, fewer than the default's 3
+    with pytest.raises(
+        ScoringError, match=r"'dual' needs at least 3 checkpoints; its early window"
+    ):
         compute_scores(lake, "dual")
     assert compute_scores(lake, "dual", early=0.5, window_length=4, store=False)["dual"].provenance[
         "parameters"
@@ -279,7 +284,7 @@ def test_cld_global_reference_is_the_all_class_mean(tmp_path):
     # the same in a pass with other methods, and through the CLI's option
     both = compute_scores(lake, "cld,aum", reference="global", store=False)
     np.testing.assert_array_equal(both["cld"].scores, result.scores)
-    with pytest.raises(ScoringError, match="--reference 'nearest'"):
+    with pytest.raises(ScoringError, match="reference='nearest'"):
         compute_cld(lake, reference="nearest")
 
 

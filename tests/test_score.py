@@ -118,7 +118,7 @@ def test_known_values(tmp_path):
 def test_fallback_global_flags_rows(tmp_path):
     spec = build_spec(seed=5, n_train=80, n_val=30, n_checkpoints=6, n_classes=4, missing_classes=2)
     lake = write_lake(tmp_path / "lake", spec)
-    with pytest.raises(ScoringError, match="--fallback global"):
+    with pytest.raises(ScoringError, match="fallback='global'"):  # a Python caller's spelling
         cld_lake.score(lake)
     assert not (lake.path / "scores.parquet").exists()
     result = compute_cld(lake, fallback="global")
@@ -177,11 +177,12 @@ def _train_only(tmp_path, spec):
         ({"checkpoints": "0:2"}, "selects 2 of the 8"),
         ({"checkpoints": "::5"}, "selects 2 of the 8"),
         ({"checkpoints": "a:b"}, "START:STOP"),
-        ({"engine": "spark"}, "--engine 'spark'"),
-        ({"method": "el2n"}, "--method 'el2n'"),
-        ({"name": "label"}, "--name 'label'"),
-        ({"name": "1x"}, "--name '1x'"),
-        ({"fallback": "nearest"}, "--fallback 'nearest'"),
+        # a Python caller is told its parameters (the CLI, its flags: test_score_defaults.py)
+        ({"engine": "spark"}, "engine='spark'"),
+        ({"method": "el2n"}, "method='el2n'"),
+        ({"name": "label"}, "name='label'"),
+        ({"name": "1x"}, "name='1x'"),
+        ({"fallback": "nearest"}, "fallback='nearest'"),
     ],
 )
 def test_bad_options_raise_and_write_nothing(lake, kwargs, match):

@@ -108,7 +108,7 @@ def test_reference_counts_left_out_validation_rows():
 
 def test_missing_class_is_refused_where_it_is_known():
     val = (np.array([[3.0, 2.0, 1.0, 0.5]]), np.array([0]))
-    with pytest.raises(ScoringError, match="1 class.*: 1;.*--fallback global"):
+    with pytest.raises(ScoringError, match="1 class.*: 1;.*fallback='global'"):
         cld_reference([val], 2, train_classes=[0, 1])
     acc = CLDAccumulator(cld_reference([val], 2))  # classes unknown: refused when scored
     acc.update([[1.0, 0.5, 0.4, 0.1]], [0])

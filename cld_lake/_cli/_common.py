@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cld_lake.errors import CldLakeError
+from cld_lake.errors import CldLakeError, command_line_spelling
 
 
 class LakeLocation(click.ParamType):
@@ -31,7 +31,8 @@ LAKE = LakeLocation()
 
 def run_main(cli: click.Group, argv: list[str] | None) -> int:
     try:
-        result = cli.main(args=argv, prog_name="cld-lake", standalone_mode=False)
+        with command_line_spelling():
+            result = cli.main(args=argv, prog_name="cld-lake", standalone_mode=False)
         return int(result or 0) if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -91,7 +91,8 @@ class MethodChoice(click.Choice):
 @click.option(
     "--window-length",
     type=click.IntRange(min=2),
-    help="dynunc, dual: length J of the sliding windows, in checkpoints (default 10).",
+    help="dynunc, dual: length J of the sliding windows, in checkpoints (default 10, or the "
+    "checkpoints the method uses when fewer, at least 3).",
 )
 @click.option(
     "--block-rows", type=click.IntRange(min=1), help="Rows per block read (default: one chunk)."

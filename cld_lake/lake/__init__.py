@@ -16,7 +16,12 @@ from cld_lake.lake._format import (
     SAMPLES_FILE,
     SCORES_FILE,
 )
-from cld_lake.lake._validate import check_run_name, check_split_name
+from cld_lake.lake._validate import (
+    MAX_NAME_LENGTH,
+    check_run_name,
+    check_score_name,
+    check_split_name,
+)
 from cld_lake.lake.importer import ImportResult, import_file
 from cld_lake.lake.scores import iter_scores, read_scores, store_score, stored_scores
 from cld_lake.lake.store import Block, Lake, Split, open_lake, parse_window
@@ -27,6 +32,7 @@ __all__ = [
     "CHANNEL_DTYPES",
     "CHECKPOINTS_FILE",
     "DEFAULT_RUN",
+    "MAX_NAME_LENGTH",
     "ROOT_FILE",
     "SAMPLES_FILE",
     "SCORES_FILE",
@@ -38,6 +44,7 @@ __all__ = [
     "Split",
     "SplitWriter",
     "check_run_name",
+    "check_score_name",
     "check_split_name",
     "import_file",
     "iter_scores",

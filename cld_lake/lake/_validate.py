@@ -1,19 +1,20 @@
 """Input checks shared by the writer, the importers and ``verify``.
 
-One place for the rules a split's inputs obey (split names, channels and their dtypes, labels,
-unique ids) and for the small counts taken on the way in (duplicates, NaN/inf, the ids
-fingerprint). Messages name what was found and how to fix it.
+One place for the rules a split's inputs obey (run, split and score names, channels and their
+dtypes, labels, unique ids) and for the small counts taken on the way in (duplicates, NaN/inf,
+the ids fingerprint). Messages name what was found and how to fix it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
 
 import numpy as np
 
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, CldLakeError, ScoringError, argument
 from cld_lake.lake import _format as fmt
 
 # The most classes a lake holds. Scoring keeps a (classes x checkpoints) float64 reference in
@@ -32,24 +33,91 @@ def check_num_classes(num_classes: int, what: str = "--num-classes") -> int:
     return int(num_classes)
 
 
-def check_split_name(split: str) -> str:
-    """``split`` when it is a usable directory name, else :class:`BadInputError`."""
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split or ""):
-        raise BadInputError(
-            f"split name {split!r}: use letters, digits, '_', '-' or '.' (e.g. train, val, test)"
-        )
-    return split
+# --- names ---------------------------------------------------------------------------------
+#: The longest run, split or score name. A run and a split name are each one component of the
+#: path of every file of the split (``runs/<run>/splits/<split>/segments/...``) and a score
+#: name is a SQL column: 64 characters keep every path well inside what each store holds
+#: (255 bytes per file name on disk, 1,024 per object key) whatever the lake's own path.
+MAX_NAME_LENGTH = 64
+#: Columns of the scores table that are not scores.
+RESERVED_SCORE_NAMES = ("sample_id", "label")
+# Run and split names are directory names: no '/', and no leading '.' or '-' (so never '.',
+# '..', a hidden or temporary file of the lake, or an option on a command line).
+_PATH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_PATH_RULE = "letters, digits, '_', '-' or '.', not starting with '.' or '-'"
+# A score name is a SQL column of the ``scores`` view: a plain identifier.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER_RULE = "letters, digits and '_', not starting with a digit"
+_SHOWN = 32  # characters of a refused name quoted in its error
 
 
-def check_run_name(run: str | None) -> str:
+def _refuse(kind: str, name: object, param: str, rule: str, error: type[CldLakeError]) -> NoReturn:
+    if isinstance(name, str) and len(name) > _SHOWN:
+        shown = f"{argument(param, name[:_SHOWN] + '...')} ({len(name)} characters)"
+    else:
+        shown = argument(param, name)
+    raise error(f"{shown}: a {kind} name is {rule}")
+
+
+def _check_name(
+    kind: str,
+    name: object,
+    param: str,
+    pattern: re.Pattern[str],
+    rule: str,
+    example: str,
+    error: type[CldLakeError] = BadInputError,
+) -> str:
+    full = f"1 to {MAX_NAME_LENGTH} characters: {rule} (e.g. {example})"
+    if not isinstance(name, str) or not pattern.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        _refuse(kind, name, param, full, error)
+    return name
+
+
+def check_split_name(split: str, param: str = "split") -> str:
+    """``split`` when it is a usable split name, else :class:`BadInputError` naming ``param``
+    (the Python parameter; the CLI spells its flag) and the rule."""
+    return _check_name("split", split, param, _PATH_NAME, _PATH_RULE, "train, val, test")
+
+
+def check_run_name(run: str | None, param: str = "run") -> str:
     """The run ``run`` names (None: the default run), checked as split names are."""
     if run is None:
         return fmt.DEFAULT_RUN
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", run or ""):
-        raise BadInputError(
-            f"run name {run!r}: use letters, digits, '_', '-' or '.' (e.g. seed0, resnet18)"
+    return _check_name("run", run, param, _PATH_NAME, _PATH_RULE, "seed1, resnet18")
+
+
+def check_score_name(name: str, param: str = "name") -> str:
+    """``name`` when it may name a stored score (a plain identifier of at most
+    :data:`MAX_NAME_LENGTH` characters, not a column of the table itself), else
+    :class:`ScoringError`."""
+    rule = f"{_IDENTIFIER_RULE}, not {' or '.join(RESERVED_SCORE_NAMES)}"
+    _check_name("score", name, param, _IDENTIFIER, rule, "cld, cld_first45", ScoringError)
+    if name.lower() in RESERVED_SCORE_NAMES:
+        raise ScoringError(
+            f"{argument(param, name)}: {' and '.join(RESERVED_SCORE_NAMES)} are columns of the "
+            f"scores table, not scores; choose another name (e.g. cld, cld_first45)"
         )
-    return run
+    return name
+
+
+def check_case_clash(kind: str, name: str, existing: Iterable[str], param: str) -> None:
+    """A new ``name`` must not differ from an existing one only in case: two such runs or splits
+    would share one directory on a case-insensitive file system (macOS, Windows), and two
+    such scores one SQL column (DuckDB's names ignore case)."""
+    for other in existing:
+        if other != name and other.casefold() == name.casefold():
+            raise BadInputError(
+                f"{argument(param, name)}: the lake already has the {kind} {other!r}, a name "
+                f"that differs only in case; use {other!r} or another name"
+            )
+
+
+def check_new_split(runs: Mapping[str, Sequence[str]], run: str, split: str) -> None:
+    """The run and split a writer is about to create clash with no listed one (``runs``:
+    :func:`~cld_lake.lake._format.listed_runs`) by case alone."""
+    check_case_clash("run", run, runs, "run")
+    check_case_clash("split", split, runs.get(run, ()), "split")
 
 
 def check_channels(channels: Mapping[str, str]) -> dict[str, str]:

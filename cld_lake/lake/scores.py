@@ -22,7 +22,6 @@ reader can skip rows on bytes the checksums do not cover.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +37,10 @@ from cld_lake._meta import (
     read_meta,
 )
 from cld_lake._types import Direction, choices
-from cld_lake.errors import BadInputError, CorruptLakeError, ScoringError, one_line
+from cld_lake.errors import BadInputError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._validate import RESERVED_SCORE_NAMES, check_case_clash
+from cld_lake.lake._validate import check_score_name as check_score_name  # its users' name
 from cld_lake.lake.store import Lake, Split, lock_root
 from cld_lake.storage import StorePath
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 # rows [start, stop) of a score column
 ScoreReader = Callable[[int, int], np.ndarray]
 
-RESERVED = ("sample_id", "label")
+RESERVED = RESERVED_SCORE_NAMES
 BATCH_ROWS = 1 << 16
 DIRECTIONS = choices(Direction)
 
@@ -70,16 +71,6 @@ def score_direction(provenance: Mapping[str, Any]) -> Direction:
             f"{', '.join(DIRECTIONS)} (recompute the score with this version of cld_lake)"
         )
     return direction  # type: ignore[no-any-return]
-
-
-def check_score_name(name: str) -> str:
-    """A score name is a plain identifier (it becomes a SQL column of the ``scores`` view)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name or "") or name.lower() in RESERVED:
-        raise ScoringError(
-            f"--name {name!r}: use a plain identifier (letters, digits, '_', not starting with a "
-            f"digit, not {' or '.join(RESERVED)}), e.g. cld or cld_first45"
-        )
-    return name
 
 
 def scores_path(lake: Lake) -> StorePath:
@@ -276,6 +267,9 @@ def store_scores(
     }
     path = scores_path(lake)
     with lock_root(lake.root):  # read-modify-write: one scorer at a time
+        stored = list(stored_scores(lake)) if path.exists() else []
+        for name in readers:
+            check_case_clash("score", name, stored, "name")
         if path.exists() and not _same_rows(path, train):
             _store_realigned(path, train, readers, provenance)
         else:

@@ -32,7 +32,7 @@ from cld_lake.errors import (
 )
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._segments import ChunkReader, open_segment
-from cld_lake.lake._validate import check_num_classes, check_run_name
+from cld_lake.lake._validate import check_num_classes, check_run_name, check_split_name
 from cld_lake.storage import Lock, StorePath, location
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class Split:
 
     def __init__(self, lake: Lake, name: str, run: str | None = None) -> None:
         self.lake = lake
-        self.name = name
+        self.name = check_split_name(name)
         self.run = lake.run if run is None else check_run_name(run)
         #: where the split lives
         self.root: StorePath = fmt.split_dir(lake.root, name, self.run)

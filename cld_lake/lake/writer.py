@@ -52,6 +52,7 @@ from cld_lake.lake._segments import create_segment, new_segment_name
 from cld_lake.lake._tables import write_new_samples, write_sample_blocks, write_samples_table
 from cld_lake.lake._validate import (
     check_channels,
+    check_new_split,
     check_run_name,
     check_split_name,
     default_channels,
@@ -109,6 +110,7 @@ class SplitWriter:
         self.run = lake.run if run is None else check_run_name(run)
         self.lake = lake if lake.run == self.run else lake.with_run(self.run)
         check_writer_options(lake, row_chunk, num_classes)
+        check_new_split(fmt.listed_runs(fmt.read_root_metadata(lake.root)), self.run, self.name)
         self.num_classes = num_classes if num_classes is not None else lake.num_classes
         #: where the split lives
         self.root = fmt.split_dir(self.lake.root, split, self.run)

@@ -20,6 +20,24 @@ def table(rows: list[dict[str, Any]]) -> str:
     return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
+def columns_table(columns: dict[str, dict[str, Any]], corner: str = "") -> str:
+    """One column per key of ``columns`` (e.g. a split), one row per property: a table as
+    narrow as its few columns, however many properties they have ("" for none)."""
+    if not columns:
+        return ""
+    props = list(dict.fromkeys(p for values in columns.values() for p in values))
+    head = f"<th class='prop'>{html.escape(corner)}</th>" + "".join(
+        f"<th>{html.escape(str(k))}</th>" for k in columns
+    )
+    body = "".join(
+        f"<tr><th class='prop'>{html.escape(str(p))}</th>"
+        + "".join(f"<td>{html.escape(_fmt(v.get(p, '')))}</td>" for v in columns.values())
+        + "</tr>"
+        for p in props
+    )
+    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
+
+
 def _fmt(v: Any) -> str:
     """A cell: floats to 4 significant digits, dicts as ``k=v, ...``."""
     if isinstance(v, float):
@@ -40,7 +58,8 @@ STYLE = (
     "color:#222}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
     "padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
     "figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}"
-    "figcaption,.note{font-size:13px;color:#555}.wide{overflow-x:auto}"
+    "figcaption,.note{font-size:13px;color:#555}.wide{overflow-x:auto;max-width:100%}"
+    "th.prop{text-align:left}td{overflow-wrap:anywhere}"
 )
 
 

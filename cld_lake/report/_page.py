@@ -24,7 +24,7 @@ from cld_lake.report._data import (
 )
 from cld_lake.report._diagnostics import diagnostics_sections
 from cld_lake.report._dynamics import dynamics_sections
-from cld_lake.report._html import document, table
+from cld_lake.report._html import columns_table, document
 from cld_lake.report._scores import score_sections
 from cld_lake.storage import local
 
@@ -93,11 +93,12 @@ def build_report(
         f"<h1>cld_lake report</h1><p>{html.escape(str(lake.root))} · lake {info['lake_id']} · "
         f"{info['num_classes']} classes · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
         "<h2>Splits</h2>",
-        table(
-            [
-                {"split": k, **{c: v for c, v in s.items() if c not in ("metadata_columns",)}}
+        columns_table(
+            {
+                k: {c: v for c, v in s.items() if c != "metadata_columns"}
                 for k, s in info["splits"].items()
-            ]
+            },
+            "split",
         ),
     ]
     stored = stored_scores(lake)

@@ -25,7 +25,8 @@ def score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: TrainDat
         table(
             [
                 {"score": k, **{f: v.get(f, "") for f in shown}}
-                | {"direction": score_direction(v), "created_at": v.get("created_at", "")}
+                | {"direction": score_direction(v), "range": range_text(v.get("range"))}
+                | {"created_at": v.get("created_at", "")}
                 for k, v in stored.items()
             ]
         ),
@@ -63,7 +64,7 @@ def score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: TrainDat
             which = "lowest" if direction == "higher_keep" else "highest"
             lowest_tables += [
                 f"<h4>{html.escape(name)}: noisy labels among the {which}-scored samples</h4>",
-                table(by_fraction),
+                table([_headed_by(row, which) for row in by_fraction]),
             ]
     if hists:
         out.append(
@@ -93,6 +94,25 @@ def score_sections(lake: Lake, stored: dict[str, dict[str, Any]], data: TrainDat
         ]
     out += _correlation_sections(stored, data)
     return out
+
+
+def range_text(value: Any) -> str:
+    """A score's recorded range for a reader: ``[0, 1]``, ``[0, +inf)``, ``unbounded`` when it
+    has no bound at either end, ``""`` when none was recorded (a score of an older version)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return ""
+    low, high = value
+    if low is None and high is None:
+        return "unbounded"
+    left = "(-inf" if low is None else f"[{low:g}"
+    right = "+inf)" if high is None else f"{high:g}]"
+    return f"{left}, {right}"
+
+
+def _headed_by(row: dict[str, Any], which: str) -> dict[str, Any]:
+    """A detection row with its noisy share headed by the end it lists (``noisy_share_highest``
+    for a higher_harder score, whose most suspicious samples are its highest)."""
+    return {(f"noisy_share_{which}" if k == "noisy_share_lowest" else k): v for k, v in row.items()}
 
 
 def _streamed_stats(

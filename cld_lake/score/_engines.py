@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, cast
 
 from cld_lake._types import Engine
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, alternatives, argument
 from cld_lake.lake.store import Split
 from cld_lake.score._method import Plan
 from cld_lake.score._passes import Progress, ScoredChunk
@@ -72,13 +72,13 @@ METHOD_ENGINES: tuple[Engine, ...] = tuple(e for e in ENGINES if ENGINE_METHODS[
 def load_engine(name: str, methods: Sequence[str] = ("cld",)) -> EngineCompute:
     """The ``compute`` function of engine ``name``, which must run ``methods`` (names)."""
     if name not in ENGINE_MODULES:
-        raise ScoringError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
+        raise ScoringError(f"{argument('engine', name)}: choose one of {', '.join(ENGINES)}")
     engine = cast(Engine, name)
     runs = ENGINE_METHODS[engine]
     if runs is not None and not set(methods) <= set(runs):
         raise ScoringError(
-            f"--engine {name} runs --method {','.join(runs)} alone; for --method "
-            f"{','.join(methods)} use --engine {' or '.join(METHOD_ENGINES)}"
+            f"{argument('engine', name)} runs {argument('method', ','.join(runs))} alone; for "
+            f"{argument('method', ','.join(methods))} use {alternatives('engine', METHOD_ENGINES)}"
         )
     return cast(EngineCompute, import_module(ENGINE_MODULES[engine]).compute)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cld_lake._types import CLDReference, Fallback, choices
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, argument
 
 MIN_CHECKPOINTS = 3
 FALLBACKS = (None, *choices(Fallback))
@@ -140,7 +140,7 @@ def centred_differences(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 def check_fallback(fallback: str | None) -> None:
     if fallback not in FALLBACKS:
         allowed = " or ".join(repr(f) for f in FALLBACKS if f is not None)
-        raise ScoringError(f"--fallback {fallback!r}: use {allowed} or leave it unset")
+        raise ScoringError(f"{argument('fallback', fallback)}: use {allowed} or leave it unset")
 
 
 def reference_from_sums(
@@ -169,7 +169,8 @@ def reference_from_sums(
         raise ScoringError(
             f"{len(missing)} class(es) with training samples have no validation sample with finite "
             f"losses at the selected checkpoints: {_shown(missing)}; add validation samples for "
-            "them or pass --fallback global to use the global validation trajectory for those classes"
+            f"them or pass {argument('fallback', 'global')} to use the global validation "
+            "trajectory for those classes"
         )
     use_global = np.zeros(len(counts), dtype=bool)
     if len(missing) and fallback is not None:
@@ -196,7 +197,7 @@ def reference_from_sums(
 
 def check_reference(reference: str) -> None:
     if reference not in REFERENCES:
-        raise ScoringError(f"--reference {reference!r}: use {' or '.join(REFERENCES)}")
+        raise ScoringError(f"{argument('reference', reference)}: use {' or '.join(REFERENCES)}")
 
 
 def _global_mean(class_sums: ClassSums) -> np.ndarray:

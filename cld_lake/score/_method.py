@@ -27,21 +27,31 @@ from typing import Any
 import numpy as np
 
 from cld_lake._types import CLDReference, Direction, Fallback
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, argument
 from cld_lake.score._formula import Reference, Sums
 
 Cols = slice | np.ndarray
+
+#: The sliding-window length J of ``dynunc`` and ``dual`` in their papers (He et al. 2023;
+#: Cho et al. 2025), the default wherever the method's checkpoints hold that many.
+DEFAULT_WINDOW_LENGTH = 10
+#: The fewest checkpoints the default window shrinks to: below 3, a window's standard
+#: deviation is one difference between two values, not a dispersion. A caller who wants 2
+#: says so (``window_length=2``).
+MIN_DEFAULT_WINDOW = 3
 
 
 @dataclass(frozen=True)
 class Params:
     """The parameters of a scoring run; each method reads the ones it names in ``uses``.
 
-    ``early`` None means each early-window method's own default fraction.
+    ``early`` None means each early-window method's own default fraction; ``window_length``
+    None means :data:`DEFAULT_WINDOW_LENGTH` capped at the checkpoints the method uses (at
+    least :data:`MIN_DEFAULT_WINDOW`), see :attr:`Plan.window_length`.
     """
 
     early: float | None = None
-    window_length: int = 10
+    window_length: int | None = None
     reference: CLDReference = "class"
     fallback: Fallback | None = None
 
@@ -136,15 +146,27 @@ class Plan:
         return len(self.used)
 
     def parameters(self) -> dict[str, Any]:
-        """The parameter values this method ran with, for the provenance."""
+        """The parameter values this method ran with, for the provenance (a default resolved:
+        the window length it used, given or not)."""
         out: dict[str, Any] = {}
         for name in self.method.uses:
             if name == "early":
                 out["early"] = self.early_fraction
                 out["early_checkpoints"] = self.k
+            elif name == "window_length":
+                out["window_length"] = self.window_length
             else:
                 out[name] = getattr(self.params, name)
         return out
+
+    @property
+    def window_length(self) -> int:
+        """The sliding-window length J: as given, else :data:`DEFAULT_WINDOW_LENGTH` capped at
+        the checkpoints the method uses (its window was checked to hold at least
+        :data:`MIN_DEFAULT_WINDOW`), so a lake with 10 or more such checkpoints gets the
+        paper's J and a shorter one the longest window it holds."""
+        given = self.params.window_length
+        return given if given is not None else min(DEFAULT_WINDOW_LENGTH, self.k)
 
     @property
     def early_fraction(self) -> float | None:
@@ -154,16 +176,50 @@ class Plan:
 
 
 def check_params(params: Params) -> None:
+    """The parameters that need no lake: one line naming the argument (as the caller spells
+    it, :func:`~cld_lake.errors.argument`) and what to give."""
     if params.early is not None and not 0.0 < params.early <= 1.0:
         raise ScoringError(
-            f"--early {params.early}: give the early window as a fraction of the selected "
-            "checkpoints in (0, 1], e.g. --early 0.1"
+            f"{argument('early', params.early)}: give the early window as a fraction of the "
+            f"selected checkpoints in (0, 1], e.g. {argument('early', 0.1)}"
         )
-    if params.window_length < 2:
+    if params.window_length is not None and params.window_length < 2:
         raise ScoringError(
-            f"--window-length {params.window_length}: a window needs at least 2 checkpoints "
-            "(a standard deviation of one value means nothing)"
+            f"{argument('window_length', params.window_length)}: a window needs at least 2 "
+            "checkpoints (a standard deviation of one value means nothing)"
         )
+
+
+def checkpoints_needed(method: Method, params: Params) -> int:
+    """The fewest checkpoints ``method`` accepts in its window with ``params``."""
+    needed = method.min_checkpoints
+    if "window_length" in method.uses:
+        given = params.window_length
+        needed = max(needed, MIN_DEFAULT_WINDOW if given is None else given)
+    return needed
+
+
+def check_window(method: Method, params: Params, selected: int, used: int) -> None:
+    """Refuse, in one line with the fixes, a window of ``used`` checkpoints (out of ``selected``)
+    too short for ``method``."""
+    needed = checkpoints_needed(method, params)
+    if used >= needed:
+        return
+    fraction = params.early if params.early is not None else method.early
+    if method.early is not None:
+        where = f"its early window ({argument('early', fraction)} of {selected}) holds {used}"
+    else:
+        where = f"{used} {'is' if used == 1 else 'are'} selected"
+    fixes = []
+    if "window_length" in method.uses and used >= 2:
+        fixes.append(argument("window_length", used) + (" (or less)" if used > 2 else ""))
+    if method.early is not None and needed <= selected:
+        fixes.append(argument("early", math.ceil(100 * needed / selected) / 100))
+    fixes.append(f"more checkpoints (record more, or widen {argument('checkpoints')})")
+    raise ScoringError(
+        f"{argument('method', method.name)} needs at least {needed} checkpoint"
+        f"{'s' * (needed != 1)}; {where}; use {', '.join(fixes[:-1])} or {fixes[-1]}"
+    )
 
 
 def _key(channel: str, cols: Cols) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cld_lake._types import CLDReference, Engine, Fallback
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, alternatives, argument
 from cld_lake.lake.scores import ScoreReader, check_score_name, scores_path, store_scores
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._column import ScoreColumn
@@ -205,7 +205,7 @@ def compute_cld(
     if method != "cld":
         get_method(method)  # an unknown name: the list of choices
         raise ScoringError(
-            f"--method {method!r}: compute_cld computes cld only; use "
+            f"{argument('method', method)}: compute_cld computes cld only; use "
             f"compute_scores(lake, {method!r})"
         )
     results = compute_scores(
@@ -346,12 +346,15 @@ def _column_names(methods: Sequence[Method], names: str | Sequence[str] | None) 
     given = split_names(names)
     if len(given) != len(methods):
         raise ScoringError(
-            f"--name {','.join(given)}: {len(given)} name(s) for {len(methods)} method(s); give "
-            "one name per method, in the same order, or leave --name out"
+            f"{argument('names', ','.join(given))}: {len(given)} name(s) for {len(methods)} "
+            f"method(s); give one name per method, in the same order, or leave {argument('names')} "
+            "out"
         )
     twice = repeated(given)
     if twice:
-        raise ScoringError(f"--name: {', '.join(twice)} given twice; each column needs its own")
+        raise ScoringError(
+            f"{argument('names')} {', '.join(twice)} given twice; each column needs its own"
+        )
     return [check_score_name(n) for n in given]
 
 
@@ -361,8 +364,8 @@ def _check_relevant(methods: Sequence[Method], given: Sequence[str]) -> None:
         if not any(param in m.uses for m in methods):
             users = [m.name for m in METHOD_REGISTRY.values() if param in m.uses]
             raise ScoringError(
-                f"--{param.replace('_', '-')} applies to --method {' / '.join(users)}; none of "
-                f"them is in --method {','.join(m.name for m in methods)}"
+                f"{argument(param)} applies to {alternatives('method', users, ' / ')}; none of "
+                f"them is in {argument('method', ','.join(m.name for m in methods))}"
             )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from cld_lake.errors import ScoringError
 from cld_lake.lake.store import Lake, Split, parse_window
 from cld_lake.score._formula import MIN_CHECKPOINTS, Reference
-from cld_lake.score._method import Cols, Method, Params, Plan
+from cld_lake.score._method import Cols, Method, Params, Plan, check_window
 from cld_lake.score._registry import missing_channel
 from cld_lake.score._stream import cld_reference
 
@@ -78,25 +78,7 @@ def window_of(method: Method, params: Params, selected: np.ndarray) -> np.ndarra
     """The checkpoints ``method`` uses out of the ``selected`` ones, checked for its needs."""
     fraction = params.early if params.early is not None else method.early
     used = selected if method.early is None else selected[: early_count(len(selected), fraction)]
-    needed = method.min_checkpoints
-    if "window_length" in method.uses:
-        needed = max(needed, params.window_length)
-    if len(used) < needed:
-        if method.early is not None:
-            where = f"its early window (--early {fraction:g} of {len(selected)}) holds {len(used)}"
-        else:
-            where = f"{len(used)} are selected"
-        fixes = []
-        if "window_length" in method.uses and len(used) >= 2:
-            fixes.append(f"--window-length {len(used)} or less")
-        if method.early is not None:
-            fixes.append("a larger --early")
-        fixes.append("more checkpoints (record more, or widen --checkpoints)")
-        raise ScoringError(
-            f"--method {method.name} needs at least {needed} checkpoint{'s' * (needed != 1)}; "
-            f"{where}; use "
-            f"{' or '.join(fixes)}"
-        )
+    check_window(method, params, len(selected), len(used))
     return used
 
 

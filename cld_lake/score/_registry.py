@@ -18,7 +18,7 @@ from types import MappingProxyType
 import numpy as np
 
 from cld_lake._types import MethodName, choices
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, argument
 from cld_lake.score._formula import Reference, Sums, check_usable, finalise
 from cld_lake.score._kernel import row_sums
 from cld_lake.score._method import (
@@ -76,12 +76,12 @@ def _forgetting(rows: Rows, plan: Plan) -> Scored:
 
 
 def _dynunc(rows: Rows, plan: Plan) -> Scored:
-    _, std = sliding_mean_std(rows.p_true(plan.cols), plan.params.window_length)
+    _, std = sliding_mean_std(rows.p_true(plan.cols), plan.window_length)
     return _undefined_to_nan(column_mean(std), rows.undefined("loss", plan.cols))
 
 
 def _dual(rows: Rows, plan: Plan) -> Scored:
-    mean, std = sliding_mean_std(rows.p_true(plan.cols), plan.params.window_length)
+    mean, std = sliding_mean_std(rows.p_true(plan.cols), plan.window_length)
     with np.errstate(invalid="ignore"):
         per_window = std * (1.0 - mean)
     return _undefined_to_nan(column_mean(per_window), rows.undefined("loss", plan.cols))
@@ -204,7 +204,7 @@ _DEFINITIONS = (
         citation="He et al. 2023 (arXiv 2306.05175; CVPR 2024 workshops), 'Large-scale Dataset "
         "Pruning with Dynamic Uncertainty'",
         score=_dynunc,
-        value_range=lambda plan: (0.0, max_sample_std(plan.params.window_length)),
+        value_range=lambda plan: (0.0, max_sample_std(plan.window_length)),
         uses=("window_length",),
     ),
     Method(
@@ -216,7 +216,7 @@ _DEFINITIONS = (
         citation="Cho et al. 2025 (ICML), 'Lightweight Dataset Pruning without Full Training "
         "via Example Difficulty and Prediction Uncertainty'",
         score=_dual,
-        value_range=lambda plan: (0.0, max_sample_std(plan.params.window_length)),
+        value_range=lambda plan: (0.0, max_sample_std(plan.window_length)),
         early=0.15,
         uses=("early", "window_length"),
     ),
@@ -254,7 +254,7 @@ if METHODS != choices(MethodName):  # pragma: no cover - a registry edit without
 
 def get_method(name: str) -> Method:
     if name not in METHOD_REGISTRY:
-        raise ScoringError(f"--method {name!r}: choose among {', '.join(METHODS)}")
+        raise ScoringError(f"{argument('method', name)}: choose among {', '.join(METHODS)}")
     return METHOD_REGISTRY[name]
 
 
@@ -273,12 +273,12 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[Method, ...]:
     names = split_names(methods)
     if not names or any(not n for n in names):
         raise ScoringError(
-            f"--method {methods!r}: give one method or several separated by commas, e.g. "
-            "--method aum,forgetting"
+            f"{argument('method', methods)}: give one method or several separated by commas, "
+            f"e.g. {argument('method', 'aum,forgetting')}"
         )
     twice = repeated(names)
     if twice:
-        raise ScoringError(f"--method {methods!r}: {', '.join(twice)} given twice")
+        raise ScoringError(f"{argument('method', methods)}: {', '.join(twice)} given twice")
     return tuple(get_method(n) for n in names)
 
 
@@ -287,7 +287,7 @@ def missing_channel(method: Method, present: Mapping[str, str], lake_root: objec
     for channel in method.channels:
         if channel not in present:
             raise ScoringError(
-                f"--method {method.name} needs the {channel!r} channel, which the train split of "
+                f"{argument('method', method.name)} needs the {channel!r} channel, which the train split of "
                 f"{lake_root} does not store (it has {', '.join(present)}); {CHANNEL_FIX[channel]}"
             )
 

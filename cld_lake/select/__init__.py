@@ -11,9 +11,13 @@ Rules (see ``docs/sql.md``):
   ``none`` takes the global top ``total``.
 - Order: highest score first (``lowest=True``: lowest first); ties by smaller ``sample_id``.
   ``random=True`` draws a seeded random order instead, with the same class balance.
-- NaN scores are never selected. They still count in the class sizes (the class balance of
-  the data); a class with fewer non-NaN samples than its quota gives all it has and the
-  shortfall is reported, not moved to other classes.
+- NaN (null) scores are never selected, by any strategy. They still count in the class sizes
+  (the class balance of the data); a class with fewer non-NaN samples than its quota gives all
+  it has and the shortfall is reported, not moved to other classes.
+- ``+inf`` and ``-inf`` are the largest and smallest scores, selectable by every strategy:
+  top-k takes ``+inf`` first, ``lowest`` takes ``-inf`` first, ``random`` draws them as any
+  other score; ``ccs`` prunes them as the hardest or easiest end and bins the finite scores
+  over their own ``[min, max]``, with ``-inf`` in the first bin and ``+inf`` in the last.
 - A stored score computed over fewer checkpoints than the lake now holds (see
   :func:`cld_lake.lake.scores.stale_scores`) is used, with a warning recorded in the
   manifest's ``score_stale``.

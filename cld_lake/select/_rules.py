@@ -232,14 +232,15 @@ def ccs_rows(
     """Choose rows by Coverage-Centric Coreset Selection, per class (or globally for ``none``).
 
     Within each class (the quotas are those of the top-k rule, NaN scores counted in the class
-    sizes, never selected):
+    sizes, never selected; ``+inf`` and ``-inf`` are the largest and smallest scores):
 
     1. *Hard cut-off*: drop the ``floor(prune x n)`` hardest of the class's ``n`` selectable
        samples: the lowest scores for a ``higher_keep`` score (CLD), the highest for a
        ``higher_harder`` one; equal scores: the smaller sample id is dropped first.
-    2. *Strata*: split the remaining scores into ``bins`` equal-width bins over their
-       ``[min, max]`` (bin ``min(floor((s - min) / (max - min) x bins), bins - 1)``; all in
-       bin 0 when ``min == max``).
+    2. *Strata*: split the remaining scores into ``bins`` equal-width bins over the
+       ``[min, max]`` of their finite values (bin ``min(floor((s - min) / (max - min) x bins),
+       bins - 1)``; all in bin 0 when ``min == max``); ``-inf`` joins the first bin, ``+inf``
+       the last.
     3. *Budget*: visit the bins from the least filled up (ties: lower bin first); each gets
        ``min(its size, floor(budget left / bins left))`` (the authors' ``bin_allocate``).
     4. *Draw*: within a bin, the samples with the smallest random keys, where the keys are a
@@ -291,12 +292,7 @@ def ccs_rows(
     pool = order[in_pool]
     g_pool = g_sorted[in_pool]
     s_pool = scores[pool]
-    # the pool of a group is a contiguous run sorted by keep value: its ends are min and max
-    has = n_ok > hard
-    first = np.where(has, start + hard, 0)
-    last = np.where(has, start + n_ok - 1, 0)
-    ends = np.stack([scores[order[first]], scores[order[last]]])
-    lo, hi = ends.min(axis=0), ends.max(axis=0)
+    lo, hi = _finite_ends(s_pool, g_pool, n_groups)
     strata = ccs_bin_index(s_pool, lo[g_pool], hi[g_pool], bins)
     counts = np.bincount(g_pool * bins + strata, minlength=n_groups * bins).reshape(n_groups, bins)
     budget = ccs_bin_budgets(counts, quota)
@@ -319,12 +315,33 @@ def ccs_rows(
     return Picked(rows, _ranks_within_class(labels[rows]), total, quotas, shortfall)
 
 
+def _finite_ends(values: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, ...]:
+    """The smallest and largest finite value of each group (0 and 0 for a group without one).
+
+    ``values`` are a pool sorted by group, then by score (either way round), so each group's
+    finite values are one contiguous run (its infinities sit at the run's ends) and the ends
+    of that run are its minimum and maximum."""
+    finite = np.flatnonzero(np.isfinite(values))
+    lo, hi = np.zeros(n_groups), np.zeros(n_groups)
+    if len(finite):
+        groups, first = np.unique(group[finite], return_index=True)
+        last = np.r_[first[1:], len(finite)] - 1
+        a, b = values[finite[first]], values[finite[last]]
+        lo[groups], hi[groups] = np.minimum(a, b), np.maximum(a, b)
+    return lo, hi
+
+
 def ccs_bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
-    """Equal-width bin of each value over ``[lo, hi]`` (per value), the maximum in the last bin."""
+    """Equal-width bin of each value over ``[lo, hi]`` (per value, the finite range of its
+    group), the maximum in the last bin; all in bin 0 when ``lo == hi``. ``-inf`` is in the
+    first bin and ``+inf`` in the last (below and above every finite value)."""
     span = hi - lo
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         raw = np.floor((values - lo) / span * bins)
-    return np.where(span > 0, np.clip(raw, 0, bins - 1), 0).astype(np.int64)
+    index = np.where(span > 0, np.clip(np.nan_to_num(raw), 0, bins - 1), 0).astype(np.int64)
+    index[values == np.inf] = bins - 1
+    index[values == -np.inf] = 0
+    return index
 
 
 def ccs_bin_budgets(counts: np.ndarray, quota: np.ndarray) -> np.ndarray:

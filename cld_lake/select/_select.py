@@ -18,7 +18,7 @@ import numpy as np
 from cld_lake._io import check_output_path
 from cld_lake._types import Balance, Strategy
 from cld_lake.errors import BadInputError
-from cld_lake.lake import Lake
+from cld_lake.lake import Lake, check_score_name
 from cld_lake.lake import scores as scores_table
 from cld_lake.lake.scores import score_direction
 from cld_lake.manifest import (
@@ -114,6 +114,8 @@ def select(
         now picks other checkpoints, e.g. after more were appended) is used with a
         ``UserWarning`` and the reason in ``metadata["score_stale"]``.
     """
+    if score is not None and score.lower() not in scores_table.RESERVED:
+        check_score_name(score, "score")  # the table's own columns: stored_score lists scores
     lake = (lake if isinstance(lake, Lake) else Lake(lake)).resolve_run()
     if balance not in BALANCES:
         raise BadInputError(f"--balance {balance!r}: use one of {', '.join(BALANCES)}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, install_hint
 from cld_lake.storage._abc import Store, VersionConflict, joined
 from cld_lake.storage._errors import remote_errors
 from cld_lake.storage._lease import Lease
@@ -81,7 +81,7 @@ def _new_filesystem(scheme: str) -> Any:
     try:
         import gcsfs
     except ImportError as exc:
-        raise BadInputError("gs:// lakes need the gcsfs package; pip install gcsfs") from exc
+        raise BadInputError(f"gs:// lakes need the gcsfs package; {install_hint('gcs')}") from exc
     return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from cld_lake.errors import BadInputError, CldLakeError
+from cld_lake.errors import BadInputError, CldLakeError, install_hint
 from cld_lake.storage._abc import Store, VersionConflict, joined
 from cld_lake.storage._errors import remote_problem
 from cld_lake.storage._lease import Lease
@@ -49,13 +49,20 @@ def _client(bucket: str) -> Any:
     return store
 
 
-def _new_client(bucket: str) -> Any:
+def _require_obstore() -> None:
+    """One line with the install hint when obstore is missing (before any call needs it)."""
     try:
-        from obstore.store import S3Store
+        import obstore.store  # noqa: F401
     except ImportError as exc:
         raise BadInputError(
-            "s3:// lakes need the obstore package; install cld_lake[remote]"
+            f"s3:// lakes need the obstore package; {install_hint('remote')}"
         ) from exc
+
+
+def _new_client(bucket: str) -> Any:
+    _require_obstore()
+    from obstore.store import S3Store
+
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     timeout = float(env.get("CLD_LAKE_CONNECT_TIMEOUT", "10"))
@@ -159,6 +166,7 @@ class ObstoreStore(Store):
 
     def __init__(self, scheme: str = "s3") -> None:
         self.scheme = scheme
+        _require_obstore()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObstoreStore) and other.scheme == self.scheme

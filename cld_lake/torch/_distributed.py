@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ WIRE_DTYPES = {
     "correct": np.dtype("?"),
 }
 ERROR_EXAMPLES = 5  # sample ids an error message names
+T = TypeVar("T")
 
 
 class Ask(IntEnum):
@@ -114,6 +115,28 @@ def commit_distributed(
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def read_on_dst(group: Any, dst: int, read: Callable[[], T]) -> T:
+    """``read()`` run on dst alone (the one rank that touches the lake), its result, or the
+    error it raised, on every rank (call on every rank): every rank acts on the same answer,
+    and an error stops every rank at once instead of leaving the others at the next
+    collective."""
+    dist = torch.distributed
+    box: list[Any] = [None]
+    if dist.get_rank(group) == dst:
+        try:
+            box[0] = (True, read())
+        except CldLakeError as exc:
+            box[0] = (False, exc)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = (False, RuntimeError(f"rank {dst} failed to read the lake: {exc!r}"))
+    src = dst if group is None else dist.get_global_rank(group, dst)
+    dist.broadcast_object_list(box, src=src, group=group)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def wire_channels(stored: dict[str, str]) -> tuple[str, ...]:

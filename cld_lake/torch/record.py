@@ -43,10 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cld_lake.errors import BadInputError
+from cld_lake.errors import BadInputError, CheckpointExistsError
 from cld_lake.lake import (
     CHANNEL_DTYPES,
     CHANNELS,
+    DEFAULT_RUN,
     ROOT_FILE,
     Lake,
     SplitWriter,
@@ -54,7 +55,7 @@ from cld_lake.lake import (
     check_split_name,
 )
 from cld_lake.storage import StorePath, location
-from cld_lake.torch._distributed import CommitTarget, commit_distributed
+from cld_lake.torch._distributed import CommitTarget, commit_distributed, read_on_dst
 
 # Rows kept on the device before one move to the host: few transfers, little device memory.
 FLUSH_ROWS = 1 << 18
@@ -203,6 +204,19 @@ class LossRecorder:
         return self._num_classes
 
     @property
+    def committed_checkpoints(self) -> np.ndarray:
+        """The checkpoint ids already committed in this recorder's split (of its run), sorted;
+        empty before the first commit. Read afresh from the lake each time: a resumed loop
+        starts after the last of them (``record`` refuses a committed id before its pass).
+
+        Under ``torch.distributed`` read it on every rank, as ``record`` and ``commit`` are
+        called: the writing rank ``dst`` reads the lake and every rank gets its answer.
+        """
+        if _is_distributed():
+            return read_on_dst(self.group, self.dst, self._read_committed)
+        return self._read_committed()
+
+    @property
     def pending(self) -> int:
         """Samples added since the last commit (on this rank)."""
         return self._pending_rows + sum(len(c[0]) for c in self._host)
@@ -304,6 +318,7 @@ class LossRecorder:
                 f"recorder of split {self.split!r} holds {self.pending} values from update(); "
                 "commit() them before record()"
             )
+        self._refuse_committed(int(checkpoint))  # before the pass, not after a whole epoch
         device = torch.device(device) if device is not None else _model_device(model)
         was_training = model.training
         model.eval()
@@ -329,6 +344,30 @@ class LossRecorder:
         return self.commit(checkpoint, epoch=epoch, step=step, allow_missing=allow_missing)
 
     # --- internals -----------------------------------------------------------------------
+    def _read_committed(self) -> np.ndarray:
+        if not (self.lake_path / ROOT_FILE).exists():
+            return np.zeros(0, np.int64)
+        lake = Lake(self.lake_path)
+        if not lake.has_split(self.split, self.run):
+            return np.zeros(0, np.int64)
+        return np.sort(lake.split(self.split, self.run).checkpoint_ids)
+
+    def _refuse_committed(self, checkpoint: int) -> None:
+        """A committed ``checkpoint`` refused in one line, on every rank, with the fixes."""
+        committed = self.committed_checkpoints
+        if checkpoint not in committed:
+            return
+        where = f"split {self.split!r}" + (
+            "" if self.run == DEFAULT_RUN else f" of run {self.run!r}"
+        )
+        raise CheckpointExistsError(
+            f"checkpoint {checkpoint} is already committed in {where} of {self.lake_path} "
+            f"(committed: {_ids_text(committed)}); committed checkpoints are never overwritten: "
+            f"record the next checkpoint id ({int(committed[-1]) + 1}; a resumed loop starts "
+            "after LossRecorder.committed_checkpoints), another run (LossRecorder(..., "
+            "run='seed1')) or a new lake"
+        )
+
     def _reset(self) -> None:
         self._dev: list[tuple[torch.Tensor, ...]] = []
         self._host: list[tuple[np.ndarray, ...]] = []
@@ -449,6 +488,15 @@ class LossRecorder:
             mean_loss=float(np.mean(loss, dtype=np.float64)),
             accuracy=float(np.mean(values["correct"][first])),
         )
+
+
+def _ids_text(ids: np.ndarray) -> str:
+    """Sorted checkpoint ids for a message: ``0..30`` when consecutive, else the first few."""
+    first, last = int(ids[0]), int(ids[-1])
+    if last - first + 1 == len(ids):
+        return f"{first}..{last}" if len(ids) > 1 else str(first)
+    shown = ", ".join(str(int(i)) for i in ids[:5])
+    return f"{shown}, ... {last} ({len(ids)} ids)" if len(ids) > 5 else shown
 
 
 def _check_channels(channels: Sequence[str], margin_dtype: str) -> dict[str, str]:
