@@ -20,7 +20,15 @@ import click
 import numpy as np
 import pytest
 
-from tests.conftest import CLI_BIN, REPO, import_arrays, lake_hash, make_arrays, run_cli_subprocess
+from tests.conftest import (
+    CLI_BIN,
+    REPO,
+    import_arrays,
+    lake_hash,
+    make_arrays,
+    run_cli_subprocess,
+    scores_file,
+)
 
 
 def assert_one_line(r, codes=(1, 2)):
@@ -167,7 +175,7 @@ DAMAGE = {
         _one(lk, "splits/train/segments/*/loss/zarr.json")
     ),
     "truncated chunk": lambda lk: _truncate(_one(lk, "splits/train/segments/*/loss/c/*/*")),
-    "truncated scores.parquet": lambda lk: _truncate(lk / "scores.parquet"),
+    "truncated scores.parquet": lambda lk: _truncate(scores_file(lk)),
     "garbage cld_lake.json": lambda lk: (lk / "cld_lake.json").write_bytes(b"\x00garbage{["),
 }
 

@@ -33,7 +33,7 @@ from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import build_report
 from cld_lake.report._stats import curve_groups, finite_range, scan_split
-from tests.conftest import write_scores_table
+from tests.conftest import scores_file, write_scores_table
 from tests.test_report_page import N, rich_lake
 
 GROUP_ROWS = 64  # scores-table row group size in these tests: many groups on small lakes
@@ -51,7 +51,7 @@ def rich(tmp_path_factory):
         for run, noise in (("seed1", 0.0), ("seed2", 0.3)):
             store_score(lake, train, f"cld_{run}", d["cld"] + noise * rng.standard_normal(N),
                         {"method": "cld", "run": run})  # fmt: skip
-    assert pq.ParquetFile(lake.path / "scores.parquet").metadata.num_row_groups > 5
+    assert pq.ParquetFile(scores_file(lake)).metadata.num_row_groups > 5
     return lake, d
 
 
@@ -216,7 +216,7 @@ def test_streamed_page_of_a_scores_table_in_another_row_order(tmp_path):
     """Scores stored in reverse order, some rows missing (another tool wrote it): mapped by
     sample id, the streamed page equals the whole one."""
     lake, d = rich_lake(tmp_path / "lake", n=300)
-    path = lake.path / "scores.parquet"
+    path = scores_file(lake)
     table = pq.read_table(path)
     meta = read_meta(table.schema)
     meta.pop("rows")  # no ids fingerprint: the rows are compared
