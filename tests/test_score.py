@@ -282,7 +282,7 @@ def test_import_cld_lake_stays_light():
 
 def test_store_streams_in_batches_across_row_groups(lake, monkeypatch):
     """Tiny store batches: the copied columns and the new one stay aligned row by row."""
-    from cld_lake.lake import _scores_write as _store
+    from cld_lake.lake import scores as _store
 
     monkeypatch.setattr(_store, "BATCH_ROWS", 7)
     first = cld_lake.score(lake, name="a")

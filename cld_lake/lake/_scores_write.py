@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 ScoreReader = Callable[[int, int], np.ndarray]
 
 RESERVED = ("sample_id", "label")
-BATCH_ROWS = 1 << 16
+_READ_ROWS = 1 << 16  # rows per batch when ids or labels are compared
 # Scores are random-looking doubles: dictionary encoding and general compression buy little
 # and cost most of the write time; ids and labels compress well with lz4.
 WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"], "write_statistics": False}
@@ -85,7 +85,7 @@ def _same_ids_in_order(old: pq.ParquetFile, rows: dict[str, Any], train: Split) 
     if recorded is not None and train.ids_digest is not None:
         return bool(recorded == train.ids_digest)
     pos = 0
-    for batch in row_group_batches(old, ["sample_id"], BATCH_ROWS):
+    for batch in row_group_batches(old, ["sample_id"], _READ_ROWS):
         part = batch.column(0).to_numpy()
         ids, _ = train.sample_rows(pos, pos + len(part))
         if not np.array_equal(part, ids):
@@ -96,7 +96,7 @@ def _same_ids_in_order(old: pq.ParquetFile, rows: dict[str, Any], train: Split) 
 
 def _same_labels_in_order(old: pq.ParquetFile, train: Split) -> bool:
     pos = 0
-    for batch in row_group_batches(old, ["label"], BATCH_ROWS):
+    for batch in row_group_batches(old, ["label"], _READ_ROWS):
         part = batch.column(0).to_numpy()
         _, labels = train.sample_rows(pos, pos + len(part))
         if not np.array_equal(part, labels):
@@ -180,14 +180,16 @@ def write_table(
     *,
     aligned: bool,
     version: dict[str, Any] | None,
+    batch_rows: int,
 ) -> dict[str, Any]:
-    """Write the table at ``path``: the train split's rows, ``old``'s columns (checked as they
-    are read) and the ``readers``' columns (added or replacing). ``aligned``: ``old`` holds
-    the train rows in order (streamed, one row group at a time), else its columns are carried
-    over by sample id. Returns the checksums recorded in the new table's footer."""
+    """Write the table at ``path`` in row groups of ``batch_rows``: the train split's rows,
+    ``old``'s columns (checked as they are read) and the ``readers``' columns (added or
+    replacing). ``aligned``: ``old`` holds the train rows in order (streamed, one row group at
+    a time), else its columns are carried over by sample id. Returns the checksums recorded
+    in the new table's footer."""
     if old is None or aligned:
-        return _write_streamed(path, old, train, readers, provenance, version)
-    return _write_realigned(path, old, train, readers, provenance, version)
+        return _write_streamed(path, old, train, readers, provenance, version, batch_rows)
+    return _write_realigned(path, old, train, readers, provenance, version, batch_rows)
 
 
 def _write_streamed(
@@ -197,10 +199,11 @@ def _write_streamed(
     readers: Mapping[str, ScoreReader],
     provenance: Mapping[str, dict[str, Any]],
     version: dict[str, Any] | None,
+    batch_rows: int,
 ) -> dict[str, Any]:
     """The old table (if any) holds the train rows in order: copy it row group by row group.
 
-    Memory is one row group of the table (``BATCH_ROWS`` rows), whatever the number of rows.
+    Memory is one row group of the table (``batch_rows`` rows), whatever the number of rows.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -213,18 +216,18 @@ def _write_streamed(
         fields, metadata=_metadata(old.schema_arrow if old else None, provenance, train, version)
     )
     n = train.num_samples
-    starts = list(range(0, n, BATCH_ROWS)) or [0]
+    starts = list(range(0, n, batch_rows)) or [0]
     copy_old = [c for c in old_columns if c not in readers]
     same_groups = (
         old is not None
         and old.metadata.num_row_groups == len(starts)
         and all(
-            old.metadata.row_group(i).num_rows == min(BATCH_ROWS, n - a)
+            old.metadata.row_group(i).num_rows == min(batch_rows, n - a)
             for i, a in enumerate(starts)
         )
     )
     old_batches = (
-        _exact_batches(row_group_batches(old, copy_old, BATCH_ROWS))
+        _exact_batches(row_group_batches(old, copy_old, batch_rows), batch_rows)
         if old is not None and copy_old and not same_groups
         else None
     )
@@ -234,7 +237,7 @@ def _write_streamed(
     old_check = ColumnCheck(train.lake, old, copy_old) if old is not None else None
     with path.put_file() as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
         for i, a in enumerate(starts):
-            b = min(a + BATCH_ROWS, n)
+            b = min(a + batch_rows, n)
             if not copy_old:
                 batch = None
             elif same_groups:
@@ -259,8 +262,8 @@ def _write_streamed(
     return footer_record(schema.metadata, sums)
 
 
-def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """Re-cut record batches (which may end early at row-group ends) to exactly BATCH_ROWS."""
+def _exact_batches(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Re-cut record batches (which may end early at row-group ends) to exactly ``rows``."""
     import pyarrow as pa
 
     pending: list[pa.RecordBatch] = []
@@ -268,10 +271,10 @@ def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
     for batch in batches:
         pending.append(batch)
         size += batch.num_rows
-        while size >= BATCH_ROWS:
+        while size >= rows:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, BATCH_ROWS)
-            rest = table.slice(BATCH_ROWS)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
             pending, size = rest.to_batches(), rest.num_rows
     if size:
         yield pa.Table.from_batches(pending)
@@ -284,6 +287,7 @@ def _write_realigned(
     readers: Mapping[str, ScoreReader],
     provenance: Mapping[str, dict[str, Any]],
     version: dict[str, Any] | None,
+    batch_rows: int,
 ) -> dict[str, Any]:
     """The old table holds the train samples in another order: carry its scores over by
     sample_id (every row finds its sample: :func:`rows_fit` checked the sets are equal)."""
@@ -317,6 +321,6 @@ def _write_realigned(
     sums = ColumnChecksums(table.schema)
     sums.update(table)
     with path.put_file() as tmp, pq.ParquetWriter(tmp, table.schema, **WRITE_OPTIONS) as writer:
-        writer.write_table(table, row_group_size=BATCH_ROWS)
+        writer.write_table(table, row_group_size=batch_rows)
         writer.add_key_value_metadata(footer(meta, sums))
     return footer_record(meta, sums)

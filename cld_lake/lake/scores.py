@@ -62,7 +62,6 @@ from cld_lake.lake._scores_checks import (
 )
 from cld_lake.lake._scores_record import Located, RootState, strays
 from cld_lake.lake._scores_write import (
-    BATCH_ROWS,
     RESERVED,
     ScoreReader,
     array_reader,
@@ -105,6 +104,7 @@ __all__ = [
 ]
 
 DIRECTIONS = choices(Direction)
+BATCH_ROWS = 1 << 16  # rows per row group of the table (and per batch written)
 
 
 def score_direction(provenance: Mapping[str, Any]) -> Direction:
@@ -391,7 +391,14 @@ def store_scores(
         version = {"seq": state.next_seq, "lake_id": lake.lake_id}
         try:
             checks = write_table(
-                target, old, train, readers, provenance, aligned=aligned, version=version
+                target,
+                old,
+                train,
+                readers,
+                provenance,
+                aligned=aligned,
+                version=version,
+                batch_rows=BATCH_ROWS,
             )
         except BaseException:
             target.delete()
