@@ -149,6 +149,18 @@ class Stray:
     def retired(self) -> bool:
         return self.retired_at is not None
 
+    @property
+    def size(self) -> int:
+        """Bytes of the file (0 when it is gone meanwhile)."""
+        try:
+            reader = self.path.open_reader()
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(reader.seek(0, 2))
+        finally:
+            reader.close()
+
 
 def strays(state: RootState) -> list[Stray]:
     """Every file of the scores layout but the current table: the versioned tables (and temp

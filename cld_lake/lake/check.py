@@ -72,8 +72,7 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         else:  # a one-run lake's summary keeps its shape; several runs: each run's splits
             info.setdefault("runs", {})[run] = {"splits": of_run}
     for stray in strays(scores_state(lake)):
-        size = stray.path.tree_bytes()
-        info["bytes_retired" if stray.retired else "bytes_debris"] += size
+        info["bytes_retired" if stray.retired else "bytes_debris"] += stray.size
     info["bytes_on_disk"] = total - info["bytes_retired"] - info["bytes_debris"]
     info["scores"] = stored_scores(lake)
     info["score_settings"] = {name: score_settings(p) for name, p in info["scores"].items()}
@@ -264,7 +263,7 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
     found = strays(state)
     retired = [s for s in found if s.retired_at is not None]
     if retired:
-        size = human_bytes(sum(s.path.tree_bytes() for s in retired))
+        size = human_bytes(sum(s.size for s in retired))
         last = max(float(s.retired_at or 0.0) for s in retired) + GC_GRACE_SECONDS
         report.warnings.append(
             f"{_count(len(retired), 'older scores table')} ({size}) retired by newer scores, "

@@ -383,7 +383,16 @@ def store_scores(
         (lake.root / fmt.SCORES_FILE).remove_dead_temps()  # a killed old-layout writer's
         if not lake.checksummed:
             path = lake.root / fmt.SCORES_FILE
-            write_table(path, old, train, readers, provenance, aligned=aligned, version=None)
+            write_table(
+                path,
+                old,
+                train,
+                readers,
+                provenance,
+                aligned=aligned,
+                version=None,
+                batch_rows=BATCH_ROWS,
+            )
             return
         _record.remove_debris(state)
         key = _record.new_table_key(state)
