@@ -272,7 +272,7 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
         )
     current = state.located.path if state.located is not None else None
     for stray in found:
-        if stray.retired:
+        if stray.retired or is_temp_name(stray.path.name):  # temp files: listed below
             continue
         what = (
             f"a scores table of the old layout the lake no longer reads ({fmt.ROOT_FILE} names "
