@@ -344,7 +344,9 @@ def test_an_unreadable_page_is_a_one_line_corrupt_lake_error(
         f.write(b"\xff" * 16)
     monkeypatch.setenv(STREAM_ROWS_ENV, rows)
     out = tmp_path / "m.parquet"
-    with pytest.raises(CorruptLakeError, match=r"scores-\d+-\w+\.parquet: unreadable .*cld-lake verify"):
+    with pytest.raises(
+        CorruptLakeError, match=r"scores-\d+-\w+\.parquet: unreadable .*cld-lake verify"
+    ):
         cld_lake.select(lake, "cld", fraction=0.1, out=out)
     assert not out.exists()
 
