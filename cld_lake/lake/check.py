@@ -268,7 +268,7 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
         report.warnings.append(
             f"{_count(len(retired), 'older scores table')} ({size}) retired by newer scores, "
             f"kept for the grace period ({GC_GRACE_SECONDS / 60:g} min) so running readers "
-            f"finish; the next score deletes them (all by {_when(last)})"
+            f"finish; the next score deletes {_goes(len(retired), last)}"
         )
     current = state.located.path if state.located is not None else None
     for stray in found:
@@ -285,6 +285,11 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
 
 def _count(n: int, thing: str) -> str:
     return f"{n} {thing}{'s' * (n != 1)}"
+
+
+def _goes(n: int, last: float) -> str:
+    """``them (all by TIME)``: which files a writer deletes, and when the last may go."""
+    return f"it (by {_when(last)})" if n == 1 else f"them (all by {_when(last)})"
 
 
 def _when(timestamp: float) -> str:
@@ -372,8 +377,8 @@ def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
         report.warnings.append(
             f"split {label!r}: {_count(len(kept), 'segment')} ({size}) retired by compaction, "
             f"kept for the grace period ({GC_GRACE_SECONDS / 60:g} min) so running readers "
-            f"finish; the split's next writer deletes them (all by {_when(last)}; "
-            "`cld-lake compact --prune` now)"
+            f"finish; the split's next writer deletes {_goes(len(kept), last)}, "
+            "`cld-lake compact --prune` at once"
         )
     for name in sorted(seg_dir.list()):
         if name not in referenced and name not in retired:

@@ -226,9 +226,8 @@ def _missing(lake: Lake, located: Located) -> CldLakeError:
             f"{located.path}: scores table replaced by a newer one while this command ran; "
             "run it again"
         )
-    return CorruptLakeError(
-        f"{located.path}: the scores table {fmt.ROOT_FILE} names is missing; {lake.fix}"
-    )
+    named = f"the scores table {fmt.ROOT_FILE} names" if located.record else "the scores table"
+    return CorruptLakeError(f"{located.path}: {named} is missing; {lake.fix}")
 
 
 class _Schema:
