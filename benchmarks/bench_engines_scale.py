@@ -46,7 +46,7 @@ if engine == "dask":
     import distributed
 t = time.perf_counter()
 r = compute_cld(lake, engine=engine, name="bench_" + engine, collect_ids=False,
-                keep_scores=False, engine_options=options)
+                keep_scores=False, engine_options=options, force=True)
 seconds = time.perf_counter() - t
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # workers: once reaped

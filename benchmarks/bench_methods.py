@@ -37,7 +37,7 @@ if engine == "dask":  # a running cluster, as a dask user has; its start-up is n
     from distributed import Client, LocalCluster
     client = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None))
 t = time.perf_counter()
-results = compute_scores(sys.argv[1], methods, engine=engine, collect_ids=False, keep_scores=False)
+results = compute_scores(sys.argv[1], methods, engine=engine, collect_ids=False, keep_scores=False, force=True)
 s = time.perf_counter() - t
 report(s, nan={n: r.provenance["nan"] for n, r in results.items()})
 """

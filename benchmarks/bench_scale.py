@@ -145,8 +145,9 @@ def step_command(step: str, lake: Path, work: Path, args: argparse.Namespace, n:
     cli = {
         "info": ["info", lake_s],
         "verify": ["verify", lake_s],
-        "score-numpy": ["score", lake_s, "--engine", "numpy"],
-        "score-dask": ["score", lake_s, "--engine", "dask", "--name", "cld_dask", *scheduler],
+        "score-numpy": ["score", lake_s, "--engine", "numpy", "--force"],
+        "score-dask": ["score", lake_s, "--engine", "dask", "--name", "cld_dask", "--force"]
+        + scheduler,
         "select": ["select", lake_s, "--score", "cld", "--fraction", "0.1", "--out", manifest],
         "select-dask": ["select", lake_s, "--score", "cld", "--fraction", "0.1", "--dask"]
         + [*scheduler, "--out", str(work / f"coreset-dask-{n}.parquet")],

@@ -9,7 +9,7 @@ runs. The lake is generated into a temporary directory (``benchmarks/synth.py``)
 afterwards.
 
 ``--cli`` measures instead the whole ``cld-lake score`` process per engine (interpreter start,
-imports, scoring and storing the column; the scores table removed before each run), one source
+imports, scoring and storing the column into a copy of the lake without scores), one source
 tree against another (``--tree LABEL=PATH``, imported through ``PYTHONPATH``; runs interleaved
 so that both see the same load).
 
@@ -89,9 +89,10 @@ if engine == "dask":  # a running cluster, as a dask user has; its start-up is r
     client = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None))
     print("cluster start-up", round(time.perf_counter() - t, 2), "s", file=sys.stderr)
 t = time.perf_counter()
-r = compute_cld(sys.argv[1], engine=engine, name="bench_" + engine, collect_ids=False, keep_scores=False)
+r = compute_cld(sys.argv[1], engine=engine, name="bench_" + engine, collect_ids=False, keep_scores=False, force=True)
 s = time.perf_counter() - t
-stored = pyarrow.parquet.ParquetFile(sys.argv[1] + "/scores.parquet")  # checksum, streamed: no RSS added
+from cld_lake.lake import open_lake, scores_path
+stored = pyarrow.parquet.ParquetFile(scores_path(open_lake(sys.argv[1])).local_path)  # checksum, streamed: no RSS added
 checksum = sum(float(np.nansum(b.column(0).to_numpy())) for b in stored.iter_batches(65536, columns=["bench_" + engine]))
 report(s, checksum=checksum, nan=r.provenance["nan"])
 """
@@ -129,15 +130,20 @@ def run_child(code: str, *args: str) -> dict:
 def run_cli(tree: Path, lake: Path, engine: str) -> dict:
     """One whole ``cld-lake score`` process importing cld_lake from ``tree``: wall seconds of
     the process, its CPU seconds (user + system, its reaped children included: on a shared
-    machine they depend on the load much less) and its peak RSS (MiB)."""
-    (lake / "scores.parquet").unlink(missing_ok=True)
+    machine they depend on the load much less) and its peak RSS (MiB). It scores a copy of
+    ``lake`` made of hard links (committed files are never changed in place), so every run
+    stores into a lake without scores, whatever layout the tree writes."""
+    run_lake = lake.with_name(lake.name + "-run")
+    shutil.rmtree(run_lake, ignore_errors=True)
+    shutil.copytree(lake, run_lake, copy_function=os.link)
     cld_lake = Path(sys.executable).with_name("cld-lake")
-    args = ["score", str(lake), "--engine", engine, "--name", f"bench_{engine}"]
+    args = ["score", str(run_lake), "--engine", engine, "--name", f"bench_{engine}"]
     cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M CPU_S=%U %S", str(cld_lake), *args]
     env = dict(os.environ, PYTHONPATH=str(tree))
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     seconds = time.perf_counter() - started
+    shutil.rmtree(run_lake, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(
             f"cld-lake score --engine {engine} ({tree}) failed:\n{proc.stderr[-3000:]}"

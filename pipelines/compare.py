@@ -139,7 +139,8 @@ def score_methods(
             kwargs["window_length"] = j
         if group == ["dual"]:
             kwargs["early"] = early
-        compute_scores(lake, group, progress=progress, **kwargs)  # type: ignore[arg-type]
+        # re-scored on purpose: a method stored before (the demo's cld) is recomputed here
+        compute_scores(lake, group, progress=progress, force=True, **kwargs)  # type: ignore[arg-type]
         parameters.update({m: dict(kwargs) for m in group if m in ("dynunc", "dual")})
     return parameters
 

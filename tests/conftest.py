@@ -113,6 +113,43 @@ def import_arrays(folder: Path, lake: Path, split: str = "train", **arrays: np.n
     return lake
 
 
+def scores_file(lake) -> Path:
+    """The current scores table of ``lake`` (a path or a Lake) as a local path: the file
+    ``cld_lake.json`` names (it moves with every score stored)."""
+    from cld_lake.lake import Lake, open_lake, scores_path
+
+    found = scores_path(lake if isinstance(lake, Lake) else open_lake(lake))
+    assert found is not None, f"{lake}: nothing scored yet"
+    return found.local_path
+
+
+def has_scores(lake) -> bool:
+    """Does ``lake`` (a path or a Lake) hold a scores table?"""
+    from cld_lake.lake import Lake, open_lake, scores_path
+
+    return scores_path(lake if isinstance(lake, Lake) else open_lake(lake)) is not None
+
+
+def plant_legacy_scores(lake: Path, table) -> Path:
+    """Make ``lake`` a lake of the old scores layout holding ``table``: ``LAKE/scores.parquet``
+    (written as :func:`write_scores_table` does), no ``scores`` record in ``cld_lake.json`` and
+    no ``scores/`` folder, as a version before versioned tables left it. Returns the path."""
+    import json
+    import shutil
+
+    from cld_lake._meta import canonical_json, crc32c_hex
+    from cld_lake.lake import _format as fmt
+
+    root = lake / fmt.ROOT_FILE
+    meta = json.loads(root.read_text())
+    meta.pop(fmt.SCORES_KEY, None)
+    meta["checksum"] = crc32c_hex(canonical_json(meta))
+    root.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(lake / fmt.SCORES_DIR, ignore_errors=True)
+    write_scores_table(lake / fmt.SCORES_FILE, table)
+    return lake / fmt.SCORES_FILE
+
+
 def write_scores_table(path: Path, table) -> None:
     """Write ``table`` as a scores table with the checksums the real writer records (for tests
     that plant a table another tool, or an older version, wrote)."""
@@ -123,11 +160,11 @@ def write_scores_table(path: Path, table) -> None:
     meta = dict(table.schema.metadata or {})
     meta.setdefault(b"cld_lake", b"{}")
     table = table.replace_schema_metadata(meta)
-    sums = scores_table._ColumnChecksums(table.schema)
+    sums = scores_table.ColumnChecksums(table.schema)
     sums.update(table)
     with pq.ParquetWriter(path, table.schema) as writer:
         writer.write_table(table)
-        writer.add_key_value_metadata(scores_table._footer(meta, sums))
+        writer.add_key_value_metadata(scores_table.footer(meta, sums))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,15 @@ import click
 import numpy as np
 import pytest
 
-from tests.conftest import CLI_BIN, REPO, import_arrays, lake_hash, make_arrays, run_cli_subprocess
+from tests.conftest import (
+    CLI_BIN,
+    REPO,
+    import_arrays,
+    lake_hash,
+    make_arrays,
+    run_cli_subprocess,
+    scores_file,
+)
 
 
 def assert_one_line(r, codes=(1, 2)):
@@ -167,7 +175,7 @@ DAMAGE = {
         _one(lk, "splits/train/segments/*/loss/zarr.json")
     ),
     "truncated chunk": lambda lk: _truncate(_one(lk, "splits/train/segments/*/loss/c/*/*")),
-    "truncated scores.parquet": lambda lk: _truncate(lk / "scores.parquet"),
+    "truncated scores.parquet": lambda lk: _truncate(scores_file(lk)),
     "garbage cld_lake.json": lambda lk: (lk / "cld_lake.json").write_bytes(b"\x00garbage{["),
 }
 
@@ -316,7 +324,7 @@ def test_help_does_not_import_pyarrow():
 
 def test_killed_score_leaves_no_temp_file_after_the_next_score(tmp_path, cli):
     """Regression: a ``score`` killed while writing left ``.scores.parquet.tmp-*`` in the lake
-    root, and nothing ever removed it."""
+    root, and nothing ever removed it (now a temp file of a versioned table in ``scores/``)."""
     n, t = 1_000_000, 3
     loss, labels, ids = make_arrays(n, t, 4, seed=3)
     vloss, vlabels, _ = make_arrays(2_000, t, 4, seed=4)
@@ -324,7 +332,7 @@ def test_killed_score_leaves_no_temp_file_after_the_next_score(tmp_path, cli):
     import_arrays(tmp_path, lake, "train", loss=loss, labels=labels, sample_ids=ids)
     import_arrays(tmp_path, lake, "val", loss=vloss, labels=vlabels)
     assert cli("score", lake).code == 0
-    temps = lambda: sorted(p.name for p in lake.glob(".scores.parquet.tmp-*"))  # noqa: E731
+    temps = lambda: sorted(p.name for p in lake.rglob(".scores*.parquet.tmp-*"))  # noqa: E731
 
     for _attempt in range(3):  # the write phase is short: try again if the kill came late
         proc = subprocess.Popen(

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 import cld_lake
 from pipelines.demo import DemoConfig, run_demo
+from tests.conftest import scores_file
 
 
 def test_demo_smoke(tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
     assert "cld_top_0.3.parquet" in page and "random_0.3_seed0.parquet" in page
     assert "<h3>Coreset accuracy</h3>" in page
     lake = cld_lake.open_lake(report["paths"]["lake"])
-    assert "cld" in pq.read_schema(lake.path / "scores.parquet").names
+    assert "cld" in pq.read_schema(scores_file(lake)).names
     train = lake.split("train")
     noisy = np.asarray(train.samples_table.column("noisy"))
     rows = {r["method"]: r for r in report["table"]}

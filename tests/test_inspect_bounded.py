@@ -38,6 +38,7 @@ from cld_lake.lake.scores import CHECKSUMS_KEY, iter_scores, read_scores, store_
 from cld_lake.lake.store import rows_checksum
 from cld_lake.lake.writer import SplitWriter
 from tests._memory import grown_mb
+from tests.conftest import scores_file
 from tests.test_integrity import build_lake
 
 # --- the streamed checksum is the stored one ------------------------------------------------------
@@ -284,7 +285,7 @@ def test_infos_class_share_streamed_equals_a_numpy_reference(tmp_path):
 
 def test_the_streamed_scores_reader_checks_the_columns_it_read(tmp_path):
     lake = _scored_lake(tmp_path)
-    path = lake / fmt.SCORES_FILE
+    path = scores_file(lake)
     pf = pq.ParquetFile(path)
     table = pf.read()
     footer = pf.metadata.metadata

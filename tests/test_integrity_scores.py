@@ -20,7 +20,13 @@ from cld_lake.errors import CldLakeError, CorruptLakeError
 from cld_lake.lake import open_lake
 from cld_lake.lake.check import verify_lake
 from cld_lake.lake.scores import CHECKSUMS_KEY, check_scores_file, read_scores, stored_scores
-from tests.conftest import import_arrays, lake_hash, make_arrays
+from tests.conftest import (
+    import_arrays,
+    lake_hash,
+    make_arrays,
+    plant_legacy_scores,
+    scores_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +43,13 @@ def scored(tmp_path_factory):
 
 def _decoded(lake_path):
     """What readers take from the table: its rows and its ``cld_lake`` JSON."""
-    table = pq.ParquetFile(lake_path / "scores.parquet").read()
+    table = pq.ParquetFile(scores_file(lake_path)).read()
     return table.to_pylist(), read_meta(table.schema)
 
 
 def test_a_scored_lake_verifies_and_records_a_checksum_per_column(scored):
     assert verify_lake(open_lake(scored)).ok
-    footer = pq.ParquetFile(scored / "scores.parquet").metadata.metadata
+    footer = pq.ParquetFile(scores_file(scored)).metadata.metadata
     assert CHECKSUMS_KEY in footer
     assert set(stored_scores(open_lake(scored))) == {"cld", "cld_first4"}
     check_scores_file(open_lake(scored))
@@ -53,7 +59,7 @@ def test_a_scored_lake_verifies_and_records_a_checksum_per_column(scored):
 def test_every_flipped_byte_of_the_scores_table_is_refused_or_changes_nothing(scored, tmp_path):
     lake_path = tmp_path / "lake"
     shutil.copytree(scored, lake_path)
-    path = lake_path / "scores.parquet"
+    path = scores_file(lake_path)
     pristine = path.read_bytes()
     want = _decoded(scored)
     detected = harmless = 0
@@ -80,7 +86,7 @@ def test_every_flipped_byte_of_the_scores_table_is_refused_or_changes_nothing(sc
 def test_a_flipped_stored_score_is_refused_by_select_and_sql(scored, tmp_path, cli):
     lake_path = tmp_path / "lake"
     shutil.copytree(scored, lake_path)
-    path = lake_path / "scores.parquet"
+    path = scores_file(lake_path)
     table = pq.ParquetFile(path).read()
     footer = pq.ParquetFile(path).metadata.metadata
     values = table.column("cld").to_numpy(zero_copy_only=False).copy()
@@ -106,10 +112,17 @@ def test_a_flipped_stored_score_is_refused_by_select_and_sql(scored, tmp_path, c
 def test_a_scores_table_without_its_checksums_is_corrupt_in_a_checksummed_lake(scored, tmp_path):
     lake_path = tmp_path / "lake"
     shutil.copytree(scored, lake_path)
-    table = pq.ParquetFile(lake_path / "scores.parquet").read()
+    path = scores_file(lake_path)
+    table = pq.ParquetFile(path).read()
     meta = {b"cld_lake": table.schema.metadata[b"cld_lake"]}
-    pq.write_table(table.replace_schema_metadata(meta), lake_path / "scores.parquet")
-    assert CHECKSUMS_KEY not in pq.ParquetFile(lake_path / "scores.parquet").metadata.metadata
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    assert CHECKSUMS_KEY not in pq.ParquetFile(path).metadata.metadata
+    with pytest.raises(CorruptLakeError, match="is not the scores table cld_lake.json names"):
+        stored_scores(open_lake(lake_path))  # not the table the lake recorded
+    assert not verify_lake(open_lake(lake_path)).ok
+    # a lake of the old layout (no record) has only the table's own checksums to go by
+    legacy = plant_legacy_scores(lake_path, table)
+    pq.write_table(table.replace_schema_metadata(meta), legacy)
     with pytest.raises(CorruptLakeError, match="none recorded"):
         stored_scores(open_lake(lake_path))
     assert not verify_lake(open_lake(lake_path)).ok

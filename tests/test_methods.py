@@ -27,6 +27,7 @@ from cld_lake.lake import Lake
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import METHOD_ENGINES, METHOD_REGISTRY, METHODS, compute_cld, compute_scores
 from tests.cld_reference import reference_cld
+from tests.conftest import has_scores
 
 
 # --- the reference: each definition, row by row, in plain NumPy ------------------------------
@@ -251,7 +252,7 @@ def test_refusals_are_exactly_where_the_window_is_too_short(tmp_path):
     assert compute_scores(lake, "dual", early=0.5, window_length=4, store=False)["dual"].provenance[
         "parameters"
     ] == {"early": 0.5, "early_checkpoints": 4, "window_length": 4}
-    assert not (lake.path / "scores.parquet").exists()
+    assert not has_scores(lake)
 
 
 def test_dask_gives_the_numpy_bits(tmp_path, dask_client):

@@ -13,7 +13,7 @@ import pytest
 from cld_lake.lake.scores import stale_scores
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import METHOD_REGISTRY, METHODS
-from tests.conftest import lake_hash
+from tests.conftest import lake_hash, scores_file
 from tests.test_methods import make_values, stored, write_method_lake
 
 ALL = ",".join(METHODS)
@@ -27,7 +27,7 @@ def lake(tmp_path):
 
 
 def _provenance(lake) -> dict:
-    return json.loads(pq.read_schema(lake.path / "scores.parquet").metadata[b"cld_lake"])["scores"]
+    return json.loads(pq.read_schema(scores_file(lake)).metadata[b"cld_lake"])["scores"]
 
 
 def test_all_methods_in_one_pass_each_its_column(cli, lake):
@@ -39,7 +39,7 @@ def test_all_methods_in_one_pass_each_its_column(cli, lake):
     assert re.search(
         r"by el2n over checkpoints 0\.\.9 \(10\) .* early=0\.5 early_checkpoints=10", lines[-1]
     )
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", *METHODS]
     prov = _provenance(lake)
     for name in METHODS:
@@ -65,7 +65,7 @@ def test_all_methods_in_one_pass_each_its_column(cli, lake):
 def test_cld_alone_is_the_cld_of_a_shared_pass(cli, lake):
     assert cli("score", lake.path, "--name", "alone").code == 0
     assert cli("score", lake.path, "--method", "aum,cld", "--name", "a,shared").code == 0
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", "alone", "a", "shared"]
     np.testing.assert_array_equal(
         table.column("alone").to_numpy(), table.column("shared").to_numpy()
@@ -74,9 +74,12 @@ def test_cld_alone_is_the_cld_of_a_shared_pass(cli, lake):
     assert prov["alone"]["direction"] == "higher_keep" and prov["alone"]["range"] == [-1.0, 1.0]
     # replacing one column of a pass keeps the others
     assert (
-        cli("score", lake.path, "--method", "aum", "--name", "a", "--checkpoints", "0:5").code == 0
+        cli(
+            "score", lake.path, "--method", "aum", "--name", "a", "--checkpoints", "0:5", "--force"
+        ).code
+        == 0
     )
-    after = pq.read_table(lake.path / "scores.parquet")
+    after = pq.read_table(scores_file(lake))
     np.testing.assert_array_equal(
         after.column("shared").to_numpy(), table.column("shared").to_numpy()
     )

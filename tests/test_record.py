@@ -17,6 +17,7 @@ import cld_lake.torch.record as record_mod
 from cld_lake.errors import BadInputError, CheckpointExistsError
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex, sample_stats
+from tests.conftest import scores_file
 
 N, D, C = 203, 6, 4
 
@@ -280,7 +281,7 @@ def test_el2n_channel_is_recorded_on_request_and_scored(tmp_path: Path, cli) -> 
         np.testing.assert_allclose(values["el2n"][:, col], expected, rtol=1e-5, atol=1e-6)
     res = cli("score", lake, "--method", "el2n,aum,forgetting", "--early", "0.5")
     assert res.code == 0, res.err
-    scores = pq.read_table(lake / "scores.parquet").column("el2n").to_numpy()
+    scores = pq.read_table(scores_file(lake)).column("el2n").to_numpy()
     np.testing.assert_allclose(scores, values["el2n"][:, :2].astype(np.float64).mean(axis=1))
 
 

@@ -33,7 +33,7 @@ from cld_lake.lake.scores import store_score
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.report import build_report
 from cld_lake.report._stats import curve_groups, finite_range, scan_split
-from tests.conftest import write_scores_table
+from tests.conftest import plant_legacy_scores, scores_file
 from tests.test_report_page import N, rich_lake
 
 GROUP_ROWS = 64  # scores-table row group size in these tests: many groups on small lakes
@@ -51,7 +51,7 @@ def rich(tmp_path_factory):
         for run, noise in (("seed1", 0.0), ("seed2", 0.3)):
             store_score(lake, train, f"cld_{run}", d["cld"] + noise * rng.standard_normal(N),
                         {"method": "cld", "run": run})  # fmt: skip
-    assert pq.ParquetFile(lake.path / "scores.parquet").metadata.num_row_groups > 5
+    assert pq.ParquetFile(scores_file(lake)).metadata.num_row_groups > 5
     return lake, d
 
 
@@ -216,12 +216,11 @@ def test_streamed_page_of_a_scores_table_in_another_row_order(tmp_path):
     """Scores stored in reverse order, some rows missing (another tool wrote it): mapped by
     sample id, the streamed page equals the whole one."""
     lake, d = rich_lake(tmp_path / "lake", n=300)
-    path = lake.path / "scores.parquet"
-    table = pq.read_table(path)
+    table = pq.read_table(scores_file(lake))
     meta = read_meta(table.schema)
     meta.pop("rows")  # no ids fingerprint: the rows are compared
     keep = np.arange(table.num_rows)[::-1][20:]
-    write_scores_table(path, table.take(pa.array(keep)).replace_schema_metadata(
+    plant_legacy_scores(lake.path, table.take(pa.array(keep)).replace_schema_metadata(
         meta_bytes(meta)))  # fmt: skip
     whole, streamed = _both(lake.reload(), tmp_path)
     detect_w = next(t for t in _tables(whole) if "precision_at_noise_rate" in t)

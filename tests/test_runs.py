@@ -20,6 +20,7 @@ from cld_lake.lake.importer import import_file
 from cld_lake.score import compute_scores
 from cld_lake.sql import query
 from cld_lake.torch import LossRecorder, WithIndex
+from tests.conftest import has_scores, scores_file
 
 N, NV, D, C, T = 96, 40, 5, 3, 5
 SEEDS = ("seed0", "seed1")
@@ -86,7 +87,7 @@ def lake(recorded, tmp_path, cli) -> Path:
 
 
 def _scores(lake: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    table = pq.read_table(lake / fmt.SCORES_FILE)
+    table = pq.read_table(scores_file(lake))
     columns = {
         c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
         for c in table.column_names
@@ -166,7 +167,7 @@ def test_missing_run_with_several_runs_is_exit_2_naming_them(lake: Path, cli) ->
     assert r.code == 2 and "no run 'seed9'" in r.err and "imported, seed0, seed1" in r.err
     r = cli("score", lake, "--run", "../x")
     assert r.code == 2 and "run name" in r.err
-    assert not (lake / fmt.SCORES_FILE).exists()
+    assert not has_scores(lake)
 
 
 @pytest.mark.parametrize("method", ["cld", "mean_loss"])

@@ -17,7 +17,7 @@ from cld_lake.lake.scores import stale_scores
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.score import compute_cld
 from tests.cld_reference import reference_cld
-from tests.conftest import lake_hash
+from tests.conftest import has_scores, lake_hash, scores_file
 from tests.strategies import build_spec, write_lake, write_split
 
 
@@ -32,7 +32,7 @@ def lake(tmp_path, spec):
 
 
 def _provenance(lake: Lake) -> dict:
-    schema = pq.read_schema(lake.path / "scores.parquet")
+    schema = pq.read_schema(scores_file(lake))
     return json.loads(schema.metadata[b"cld_lake"])["scores"]
 
 
@@ -47,7 +47,7 @@ def test_score_returns_polars_and_stores_the_column(lake, spec):
         spec.val.labels,
     )
     np.testing.assert_allclose(df["score"].to_numpy(), ref["scores"], atol=1e-9, equal_nan=True)
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", "cld"]
     np.testing.assert_array_equal(table.column("cld").to_numpy(), df["score"].to_numpy())
     prov = _provenance(lake)["cld"]
@@ -62,15 +62,15 @@ def test_score_returns_polars_and_stores_the_column(lake, spec):
 def test_columns_are_added_and_replaced(lake):
     first = cld_lake.score(lake, name="cld")
     cld_lake.score(lake, checkpoints="0:4", name="early", engine="duckdb")
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", "cld", "early"]
     np.testing.assert_array_equal(table.column("cld").to_numpy(), first["score"].to_numpy())
     assert (
         _provenance(lake)["early"]["checkpoint_ids"]
         == lake.split("val").checkpoint_ids[:4].tolist()
     )
-    cld_lake.score(lake, checkpoints="::2", name="cld", engine="polars")  # replace in place
-    table = pq.read_table(lake.path / "scores.parquet")
+    cld_lake.score(lake, checkpoints="::2", name="cld", engine="polars", force=True)  # replace
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", "cld", "early"]
     prov = _provenance(lake)
     assert prov["cld"]["engine"] == "polars" and prov["cld"]["window"] == "::2"
@@ -120,7 +120,7 @@ def test_fallback_global_flags_rows(tmp_path):
     lake = write_lake(tmp_path / "lake", spec)
     with pytest.raises(ScoringError, match="fallback='global'"):  # a Python caller's spelling
         cld_lake.score(lake)
-    assert not (lake.path / "scores.parquet").exists()
+    assert not has_scores(lake)
     result = compute_cld(lake, fallback="global")
     missing = np.setdiff1d(np.unique(spec.train.labels), spec.val.labels)
     assert len(missing) == 2
@@ -222,7 +222,7 @@ def test_cli_score_and_info(cli, lake):
     assert res.code == 0
     line = next(x for x in res.out.splitlines() if "score c6" in x)
     assert "method=cld" in line and "engine=duckdb" in line and "nan=" in line
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     assert "c6" in table.column_names
 
 
@@ -289,8 +289,8 @@ def test_store_streams_in_batches_across_row_groups(lake, monkeypatch):
     first = cld_lake.score(lake, name="a")
     second = cld_lake.score(lake, checkpoints="::2", name="b")
     monkeypatch.setattr(_store, "BATCH_ROWS", 11)  # old file has row groups of 7
-    third = cld_lake.score(lake, checkpoints="1:", name="a")
-    table = pq.read_table(lake.path / "scores.parquet")
+    third = cld_lake.score(lake, checkpoints="1:", name="a", force=True)
+    table = pq.read_table(scores_file(lake))
     assert table.column_names == ["sample_id", "label", "a", "b"]
     np.testing.assert_array_equal(table.column("b").to_numpy(), second["score"].to_numpy())
     np.testing.assert_array_equal(table.column("a").to_numpy(), third["score"].to_numpy())
@@ -313,6 +313,6 @@ def test_scores_follow_sample_ids_when_the_train_rows_change(tmp_path, spec):
     )
     write_scores_table(lake.path / "scores.parquet", old)  # valid, another row order
     cld_lake.score(lake)
-    table = pq.read_table(lake.path / "scores.parquet")
+    table = pq.read_table(scores_file(lake))
     np.testing.assert_array_equal(table.column("sample_id").to_numpy(), ids)
     np.testing.assert_array_equal(table.column("old").to_numpy(), ids * 1.0)

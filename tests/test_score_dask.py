@@ -22,6 +22,7 @@ from cld_lake.errors import BadInputError, ScoringError
 from cld_lake.lake import open_lake
 from cld_lake.score import METHOD_REGISTRY, compute_cld
 from cld_lake.score._plan import plan_pass
+from tests.conftest import has_scores, scores_file
 from tests.strategies import build_spec, write_lake
 
 distributed = pytest.importorskip("distributed")
@@ -51,7 +52,7 @@ def small_lake(tmp_path) -> Path:
 
 
 def _column(lake: Path, name: str) -> np.ndarray:
-    return pq.read_table(lake / "scores.parquet", columns=[name]).column(0).to_numpy()
+    return pq.read_table(scores_file(lake), columns=[name]).column(0).to_numpy()
 
 
 def _free_port() -> int:
@@ -169,14 +170,14 @@ def test_a_malformed_address_is_one_line_exit_2(cli, small_lake, address):
     done = cli("score", small_lake, "--engine", "dask", "--scheduler", address)
     assert done.code == 2
     assert done.err.count("\n") == 1 and "not a scheduler address" in done.err
-    assert "tcp://HOST:PORT" in done.err and not (small_lake / "scores.parquet").exists()
+    assert "tcp://HOST:PORT" in done.err and not has_scores(small_lake)
 
 
 def test_scheduler_with_another_engine_is_refused(cli, small_lake):
     done = cli("score", small_lake, "--scheduler", "tcp://127.0.0.1:8786")
     assert done.code == 2 and done.err.count("\n") == 1
     assert "--scheduler applies to --engine dask" in done.err
-    assert not (small_lake / "scores.parquet").exists()
+    assert not has_scores(small_lake)
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_it_and_how_to_start_one(cli, small_lake):
@@ -187,7 +188,7 @@ def test_an_unreachable_scheduler_is_one_line_naming_it_and_how_to_start_one(cli
     assert done.code == 2 and done.err.count("\n") == 1, done.err
     assert address in done.err and "`dask scheduler`" in done.err
     assert time.monotonic() - started < 30
-    assert not (path / "scores.parquet").exists()
+    assert not has_scores(path)
 
 
 def test_a_scheduler_without_workers_is_refused_naming_dask_worker():

@@ -18,7 +18,7 @@ import cld_lake
 from cld_lake import sql as lake_sql
 from cld_lake.lake.scores import read_scores
 from cld_lake.score import compute_cld
-from tests.conftest import write_scores_table
+from tests.conftest import plant_legacy_scores, scores_file
 from tests.strategies import build_spec, write_lake
 
 
@@ -36,7 +36,7 @@ def scored(tmp_path):
 
 def test_the_table_stores_null_not_nan(scored):
     lake, result, undefined = scored
-    column = pq.read_table(lake.path / "scores.parquet").column("cld")
+    column = pq.read_table(scores_file(lake)).column("cld")
     assert column.null_count == undefined.sum()
     assert pc.sum(pc.is_nan(column)).as_py() == 0
     np.testing.assert_array_equal(column.is_null().to_numpy(zero_copy_only=False), undefined)
@@ -53,7 +53,7 @@ def test_the_dataframe_has_null_and_numpy_keeps_nan(scored):
 
 def test_duckdb_orders_undefined_last_and_skips_it_in_aggregates(scored):
     lake, result, undefined = scored
-    path = str(lake.path / "scores.parquet").replace("'", "''")
+    path = str(scores_file(lake)).replace("'", "''")
     rows = duckdb.sql(f"SELECT cld FROM read_parquet('{path}') ORDER BY cld DESC").fetchall()
     k = int(undefined.sum())
     assert all(v is None for (v,) in rows[-k:]) and all(v is not None for (v,) in rows[:-k])
@@ -76,7 +76,7 @@ def test_the_sql_view_orders_undefined_last(scored):
 def test_polars_puts_null_last_and_skips_it(scored):
     """NaN would sort above every number; null goes last with ``nulls_last=True``."""
     lake, result, undefined = scored
-    df = pl.read_parquet(lake.path / "scores.parquet")
+    df = pl.read_parquet(scores_file(lake))
     ordered = df.sort("cld", descending=True, nulls_last=True)["cld"]
     k = int(undefined.sum())
     assert ordered.tail(k).is_null().all() and ordered.head(len(df) - k).null_count() == 0
@@ -96,14 +96,14 @@ def test_select_never_picks_an_undefined_score(scored, tmp_path):
 def test_old_nan_columns_become_null_when_the_table_is_rewritten(scored):
     """A table written by an older version (NaN values) is normalised on the next store."""
     lake, result, undefined = scored
-    path = lake.path / "scores.parquet"
-    table = pq.read_table(path)
+    table = pq.read_table(scores_file(lake))
     legacy = pa.array(np.where(undefined, np.nan, 0.5))
-    write_scores_table(
-        path, table.append_column("old", legacy).replace_schema_metadata(table.schema.metadata)
+    plant_legacy_scores(
+        lake.path,
+        table.append_column("old", legacy).replace_schema_metadata(table.schema.metadata),
     )
     compute_cld(lake, name="again")
-    stored = pq.read_table(path)
+    stored = pq.read_table(scores_file(lake))
     assert stored.column("old").null_count == undefined.sum()
     assert pc.sum(pc.is_nan(stored.column("old"))).as_py() == 0
     assert stored.column("again").null_count == undefined.sum()
@@ -112,11 +112,11 @@ def test_old_nan_columns_become_null_when_the_table_is_rewritten(scored):
 def test_realigned_tables_keep_null(scored, tmp_path):
     """Scores carried over by sample_id (train rows changed) stay null where undefined."""
     lake, result, undefined = scored
-    path = lake.path / "scores.parquet"
-    table = pq.read_table(path).replace_schema_metadata(None)  # written by another tool
-    write_scores_table(path, table.take(pa.array(np.arange(table.num_rows)[::-1])))  # other order
+    table = pq.read_table(scores_file(lake)).replace_schema_metadata(None)  # another tool's
+    other_order = table.take(pa.array(np.arange(table.num_rows)[::-1]))
+    plant_legacy_scores(lake.path, other_order)
     compute_cld(lake, name="again")
-    stored = pq.read_table(path)
+    stored = pq.read_table(scores_file(lake))
     np.testing.assert_array_equal(
         stored.column("sample_id").to_numpy(), lake.split("train").sample_ids
     )

@@ -13,7 +13,7 @@ from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake
 from cld_lake.select import class_quotas, select_rows
 from cld_lake.sql import query as lake_query
-from tests.conftest import import_arrays, lake_hash, make_arrays
+from tests.conftest import import_arrays, lake_hash, make_arrays, scores_file
 from tests.test_sql import write_scores
 
 
@@ -227,7 +227,7 @@ def test_query_pool_and_query_score(scored_lake):
     m2 = cld_lake.select(
         lake, count=10, balance="none", query="SELECT sample_id, -loss_mean AS score FROM scores"
     )
-    loss_mean = np.asarray(pq.read_table(lake.path / "scores.parquet")["loss_mean"])
+    loss_mean = np.asarray(pq.read_table(scores_file(lake))["loss_mean"])
     order = np.lexsort((ids, loss_mean))  # highest -loss_mean = lowest loss_mean first
     assert sorted(m2.sample_ids.tolist()) == sorted(ids[order[:10]].tolist())
     assert m2.metadata["score"] == "query"

@@ -34,6 +34,7 @@ from cld_lake.select import (
 )
 from cld_lake.select._select import _table_in_order
 from cld_lake.select._stream import _ScoresStream
+from tests.conftest import scores_file
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL = [np.nan, -0.0, 0.0, np.inf, -np.inf, 5e-324, -5e-324, 1e308, -1e308]
@@ -308,7 +309,7 @@ def test_streaming_refuses_a_tampered_column_and_writes_nothing(
 
     lake = tmp_path / "lake"
     shutil.copytree(synth_lake, lake)
-    path = lake / "scores.parquet"
+    path = scores_file(lake)
     table = pq.ParquetFile(path).read()
     footer = pq.ParquetFile(path).metadata.metadata
     values = table.column(column).to_numpy(zero_copy_only=False).copy()
@@ -335,7 +336,7 @@ def test_an_unreadable_page_is_a_one_line_corrupt_lake_error(
 
     lake = tmp_path / "lake"
     shutil.copytree(synth_lake, lake)
-    path = lake / "scores.parquet"
+    path = scores_file(lake)
     column = pq.ParquetFile(path).metadata.row_group(0).column(2)
     assert column.path_in_schema == "cld"
     with open(path, "r+b") as f:  # the page header: the reader cannot decode the page
@@ -343,7 +344,9 @@ def test_an_unreadable_page_is_a_one_line_corrupt_lake_error(
         f.write(b"\xff" * 16)
     monkeypatch.setenv(STREAM_ROWS_ENV, rows)
     out = tmp_path / "m.parquet"
-    with pytest.raises(CorruptLakeError, match="scores.parquet: unreadable .*cld-lake verify"):
+    with pytest.raises(
+        CorruptLakeError, match=r"scores-\d+-\w+\.parquet: unreadable .*cld-lake verify"
+    ):
         cld_lake.select(lake, "cld", fraction=0.1, out=out)
     assert not out.exists()
 
@@ -357,7 +360,7 @@ def many_span_lake(synth_lake, tmp_path_factory) -> Path:
 
     lake = tmp_path_factory.mktemp("spans") / "lake"
     shutil.copytree(synth_lake, lake)
-    path = lake / "scores.parquet"
+    path = scores_file(lake)
     table = pq.ParquetFile(path).read()
     footer = pq.ParquetFile(path).metadata.metadata
     with pq.ParquetWriter(path, table.schema) as writer:
@@ -392,7 +395,7 @@ def test_dask_refuses_a_tampered_score_column(dask_client, many_span_lake, tmp_p
 
     lake = tmp_path / "lake"
     shutil.copytree(many_span_lake, lake)
-    path = lake / "scores.parquet"
+    path = scores_file(lake)
     table = pq.ParquetFile(path).read()
     footer = pq.ParquetFile(path).metadata.metadata
     values = table.column("cld").to_numpy(zero_copy_only=False).copy()

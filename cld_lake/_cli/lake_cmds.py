@@ -121,7 +121,7 @@ def info_cmd(lake, as_json):
         echo_json(info)
         return
     click.echo(f"lake {info['path']}  id {info['lake_id']}  format v{info['format_version']}")
-    click.echo(f"classes: {info['num_classes']}   on disk: {_human(info['bytes_on_disk'])}")
+    click.echo(f"classes: {info['num_classes']}   on disk: {_on_disk(info)}")
     runs = info.get("runs", {})
     if runs:  # a lake with named runs: the default run's splits, then each run's
         names = (["default"] if info["splits"] else []) + list(runs)
@@ -135,11 +135,14 @@ def info_cmd(lake, as_json):
     if not info["splits"] and not runs:
         click.echo("  (no splits yet)")
     for name, prov in info["scores"].items():
-        detail = ", ".join(
-            f"{k}={v}"
+        settings = info["score_settings"][name]
+        shown = {k: v for k, v in settings.items() if v is not None}
+        shown |= {
+            k: v
             for k, v in prov.items()
-            if k in ("method", "engine", "checkpoints", "nan", "degenerate", "fallback", "run")
-        )
+            if k in ("engine", "checkpoints", "nan", "degenerate", "fallback", "run")
+        }
+        detail = ", ".join(f"{k}={v}" for k, v in shown.items())
         if "runs" in prov:
             detail += f", mean of runs {','.join(prov['runs'])}"
         stale = info["stale_scores"].get(name)
@@ -194,18 +197,22 @@ def _echo_splits(splits: dict) -> None:
             f"{s['checkpoints']:>4} checkpoints [{s['checkpoint_ids']}]  channels {','.join(f'{k}:{v}' for k, v in s['channels'].items())}"
         )
         click.echo(
-            f"         {s['segments']} segment(s), {_human(s['bytes_on_disk'])}, {s['bytes_per_value']} B/value, "
+            f"         {s['segments']} segment(s), {_on_disk(s)}, {s['bytes_per_value']} B/value, "
             f"NaN/inf losses: {s['nonfinite_losses']}"
             + (f", metadata: {', '.join(s['metadata_columns'])}" if s["metadata_columns"] else "")
         )
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
+def _on_disk(info: dict[str, Any]) -> str:
+    """The live bytes, then what is retired (kept for the grace period) or debris, if any."""
+    from cld_lake.lake.check import human_bytes
+
+    text = human_bytes(info["bytes_on_disk"])
+    if info.get("bytes_retired"):
+        text += f" (+ {human_bytes(info['bytes_retired'])} retired, deleted after the grace period)"
+    if info.get("bytes_debris"):
+        text += f" (+ {human_bytes(info['bytes_debris'])} left by failed writes)"
+    return text
 
 
 @click.command("verify")

@@ -106,6 +106,12 @@ class MethodChoice(click.Choice):
     "--run B) to store the mean of the runs' scores (undefined where any run's is).",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a stored score of the same name (without it a name the scores table holds "
+    "is refused; or store under a new --name).",
+)
+@click.option(
     "--scheduler",
     metavar="ADDRESS",
     help="--engine dask: the address of a running dask scheduler (e.g. tcp://10.0.0.5:8786, "
@@ -124,10 +130,13 @@ def score_cmd(
     window_length: int | None,
     block_rows: int | None,
     runs: tuple[str, ...],
+    force: bool,
     scheduler: str | None,
 ) -> None:
-    """Score every training sample of LAKE and store the column NAME in LAKE/scores.parquet."""
+    """Score every training sample of LAKE and store the column NAME in the lake's scores
+    table (a name it holds is replaced only with --force)."""
     from cld_lake.lake import open_lake
+    from cld_lake.lake.scores import scores_path
     from cld_lake.score import compute_scores
 
     engine_options = _engine_options(engine, scheduler)
@@ -149,9 +158,11 @@ def score_cmd(
             reference=reference,
             runs=runs,
             engine_options=engine_options,
+            force=force,
         )
+    table = scores_path(lk)
     for result in results.values():
-        click.echo(_summary(result, engine, lk))
+        click.echo(_summary(result, engine, table))
 
 
 def _engine_options(engine: Engine, scheduler: str | None) -> dict[str, str]:
@@ -168,10 +179,10 @@ def _engine_options(engine: Engine, scheduler: str | None) -> dict[str, str]:
     return {"scheduler": check_scheduler_address(scheduler)}
 
 
-def _summary(result: ScoreResult, engine: str, lake: Lake) -> str:
+def _summary(result: ScoreResult, engine: str, table: StorePath | None) -> str:
     """One line per stored column (for cld alone, the line it always printed)."""
     p = result.provenance
-    where = f"stored as column {result.name!r} of {lake.root / 'scores.parquet'}"
+    where = f"stored as column {result.name!r} of {table}"
     if "runs" in p:
         return (
             f"scored {p['train_samples']:,} samples by {p['method']} as the mean over runs "

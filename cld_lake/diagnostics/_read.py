@@ -14,9 +14,9 @@ from cld_lake.errors import CorruptLakeError, ScoringError
 from cld_lake.lake import SAMPLES_FILE
 from cld_lake.lake.scores import (
     iter_scores,
+    open_scores_file,
     read_scores,
     score_direction,
-    scores_path,
     stored_scores,
 )
 from cld_lake.lake.store import Lake, Split, check_sample_group, open_lake, sample_groups
@@ -75,7 +75,7 @@ def scores_rows(lake: Lake, names: list[str]) -> int:
     """Rows of the scores table (from its footer), after checking ``names`` are stored."""
     for name in names:
         check_stored(lake, name)
-    return int(parquet_file(scores_path(lake)).metadata.num_rows)
+    return int(open_scores_file(lake).metadata.num_rows)
 
 
 def noisy_bits(train: Split) -> np.ndarray | None:
@@ -136,7 +136,7 @@ def scores_aligned(lake: Lake, train: Split) -> bool:
     """Is row i of the scores table train row i? O(1) when both carry the fingerprint of the
     ids recorded at the split's creation; otherwise the ids are compared row group by row
     group (the split's id column is never loaded whole)."""
-    pf = parquet_file(scores_path(lake))
+    pf = open_scores_file(lake)
     if pf.metadata.num_rows != train.num_samples:
         return False
     recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")

@@ -23,7 +23,13 @@ from cld_lake.lake._validate import (
     check_split_name,
 )
 from cld_lake.lake.importer import ImportResult, import_file
-from cld_lake.lake.scores import iter_scores, read_scores, store_score, stored_scores
+from cld_lake.lake.scores import (
+    iter_scores,
+    read_scores,
+    scores_path,
+    store_score,
+    stored_scores,
+)
 from cld_lake.lake.store import Block, Lake, Split, open_lake, parse_window
 from cld_lake.lake.writer import CheckpointBuffer, SampleBlocks, SplitWriter
 
@@ -51,6 +57,7 @@ __all__ = [
     "open_lake",
     "parse_window",
     "read_scores",
+    "scores_path",
     "store_score",
     "stored_scores",
 ]

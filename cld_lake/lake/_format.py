@@ -15,8 +15,18 @@ LAKE/
     .writer.lock                    held (flock) by the split's single writer
   runs/<run>/splits/<split>/        the splits of another proxy run (seed, architecture), laid
                                     out as above; ``splits/`` holds the default run's
-  scores.parquet                    one row per training sample, one column per stored score
+  scores/scores-<seq>-<token>.parquet
+                                    the scores table: one row per training sample, one column
+                                    per stored score; immutable, one file per version, the
+                                    current one named by cld_lake.json (``scores``)
+  scores.parquet                    the scores table of lakes written before versioned tables
 ```
+
+The scores table is committed like a split's checkpoints: a new version is written to a new
+file nobody references, then ``cld_lake.json``'s ``scores`` record is replaced (under the root
+lock; on an object store by a conditional write) to name it, with its checksum, rows, ids
+fingerprint and sequence number; the version it replaced is listed there as retired and
+deleted by a later writer once the grace period has passed (see :mod:`cld_lake.lake.scores`).
 
 A run is a namespace of splits: ``cld_lake.json`` lists the default run's committed splits
 under ``splits`` and every other run's under ``runs`` (``{run: [split, ...]}``, absent until a
@@ -31,13 +41,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from typing import Any
 
 from cld_lake._meta import CHECKSUM_KEY, canonical_json, crc32c_hex, now_iso
-from cld_lake.errors import CorruptLakeError, LakeVersionError, NotALakeError
-from cld_lake.storage import StorePath, location
+from cld_lake.errors import CorruptLakeError, LakeChangedError, LakeVersionError, NotALakeError
+from cld_lake.storage import StorePath, VersionConflict, location
 
 #: where a lake (or one of its files) lives: a location, or a path or URL to parse
 LakePath = str | os.PathLike[str] | StorePath
@@ -54,7 +65,9 @@ CLASSES_FILE = "classes.parquet"
 CHECKPOINTS_FILE = "checkpoints.parquet"
 SEGMENTS_DIR = "segments"
 WRITER_LOCK = ".writer.lock"
-SCORES_FILE = "scores.parquet"
+SCORES_FILE = "scores.parquet"  # the scores table of lakes written before versioned tables
+SCORES_DIR = "scores"  # the versioned scores tables
+SCORES_KEY = "scores"  # the root JSON's record of the current scores table
 
 SPLIT_NAMES = ("train", "val", "test")
 CHANNELS = ("loss", "correct", "margin", "el2n")
@@ -92,14 +105,30 @@ def new_root_metadata(num_classes: int | None) -> dict[str, Any]:
     }
 
 
-def write_root_metadata(path: LakePath, meta: dict[str, Any]) -> dict[str, Any]:
+def write_root_metadata(
+    path: LakePath, meta: dict[str, Any], *, if_version: str | None = None
+) -> dict[str, Any]:
     """Write ``cld_lake.json`` atomically with the checksum of its canonical JSON; return it.
 
-    Callers hold :func:`~cld_lake.lake.store.lock_root`.
+    Callers hold :func:`~cld_lake.lake.store.lock_root`. ``if_version``: only while the file is
+    still at that version (:meth:`~cld_lake.storage.StorePath.version`, read before ``meta``
+    was): on an object store a conditional PUT, so a writer whose lease was taken over while
+    it paused cannot overwrite a newer root; :class:`LakeChangedError` when it changed.
     """
     meta = {**meta, CHECKSUM_KEY: crc32c_hex(canonical_json(meta))}
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    (location(path) / ROOT_FILE).put(text.encode())
+    target = location(path) / ROOT_FILE
+    if if_version is None:
+        target.put(text.encode())
+        return meta
+    try:
+        with target.put_file(if_version=if_version) as tmp:
+            tmp.write_bytes(text.encode())
+    except VersionConflict as exc:
+        raise LakeChangedError(
+            f"{target} changed while this command held the lake's lock (another writer took "
+            "it over); nothing was committed: run the command again"
+        ) from exc
     return meta
 
 
@@ -234,7 +263,51 @@ def _check_root(path: StorePath, meta: Any, fix: str) -> dict[str, Any]:
         )
     ):
         raise CorruptLakeError(f"{root_file}: the runs are not a map of split lists; {fix}")
+    if SCORES_KEY in meta and not valid_scores_record(meta[SCORES_KEY]):
+        raise CorruptLakeError(f"{root_file}: the scores record is not valid; {fix}")
     return meta
+
+
+_TABLE_NAME = re.compile(rf"{SCORES_DIR}/scores-\d{{6,}}-[0-9a-f]{{8,32}}\.parquet")
+
+
+def scores_table_key(seq: int, token: str) -> str:
+    """The key (below the lake's root) of version ``seq`` of the scores table."""
+    return f"{SCORES_DIR}/scores-{seq:06d}-{token}.parquet"
+
+
+def is_scores_table_key(key: str) -> bool:
+    """Is ``key`` the name of a versioned scores table (as :func:`scores_table_key` makes)?"""
+    return _TABLE_NAME.fullmatch(key) is not None
+
+
+def valid_scores_record(record: Any) -> bool:
+    """Is ``record`` a well-formed ``scores`` record of the root JSON: the current table's
+    ``file``, ``checksum``, ``rows``, ``ids_sha1`` and ``seq``, and the ``retired`` tables
+    (key -> time of retirement)?"""
+    if not isinstance(record, dict):
+        return False
+    retired = record.get("retired", {})
+    return (
+        isinstance(record.get("file"), str)
+        and is_scores_table_key(record["file"])
+        and isinstance(record.get("checksum"), str)
+        and _is_count(record.get("rows"))
+        and _is_count(record.get("seq"))
+        and (record.get("ids_sha1") is None or isinstance(record.get("ids_sha1"), str))
+        and isinstance(retired, dict)
+        and all(
+            isinstance(k, str)
+            and (is_scores_table_key(k) or k == SCORES_FILE)
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            for k, v in retired.items()
+        )
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def chunk_rows_for(width: int, itemsize: int, row_chunk: int) -> int:

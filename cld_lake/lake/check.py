@@ -19,43 +19,86 @@ from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
-from cld_lake.lake.scores import check_scores_file, stale_scores, stored_scores
+from cld_lake.lake.scores import (
+    check_scores_file,
+    score_reference,
+    scores_state,
+    stale_scores,
+    stored_scores,
+    strays,
+)
 from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
 from cld_lake.storage import StorePath, is_temp_name
 
-__all__ = ["SamplesScan", "VerifyReport", "lake_info", "scan_samples", "verify_lake"]
+__all__ = [
+    "SamplesScan",
+    "VerifyReport",
+    "human_bytes",
+    "lake_info",
+    "scan_samples",
+    "verify_lake",
+]
 
 
 def lake_info(lake: Lake) -> dict[str, Any]:
     """A JSON-ready summary of the lake: splits, samples, classes, checkpoints, channels,
-    bytes on disk, NaN/inf loss counts, and the scores present with their provenance."""
+    bytes on disk, NaN/inf loss counts, and the scores present with their provenance.
+
+    ``bytes_on_disk`` (of the lake and of each split) counts live data only: what the current
+    commit records reference. What a compaction or a newer scores table retired (kept for the
+    grace period, for readers that started before) is ``bytes_retired``; what failed or
+    killed writes left (deleted by the next writer) is ``bytes_debris``.
+    """
     info: dict[str, Any] = {
         "path": str(lake.root),
         "lake_id": lake.lake_id,
         "format_version": lake.meta["format_version"],
         "created_at": lake.meta.get("created_at"),
         "num_classes": lake.num_classes,
-        "bytes_on_disk": lake.root.tree_bytes(),
+        "bytes_on_disk": 0,
+        "bytes_retired": 0,
+        "bytes_debris": 0,
         "splits": {},
     }
+    total = lake.root.tree_bytes()
     runs = lake.runs()
     for run in runs:
         of_run = {name: _split_info(lake.split(name, run)) for name in lake.splits(run)}
+        for split in of_run.values():
+            info["bytes_retired"] += split["bytes_retired"]
+            info["bytes_debris"] += split["bytes_debris"]
         if run == fmt.DEFAULT_RUN:
             info["splits"] = of_run
         else:  # a one-run lake's summary keeps its shape; several runs: each run's splits
             info.setdefault("runs", {})[run] = {"splits": of_run}
+    for stray in strays(scores_state(lake)):
+        info["bytes_retired" if stray.retired else "bytes_debris"] += stray.size
+    info["bytes_on_disk"] = total - info["bytes_retired"] - info["bytes_debris"]
     info["scores"] = stored_scores(lake)
+    info["score_settings"] = {name: score_settings(p) for name, p in info["scores"].items()}
     # a score computed before checkpoints were appended: flagged, never refused
     info["stale_scores"] = stale_scores(lake) if info["scores"] else {}
     return info
+
+
+def score_settings(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a stored score was computed with, at a glance: its method, CLD's validation
+    reference (None for other methods) and its checkpoint window (``all`` when none)."""
+    return {
+        "method": provenance.get("method"),
+        "reference": score_reference(provenance),
+        "window": provenance.get("window") or "all",
+    }
 
 
 def _split_info(split: Split) -> dict[str, Any]:
     """What ``info`` shows of one split (its samples table streamed and checked, never whole)."""
     samples = scan_samples(split, fingerprint=False)
     ck = split.checkpoint_ids
-    seg_bytes = (split.root / fmt.SEGMENTS_DIR).tree_bytes()
+    unreferenced = _unreferenced_segments(split)
+    retired = sum(size for size, is_retired in unreferenced.values() if is_retired)
+    debris = sum(size for size, is_retired in unreferenced.values() if not is_retired)
+    seg_bytes = (split.root / fmt.SEGMENTS_DIR).tree_bytes() - retired - debris
     values = split.num_samples * len(ck) * len(split.channels)
     return {
         "samples": split.num_samples,
@@ -66,9 +109,33 @@ def _split_info(split: Split) -> dict[str, Any]:
         "segments": len(split.segment_names()),
         "nonfinite_losses": split.nonfinite_losses(),
         "metadata_columns": [c for c in samples.columns if c not in ("sample_id", "label")],
-        "bytes_on_disk": split.root.tree_bytes(),
+        "bytes_on_disk": split.root.tree_bytes() - retired - debris,
+        "bytes_retired": retired,
+        "bytes_debris": debris,
         "bytes_per_value": round(seg_bytes / values, 3) if values else None,
     }
+
+
+def _unreferenced_segments(split: Split) -> dict[str, tuple[int, bool]]:
+    """Segment -> (bytes, retired?) of every segment the commit record does not reference:
+    retired by compaction (kept for the grace period) or left by a failed write."""
+    seg_dir = split.root / fmt.SEGMENTS_DIR
+    referenced = set(split.segment_names())
+    retired = split.meta.get("retired", {})
+    return {
+        name: ((seg_dir / name).tree_bytes(), name in retired)
+        for name in sorted(seg_dir.list())
+        if name not in referenced
+    }
+
+
+def human_bytes(n: float) -> str:
+    """``2.7 MiB``: a byte count as ``info`` and ``verify`` print it."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
 
 
 def _classes_present(split: Split, samples: SamplesScan) -> int:
@@ -184,10 +251,49 @@ def _temp_files(root: StorePath) -> list[StorePath]:
 
 
 def _verify_scores(lake: Lake, report: VerifyReport) -> None:
+    """The current scores table against the root record and its checksums (an error when it
+    is missing, swapped, rolled back or damaged); the other files of the scores layout as
+    warnings: retired tables (one line) and debris (one line each)."""
     try:
         check_scores_file(lake)
-    except CorruptLakeError as exc:
+        state = scores_state(lake)
+    except CldLakeError as exc:
         report.errors.append(str(exc))
+        return
+    found = strays(state)
+    retired = [s for s in found if s.retired_at is not None]
+    if retired:
+        size = human_bytes(sum(s.size for s in retired))
+        last = max(float(s.retired_at or 0.0) for s in retired) + GC_GRACE_SECONDS
+        report.warnings.append(
+            f"{_count(len(retired), 'older scores table')} ({size}) retired by newer scores, "
+            f"kept for the grace period ({GC_GRACE_SECONDS / 60:g} min) so running readers "
+            f"finish; the next score deletes {_goes(len(retired), last)}"
+        )
+    current = state.located.path if state.located is not None else None
+    for stray in found:
+        if stray.retired or is_temp_name(stray.path.name):  # temp files: listed below
+            continue
+        what = (
+            f"a scores table of the old layout the lake no longer reads ({fmt.ROOT_FILE} names "
+            f"{current})"
+            if stray.path.name == fmt.SCORES_FILE
+            else "a scores table never committed (a failed or killed score)"
+        )
+        report.warnings.append(f"{stray.path}: {what}; the next score deletes it")
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' * (n != 1)}"
+
+
+def _goes(n: int, last: float) -> str:
+    """``them (all by TIME)``: which files a writer deletes, and when the last may go."""
+    return f"it (by {_when(last)})" if n == 1 else f"them (all by {_when(last)})"
+
+
+def _when(timestamp: float) -> str:
+    return _dt.datetime.fromtimestamp(timestamp, _dt.UTC).isoformat(timespec="seconds")
 
 
 def _split_dirs(lake: Lake, run: str) -> list[str]:
@@ -259,24 +365,25 @@ def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) 
 
 
 def _debris(split: Split, referenced: list[str], report: VerifyReport) -> None:
-    """Warnings for segments no commit references: retired ones kept for the grace period,
-    and those of failed or killed writes."""
+    """Warnings for segments no commit references: those retired by compaction, kept for the
+    grace period (one line for all), and those of failed or killed writes (one line each)."""
     seg_dir = split.root / fmt.SEGMENTS_DIR
     retired = split.meta.get("retired", {})
-    grace = f"{GC_GRACE_SECONDS / 60:g} min"
+    label = _label(split.run, split.name)
+    kept = [name for name in sorted(seg_dir.list()) if name not in referenced and name in retired]
+    if kept:
+        size = human_bytes(sum((seg_dir / name).tree_bytes() for name in kept))
+        last = max(float(retired[name]) for name in kept) + GC_GRACE_SECONDS
+        report.warnings.append(
+            f"split {label!r}: {_count(len(kept), 'segment')} ({size}) retired by compaction, "
+            f"kept for the grace period ({GC_GRACE_SECONDS / 60:g} min) so running readers "
+            f"finish; the split's next writer deletes {_goes(len(kept), last)}, "
+            "`cld-lake compact --prune` at once"
+        )
     for name in sorted(seg_dir.list()):
-        if name in referenced:
-            continue
-        if name in retired:
-            when = _dt.datetime.fromtimestamp(float(retired[name]), _dt.UTC)
+        if name not in referenced and name not in retired:
             report.warnings.append(
-                f"split {_label(split.run, split.name)!r}: segment {name} retired by compaction at "
-                f"{when.isoformat(timespec='seconds')}; kept for the grace period ({grace}) so "
-                "running readers finish, then deleted by the split's next writer"
-            )
-        else:
-            report.warnings.append(
-                f"split {_label(split.run, split.name)!r}: segment {name} left by a failed or killed write "
+                f"split {label!r}: segment {name} left by a failed or killed write "
                 "(never committed); the split's next writer deletes it"
             )
 

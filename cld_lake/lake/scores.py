@@ -1,45 +1,73 @@
-"""The scores table ``LAKE/scores.parquet``: its one reader and writer.
+"""The scores table: its one reader and writer.
 
 The table has one row per training sample (``sample_id, label`` in the train split's row
 order) and one column per stored score; the Parquet key-value metadata ``cld_lake`` holds
-``{"scores": {name: provenance}, "rows": {...}}``. Scoring stores a column with
-:func:`store_score` (atomic replace); ``info``, ``select``, ``report`` and the SQL view read it
-through :func:`stored_scores` and :func:`read_scores`.
+``{"scores": {name: provenance}, "rows": {...}, "table": {"seq": ...}}``. It is committed like
+a split's checkpoints: every change writes a new, immutable version
+(``LAKE/scores/scores-<seq>-<token>.parquet``) and then replaces the record in
+``cld_lake.json`` that names the current one (see :mod:`cld_lake.lake._scores_record`), so a
+crash leaves the previous table, and a table that is missing, swapped for another file or
+rolled back is refused by every reader. :func:`scores_path` is the one way to find it.
+Scoring stores columns with :func:`store_scores`; ``info``, ``select``, ``report`` and the SQL
+view read it through :func:`stored_scores`, :func:`read_scores` and :func:`iter_scores`.
+
+**Whose rows.** One table per lake; its rows are one set of training samples (with their
+labels): those of the train split the first score was computed on. Every run whose train
+split holds the same samples and labels (each proxy run of one data set; an ensemble of them)
+stores its scores there, each under its own name; a run whose train split holds the same
+samples in another order is realigned by sample id; a score of any other set of samples is
+refused before anything is written (it would drop every stored score): score it in a lake of
+its own.
 
 An undefined score (NaN in the NumPy column scoring produces) is stored as null, so SQL
 orderings put it last (``ORDER BY cld DESC`` in DuckDB) and aggregates skip it. Readers that
 need NumPy get NaN back: Arrow's ``to_numpy`` turns a null float into NaN.
 
 Integrity: the table is streamed (it is never whole in memory), so its checksums are computed
-as the row groups are written and stored at the end, in the footer key ``cld_lake.checksum``:
-a CRC32C of the ``cld_lake`` JSON and one per column (the canonical content of
-:class:`cld_lake._meta.TableChecksum`). A reader checks the JSON and exactly the columns it
-reads; ``verify`` and the SQL view check every column, streaming. In a checksummed lake
-(format 2) a table without that key is refused. No Parquet statistics are written, so no
-reader can skip rows on bytes the checksums do not cover.
+as the row groups are written and stored at the end, in the footer key ``cld_lake.checksum``
+(:mod:`cld_lake.lake._scores_checks`); the root record keeps a checksum of those. A reader
+checks the record and the JSON and exactly the columns it reads; ``verify`` and the SQL view
+check every column, streaming. In a checksummed lake (format 2) a table without that key is
+refused. No Parquet statistics are written, so no reader can skip rows on bytes the checksums
+do not cover.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cld_lake._io import parquet_file, row_group_batches
-from cld_lake._meta import (
-    META_KEY,
-    TableChecksum,
-    canonical_json,
-    crc32c_hex,
-    meta_bytes,
-    read_meta,
-)
+from cld_lake._io import parquet_file
+from cld_lake._meta import META_KEY, canonical_json, crc32c_hex, read_meta
 from cld_lake._types import Direction, choices
-from cld_lake.errors import BadInputError, CorruptLakeError, one_line
+from cld_lake.errors import (
+    BadInputError,
+    CldLakeError,
+    CorruptLakeError,
+    LakeChangedError,
+    ScoringError,
+    one_line,
+)
 from cld_lake.lake import _format as fmt
-from cld_lake.lake._validate import RESERVED_SCORE_NAMES, check_case_clash
+from cld_lake.lake import _scores_record as _record
+from cld_lake.lake._scores_checks import (
+    CHECKSUMS_KEY,
+    ColumnCheck,
+    ColumnChecksums,
+    footer,
+    recorded_checksums,
+)
+from cld_lake.lake._scores_record import Located, RootState, strays
+from cld_lake.lake._scores_write import (
+    RESERVED,
+    ScoreReader,
+    array_reader,
+    rows_fit,
+    write_table,
+)
+from cld_lake.lake._validate import check_case_clash
 from cld_lake.lake._validate import check_score_name as check_score_name  # its users' name
 from cld_lake.lake.store import Lake, Split, lock_root
 from cld_lake.storage import StorePath
@@ -48,12 +76,36 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-# rows [start, stop) of a score column
-ScoreReader = Callable[[int, int], np.ndarray]
+__all__ = [
+    "BATCH_ROWS",
+    "CHECKSUMS_KEY",
+    "RESERVED",
+    "ColumnCheck",
+    "ColumnChecksums",
+    "RootState",
+    "ScoreReader",
+    "check_score_name",
+    "check_scores_file",
+    "check_scores_fit",
+    "existing_score_message",
+    "footer",
+    "iter_scores",
+    "open_scores_file",
+    "read_scores",
+    "score_direction",
+    "score_reference",
+    "score_summary",
+    "scores_path",
+    "scores_state",
+    "stale_scores",
+    "store_score",
+    "store_scores",
+    "stored_scores",
+    "strays",
+]
 
-RESERVED = RESERVED_SCORE_NAMES
-BATCH_ROWS = 1 << 16
 DIRECTIONS = choices(Direction)
+BATCH_ROWS = 1 << 16  # rows per row group of the table (and per batch written)
 
 
 def score_direction(provenance: Mapping[str, Any]) -> Direction:
@@ -73,23 +125,51 @@ def score_direction(provenance: Mapping[str, Any]) -> Direction:
     return direction  # type: ignore[no-any-return]
 
 
-def scores_path(lake: Lake) -> StorePath:
-    """Where the scores table of ``lake`` lives."""
-    return lake.root / fmt.SCORES_FILE
+# --- where the table is -------------------------------------------------------------------------
+def _located(lake: Lake) -> Located | None:
+    """The current table as the root metadata names it now (read afresh: another process may
+    have stored a score since ``lake`` was opened)."""
+    lake.meta = fmt.read_root_metadata(lake.root)
+    return _record.locate(lake.root, lake.meta)
 
 
-CHECKSUMS_KEY = b"cld_lake.checksum"
+def scores_path(lake: Lake) -> StorePath | None:
+    """Where the current scores table of ``lake`` is: the file ``cld_lake.json`` names (a lake
+    written before versioned tables: ``LAKE/scores.parquet``); None before any score. The one
+    way to find the table: it moves with every score stored. (Opening it through
+    :func:`open_scores_file` checks it is the table the lake recorded.)"""
+    located = _located(lake)
+    return located.path if located is not None else None
 
 
 def open_scores_file(lake: Lake) -> pq.ParquetFile:
-    """The scores table as a ``pyarrow.parquet.ParquetFile``, its ``cld_lake`` JSON checked
-    against its recorded CRC32C; read its columns through a :class:`ColumnCheck`."""
-    path = scores_path(lake)
+    """The current scores table as a ``pyarrow.parquet.ParquetFile``, checked against the
+    lake's record of it (the file, its checksum, its rows) and its ``cld_lake`` JSON against
+    its recorded CRC32C; read its columns through a :class:`ColumnCheck`.
+
+    Raises :class:`CorruptLakeError` (one line) for a table that is missing, swapped for
+    another file, rolled back to an older version or damaged; :class:`BadInputError` when
+    nothing is scored yet.
+    """
+    located = _located(lake)
+    if located is None:
+        raise BadInputError(
+            f"{lake.root} has no scores yet; compute one with `cld-lake score {lake.root}`"
+        )
+    return _open(lake, located)
+
+
+def _open(lake: Lake, located: Located) -> pq.ParquetFile:
+    path = located.path
     try:
         pf = parquet_file(path)
+    except FileNotFoundError as exc:
+        raise _missing(lake, located) from exc
     except Exception as exc:  # a damaged footer
         raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
-    recorded = _recorded_checksums(pf)
+    recorded = recorded_checksums(pf)
+    if located.record is not None:
+        _check_record(lake, located, pf, recorded)
     if recorded is None:
         if lake.checksummed:
             raise CorruptLakeError(f"{path} fails its checksum (none recorded); {lake.fix}")
@@ -102,6 +182,45 @@ def open_scores_file(lake: Lake) -> pq.ParquetFile:
     return pf
 
 
+def _check_record(
+    lake: Lake, located: Located, pf: pq.ParquetFile, recorded: dict[str, Any] | None
+) -> None:
+    """The file is the table the root record names: the same footer checksums, rows."""
+    record = located.record
+    assert record is not None
+    computed = _record.fingerprint(recorded)
+    rows = pf.metadata.num_rows
+    if computed == record["checksum"] and rows == record["rows"]:
+        return
+    version = read_meta(pf.schema_arrow).get("table")
+    seq = version.get("seq") if isinstance(version, dict) else None
+    if isinstance(seq, int) and seq < int(record["seq"]):
+        why = f"rolled back: it holds version {seq}, {fmt.ROOT_FILE} names version {record['seq']}"
+    elif computed != record["checksum"]:
+        why = f"checksum {computed}, {fmt.ROOT_FILE} records {record['checksum']}"
+    else:
+        why = f"{rows} rows, {fmt.ROOT_FILE} records {record['rows']}"
+    raise CorruptLakeError(
+        f"{located.path} is not the scores table {fmt.ROOT_FILE} names ({why}); {lake.fix}"
+    )
+
+
+def _missing(lake: Lake, located: Located) -> CldLakeError:
+    """The error for a table that is gone: replaced by a newer score and deleted since this
+    command found it (run again), or the current table lost (corrupt)."""
+    try:
+        now = _located(lake)
+    except CldLakeError:
+        now = None
+    if now is not None and now.path != located.path:
+        return LakeChangedError(
+            f"{located.path}: scores table replaced by a newer one while this command ran; "
+            "run it again"
+        )
+    named = f"the scores table {fmt.ROOT_FILE} names" if located.record else "the scores table"
+    return CorruptLakeError(f"{located.path}: {named} is missing; {lake.fix}")
+
+
 class _Schema:
     """Just enough of a schema for :func:`read_meta`: its key-value metadata."""
 
@@ -109,105 +228,37 @@ class _Schema:
         self.metadata = metadata
 
 
-def _recorded_checksums(pf: pq.ParquetFile) -> dict[str, Any] | None:
-    raw = (pf.metadata.metadata or {}).get(CHECKSUMS_KEY)
-    try:
-        recorded = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return {}  # present but damaged: every comparison fails
-    return recorded if isinstance(recorded, dict) else ({} if raw is not None else None)
-
-
-class _ColumnChecksums:
-    """One :class:`TableChecksum` per column, fed row group by row group."""
-
-    def __init__(self, schema: pa.Schema, names: list[str] | None = None) -> None:
-        import pyarrow as pa
-
-        wanted = schema.names if names is None else names
-        self._sums = {
-            n: (pa.schema([schema.field(n)]), TableChecksum(pa.schema([schema.field(n)])))
-            for n in wanted
-        }
-
-    def update(self, part: pa.Table) -> None:
-        import pyarrow as pa
-
-        for name, (schema, acc) in self._sums.items():
-            acc.update(pa.Table.from_arrays([part.column(name)], schema=schema))
-
-    def values(self) -> dict[str, str]:
-        return {name: acc.value({}) for name, (_, acc) in self._sums.items()}
-
-
-class ColumnCheck:
-    """The checksums of ``columns`` of the scores table ``pf`` (opened by
-    :func:`open_scores_file`): :meth:`update` with each row group (or span of them) as it is
-    read, :meth:`verify` once every row has been; :class:`CorruptLakeError` when one differs
-    from what the table recorded. A table without checksums (format 1) checks nothing."""
-
-    def __init__(self, lake: Lake, pf: pq.ParquetFile, columns: list[str] | None = None) -> None:
-        self._lake = lake
-        self._recorded = _recorded_checksums(pf)
-        self._sums = (
-            _ColumnChecksums(pf.schema_arrow, columns) if self._recorded is not None else None
-        )
-
-    def update(self, part: pa.Table) -> None:
-        if self._sums is not None:
-            self._sums.update(part)
-
-    def verify(self) -> None:
-        if self._sums is not None and self._recorded is not None:
-            _compare_columns(self._lake, self._recorded, self._sums)
-
-
-def _footer(meta: dict[bytes, bytes], sums: _ColumnChecksums) -> dict[bytes, bytes]:
-    body = json.loads(meta[b"cld_lake"])
-    record = {"meta": crc32c_hex(canonical_json(body)), "columns": sums.values()}
-    return {CHECKSUMS_KEY: json.dumps(record, sort_keys=True).encode()}
-
-
-def _compare_columns(lake: Lake, recorded: dict[str, Any], sums: _ColumnChecksums) -> None:
-    """Each column ``sums`` covers has the CRC the table recorded for it."""
-    expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
-    for name, value in sums.values().items():
-        if expected.get(name) != value:
-            raise CorruptLakeError(
-                f"{scores_path(lake)} fails its checksum (column {name!r}); {lake.fix}"
-            )
-
-
+# --- reading ------------------------------------------------------------------------------------
 def check_scores_file(lake: Lake) -> None:
-    """Check every column of the scores table, one row group at a time (bounded memory).
+    """Check the current scores table against the lake's record and every column against its
+    checksum, one row group at a time (bounded memory); nothing when nothing is scored.
 
     Raises :class:`CorruptLakeError` (one line) when anything differs from what was recorded.
     """
-    if not scores_path(lake).exists():
+    located = _located(lake)
+    if located is None:
         return
-    pf = open_scores_file(lake)
-    recorded = _recorded_checksums(pf)
+    pf = _open(lake, located)
+    recorded = recorded_checksums(pf)
     if recorded is None:
         return
-    sums = _ColumnChecksums(pf.schema_arrow)
+    sums = ColumnChecksums(pf.schema_arrow)
     try:
         for g in range(pf.metadata.num_row_groups):
             sums.update(pf.read_row_group(g))
     except Exception as exc:
-        raise CorruptLakeError(
-            f"{scores_path(lake)}: unreadable ({one_line(exc)}); {lake.fix}"
-        ) from exc
+        raise CorruptLakeError(f"{located.path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
     expected = recorded.get("columns") if isinstance(recorded.get("columns"), dict) else {}
     if sums.values() != expected:
-        raise CorruptLakeError(f"{scores_path(lake)} fails its checksum (columns); {lake.fix}")
+        raise CorruptLakeError(f"{located.path} fails its checksum (columns); {lake.fix}")
 
 
 def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
     """Name -> provenance of every stored score, in column order; ``{}`` before any score."""
-    path = scores_path(lake)
-    if not path.exists():
+    located = _located(lake)
+    if located is None:
         return {}
-    schema = open_scores_file(lake).schema_arrow
+    schema = _open(lake, located).schema_arrow
     provenance = read_meta(schema).get("scores", {})
     if not isinstance(provenance, dict):
         provenance = {}
@@ -221,36 +272,70 @@ def stored_scores(lake: Lake) -> dict[str, dict[str, Any]]:
 def read_scores(lake: Lake, columns: list[str] | None = None) -> pa.Table | None:
     """``sample_id, label`` and the score ``columns`` (default: all) as a pyarrow Table, or
     None when nothing is scored yet. Undefined scores are null (``to_numpy`` gives NaN)."""
-    path = scores_path(lake)
-    if not path.exists():
+    located = _located(lake)
+    if located is None:
         return None
-    pf = open_scores_file(lake)
+    pf = _open(lake, located)
     wanted = None if columns is None else ["sample_id", "label", *columns]
     try:
         table = pf.read(columns=wanted)
     except Exception as exc:
-        raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
-    check = ColumnCheck(lake, pf, table.schema.names)
+        raise CorruptLakeError(f"{located.path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
+    check = ColumnCheck(lake, pf, table.schema.names, located.path)
     check.update(table)
     check.verify()
     return table
 
 
+def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
+    """:func:`read_scores` one row group at a time: ``sample_id, label`` and ``columns``.
+
+    Memory is one row group, whatever the number of rows. The table is found (and checked
+    against the lake's record, its JSON against its checksum) before the first group, and read
+    to the end even if a newer score is stored meanwhile; the columns' checksums are compared
+    after the last group has been read (and before the iterator ends, raising
+    :class:`CorruptLakeError`), so a consumer that reads to the end has checked everything it
+    used. Nothing when no scores table exists.
+    """
+    located = _located(lake)
+    if located is None:
+        return
+    pf = _open(lake, located)
+    wanted = ["sample_id", "label", *columns]
+    try:
+        check = ColumnCheck(lake, pf, wanted, located.path)
+    except KeyError as exc:
+        raise CorruptLakeError(f"{located.path}: unreadable (no column {exc}); {lake.fix}") from exc
+    for g in range(pf.metadata.num_row_groups):
+        try:
+            part = pf.read_row_group(g, columns=wanted)
+        except Exception as exc:
+            raise CorruptLakeError(
+                f"{located.path}: unreadable ({one_line(exc)}); {lake.fix}"
+            ) from exc
+        check.update(part)
+        yield part
+    check.verify()
+
+
+# --- writing ------------------------------------------------------------------------------------
 def store_score(
     lake: Lake,
     train: Split,
     name: str,
     scores: np.ndarray | ScoreReader,
     provenance: dict[str, Any],
+    *,
+    replace: bool = True,
 ) -> None:
     """Add or replace column ``name`` of the scores table, with its provenance.
 
-    The new file is streamed in row batches next to the old one and renamed over it
-    (atomic); memory is one batch of the table, not the whole table. ``scores`` is the column
-    (an array, NaN where undefined) or a function ``read(start, stop)`` returning rows of it;
-    NaN is stored as null.
+    A new version of the table is streamed in row batches (memory: one batch, not the whole
+    table) and committed (see :func:`store_scores`). ``scores`` is the column (an array, NaN
+    where undefined) or a function ``read(start, stop)`` returning rows of it; NaN is stored
+    as null.
     """
-    store_scores(lake, train, {name: scores}, {name: provenance})
+    store_scores(lake, train, {name: scores}, {name: provenance}, replace=replace)
 
 
 def store_scores(
@@ -258,208 +343,134 @@ def store_scores(
     train: Split,
     columns: Mapping[str, np.ndarray | ScoreReader],
     provenance: Mapping[str, dict[str, Any]],
+    *,
+    replace: bool = True,
 ) -> None:
-    """Add or replace several columns at once (one rewrite of the table): ``columns`` maps
-    each name to its scores as in :func:`store_score`, ``provenance`` each name to its own."""
+    """Add or replace several columns at once (one new version of the table): ``columns``
+    maps each name to its scores as in :func:`store_score`, ``provenance`` each name to its
+    own. ``replace=False`` refuses a name the table holds.
+
+    Under the root lock: the current table is checked; a score of ``train`` whose samples are
+    not the table's is refused (:func:`check_scores_fit`), before anything is written; the
+    new version goes to a new file, then the root record is replaced to name it (the commit
+    point; on an object store a conditional PUT), then the version it replaced is retired.
+    A crash at any moment leaves the previous table current (and at most an unreferenced file
+    the next writer deletes). A lake of format 1 (no record, no checksums) has its
+    ``scores.parquet`` replaced in place, as before.
+    """
     readers = {
-        name: scores if callable(scores) else _array_reader(np.asarray(scores, dtype=np.float64))
+        name: scores if callable(scores) else array_reader(np.asarray(scores, dtype=np.float64))
         for name, scores in columns.items()
     }
-    path = scores_path(lake)
     with lock_root(lake.root):  # read-modify-write: one scorer at a time
-        stored = list(stored_scores(lake)) if path.exists() else []
-        for name in readers:
-            check_case_clash("score", name, stored, "name")
-        if path.exists() and not _same_rows(path, train):
-            _store_realigned(path, train, readers, provenance)
-        else:
-            _store_streamed(path, train, readers, provenance)
+        state = _record.read_state(lake.root)
+        lake.meta = state.meta
+        located = state.located
+        old = _open(lake, located) if located is not None else None
+        aligned = old is not None and rows_fit(old, located.path, train)  # type: ignore[union-attr]
+        if not replace and old is not None:
+            _refuse_existing(lake, old, list(readers))
+        if old is not None:
+            stored = [c for c in old.schema_arrow.names if c not in RESERVED]
+            for name in readers:
+                check_case_clash("score", name, stored, "name")
+        (lake.root / fmt.SCORES_FILE).remove_dead_temps()  # a killed old-layout writer's
+        if not lake.checksummed:
+            path = lake.root / fmt.SCORES_FILE
+            write_table(
+                path,
+                old,
+                train,
+                readers,
+                provenance,
+                aligned=aligned,
+                version=None,
+                batch_rows=BATCH_ROWS,
+            )
+            return
+        _record.remove_debris(state)
+        key = _record.new_table_key(state)
+        target = lake.root / key
+        version = {"seq": state.next_seq, "lake_id": lake.lake_id}
+        try:
+            checks = write_table(
+                target,
+                old,
+                train,
+                readers,
+                provenance,
+                aligned=aligned,
+                version=version,
+                batch_rows=BATCH_ROWS,
+            )
+        except BaseException:
+            target.delete()
+            raise
+        try:
+            meta, expired = _record.commit(
+                state, key, _record.fingerprint(checks), train.num_samples, train.ids_digest
+            )
+        except LakeChangedError:  # not committed: nobody will ever reference the new file
+            target.delete()
+            raise
+        # (any other failure leaves the file: if the commit landed it is the current table,
+        # if not, the next writer deletes it as debris)
+        lake.meta = train.lake.meta = meta
+        for path in expired:  # out of the record: no reader can find them any more
+            path.delete()
 
 
-def _array_reader(values: np.ndarray) -> ScoreReader:
-    return lambda a, b: values[a:b]
+def _refuse_existing(lake: Lake, old: pq.ParquetFile, names: list[str]) -> None:
+    present = [n for n in names if n in old.schema_arrow.names]
+    if present:
+        provenance = read_meta(old.schema_arrow).get("scores", {})
+        prov = provenance.get(present[0], {}) if isinstance(provenance, dict) else {}
+        raise ScoringError(existing_score_message(present[0], prov))
 
 
-def _nullable(values: np.ndarray) -> pa.Array:
-    """A float64 score array with null where the value is NaN (undefined)."""
-    import pyarrow as pa
-
-    values = np.asarray(values, dtype=np.float64)
-    return pa.array(values, type=pa.float64(), mask=np.isnan(values))
-
-
-def _nan_to_null(column: pa.Array) -> pa.Array:
-    """A stored score column as float64 with NaN (files of older versions) turned into null."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = column.cast(pa.float64())
-    return pc.if_else(pc.is_nan(column), pa.scalar(None, pa.float64()), column)
-
-
-def _same_rows(path: StorePath, train: Split) -> bool:
-    """Does the old scores file hold the train split's rows, in order?
-
-    O(1) when both carry the fingerprint of the sample ids recorded at the split's creation;
-    otherwise the ids are compared batch by batch.
-    """
-    pf = parquet_file(path)
-    if pf.metadata.num_rows != train.num_samples:
-        return False
-    recorded = read_meta(pf.schema_arrow).get("rows", {}).get("ids_sha1")
-    if recorded is not None and train.ids_digest is not None:
-        return bool(recorded == train.ids_digest)
-    pos = 0
-    for batch in row_group_batches(pf, ["sample_id"], BATCH_ROWS):
-        part = batch.column(0).to_numpy()
-        ids, _ = train.sample_rows(pos, pos + len(part))
-        if not np.array_equal(part, ids):
-            return False
-        pos += len(part)
-    return True
-
-
-def _metadata(
-    old_schema: pa.Schema | None, provenance: Mapping[str, dict[str, Any]], train: Split
-) -> dict[bytes, bytes]:
-    meta = read_meta(old_schema) if old_schema is not None else {}
-    scores_meta = dict(meta.get("scores", {}))
-    scores_meta.update(provenance)
-    meta["scores"] = scores_meta
-    meta["rows"] = {
-        "split": train.name,
-        "num_rows": train.num_samples,
-        "ids_sha1": train.ids_digest,
-    }
-    return meta_bytes(meta)
-
-
-# Scores are random-looking doubles: dictionary encoding and general compression buy little
-# and cost most of the write time; ids and labels compress well with lz4.
-WRITE_OPTIONS = {"compression": "lz4", "use_dictionary": ["label"], "write_statistics": False}
-
-
-def _store_streamed(
-    path: StorePath,
-    train: Split,
-    readers: Mapping[str, ScoreReader],
-    provenance: Mapping[str, dict[str, Any]],
-) -> None:
-    """The old file (if any) holds the train rows in order: copy it row group by row group.
-
-    Memory is one row group of the table (``BATCH_ROWS`` rows), whatever the number of rows.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    old = open_scores_file(train.lake) if path.exists() else None
-    old_columns = [c for c in old.schema_arrow.names if c not in RESERVED] if old else []
-    columns = old_columns + [n for n in readers if n not in old_columns]
-    fields = [pa.field("sample_id", pa.int64()), pa.field("label", pa.int64())]
-    fields += [pa.field(c, pa.float64()) for c in columns]
-    schema = pa.schema(
-        fields, metadata=_metadata(old.schema_arrow if old else None, provenance, train)
+def existing_score_message(name: str, provenance: Mapping[str, Any]) -> str:
+    """The one line refusing to replace stored score ``name`` without ``force``."""
+    return (
+        f"score {name} exists ({score_summary(provenance)}); pass --force to replace it "
+        "or --name NEW"
     )
-    n = train.num_samples
-    starts = list(range(0, n, BATCH_ROWS)) or [0]
-    copy_old = [c for c in old_columns if c not in readers]
-    aligned = (
-        old is not None
-        and old.metadata.num_row_groups == len(starts)
-        and all(
-            old.metadata.row_group(i).num_rows == min(BATCH_ROWS, n - a)
-            for i, a in enumerate(starts)
-        )
-    )
-    old_batches = (
-        _exact_batches(row_group_batches(old, copy_old, BATCH_ROWS))
-        if old is not None and copy_old and not aligned
-        else None
-    )
-    sums = _ColumnChecksums(schema)
-    # the old columns copied over are checked as they are read, before the new table
-    # replaces the old one: a damaged scores table is not silently carried forward
-    old_check = ColumnCheck(train.lake, old, copy_old) if old is not None else None
-    with path.put_file() as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
-        for i, a in enumerate(starts):
-            b = min(a + BATCH_ROWS, n)
-            if not copy_old:
-                batch = None
-            elif aligned:
-                batch = old.read_row_group(i, columns=copy_old)
-            else:
-                batch = next(old_batches)
-            ids, labels = train.sample_rows(a, b)
-            arrays = [pa.array(ids, pa.int64()), pa.array(labels, pa.int64())]
-            for column in columns:
-                if column in readers:
-                    arrays.append(_nullable(readers[column](a, b)))
-                else:
-                    arrays.append(_nan_to_null(batch.column(column).combine_chunks()))
-            part = pa.Table.from_arrays(arrays, schema=schema)
-            if batch is not None and old_check is not None:
-                old_check.update(batch)
-            sums.update(part)
-            writer.write_table(part)  # one row group
-        if old_check is not None and copy_old:
-            old_check.verify()
-        writer.add_key_value_metadata(_footer(schema.metadata, sums))
 
 
-def _exact_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """Re-cut record batches (which may end early at row-group ends) to exactly BATCH_ROWS."""
-    import pyarrow as pa
-
-    pending: list[pa.RecordBatch] = []
-    size = 0
-    for batch in batches:
-        pending.append(batch)
-        size += batch.num_rows
-        while size >= BATCH_ROWS:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, BATCH_ROWS)
-            rest = table.slice(BATCH_ROWS)
-            pending, size = rest.to_batches(), rest.num_rows
-    if size:
-        yield pa.Table.from_batches(pending)
+def score_summary(provenance: Mapping[str, Any]) -> str:
+    """What a stored score is, in a few words: its method, CLD's reference, its window
+    (``cld, reference class, window all``)."""
+    parts = [str(provenance.get("method", "unknown method"))]
+    reference = score_reference(provenance)
+    if reference is not None:
+        parts.append(f"reference {reference}")
+    parts.append(f"window {provenance.get('window') or 'all'}")
+    if provenance.get("runs"):
+        parts.append(f"mean of runs {','.join(map(str, provenance['runs']))}")
+    return ", ".join(parts)
 
 
-def _store_realigned(
-    path: StorePath,
-    train: Split,
-    readers: Mapping[str, ScoreReader],
-    provenance: Mapping[str, dict[str, Any]],
-) -> None:
-    """The train split's rows differ from the old file's: carry old scores over by sample_id."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def score_reference(provenance: Mapping[str, Any]) -> str | None:
+    """CLD's validation reference (``class`` or ``global``) of a stored score; None for a
+    method without one."""
+    params = provenance.get("parameters")
+    if isinstance(params, dict) and params.get("reference") is not None:
+        return str(params["reference"])
+    return "class" if provenance.get("method") == "cld" else None
 
-    ids = train.sample_ids
-    old = read_scores(train.lake)
-    rows = train.rows_of(old.column("sample_id").to_numpy())
-    keep = rows >= 0
-    table = pa.table(
-        {"sample_id": pa.array(ids, pa.int64()), "label": pa.array(train.labels, pa.int64())}
-    )
-    for column in old.column_names:
-        if column in RESERVED:
-            continue
-        if column in readers:
-            table = table.append_column(column, _nullable(readers[column](0, len(ids))))
-            continue
-        carried = np.full(len(ids), np.nan)
-        carried[rows[keep]] = old.column(column).to_numpy(zero_copy_only=False)[keep]
-        table = table.append_column(column, _nullable(carried))
-    for name, read in readers.items():
-        if name not in table.column_names:
-            table = table.append_column(name, _nullable(read(0, len(ids))))
-    meta = _metadata(old.schema, provenance, train)
-    table = table.replace_schema_metadata(meta)
-    sums = _ColumnChecksums(table.schema)
-    sums.update(table)
-    with path.put_file() as tmp, pq.ParquetWriter(tmp, table.schema, **WRITE_OPTIONS) as writer:
-        writer.write_table(table, row_group_size=BATCH_ROWS)
-        writer.add_key_value_metadata(_footer(meta, sums))
+
+def check_scores_fit(lake: Lake, train: Split) -> None:
+    """Refuse, before a score of ``train`` is computed, what :func:`store_scores` would
+    refuse: a train split whose samples are not the scores table's (:class:`ScoringError`:
+    the run, both sample sets, what to do). Nothing when nothing is scored yet."""
+    located = _located(lake)
+    if located is not None:
+        rows_fit(_open(lake, located), located.path, train)
+
+
+def scores_state(lake: Lake) -> RootState:
+    """The root record of the scores table as it is now (for ``verify`` and ``info``: the
+    current table, and every other file of the layout through :func:`strays`)."""
+    return _record.read_state(lake.root)
 
 
 def stale_scores(lake: Lake) -> dict[str, str]:
@@ -495,11 +506,15 @@ def stale_scores(lake: Lake) -> dict[str, str]:
             continue
         if [int(c) for c in now] == [int(c) for c in used]:
             continue
-        window_arg = f" --checkpoints {window}" if window else ""
+        args = f" --checkpoints {window}" if window else ""
+        if score_reference(prov) == "global":
+            args += " --reference global"
+        if run != fmt.DEFAULT_RUN:
+            args += f" --run {run}"
         stale[name] = (
             f"computed over {_span(used)}, but {' and '.join(splits)} now give {_span(now)}; "
             f"recompute it: cld-lake score {lake.root} --method {prov.get('method', name)} "
-            f"--name {name}{window_arg}{'' if run == fmt.DEFAULT_RUN else f' --run {run}'}"
+            f"--name {name}{args} --force"
         )
     return stale
 
@@ -509,30 +524,3 @@ def _span(ids: Any) -> str:
     ids = [int(c) for c in ids]
     ends = f" ({ids[0]}..{ids[-1]})" if ids else ""
     return f"{len(ids)} checkpoint{'s' if len(ids) != 1 else ''}{ends}"
-
-
-def iter_scores(lake: Lake, columns: list[str]) -> Iterator[pa.Table]:
-    """:func:`read_scores` one row group at a time: ``sample_id, label`` and ``columns``.
-
-    Memory is one row group, whatever the number of rows. The JSON is checked before the
-    first group; the columns' checksums after the last one has been read (and before the
-    iterator ends, raising :class:`CorruptLakeError`), so a consumer that reads to the end has
-    checked everything it used. Nothing when no scores table exists.
-    """
-    path = scores_path(lake)
-    if not path.exists():
-        return
-    pf = open_scores_file(lake)
-    wanted = ["sample_id", "label", *columns]
-    try:
-        check = ColumnCheck(lake, pf, wanted)
-    except KeyError as exc:
-        raise CorruptLakeError(f"{path}: unreadable (no column {exc}); {lake.fix}") from exc
-    for g in range(pf.metadata.num_row_groups):
-        try:
-            part = pf.read_row_group(g, columns=wanted)
-        except Exception as exc:
-            raise CorruptLakeError(f"{path}: unreadable ({one_line(exc)}); {lake.fix}") from exc
-        check.update(part)
-        yield part
-    check.verify()

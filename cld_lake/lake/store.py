@@ -622,8 +622,9 @@ class Lake:
     @property
     def path(self) -> Path:
         """The lake's directory as a :class:`pathlib.Path`, for a lake on the local disk (to
-        reach its files from your own code: ``lake.path / "scores.parquet"``). A lake on an
-        object store has none (:class:`BadInputError`); :attr:`root` names a lake anywhere."""
+        reach its files from your own code; the scores table, which moves with every score
+        stored: ``cld_lake.lake.scores_path(lake)``). A lake on an object store has none
+        (:class:`BadInputError`); :attr:`root` names a lake anywhere."""
         return local_dir(self.root)
 
     @property

@@ -17,7 +17,14 @@ import numpy as np
 
 from cld_lake._types import CLDReference, Engine, Fallback
 from cld_lake.errors import ScoringError, alternatives, argument
-from cld_lake.lake.scores import ScoreReader, check_score_name, scores_path, store_scores
+from cld_lake.lake.scores import (
+    ScoreReader,
+    check_score_name,
+    check_scores_fit,
+    existing_score_message,
+    store_scores,
+    stored_scores,
+)
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._column import ScoreColumn
 from cld_lake.score._engines import EngineCompute, load_engine
@@ -111,6 +118,7 @@ def compute_scores(
     collect_ids: bool = True,
     keep_scores: bool = True,
     runs: str | Sequence[str] | None = None,
+    force: bool = False,
 ) -> dict[str, ScoreResult]:
     """Compute one or several scoring methods in one pass over the train split's blocks.
 
@@ -139,14 +147,23 @@ def compute_scores(
         MEAN of the runs' scores (an ensemble): undefined (NaN / null) where any run's is; the
         provenance lists the runs and each run's own provenance. Their train splits must hold
         the same samples and labels. Memory: two score columns (8 bytes per sample each).
+    force : bool
+        Replace a stored score of the same name (without it, a name the scores table holds is
+        refused before anything is computed).
 
     Other parameters as :func:`compute_cld`. Returns ``{column name: ScoreResult}``.
+
+    Where scores are stored: the lake's one scores table, whose rows are one set of training
+    samples; every run whose train split holds them (each proxy run of the same data) stores
+    there, and a run of other samples is refused (see :mod:`cld_lake.lake.scores`).
 
     Raises
     ------
     cld_lake.errors.ScoringError
         An unknown method, a channel the lake lacks (naming how to record it), too few
-        checkpoints for a method's window, an engine that runs CLD only. Nothing is written.
+        checkpoints for a method's window, a window beyond the checkpoints the lake holds, an
+        engine that runs CLD only, a name already stored (without ``force``), a run whose
+        training samples are not the scores table's. Nothing is written.
     """
     started = time.perf_counter()
     given = {"early": early, "window_length": window_length, "reference": reference}
@@ -156,16 +173,20 @@ def compute_scores(
     picked = _pick_runs(lake, runs)
     if len(picked) > 1:
         _check_same_train(lake, picked)
+    if store:
+        _check_store(_on_run(lake, picked[0]), job.names, force)
+    if len(picked) > 1:
         train, totals, provenance = _ensemble(lake, picked, job, started)
         if store:
-            _store(lake, train, totals, provenance)
+            _store(lake, train, totals, provenance, force)
         kept = totals if keep_scores else {}
     else:
         lake = _on_run(lake, picked[0])
         train, columns, provenance = _score_run(lake, job, not keep_scores, started)
         try:
             if store:
-                _store(lake, train, {n: c.read for n, c in columns.items()}, provenance)
+                columns_read = {n: c.read for n, c in columns.items()}
+                _store(lake, train, columns_read, provenance, force)
         finally:
             for column in columns.values():
                 column.close()
@@ -189,6 +210,7 @@ def compute_cld(
     engine_options: dict[str, Any] | None = None,
     collect_ids: bool = True,
     keep_scores: bool = True,
+    force: bool = False,
 ) -> ScoreResult:
     """Compute CLD for every training sample and (``store``) save it; see :func:`score`.
 
@@ -222,6 +244,7 @@ def compute_cld(
         engine_options=engine_options,
         collect_ids=collect_ids,
         keep_scores=keep_scores,
+        force=force,
     )
     return next(iter(results.values()))
 
@@ -240,6 +263,7 @@ def score(
     early: float | None = None,
     window_length: int | None = None,
     reference: CLDReference | None = None,
+    force: bool = False,
 ) -> pl.DataFrame:
     """Score every training sample (CLD by default), as a Polars DataFrame ``sample_id, label,
     score``.
@@ -254,7 +278,8 @@ def score(
     checkpoints : str or slice, optional
         Window/stride ``START:STOP[:STEP]`` over the positions of the checkpoints committed in
         both train and val for CLD, in train for the other methods (e.g. ``"0:45"``,
-        ``"::2"``). Default: all of them. CLD needs at least 3.
+        ``"::2"``). Default: all of them. CLD needs at least 3. A START or STOP beyond the
+        checkpoints the lake holds is refused (never clipped).
     name : str, optional
         Column of ``scores.parquet`` to store into (default: the method name, e.g. ``cld``).
     fallback : {None, "global"}
@@ -262,6 +287,9 @@ def score(
         validation trajectory (those rows are counted as ``fallback``).
     store : bool
         Store the column (atomically) with its provenance; ``False`` only computes.
+    force : bool
+        Replace a stored score of the same name; without it that name is refused (before
+        anything is computed), so a score is never replaced by mistake.
     block_rows : int, optional
         Rows per block of the lake's iterator (default: one chunk). Scores do not depend on it.
     method : str
@@ -307,6 +335,7 @@ def score(
         store=store,
         block_rows=block_rows,
         progress=progress,
+        force=force,
     )
     return next(iter(results.values())).to_polars()
 
@@ -480,13 +509,25 @@ def _ensemble(
     return lake.split(TRAIN, runs[0]), totals, provenance
 
 
+def _check_store(lake: Lake, names: Sequence[str], force: bool) -> None:
+    """Before anything is computed, what storing would refuse: a name already stored
+    (without ``force``), a train split whose samples are not the scores table's."""
+    if not lake.has_split(TRAIN):
+        return  # planning the pass says what is missing
+    if not force:
+        stored = stored_scores(lake)
+        for name in names:
+            if name in stored:
+                raise ScoringError(existing_score_message(name, stored[name]))
+    check_scores_fit(lake, lake.split(TRAIN))
+
+
 def _store(
     lake: Lake,
     train: Split,
     columns: dict[str, np.ndarray] | dict[str, ScoreReader],
     provenance: dict[str, dict[str, Any]],
+    force: bool,
 ) -> None:
-    """All columns in one rewrite of the scores table."""
-    # a scorer killed mid-write (kill -9) left its temp file in the lake root
-    scores_path(lake).remove_dead_temps()
-    store_scores(lake, train, columns, provenance)
+    """All columns in one new version of the scores table."""
+    store_scores(lake, train, columns, provenance, replace=force)

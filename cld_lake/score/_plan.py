@@ -2,8 +2,9 @@
 CLD's validation reference, all decided (and every window checked) before a row is scored.
 
 ``--checkpoints START:STOP[:STEP]`` selects over the positions of the checkpoints committed in
-the train split (for a method that reads the val split too, CLD: committed in both); an
-early-window method then keeps the first ``max(1, floor(early * K))`` of the K selected.
+the train split (for a method that reads the val split too, CLD: committed in both; a START or
+STOP beyond them is refused, never clipped); an early-window method then keeps the first
+``max(1, floor(early * K))`` of the K selected.
 """
 
 from __future__ import annotations
@@ -35,16 +36,27 @@ def window_text(window: Window) -> str | None:
     return ":".join("" if p is None else str(p) for p in parts)
 
 
-def _window_slice(window: str | slice) -> slice:
+def _window_slice(window: str | slice, count: int, held: str) -> slice:
+    """The window as a slice over ``count`` checkpoint positions; a START or STOP beyond them
+    is refused, never clipped (a column named for 45 checkpoints must hold 45). ``held`` says
+    where the ``count`` checkpoints are committed, for the message."""
     sel = parse_window(window) if isinstance(window, str) else window
     if not isinstance(sel, slice):
         raise ScoringError(f"--checkpoints {window!r}: expected START:STOP[:STEP]")
+    for bound, name, top in ((sel.start, "START", count - 1), (sel.stop, "STOP", count)):
+        if bound is not None and not -count <= bound <= top:
+            positions = f"positions 0..{count - 1}" if count else "none"
+            raise ScoringError(
+                f"--checkpoints {window_text(window)}: {name} {bound} lies beyond the lake, "
+                f"which holds {count} checkpoint{'s' * (count != 1)} committed in {held} "
+                f"({positions}); give a window within them, e.g. --checkpoints 0:{count}"
+            )
     return sel
 
 
 def plan_checkpoints(train: Split, val: Split, window: Window) -> np.ndarray:
     """Checkpoints committed in both splits, then the window/stride over their positions
-    (CLD's: at least :data:`MIN_CHECKPOINTS` of them)."""
+    (CLD's: at least :data:`MIN_CHECKPOINTS` of them; a window beyond them refused)."""
     common = np.intersect1d(train.checkpoint_ids, val.checkpoint_ids)
     if len(common) < MIN_CHECKPOINTS:
         raise ScoringError(
@@ -54,7 +66,7 @@ def plan_checkpoints(train: Split, val: Split, window: Window) -> np.ndarray:
         )
     if window is None:
         return common
-    chosen = common[_window_slice(window)]
+    chosen = common[_window_slice(window, len(common), "both train and val")]
     if len(chosen) < MIN_CHECKPOINTS:
         raise ScoringError(
             f"--checkpoints {window_text(window)}: selects {len(chosen)} of the {len(common)} common "
@@ -64,9 +76,10 @@ def plan_checkpoints(train: Split, val: Split, window: Window) -> np.ndarray:
 
 
 def select_train_checkpoints(train: Split, window: Window) -> np.ndarray:
-    """The train split's committed checkpoints, then the window/stride over their positions."""
+    """The train split's committed checkpoints, then the window/stride over their positions
+    (a window beyond them refused)."""
     ids = train.checkpoint_ids
-    return ids if window is None else ids[_window_slice(window)]
+    return ids if window is None else ids[_window_slice(window, len(ids), "train")]
 
 
 def early_count(k: int, fraction: float) -> int:

@@ -50,19 +50,35 @@ def stored_score(lake: Lake, score: str) -> dict[str, Any]:
         )
     if not stored:
         raise BadInputError(
-            f"--score {score}: {lake.root} has no scores yet; compute one with `cld-lake score {lake.root}`"
+            f"--score {score}: {lake.root} has no scores yet; "
+            + (
+                _how_to_store(lake, score)
+                if _valid_score_name(score)
+                else f"compute one with `cld-lake score {lake.root}`"
+            )
         )
     if score not in stored:
         where = scores_table.scores_path(lake)
         raise BadInputError(
             f"--score {score}: no such score in {where} (stored: {', '.join(stored)}); "
-            + (
-                f"compute it with `cld-lake score {lake.root} --name {score}`"
-                if _valid_score_name(score)
-                else "give one of the stored names"
-            )
+            + _how_to_store(lake, score)
         )
     return stored[score]
+
+
+def _how_to_store(lake: Lake, score: str) -> str:
+    """How to store the score ``score`` names: the method of that name (``score`` alone would
+    compute CLD under it), or a method under that name."""
+    from cld_lake.score import METHODS
+
+    if score in METHODS:
+        return f"compute it with `cld-lake score {lake.root} --method {score}`"
+    if _valid_score_name(score):
+        return (
+            f"store a score under that name with `cld-lake score {lake.root} --method METHOD "
+            f"--name {score}` (methods: {', '.join(METHODS)})"
+        )
+    return "give one of the stored names"
 
 
 def _valid_score_name(name: str) -> bool:

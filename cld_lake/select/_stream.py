@@ -161,7 +161,7 @@ class _ScoresStream:
         except Exception as exc:
             if self.lake is None:
                 raise
-            path = scores_table.scores_path(self.lake)
+            path = scores_table.scores_path(self.lake) or self.lake.root
             raise CorruptLakeError(
                 f"{path}: unreadable ({one_line(exc)}); {self.lake.fix}"
             ) from exc
@@ -172,7 +172,8 @@ class _ScoresStream:
         check = None
         if fresh:
             assert self.lake is not None
-            check = scores_table.ColumnCheck(self.lake, self.pf, fresh)
+            path = scores_table.scores_path(self.lake)
+            check = scores_table.ColumnCheck(self.lake, self.pf, fresh, path)
         for span in self.spans:
             table = self.read(span, columns)
             if check is not None:

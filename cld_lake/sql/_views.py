@@ -91,14 +91,14 @@ def create_views(
     _view(con, "samples", samples, "UNION ALL BY NAME")
     _view(con, "checkpoints", checkpoints, "UNION ALL")
     _view(con, "losses", losses, "UNION ALL BY NAME")
-    scores = scores_path(lake)
+    scores = scores_path(lake)  # the current table, as cld_lake.json names it
     has_cld = False
-    if scores.exists():
+    if scores is not None:
         check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
         table = ParquetSource(scores)
         has_cld = "cld" in table.schema.names
         register(con, "_scores", table)
-    _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores.exists() else [], "")
+    _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores is not None else [], "")
     if has_cld:
         con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS}")
     reference = _VAL_REFERENCE_RUNS if named_runs else _VAL_REFERENCE
