@@ -18,6 +18,7 @@ from cld_lake.lake._format import (
 )
 from cld_lake.lake._validate import check_run_name, check_split_name
 from cld_lake.lake.importer import ImportResult, import_file
+from cld_lake.lake.maintenance import compact
 from cld_lake.lake.scores import iter_scores, read_scores, store_score, stored_scores
 from cld_lake.lake.store import Block, Lake, Split, open_lake, parse_window
 from cld_lake.lake.writer import CheckpointBuffer, SampleBlocks, SplitWriter
@@ -39,6 +40,7 @@ __all__ = [
     "SplitWriter",
     "check_run_name",
     "check_split_name",
+    "compact",
     "import_file",
     "iter_scores",
     "open_lake",
