@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from cld_lake._version import __version__
 from cld_lake.errors import CldLakeError
-from cld_lake.lake import Block, Lake, Split, SplitWriter, import_file, open_lake
+from cld_lake.lake import Block, Lake, Split, SplitWriter, compact, import_file, open_lake
 from cld_lake.manifest import Manifest, load_manifest
 from cld_lake.score import (
     CLDAccumulator,
@@ -48,6 +48,7 @@ __all__ = [
     "__version__",
     "import_file",
     "cld_reference",
+    "compact",
     "load_manifest",
     "open_lake",
     "query",

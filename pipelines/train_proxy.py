@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 
 import cld_lake
 from cld_lake.errors import BadInputError
-from cld_lake.lake import SplitWriter
+from cld_lake.lake import DEFAULT_RUN, SplitWriter
 from cld_lake.torch import LossRecorder, WithIndex
 from pipelines._common import (
     RECIPES,
@@ -128,9 +128,7 @@ class ProxyConfig:
     def resolved_models_dir(self) -> Path:
         if self.models_dir is not None:
             return Path(self.models_dir)
-        lake = Path(self.lake)
-        models = lake.with_name(lake.name.removesuffix(".lake") + ".models")
-        return models / self.run if self.run else models
+        return default_models_dir(self.lake, self.run)
 
 
 @dataclass
@@ -154,6 +152,28 @@ class _Run:
     val_ids: np.ndarray
     noisy_labels: np.ndarray  # labels of the whole pool as trained on (val ids keep clean ones)
     flipped: np.ndarray  # per train id
+
+
+def default_models_dir(lake: str | Path, run: str | None = None) -> Path:
+    """Where a run's model checkpoints and settings go unless ``--models-dir`` says otherwise:
+    ``LAKE`` with ``.models`` for ``.lake``, plus ``/RUN`` for a named run."""
+    lake = Path(lake)
+    models = lake.with_name(lake.name.removesuffix(".lake") + ".models")
+    return models / run if run else models
+
+
+def recorded_settings(
+    lake: str | Path, run: str | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The settings (``config.json``) of the proxy run that recorded ``lake``, when it sits in
+    its default models directory; None otherwise. ``train_subset --lake`` takes its dataset
+    from here, so training on a coreset uses the data the lake was recorded from."""
+    path = default_models_dir(lake, run) / CONFIG_FILE
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (path, settings) if isinstance(settings, dict) else None
 
 
 def check_config(cfg: ProxyConfig) -> None:
@@ -384,7 +404,9 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
             workers=cfg.workers, on_epoch_end=epoch_end,
         )  # fmt: skip
         acc = test_accuracy(model, test_loader, device)
-    compact_lake(cfg.lake, list(targets), run=cfg.run)
+    # a tidy lake: one segment per split, and nothing left in compaction's grace period (no
+    # reader but this process has seen the lake: the replaced segments can go at once)
+    cld_lake.compact(cfg.lake, splits=list(targets), runs=[cfg.run or DEFAULT_RUN], prune=True)
 
     result = ProxyResult(
         lake=Path(cfg.lake),
@@ -397,16 +419,6 @@ def train_proxy(cfg: ProxyConfig) -> ProxyResult:
     )
     (models_dir / RESULT_FILE).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
     return result
-
-
-def compact_lake(lake_path: str | Path, splits: list[str], run: str | None = None) -> None:
-    """After training: merge each recorded split's segments into one, so scoring and SQL scans
-    read one wide chunk per block (recording appended one narrow segment per checkpoint)."""
-    lake = cld_lake.open_lake(lake_path).with_run(run)
-    for split in splits:
-        if lake.has_split(split):
-            with SplitWriter(lake, split) as writer:
-                writer.compact(full=True)
 
 
 def _fmt_row(row: dict[str, Any]) -> str:

@@ -1,9 +1,14 @@
 """Train a fresh model on a manifest's samples (or a random subset, or all data) and report
 test accuracy.
 
-    python -m pipelines.train_subset --dataset mnist1d --lake runs/x.lake --manifest m.parquet
-    python -m pipelines.train_subset --dataset mnist1d --lake runs/x.lake --random 0.1 --seed 1
-    python -m pipelines.train_subset --dataset mnist1d --lake runs/x.lake --full
+    python -m pipelines.train_subset --lake runs/x.lake --manifest m.parquet
+    python -m pipelines.train_subset --lake runs/x.lake --random 0.1 --seed 1
+    python -m pipelines.train_subset --dataset cifar100 --root data/cifar100 --manifest m.parquet
+
+A lake recorded by ``train_proxy`` names its data: ``--dataset``, ``--root``, ``--num-samples``
+and ``--image-size`` default to the settings it saved next to the lake (``X.models/config.json``
+for ``X.lake``), and a flag that contradicts them is refused; a lake whose labels are not the
+dataset's is refused too (another ``--num-samples`` draws other MNIST-1D samples).
 
 With ``--lake`` the training pool is the lake's ``train`` split with the labels recorded there
 (noisy labels stay noisy: the coreset is trained on what the proxy saw) and the held-out
@@ -16,11 +21,13 @@ number: it picks the epoch on the test set).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,13 +53,16 @@ from pipelines._config import build_parser as build_config_parser
 from pipelines._config import option, parse_config
 from pipelines.datasets import DataBundle, DatasetName, Relabeled, load_dataset
 from pipelines.models import ModelName, build_model
+from pipelines.train_proxy import recorded_settings
 
 
 @dataclass
 class SubsetConfig:
     """One training run on a subset; one command-line flag per field (see ``--help``)."""
 
-    dataset: DatasetName
+    dataset: DatasetName | None = option(
+        None, help="default: the dataset --lake was recorded from (train_proxy's settings)"
+    )
     root: Path | None = option(
         None, help="dataset directory (cifar*, imagefolder; cache for mnist1d)"
     )
@@ -74,7 +84,7 @@ class SubsetConfig:
     optimizer: OptimizerName | None = None
     lr: float | None = None
     num_samples: int | None = option(
-        None, help="mnist1d: samples generated (must match the lake's)"
+        None, help="mnist1d: samples generated (default: the lake's, as recorded)"
     )
     image_size: int | None = None
     device: str | None = None
@@ -147,6 +157,36 @@ def train_model(
     )
 
 
+SETTINGS = ("dataset", "root", "num_samples", "image_size")
+
+
+def with_recorded_settings(cfg: SubsetConfig) -> SubsetConfig:
+    """``cfg`` with the data settings of the proxy run that recorded ``--lake`` filled in."""
+    found = recorded_settings(cfg.lake) if cfg.lake is not None else None
+    if found is None:
+        if cfg.dataset is None:
+            where = f" (none saved next to --lake {cfg.lake})" if cfg.lake is not None else ""
+            raise BadInputError(f"--dataset is required: which data to train on{where}")
+        return cfg
+    path, settings = found
+    updates: dict[str, Any] = {}
+    for key in SETTINGS:
+        given, recorded = getattr(cfg, key), settings.get(key)
+        if given is None:
+            updates[key] = Path(recorded) if key == "root" and recorded else recorded
+        elif recorded is not None and _setting(key, given) != _setting(key, recorded):
+            flag = "--" + key.replace("_", "-")
+            raise BadInputError(
+                f"{flag} {given}: --lake {cfg.lake} was recorded with {flag} {recorded} ({path}); "
+                f"leave {flag} out to use the lake's"
+            )
+    return dataclasses.replace(cfg, **updates)
+
+
+def _setting(key: str, value: Any) -> Any:
+    return str(Path(value).resolve()) if key == "root" else value
+
+
 def training_pool(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[Dataset, np.ndarray]:
     """(the training set as trained on, the pool's sample ids).
 
@@ -163,6 +203,15 @@ def training_pool(data: DataBundle, lake: cld_lake.Lake | None) -> tuple[Dataset
         raise BadInputError(
             f"--lake {lake.root}: its train sample ids go up to {int(ids.max())} but --dataset "
             f"{data.name} has {len(labels)} training samples; is it the dataset the lake was recorded from?"
+        )
+    table = split.samples_table
+    clean = table.column("clean_label" if "clean_label" in table.column_names else "label")
+    differ = int((np.asarray(clean) != labels[ids]).sum())
+    if differ:
+        raise BadInputError(
+            f"--lake {lake.root}: the labels it recorded differ from --dataset {data.name}'s for "
+            f"{differ} of {len(ids)} samples: not the data it was recorded from (pass the "
+            "--num-samples, --root or --image-size it was recorded with)"
         )
     labels[ids] = split.labels
     return Relabeled(data.train_aug, labels), ids
@@ -197,6 +246,8 @@ def manifest_subset(
 
 def train_subset(cfg: SubsetConfig) -> SubsetResult:
     """Train a fresh model on the subset ``cfg`` names (see the module docstring)."""
+    cfg = with_recorded_settings(cfg)
+    assert cfg.dataset is not None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     recipe = recipe_for(

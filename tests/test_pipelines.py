@@ -382,3 +382,49 @@ def test_two_proxy_runs_share_one_lake_and_score_as_an_ensemble(tmp_path: Path) 
         .to_numpy(zero_copy_only=False)
     )
     np.testing.assert_allclose(both, (one + two) / 2, rtol=0, atol=1e-12)
+
+
+def test_a_recorded_lake_names_its_data_for_train_subset_and_is_left_tidy(tmp_path: Path) -> None:
+    """train_subset --lake takes the dataset a train_proxy lake was recorded from (MNIST-1D
+    needs the same --num-samples: another draws other samples) and refuses a contradiction or
+    data whose labels are not the lake's; the recording leaves one segment per split and no
+    retired segments for verify to list."""
+    from cld_lake.lake.check import verify_lake
+
+    lake_path = tmp_path / "m.lake"
+    train_proxy(
+        ProxyConfig(
+            dataset="mnist1d", lake=lake_path, root=tmp_path / "data", num_samples=600,
+            noise=0.2, epochs=3, progress=False,
+        )
+    )  # fmt: skip
+    lake = cld_lake.open_lake(lake_path)
+    report = verify_lake(lake)
+    assert report.ok and report.warnings == []
+    for split in ("train", "val"):
+        assert len(lake.split(split).segment_names()) == 1
+    cld_lake.score(lake_path)
+    cld_lake.select(lake_path, "cld", fraction=0.3, out=tmp_path / "top.parquet")
+    out = tmp_path / "r.json"
+    argv = ["--lake", str(lake_path), "--manifest", str(tmp_path / "top.parquet"), "--epochs", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert subset_main(argv) == 0  # no --dataset: the lake's, with its --num-samples
+    assert json.loads(out.read_text())["num_samples"] == round(
+        0.3 * lake.split("train").num_samples
+    )
+    with pytest.raises(
+        BadInputError, match="--num-samples 1000: --lake .* was recorded with --num-samples 600"
+    ):
+        subset_main([*argv, "--num-samples", "1000"])
+    with pytest.raises(BadInputError, match="--dataset digits"):
+        subset_main([*argv, "--dataset", "digits"])
+    # a copy of the lake without its settings: the data must be named, and the wrong
+    # MNIST-1D draw is caught by its labels
+    copy = tmp_path / "copy" / "m.lake"
+    import shutil
+
+    shutil.copytree(lake_path, copy)
+    with pytest.raises(BadInputError, match="--dataset is required"):
+        subset_main(["--lake", str(copy), "--full", "--epochs", "1", "--no-progress"])
+    with pytest.raises(BadInputError, match="labels it recorded differ .* --num-samples"):
+        subset_main(["--lake", str(copy), "--dataset", "mnist1d", "--num-samples", "700",
+                     "--root", str(tmp_path / "data"), "--full", "--epochs", "1", "--no-progress"])  # fmt: skip

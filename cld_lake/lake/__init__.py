@@ -23,6 +23,7 @@ from cld_lake.lake._validate import (
     check_split_name,
 )
 from cld_lake.lake.importer import ImportResult, import_file
+from cld_lake.lake.maintenance import compact
 from cld_lake.lake.scores import (
     iter_scores,
     read_scores,
@@ -52,6 +53,7 @@ __all__ = [
     "check_run_name",
     "check_score_name",
     "check_split_name",
+    "compact",
     "import_file",
     "iter_scores",
     "open_lake",
