@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml constraints.txt setup.py cld_lake/score/_ckernel.c
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dask,remote,dev]'
 	touch $(STAMP)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = this machine's cores): most tests
+# wait on subprocesses, files and servers, so two workers halve the wall time.
+TEST_WORKERS ?= 2
+
 test: install
 	$(VENV)/bin/ruff check cld_lake pipelines tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m 'not slow'
 
 demo: install
 	$(PY) -m pipelines.demo
