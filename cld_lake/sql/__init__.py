@@ -75,7 +75,8 @@ def _as_lake(lake: Lake | str | os.PathLike[str]) -> Lake:
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (number and timeout > 0):
         raise SqlError(f"timeout {timeout!r}: give a number of seconds > 0 (or None)")
 
 

@@ -55,6 +55,7 @@ class Session:
         self.steps: list[Step] = []
         self.sources: list[LossSource] = []
         self.con = _duckdb.connect(memory_limit=memory_limit)
+        self.run = _duckdb.Runner(self.con, timeout)
         try:
             allowed: list[str] = []
             if query is not None:
@@ -66,7 +67,6 @@ class Session:
         except BaseException:
             self.close()
             raise
-        self.run = _duckdb.Runner(self.con, timeout)
 
     @property
     def last(self) -> Step:
