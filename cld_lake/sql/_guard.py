@@ -48,6 +48,12 @@ class SqlError(BadInputError):
     """A query DuckDB rejects (syntax, unknown column, ...) or one the lake refuses."""
 
 
+class QueryTimeoutError(CldLakeError, TimeoutError):
+    """A query ran past its timeout and was stopped (a failure of the run: exit 1)."""
+
+    exit_code = 1
+
+
 @dataclass
 class Step:
     """One statement as it runs: its SQL (a ``COPY ... TO`` rewritten to write ``output``'s
@@ -184,9 +190,3 @@ def plan(statements: list[Any], lake_root: StorePath) -> tuple[list[Step], list[
                 files |= _forms(Path(literal))
         steps.append(Step(text, kind, output))
     return steps, sorted(files)
-
-
-class QueryTimeoutError(CldLakeError, TimeoutError):
-    """A query ran past its timeout and was stopped."""
-
-    exit_code = 1
