@@ -13,7 +13,9 @@ Everything cld_lake asks of DuckDB beyond running SQL lives here:
   the dependency is bounded in ``pyproject.toml`` so a new DuckDB is adopted deliberately;
 - the predicate node classes the pushdown analysis matches on (placeholders that match nothing
   when the module is missing);
-- SQL quoting (:func:`sql_str`).
+- SQL quoting (:func:`sql_str`);
+- running statements so that they can be stopped (:class:`Runner`: a deadline, Ctrl-C, each
+  through ``interrupt()``) and several in a row (:func:`finish`).
 
 This module imports duckdb: import it only where DuckDB is used (``import cld_lake`` must not).
 """
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -53,7 +57,10 @@ SCAN_SOURCES: bool = _IMPORTED
 Error = duckdb.Error
 #: What a locked connection raises for a file outside its list.
 SandboxError = duckdb.PermissionException
+#: What DuckDB raises for a file it cannot read or write (a full disk among them).
+IOError_ = duckdb.IOException
 Connection = duckdb.DuckDBPyConnection
+T = TypeVar("T")
 
 __all__ = [
     "SCAN_SOURCES",
@@ -61,13 +68,17 @@ __all__ = [
     "Col",
     "Connection",
     "Error",
+    "IOError_",
     "In",
     "Lit",
     "Postfix",
+    "Runner",
     "SandboxError",
     "ScanSource",
+    "Stopped",
     "Unary",
     "connect",
+    "finish",
     "lock_down",
     "register",
     "sql_str",
@@ -230,3 +241,77 @@ class _PlainStream:
 def register(con: Connection, name: str, source: ScanSource) -> None:
     """Register ``source`` as table ``name``: as a scan source, or as a plain Arrow stream."""
     con.register(name, source if SCAN_SOURCES else _PlainStream(source))
+
+
+def finish(con: Connection) -> None:
+    """Run the result ``con.execute()`` left pending to its end without reading its rows, so
+    the next statement can run on ``con`` (DuckDB refuses while a result is unfinished)."""
+    con.complete()
+
+
+class Stopped(Exception):
+    """A :class:`Runner` stopped the statement: ``reason`` is ``"timeout"``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Runner:
+    """Runs the DuckDB calls of one connection so that they can be stopped.
+
+    Each call runs in a helper thread while the calling thread waits: a ``KeyboardInterrupt``
+    there (Ctrl-C) or the deadline (``timeout`` seconds after the runner was made) passing
+    makes it call ``con.interrupt()`` until the call has ended (DuckDB stops the statement at
+    its next check). Then Ctrl-C is raised again as ``KeyboardInterrupt`` and the deadline as
+    :class:`Stopped`; the connection is idle either way, so the caller can close it. (A
+    thread blocked inside DuckDB does not run Python's signal handler: hence the helper.)
+    """
+
+    POLL = 0.05  # seconds between checks of the deadline, and between interrupts
+
+    def __init__(self, con: Connection, timeout: float | None = None) -> None:
+        self.con = con
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def __call__(self, call: Callable[[], T]) -> T:
+        if self.expired():
+            raise Stopped("timeout")
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="cld-lake-duckdb", daemon=True).start()
+        reason = None
+        try:
+            while not done.wait(self._wait()):
+                if self.expired():
+                    reason = "timeout"
+                    break
+        except KeyboardInterrupt:
+            reason = "interrupt"
+        if reason is not None:
+            while not done.wait(self.POLL):
+                self.con.interrupt()
+            if "error" in box or reason == "interrupt":
+                if reason == "interrupt":
+                    raise KeyboardInterrupt
+                raise Stopped(reason) from box["error"]
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    def _wait(self) -> float:
+        if self.deadline is None:
+            return self.POLL * 4
+        return max(0.0, min(self.POLL * 4, self.deadline - time.monotonic()))

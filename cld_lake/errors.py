@@ -18,7 +18,8 @@ class CldLakeError(Exception):
     exit_code = 2  # bad input / usage; failures of the tool itself use 1
 
     def __str__(self) -> str:  # always one line: the CLI prints it as is
-        return " ".join(super().__str__().split())
+        # Exception's text, not a builtin's beside it in the MRO (KeyError's would quote it)
+        return " ".join(Exception.__str__(self).split())
 
 
 class BadInputError(CldLakeError, ValueError):

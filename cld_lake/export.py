@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cld_lake._io import check_output_path
+from cld_lake._io import atomic_output, check_output_path
 from cld_lake._meta import with_meta
 from cld_lake._types import Layout, choices
 from cld_lake._version import __version__
 from cld_lake.errors import BadInputError
 from cld_lake.lake import CHANNELS
 from cld_lake.lake.store import Block, CheckpointSelection, Lake, Split
-from cld_lake.storage import local
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -149,7 +148,7 @@ def export_trajectories(
     }
     schema = with_meta(schema, meta)
     rows = groups = 0
-    with local(out).put_file() as tmp:
+    with atomic_output(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for block in sp.blocks(block_rows=block_rows, checkpoints=ckpts, channels=channels):
                 for batch in _tables(block, layout, channels, schema):

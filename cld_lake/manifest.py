@@ -207,16 +207,14 @@ def write_manifest(path: str | os.PathLike[str], table: pa.Table, metadata: dict
     """
     import pyarrow.parquet as pq
 
-    from cld_lake.storage import local
+    from cld_lake._io import atomic_output
 
     path = Path(path)
     table = table.select(list(COLUMNS)).cast(manifest_schema())
     sealed = seal(table, metadata)
     footer = {**meta_bytes(sealed), CHECKSUM_KEY: sealed[CHECKSUM_FIELD]["digest"].encode()}
     stored = table.cast(_with_field_ids(manifest_schema())).replace_schema_metadata(footer)
-    target = local(path)
-    target.remove_dead_temps()
-    with target.put_file() as tmp:  # pyarrow's writer encodes and flushes one row group at a time
+    with atomic_output(path) as tmp:  # pyarrow writes and flushes one row group at a time
         pq.write_table(stored, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     return path
 

@@ -23,10 +23,36 @@ class LakeLocation(click.ParamType):
             return value
         from cld_lake.storage import location
 
-        return location(value)
+        where = location(value)
+        if where.store.process_local:  # memory://: gone when this command exits
+            self.fail(
+                f"{value}: an in-process store lives only as long as one command; give a local "
+                "path or an s3:// or gs:// URL (memory:// is for the Python API)",
+                param,
+                ctx,
+            )
+        return where
 
 
 LAKE = LakeLocation()
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (click would print a blank line and "Aborted!" for it)."""
+
+
+class Group(click.Group):
+    """The ``cld-lake`` group: Ctrl-C inside a command ends it with one line, exit 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise Interrupted from exc
+
+
+# click >= 8.2: a group run without a command raises this, its message the whole help
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def run_main(cli: click.Group, argv: list[str] | None) -> int:
@@ -41,10 +67,11 @@ def run_main(cli: click.Group, argv: list[str] | None) -> int:
     except click.exceptions.Abort:
         click.echo("cld-lake: aborted", err=True)
         return 130
+    except _NO_ARGS as exc:  # the help as click prints it (stderr, exit 2), not one line
+        click.echo(exc.format_message(), err=True)
+        return 2
     except click.UsageError as exc:
-        where = (
-            f" (see: cld-lake {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
-        )
+        where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
         click.echo(f"cld-lake: error: {' '.join(exc.format_message().split())}{where}", err=True)
         return 2
     except click.ClickException as exc:
@@ -53,7 +80,7 @@ def run_main(cli: click.Group, argv: list[str] | None) -> int:
     except CldLakeError as exc:
         click.echo(f"cld-lake: error: {exc}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         click.echo("cld-lake: interrupted; committed checkpoints are intact", err=True)
         return 130
     except BrokenPipeError:

@@ -15,7 +15,21 @@ if TYPE_CHECKING:
     from cld_lake.storage import StorePath
 
 
-@click.command("sql")
+class QueryCommand(click.Command):
+    """A command whose QUERY argument may start with ``-`` (``"-- note\nSELECT 1"``): an
+    argument that starts with ``-`` and holds whitespace is a query, never an option (no
+    option name holds a space), so it is read as an argument. ``--`` before the query says
+    the same explicitly."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            queries = [a for a in args if a.startswith("-") and any(c.isspace() for c in a)]
+            if queries:
+                args = [a for a in args if a not in queries] + ["--", *queries]
+        return super().parse_args(ctx, args)
+
+
+@click.command("sql", cls=QueryCommand)
 @click.argument("lake", type=LAKE)
 @click.argument("query")
 @click.option(
@@ -38,26 +52,42 @@ if TYPE_CHECKING:
     show_default=True,
     help="Characters per printed cell.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop the query after this many seconds (exit 1). Default: no limit; Ctrl-C stops it.",
+)
 def sql_cmd(
-    lake: StorePath, query: str, out: Path | None, force: bool, max_rows: int, max_width: int
+    lake: StorePath,
+    query: str,
+    out: Path | None,
+    force: bool,
+    max_rows: int,
+    max_width: int,
+    timeout: float | None,
 ) -> None:
     """Run DuckDB SQL over the lake's views.
 
     \b
-    Views: samples, scores, checkpoints, losses (long form, streamed), val_reference.
+    Views: samples, train_samples, scores (one row per training sample, with its metadata),
+    checkpoints, losses (long form, streamed), val_reference.
     Filters on split, sample_id, label and checkpoint are pushed into the losses scan.
+    Several statements run in order; the last one's result is printed.
     The query runs sandboxed: it cannot write into the lake, load extensions or change settings.
     Example: cld-lake sql LAKE "SELECT checkpoint, avg(loss) FROM losses WHERE split='train' GROUP BY 1"
+    Example: cld-lake sql LAKE "SELECT noisy, avg(cld), count(*) FROM scores GROUP BY 1"
+    A query that starts with '-' (a SQL comment) is read as the query; or put -- before it.
     """
     from cld_lake import sql as lake_sql
     from cld_lake.lake import open_lake
 
     lk = open_lake(lake)
     if out is not None:
-        rows = lake_sql.write_query(lk, query, out, overwrite=force)
+        rows = lake_sql.write_query(lk, query, out, overwrite=force, timeout=timeout)
         click.echo(f"wrote {rows:,} rows to {out}")
         return
-    results = lake_sql.iter_result(lk, query)
+    results = lake_sql.iter_result(lk, query, timeout=timeout)
     try:
         click.echo(format_table(results, max_rows=max_rows, max_width=max_width))
     finally:
@@ -113,8 +143,17 @@ def format_table(results: Any, max_rows: int = 40, max_width: int = 32) -> str:
     return "\n".join(lines)
 
 
+def _number(value: float) -> str:
+    """Six significant digits, but a large number (a Unix time such as ``wall_time``) in full
+    rather than as ``1.79668e+09``."""
+    text = f"{value:.6g}"
+    if "e+" in text and abs(value) < 1e16:
+        text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return text
+
+
 def _cell(value: Any, max_width: int) -> str:
-    text = "NULL" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+    text = "NULL" if value is None else (_number(value) if isinstance(value, float) else str(value))
     text = " ".join(text.split()) if "\n" in text else text
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
 

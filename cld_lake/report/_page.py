@@ -9,7 +9,7 @@ import os
 import warnings
 from pathlib import Path
 
-from cld_lake._io import check_output_path, is_inside
+from cld_lake._io import atomic_output, check_output_path, is_inside
 from cld_lake.errors import BadInputError
 from cld_lake.lake.check import lake_info
 from cld_lake.lake.scores import stale_scores, stored_scores
@@ -26,7 +26,6 @@ from cld_lake.report._diagnostics import diagnostics_sections
 from cld_lake.report._dynamics import dynamics_sections
 from cld_lake.report._html import columns_table, document
 from cld_lake.report._scores import score_sections
-from cld_lake.storage import local
 
 
 def report_path(
@@ -111,8 +110,6 @@ def build_report(
         sections += score_sections(lake, stored, data)
     sections += diagnostics_sections(lake, stored, results, data)
     target = report_path(lake, out, force=force, create=True)
-    written = local(target)
-    written.remove_dead_temps()
-    with written.put_file() as tmp:
+    with atomic_output(target) as tmp:
         tmp.write_text(document(sections), encoding="utf-8")
     return target

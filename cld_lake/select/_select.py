@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake._io import check_output_path
+from cld_lake._io import MANIFESTS_DIR, check_output_path
 from cld_lake._types import Balance, Strategy
 from cld_lake.errors import BadInputError
 from cld_lake.lake import Lake, check_score_name
@@ -44,8 +44,6 @@ from cld_lake.select._rules import (
     target_size,
 )
 from cld_lake.select._stream import open_stream, stream_min_rows, stream_select
-
-MANIFESTS_DIR = "manifests"
 
 
 def select(

@@ -4,9 +4,14 @@ Every connection gets these views (see ``docs/sql.md``):
 
 ``samples``
     ``split, sample_id, label, <metadata...>``: one row per sample of every split.
+``train_samples``
+    ``samples`` of the training split only (``sample_id`` is unique in it, per run).
 ``scores``
-    ``sample_id, label, <one column per stored score>``: ``LAKE/scores.parquet``; an empty
-    ``(sample_id, label)`` view when nothing is scored yet.
+    ``sample_id, label, <one column per stored score>, <metadata...>``: one row per training
+    sample, its stored scores (``LAKE/scores.parquet``) and the training samples' metadata
+    columns (``noisy``, ``clean_label``, ...), so that a score is grouped by metadata without a
+    join (a join with ``samples`` would meet every split's rows). An empty ``(sample_id,
+    label)`` view when nothing is scored yet.
 ``checkpoints``
     ``split, checkpoint, epoch, step, wall_time, committed_at, nonfinite, complete``.
 ``losses``
@@ -22,63 +27,57 @@ Every connection gets these views (see ``docs/sql.md``):
 Every connection is sandboxed (:func:`cld_lake._duckdb.lock_down`): no statement can write
 into the lake, install or load an extension, or change a setting. Files outside the lake are
 reachable only when the query names them as literal paths (``COPY ... TO 'out.csv'``,
-``read_parquet('manifest.parquet')``) or through ``--out``.
+``read_parquet('manifest.parquet')``; also manifests in ``LAKE/manifests/``) or through
+``--out``. Every file written (``--out``, ``COPY ... TO``) is a new temp file renamed into
+place when its statement succeeded: a hard link or symlink at the target is replaced, never
+written through.
+
+A query may hold several statements (``CREATE TABLE t AS ...; SELECT ... FROM t``): they run
+in order, and the last one's result is returned. ``timeout`` stops a query that runs longer
+(:class:`QueryTimeoutError`); Ctrl-C stops it too (``KeyboardInterrupt``, the connection
+closed).
 
 Modules: ``_views`` (the views), ``_losses`` (the ``losses`` source), ``_pushdown`` (which
-filters it takes), ``_guard`` (which files a query may touch).
+filters it takes), ``_guard`` (which files a query may touch), ``_session`` (one query's run).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from cld_lake import _duckdb
 from cld_lake._duckdb import sql_str
-from cld_lake._io import check_output_path
-from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
+from cld_lake._io import OutputFile, check_output_path
 from cld_lake.lake.store import Lake
-from cld_lake.sql._guard import SqlError, parse, sandbox_files
-from cld_lake.sql._losses import LossSource, ScanStats
-from cld_lake.sql._views import create_views
-from cld_lake.storage import local
+from cld_lake.sql._guard import QueryTimeoutError, SqlError
+from cld_lake.sql._losses import ScanStats
+from cld_lake.sql._session import Session
 
-__all__ = ["ScanStats", "SqlError", "connect", "iter_result", "query", "sql_str", "write_query"]
+__all__ = [
+    "QueryTimeoutError",
+    "ScanStats",
+    "SqlError",
+    "connect",
+    "iter_result",
+    "query",
+    "sql_str",
+    "write_query",
+]
 
 MEMORY_LIMIT = "2GB"
 OUT_FORMATS = {".parquet": "PARQUET", ".csv": "CSV", ".json": "JSON"}
-_SANDBOX_HINT = (
-    "cld-lake sql reads the lake through its views and other files only when the query names "
-    "them as literal paths outside the lake; it writes only with --out or COPY ... TO a literal "
-    "path outside the lake"
-)
 
 
 def _as_lake(lake: Lake | str | os.PathLike[str]) -> Lake:
     return lake if isinstance(lake, Lake) else Lake(lake)
 
 
-def _open(
-    lake: Lake,
-    query: str | None,
-    *,
-    files: tuple[str, ...] = (),
-    stats: ScanStats | None = None,
-    block_rows: int | None = None,
-    memory_limit: str = MEMORY_LIMIT,
-) -> tuple[_duckdb.Connection, list[Any], list[LossSource]]:
-    """A locked connection with the views, the statements of ``query`` and the loss sources."""
-    con = _duckdb.connect(memory_limit=memory_limit)
-    try:
-        statements = parse(con, query) if query is not None else []
-        _duckdb.lock_down(con, [*sandbox_files(statements, lake.root), *files])
-        sources = create_views(con, lake, stats=stats, block_rows=block_rows)
-    except BaseException:
-        con.close()
-        raise
-    return con, statements, sources
+def _check_timeout(timeout: float | None) -> None:
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (number and timeout > 0):
+        raise SqlError(f"timeout {timeout!r}: give a number of seconds > 0 (or None)")
 
 
 def connect(
@@ -102,66 +101,44 @@ def connect(
     The connection opens no file itself (its settings are locked): use :func:`query`,
     :func:`write_query` or ``cld-lake sql`` to read or write files outside the lake.
     """
-    con, _, _ = _open(
+    session = Session(
         _as_lake(lake), None, stats=stats, block_rows=block_rows, memory_limit=memory_limit
     )
-    return con
+    return session.con
 
 
-def _error(exc: BaseException, sources: list[LossSource], lake: Lake) -> CldLakeError:
-    """One line for a failed statement: the lake's own read error if a scan failed, else DuckDB's."""
-    for source in sources:
-        failure = source.failure
-        if isinstance(failure, CldLakeError):
-            return failure
-        if failure is not None:
-            return CorruptLakeError(
-                f"SQL: reading the losses of split {source.split.name!r} failed: "
-                f"{type(failure).__name__}: {one_line(failure)}; "
-                f"run cld-lake verify {lake.root} to find damaged or missing files"
-            )
-    text = f"SQL: {one_line(exc)}"
-    if isinstance(exc, _duckdb.SandboxError):
-        text += f" ({_SANDBOX_HINT})"
-    return SqlError(text)
-
-
-@contextmanager
-def _translated(sources: list[LossSource], lake: Lake) -> Iterator[None]:
-    try:
-        yield
-    except _duckdb.Error as exc:
-        raise _error(exc, sources, lake) from exc
-
-
-def _run_all_but_last(con: _duckdb.Connection, statements: list[Any]) -> None:
-    for st in statements[:-1]:
-        con.execute(st.query)
-
-
-def query(lake: Lake | str | os.PathLike[str], sql: str, lazy: bool = False) -> Any:
+def query(
+    lake: Lake | str | os.PathLike[str],
+    sql: str,
+    lazy: bool = False,
+    *,
+    timeout: float | None = None,
+) -> Any:
     """Run ``sql`` over the lake's views.
 
-    Returns a Polars DataFrame (None for a statement without a result), or with ``lazy=True``
-    the DuckDB relation (not yet run; its connection stays open while the relation lives).
-    Raises :class:`SqlError` for a query DuckDB rejects or one the sandbox refuses.
+    Returns a Polars DataFrame of the last statement's result (None for a statement without
+    one), or with ``lazy=True`` the DuckDB relation (not yet run; its connection stays open
+    while the relation lives). Several statements run in order. Raises :class:`SqlError` for
+    a query DuckDB rejects or one the sandbox refuses, :class:`QueryTimeoutError` when it
+    runs longer than ``timeout`` seconds (not applied to a lazy relation's later reads).
 
     Examples
     --------
-    >>> query(lake, "SELECT label, count(*) AS n FROM samples WHERE split = 'train' GROUP BY label")  # doctest: +SKIP
+    >>> query(lake, "SELECT label, count(*) AS n FROM train_samples GROUP BY label")  # doctest: +SKIP
     """
+    _check_timeout(timeout)
     lake = _as_lake(lake)
-    con, statements, sources = _open(lake, sql)
+    session = Session(lake, sql, memory_limit=MEMORY_LIMIT, timeout=timeout)
     try:
-        with _translated(sources, lake):
-            _run_all_but_last(con, statements)
-            rel = con.sql(statements[-1].query)
+        with session.translated():
+            session.run_all_but_last()
+            rel = session.relation()
             if lazy or rel is None:
                 return rel
-            return rel.pl()
+            return session.run(rel.pl)
     finally:
         if not lazy:
-            con.close()
+            session.close()
 
 
 def write_query(
@@ -171,54 +148,67 @@ def write_query(
     stats: ScanStats | None = None,
     *,
     overwrite: bool = False,
+    timeout: float | None = None,
 ) -> int:
-    """Stream the result of ``sql`` to ``out`` (.parquet, .csv or .json); return the row count.
+    """Stream the result of ``sql`` (its last statement) to ``out`` (.parquet, .csv or
+    .json); return the row count.
 
-    ``out`` must lie outside the lake and may replace an existing file only with ``overwrite``.
-    The file appears atomically: an interrupted run leaves no partial file under ``out``.
+    ``out`` must lie outside the lake and may replace an existing file only with
+    ``overwrite``. The file appears atomically (a new file renamed into place): an
+    interrupted, stopped or failed run leaves ``out`` as it was.
     """
+    _check_timeout(timeout)
     lake = _as_lake(lake)
     out = check_output_path(
         out, lake.root, suffixes=tuple(OUT_FORMATS), overwrite=overwrite, what="--out"
     )
     fmt_name = OUT_FORMATS[out.suffix.lower()]
     options = "FORMAT JSON, ARRAY true" if fmt_name == "JSON" else f"FORMAT {fmt_name}"
-    with local(out).put_file() as tmp:
-        con, statements, sources = _open(lake, sql, files=(str(tmp),), stats=stats)
-        try:
-            last = statements[-1]
-            if last.type.name not in ("SELECT", "EXPLAIN"):
-                raise SqlError(
-                    f"--out needs a query returning rows (a SELECT); got {last.type.name}"
-                )
-            with _translated(sources, lake):
-                _run_all_but_last(con, statements)
-                body = last.query.strip().rstrip(";")
-                row = con.execute(f"COPY ({body}) TO {sql_str(tmp)} ({options})").fetchone()
-        finally:
-            con.close()
+    output = OutputFile(out)
+    session = Session(
+        lake, sql, out=output, stats=stats, memory_limit=MEMORY_LIMIT, timeout=timeout
+    )
+    try:
+        last = session.last
+        if last.kind not in ("SELECT", "EXPLAIN"):
+            raise SqlError(f"--out needs a query returning rows (a SELECT); got {last.kind}")
+        with session.translated():
+            session.run_all_but_last()
+            body = last.query.strip().rstrip(";")
+            copy = f"COPY ({body}) TO {sql_str(output.temp)} ({options})"
+            row = session.run(lambda: session.con.execute(copy).fetchone())
+        output.commit()
+    finally:
+        session.close()
     return int(row[0]) if row else 0
 
 
 def iter_result(
-    lake: Lake | str | os.PathLike[str], sql: str, batch_rows: int = 65536
+    lake: Lake | str | os.PathLike[str],
+    sql: str,
+    batch_rows: int = 65536,
+    *,
+    timeout: float | None = None,
 ) -> Iterator[Any]:
     """Yield the result's Arrow schema, then its record batches (bounded memory).
 
-    A statement without a result (``CREATE``, ``COPY`` ...) yields only ``None``. Errors while
-    reading are raised as one-line cld_lake errors, like :func:`query`'s.
+    The result is the last statement's (the others run first, in order). A statement without
+    a result (``CREATE``, ``COPY`` ...) yields only ``None``. Errors while reading are raised
+    as one-line cld_lake errors, like :func:`query`'s; ``timeout`` counts from the call.
     """
+    _check_timeout(timeout)
     lake = _as_lake(lake)
-    con, statements, sources = _open(lake, sql)
+    session = Session(lake, sql, memory_limit=MEMORY_LIMIT, timeout=timeout)
     try:
-        with _translated(sources, lake):
-            _run_all_but_last(con, statements)
-            rel = con.sql(statements[-1].query)
+        with session.translated():
+            session.run_all_but_last()
+            rel = session.relation()
             if rel is None:
                 yield None
                 return
-            reader = rel.to_arrow_reader(batch_rows)
+            reader = session.run(lambda: rel.to_arrow_reader(batch_rows))
             yield reader.schema
-            yield from reader
+            while (batch := session.run(lambda: next(reader, None))) is not None:
+                yield batch
     finally:
-        con.close()
+        session.close()

@@ -9,10 +9,11 @@ be pointed at the lake's files.
 from __future__ import annotations
 
 from cld_lake._duckdb import Connection, register, sql_str
+from cld_lake._meta import read_meta
 from cld_lake.lake import CHECKPOINTS_FILE, DEFAULT_RUN, SAMPLES_FILE
 from cld_lake.lake.check import scan_samples
 from cld_lake.lake.scores import check_scores_file, scores_path
-from cld_lake.lake.store import Lake
+from cld_lake.lake.store import Lake, Split
 from cld_lake.sql._losses import LossSource, ScanStats
 from cld_lake.sql._tables import ParquetSource
 
@@ -51,6 +52,48 @@ _CLASS_DIAGNOSTICS = (
 )
 
 
+def _ident(name: str) -> str:
+    """A SQL identifier (metadata columns may be named anything)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _train_split(splits: list[Split], recorded: str | None) -> int | None:
+    """Which split's metadata the ``scores`` rows carry: the training split whose sample ids
+    the scores table records (its fingerprint), the default run's first; without a match the
+    default run's training split, else the first run's. None without a training split."""
+    trains = [i for i, sp in enumerate(splits) if sp.name == "train"]
+    trains.sort(key=lambda i: splits[i].run != DEFAULT_RUN)
+    matching = [i for i in trains if recorded is not None and splits[i].ids_digest == recorded]
+    return (matching or trains or [None])[0]
+
+
+def _scores_body(table: ParquetSource, splits: list[Split]) -> str:
+    """The ``scores`` view: the scores table's rows, in its order, with the training samples'
+    metadata columns (those not named like a score column). When the table records the
+    sample ids of a training split (the fingerprint scoring writes) the rows are the same
+    rows in the same order: a positional join, streamed; otherwise a join on ``sample_id``
+    that keeps the table's order."""
+    names = table.schema.names
+    rows = read_meta(table.schema).get("rows") or {}
+    recorded = rows.get("ids_sha1") if isinstance(rows, dict) else None
+    i = _train_split(splits, recorded)
+    if i is None:
+        return f"SELECT * {_IDS} FROM _scores"
+    train = ParquetSource(splits[i].root / SAMPLES_FILE)
+    meta = [c for c in train.schema.names if c not in ("sample_id", "label", *names)]
+    if not meta:
+        return f"SELECT * {_IDS} FROM _scores"
+    picked = ", ".join(f"m.{_ident(c)}" for c in meta)
+    if recorded is not None and recorded == splits[i].ids_digest and table.rows() == train.rows():
+        joined = f"SELECT s.*, {picked} FROM _scores s POSITIONAL JOIN _samples_{i} m"
+        return f"SELECT * {_IDS} FROM ({joined})"
+    return (
+        f"SELECT * EXCLUDE (_row) {_IDS} FROM (SELECT s.*, {picked} FROM "
+        "(SELECT *, row_number() OVER () AS _row FROM _scores) s "
+        f"LEFT JOIN _samples_{i} m ON s.sample_id = m.sample_id) ORDER BY _row"
+    )
+
+
 def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
     body = f" {union} ".join(parts) if parts else _EMPTY[name]
     con.execute(f"CREATE VIEW {name} AS {body}")
@@ -59,12 +102,14 @@ def _view(con: Connection, name: str, parts: list[str], union: str) -> None:
 def create_views(
     con: Connection, lake: Lake, stats: ScanStats | None = None, block_rows: int | None = None
 ) -> list[LossSource]:
-    """Create ``samples``, ``checkpoints``, ``losses``, ``scores`` and ``val_reference``,
-    and ``class_diagnostics`` when a ``cld`` score is stored.
+    """Create ``samples``, ``train_samples``, ``checkpoints``, ``losses``, ``scores`` and
+    ``val_reference``, and ``class_diagnostics`` when a ``cld`` score is stored.
 
-    ``samples``, ``checkpoints`` and ``losses`` hold every split of every run. A lake whose
-    splits all belong to the default run (recorded without runs) has the views it always had;
-    one with named runs adds a ``run`` column after ``split`` (and to ``val_reference``).
+    ``samples``, ``checkpoints`` and ``losses`` hold every split of every run; ``train_samples``
+    is ``samples`` of the training split; ``scores`` has one row per training sample (its
+    stored scores, then the training samples' metadata columns). A lake whose splits all
+    belong to the default run (recorded without runs) has the views it always had; one with
+    named runs adds a ``run`` column after ``split`` (and to ``val_reference``).
     Returns the ``losses`` sources (one per split), whose ``failure`` tells why a scan failed.
     """
     samples, checkpoints, losses, sources = [], [], [], []
@@ -91,6 +136,7 @@ def create_views(
     _view(con, "samples", samples, "UNION ALL BY NAME")
     _view(con, "checkpoints", checkpoints, "UNION ALL")
     _view(con, "losses", losses, "UNION ALL BY NAME")
+    con.execute("CREATE VIEW train_samples AS SELECT * FROM samples WHERE split = 'train'")
     scores = scores_path(lake)  # the current table, as cld_lake.json names it
     has_cld = False
     if scores is not None:
@@ -98,7 +144,7 @@ def create_views(
         table = ParquetSource(scores)
         has_cld = "cld" in table.schema.names
         register(con, "_scores", table)
-    _view(con, "scores", [f"SELECT * {_IDS} FROM _scores"] if scores is not None else [], "")
+    _view(con, "scores", [_scores_body(table, splits)] if scores is not None else [], "")
     if has_cld:
         con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS}")
     reference = _VAL_REFERENCE_RUNS if named_runs else _VAL_REFERENCE

@@ -16,7 +16,7 @@ that :func:`location` parses from a path or URL, and never asks which store it h
 from cld_lake.storage._abc import Lock, Store, VersionConflict
 from cld_lake.storage._fsspec import FsspecStore, filesystem
 from cld_lake.storage._lease import DEFAULT_LEASE_SECONDS, LEASE_SECONDS_ENV, Lease, lease_seconds
-from cld_lake.storage._local import FileLock, LocalStore, is_temp_name
+from cld_lake.storage._local import FileLock, LocalStore, fsync_dir, is_temp_name, temp_path_for
 from cld_lake.storage._location import S3_CLIENT_ENV, SCHEMES, local, local_file, location
 from cld_lake.storage._obstore import ObstoreStore
 from cld_lake.storage._path import StorePath
@@ -36,9 +36,11 @@ __all__ = [
     "StorePath",
     "VersionConflict",
     "filesystem",
+    "fsync_dir",
     "is_temp_name",
     "lease_seconds",
     "local",
     "local_file",
     "location",
+    "temp_path_for",
 ]

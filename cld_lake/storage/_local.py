@@ -246,13 +246,16 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
-def temp_path_for(path: Path) -> Path:
+def temp_path_for(path: Path, *, keep_suffix: bool = False) -> Path:
     """A unique sibling temp name; never matches a committed name.
 
     It names the writer (host and pid) so that a later writer of ``path`` can delete what a
-    killed one left behind (:meth:`LocalStore.remove_dead_temps`).
+    killed one left behind (:meth:`LocalStore.remove_dead_temps`). With ``keep_suffix`` it
+    ends in ``path``'s last suffixes (``.csv.gz``), for a writer that infers the format from
+    the name (DuckDB's ``COPY ... TO``).
     """
-    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    tail = "".join(s for s in path.suffixes[-2:] if "-" not in s) if keep_suffix else ""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}{tail}")
 
 
 def _pid_alive(pid: int) -> bool:
