@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cld_lake._cli._common import LAKE, echo_json
-from cld_lake.lake import SplitWriter, import_file
+from cld_lake.lake import import_file
 
 SPLITS = click.Choice(["train", "val", "test"])
 if TYPE_CHECKING:
@@ -252,17 +252,10 @@ def verify_cmd(lake, quick):
 )
 def compact_cmd(lake, splits, runs, prune):
     """Merge each split's segments into one, for the fastest row-block scans."""
-    from cld_lake.lake import open_lake
+    from cld_lake.lake import compact
 
-    lk = open_lake(lake)
-    for run in [lk.pick_run(r) for r in runs] or lk.runs():
-        for name in splits or lk.splits(run):
-            with SplitWriter(lk, name, run=run) as w:
-                merges = w.compact(full=True)
-                if prune:
-                    w.gc(grace_seconds=0)
-            label = name if run == "default" else f"{run}/{name}"
-            click.echo(f"{label}: {merges} merge(s)")
+    for label, merges in compact(lake, splits=splits, runs=runs, prune=prune).items():
+        click.echo(f"{label}: {merges} merge(s)")
 
 
 @click.command("env")

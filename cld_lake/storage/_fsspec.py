@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cld_lake.errors import BadInputError, install_hint
-from cld_lake.storage._abc import Store, VersionConflict, joined
+from cld_lake.storage._abc import joined
 from cld_lake.storage._errors import remote_errors
-from cld_lake.storage._lease import Lease
+from cld_lake.storage._object import ObjectStore
 
 if TYPE_CHECKING:
     from collections.abc import Buffer
@@ -85,7 +84,7 @@ def _new_filesystem(scheme: str) -> Any:
     return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 
-class FsspecStore(Store):
+class FsspecStore(ObjectStore):
     """``scheme://`` keys (``BUCKET/PATH``) on an fsspec filesystem. Every call's errors
     about the bucket, credentials and endpoint are one line (:func:`remote_errors`)."""
 
@@ -171,29 +170,8 @@ class FsspecStore(Store):
     def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
         self._call(key, "pipe_file", self._path(key), joined(data))
 
-    @contextlib.contextmanager
-    def put_file(
-        self, key: str, *, if_version: str | None = None, if_absent: bool = False
-    ) -> Iterator[Path]:
-        """A local temp file, uploaded whole (one PUT, or a multipart upload that becomes
-        visible when it completes)."""
-        with tempfile.TemporaryDirectory(prefix="cld-lake-upload-") as folder:
-            tmp = Path(folder) / key.rsplit("/", 1)[-1]
-            yield tmp
-            if if_version is None and not if_absent:
-                self._call(key, "put_file", str(tmp), self._path(key))
-                return
-            data = tmp.read_bytes()  # a conditional PUT: one request, the whole object
-            done = (
-                self.replace_if(key, data, if_version)
-                if if_version is not None
-                else self.put_if_absent(key, data)
-            )
-            if not done:
-                raise VersionConflict(f"{self.url(key)}: changed since version {if_version}")
-
-    def put_new(self, key: str, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
-        self.put(key, data)  # durable once the PUT returns
+    def upload(self, key: str, local: Path) -> None:
+        self._call(key, "put_file", str(local), self._path(key))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         try:
@@ -270,8 +248,3 @@ class FsspecStore(Store):
                 f"{self.url(key)}: bucket {bucket!r} does not exist (or these credentials "
                 f"cannot see it); create it first or fix the URL"
             )
-
-    def lock(self, key: str, holder: str) -> Lease:
-        from cld_lake.storage._path import StorePath
-
-        return Lease(StorePath(self, key), holder)

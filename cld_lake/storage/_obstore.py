@@ -13,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cld_lake.errors import BadInputError, CldLakeError, install_hint
-from cld_lake.storage._abc import Store, VersionConflict, joined
+from cld_lake.storage._abc import joined
 from cld_lake.storage._errors import remote_problem
-from cld_lake.storage._lease import Lease
+from cld_lake.storage._object import ObjectStore
 
 if TYPE_CHECKING:
     from collections.abc import Buffer
@@ -158,7 +157,7 @@ def _problem(url: str, scheme: str, bucket: str, exc: BaseException) -> str | No
     return remote_problem(url, scheme, bucket, exc)
 
 
-class ObstoreStore(Store):
+class ObstoreStore(ObjectStore):
     """``s3://`` keys (``BUCKET/PATH``) through obstore. Every call's errors about the
     bucket, credentials and endpoint are one line."""
 
@@ -238,29 +237,8 @@ class ObstoreStore(Store):
     def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
         self._call(key, "put", joined(data))
 
-    @contextlib.contextmanager
-    def put_file(
-        self, key: str, *, if_version: str | None = None, if_absent: bool = False
-    ) -> Iterator[Path]:
-        """A local temp file, uploaded whole (one PUT, or a multipart upload that becomes
-        visible when it completes)."""
-        with tempfile.TemporaryDirectory(prefix="cld-lake-upload-") as folder:
-            tmp = Path(folder) / key.rsplit("/", 1)[-1]
-            yield tmp
-            if if_version is None and not if_absent:
-                self._call(key, "put", tmp)
-                return
-            data = tmp.read_bytes()  # a conditional PUT: one request, the whole object
-            done = (
-                self.replace_if(key, data, if_version)
-                if if_version is not None
-                else self.put_if_absent(key, data)
-            )
-            if not done:
-                raise VersionConflict(f"{self.url(key)}: changed since version {if_version}")
-
-    def put_new(self, key: str, data: Buffer | Sequence[Buffer], *, durable: bool = False) -> None:
-        self.put(key, data)  # durable once the PUT returns
+    def upload(self, key: str, local: Path) -> None:
+        self._call(key, "put", local)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from obstore.exceptions import AlreadyExistsError, PreconditionError
@@ -313,11 +291,6 @@ class ObstoreStore(Store):
             ) from exc
         except FileNotFoundError:
             return
-
-    def lock(self, key: str, holder: str) -> Lease:
-        from cld_lake.storage._path import StorePath
-
-        return Lease(StorePath(self, key), holder)
 
 
 class _Reader:
