@@ -130,6 +130,9 @@ def _scratch(tmp_path: Path, demo_lake: Path) -> Path:
         (work / name).symlink_to(target, target_is_directory=True)
     shutil.copytree(demo_lake, work / DEMO_LAKE)
     shutil.copytree(demo_lake.parent / "data", work / "runs" / "demo" / "data")
+    # the proxy run's settings (``config.json``) that train_subset --lake reads
+    models = demo_lake.with_suffix(".models")
+    shutil.copytree(models, (work / DEMO_LAKE).with_suffix(".models"))
     from tests.test_pipelines import write_cifar
 
     write_cifar(
