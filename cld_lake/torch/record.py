@@ -339,8 +339,8 @@ class LossRecorder:
             Give it with every batch of a checkpoint or with none.
         """
         self._enter_mode("loss")
-        values = torch.as_tensor(loss)
-        ids = torch.as_tensor(sample_ids).reshape(-1)
+        values = _tensor(loss)
+        ids = _tensor(sample_ids).reshape(-1)
         batch = ids.shape[0]
         if values.ndim > 1 and values.numel() == batch:  # (B, 1)
             values = values.reshape(-1)
@@ -361,7 +361,7 @@ class LossRecorder:
             )
         self._tokens = num_tokens is not None
         if num_tokens is not None:
-            tokens = torch.as_tensor(num_tokens).reshape(-1)
+            tokens = _tensor(num_tokens).reshape(-1)
             if tokens.shape[0] != batch or tokens.dtype.is_floating_point:
                 raise BadInputError(
                     f"num_tokens: expected {batch} integers, one per sample id, got "
@@ -532,7 +532,7 @@ class LossRecorder:
             values: torch.Tensor | np.ndarray = groups.reshape(-1)
         else:
             array = np.asarray(groups).reshape(-1)
-            values = array if array.dtype.kind in "USO" else torch.as_tensor(array)
+            values = array if array.dtype.kind in "USO" else _tensor(array)
         strings = isinstance(values, np.ndarray)
         if values.shape[0] != batch:
             raise BadInputError(
@@ -693,6 +693,13 @@ _EMPTY_DTYPES = {
     "el2n": "float32",
     TOKENS_COLUMN: "int64",
 }
+
+
+def _tensor(values: Any) -> torch.Tensor:
+    """A tensor of ``values`` (a tensor as it is; an array or list, also a reversed view)."""
+    if isinstance(values, torch.Tensor):
+        return values
+    return torch.as_tensor(np.ascontiguousarray(values))
 
 
 def _joined(parts: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
