@@ -6,18 +6,23 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import datasets  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
 # real text: the docstrings of a few standard-library modules, one group per module
 MODULES = ("json", "textwrap", "shutil")
 PAD, VOCAB = 256, 257  # bytes 0..255, then the padding id
-MAX_BYTES = 48
+MAX_BYTES = 40
 
 
 def texts(per_module: int = 100, modules: tuple[str, ...] = MODULES) -> list[tuple[str, int]]:
@@ -106,3 +111,66 @@ def padded_batch(
     for pos in ignore:
         labels[:, pos] = -100
     return ids, mask, labels
+
+
+def lm_splits() -> tuple[datasets.Dataset, datasets.Dataset]:
+    """300 docstring lines of three modules (three groups): 225 to train on (ids 0..), 75
+    held out as the reference (ids 10000..)."""
+    rows = texts()
+    train = lm_dataset(rows[0::4] + rows[1::4] + rows[2::4])
+    return train, lm_dataset(rows[3::4], first_id=10_000)
+
+
+def lm_collate(features: list[dict]) -> dict[str, torch.Tensor]:
+    """The Trainer's batches for a causal LM: the inputs are the targets."""
+    ids, mask, labels = padded_batch([f["input_ids"] for f in features])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def classifier_collate(features: list[dict]) -> dict[str, torch.Tensor]:
+    """The Trainer's batches for a sequence classifier (the class in column ``label``)."""
+    ids, mask, _ = padded_batch([f["input_ids"] for f in features])
+    labels = torch.tensor([f["label"] for f in features])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def training_args(out: Path, **kw: Any) -> transformers.TrainingArguments:
+    """CPU, no saving, no logging, no reports: a Trainer for a test."""
+    defaults: dict[str, Any] = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        learning_rate=3e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=0,
+    )
+    return transformers.TrainingArguments(**{**defaults, **kw})
+
+
+def per_row_loss(model: torch.nn.Module, dataset: datasets.Dataset) -> np.ndarray:
+    """Each row's loss as the causal LM computes it for that row alone."""
+    model.eval()
+    with torch.no_grad():
+        return np.array(
+            [
+                model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+                for ids in dataset["input_ids"]
+            ]
+        )
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` threads, restored afterwards (a tiny model's matrices are too small
+    to share out: on a loaded machine several threads only wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

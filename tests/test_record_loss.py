@@ -18,6 +18,12 @@ from tests import _hf
 N, G = 23, 3
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with _hf.torch_threads(1):
+        yield
+
+
 def read_split(lake: Path, split: str = "train"):
     s = cld_lake.open_lake(lake).split(split)
     (block,) = list(s.blocks(channels=list(s.channels)))
