@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+import numpy as np
 import torch
 
 from cld_lake.errors import BadInputError
@@ -73,3 +74,33 @@ def _what(value: Any) -> str:
     if isinstance(value, tuple | list):
         return f"{len(value)} items"
     return type(value).__name__
+
+
+def as_tensor(values: Any) -> torch.Tensor:
+    """A tensor of ``values`` (a tensor as it is; an array or list, also a reversed view)."""
+    if isinstance(values, torch.Tensor):
+        return values
+    return torch.as_tensor(np.ascontiguousarray(values))
+
+
+def as_groups(groups: Any, batch: int, distributed: bool) -> torch.Tensor | np.ndarray:
+    """A batch's ``batch`` groups: an integer tensor (any device), or a NumPy array of strings
+    (refused under ``torch.distributed``, whose commit sends integer groups)."""
+    if isinstance(groups, torch.Tensor):
+        values: torch.Tensor | np.ndarray = groups.reshape(-1)
+    else:
+        array = np.asarray(groups).reshape(-1)
+        values = array if array.dtype.kind in "USO" else as_tensor(array)
+    strings = isinstance(values, np.ndarray)
+    if values.shape[0] != batch:
+        raise BadInputError(
+            f"groups: {values.shape[0]} values for {batch} sample ids; give one group per sample"
+        )
+    if strings and distributed:
+        raise BadInputError(
+            "groups: string groups under torch.distributed are not supported; map the names "
+            "to integer ids 0..G-1 (the same on every rank, e.g. sorted names) and keep the map"
+        )
+    if not strings and (values.dtype.is_floating_point or values.dtype == torch.bool):
+        raise BadInputError(f"groups must be integers 0..G-1 or strings, got {values.dtype}")
+    return values

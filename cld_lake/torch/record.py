@@ -64,6 +64,8 @@ from cld_lake.storage import StorePath, location
 from cld_lake.torch._batches import (
     LogitsFn,
     LossFn,
+    as_groups,
+    as_tensor,
     batch_items,
     to_device,
     unpack_logits,
@@ -339,8 +341,8 @@ class LossRecorder:
             Give it with every batch of a checkpoint or with none.
         """
         self._enter_mode("loss")
-        values = _tensor(loss)
-        ids = _tensor(sample_ids).reshape(-1)
+        values = as_tensor(loss)
+        ids = as_tensor(sample_ids).reshape(-1)
         batch = ids.shape[0]
         if values.ndim > 1 and values.numel() == batch:  # (B, 1)
             values = values.reshape(-1)
@@ -361,7 +363,7 @@ class LossRecorder:
             )
         self._tokens = num_tokens is not None
         if num_tokens is not None:
-            tokens = _tensor(num_tokens).reshape(-1)
+            tokens = as_tensor(num_tokens).reshape(-1)
             if tokens.shape[0] != batch or tokens.dtype.is_floating_point:
                 raise BadInputError(
                     f"num_tokens: expected {batch} integers, one per sample id, got "
@@ -527,24 +529,9 @@ class LossRecorder:
         self._mode = mode
 
     def _groups(self, groups: Any, batch: int) -> torch.Tensor | np.ndarray:
-        """A batch's groups: an integer tensor (any device), or a NumPy array of strings."""
-        if isinstance(groups, torch.Tensor):
-            values: torch.Tensor | np.ndarray = groups.reshape(-1)
-        else:
-            array = np.asarray(groups).reshape(-1)
-            values = array if array.dtype.kind in "USO" else _tensor(array)
+        """A batch's groups, of the kind (integers or strings) of the checkpoint's first batch."""
+        values = as_groups(groups, batch, _is_distributed())
         strings = isinstance(values, np.ndarray)
-        if values.shape[0] != batch:
-            raise BadInputError(
-                f"groups: {values.shape[0]} values for {batch} sample ids; give one group per sample"
-            )
-        if strings and _is_distributed():
-            raise BadInputError(
-                "groups: string groups under torch.distributed are not supported; map the names "
-                "to integer ids 0..G-1 (the same on every rank, e.g. sorted names) and keep the map"
-            )
-        if not strings and (values.dtype.is_floating_point or values.dtype == torch.bool):
-            raise BadInputError(f"groups must be integers 0..G-1 or strings, got {values.dtype}")
         if self._string_groups is not None and strings != self._string_groups:
             raise BadInputError(
                 "groups: integers in one batch and strings in another; give one kind"
@@ -693,13 +680,6 @@ _EMPTY_DTYPES = {
     "el2n": "float32",
     TOKENS_COLUMN: "int64",
 }
-
-
-def _tensor(values: Any) -> torch.Tensor:
-    """A tensor of ``values`` (a tensor as it is; an array or list, also a reversed view)."""
-    if isinstance(values, torch.Tensor):
-        return values
-    return torch.as_tensor(np.ascontiguousarray(values))
 
 
 def _joined(parts: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
