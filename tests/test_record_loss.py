@@ -241,3 +241,11 @@ def test_dict_batches_without_loss_fn_and_bad_loss_fn_results_are_one_line(tmp_p
     with pytest.raises(BadInputError, match="not both"):
         rec.record(model, loader, 0, loss_fn=lm_loss, logits_fn=lm_loss)
     assert rec.pending == 0 and not (tmp_path / "d.lake").exists()
+
+
+def test_the_count_of_bad_labels_survives_their_clamping(tmp_path):
+    """update() clamps a bad label for the maths; the refusal still counts it."""
+    rec = LossRecorder(tmp_path / "e.lake", "train", num_classes=G)
+    rec.update(torch.arange(4), torch.randn(4, G), torch.tensor([0, 7, 1, 9]))
+    with pytest.raises(BadInputError, match=r"'train': 2 labels are outside the 3 classes"):
+        rec.commit(0)

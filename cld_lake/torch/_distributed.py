@@ -154,14 +154,8 @@ def mean_loss(loss: np.ndarray) -> float:
     return float(np.mean(known, dtype=np.float64)) if len(known) else float("nan")
 
 
-def bad_labels_message(split: str, labels: np.ndarray, classes: int | None) -> str:
-    """The one line that refuses labels (groups) outside ``0..classes-1`` (``labels``: all the
-    labels, or the bad ones)."""
-    bad = labels[(labels < 0) | (labels >= (classes or np.iinfo(np.int64).max))]
-    return bad_count_message(split, len(bad), bad[:3].tolist(), classes)
-
-
 def bad_count_message(split: str, count: int, examples: list[int], classes: int | None) -> str:
+    """The one line that refuses ``count`` labels (groups) outside ``0..classes-1``."""
     if classes is None:
         return (
             f"split {split!r}: {count} groups are negative (e.g. {examples}); "

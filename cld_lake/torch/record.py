@@ -73,7 +73,7 @@ from cld_lake.torch._batches import (
 )
 from cld_lake.torch._distributed import (
     CommitTarget,
-    bad_labels_message,
+    bad_count_message,
     commit_distributed,
     mean_loss,
     read_on_dst,
@@ -639,8 +639,11 @@ class LossRecorder:
                 "call update() or record() with a non-empty loader before commit()"
             )
         classes = self._num_classes
-        if int(values["bad_labels"]):
-            raise BadInputError(bad_labels_message(self.split, values["label"], classes))
+        if int(values["bad_labels"]):  # counted before update() clamped them for the maths
+            labels = values["label"]
+            bad = labels[(labels < 0) | (labels >= (classes or np.iinfo(np.int64).max))]
+            count, examples = int(values["bad_labels"]), bad[:3].tolist()
+            raise BadInputError(bad_count_message(self.split, count, examples, classes))
         lake = Lake.create(self.lake_path, num_classes=classes)
         with SplitWriter(
             lake, self.split, channels=self.channels, num_classes=classes, run=self.run
