@@ -12,7 +12,7 @@ install: $(STAMP)
 # machine's local wheel cache with plain pip (uv/poetry would download gigabytes).
 $(STAMP): pyproject.toml constraints.txt setup.py cld_lake/score/_ckernel.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dask,remote,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,hf,dask,remote,dev]'
 	touch $(STAMP)
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = this machine's cores): most tests

@@ -9,7 +9,8 @@
   ``export`` < ``select`` < ``diagnostics`` < ``report`` < ``_cli`` and the package's own
   ``__init__`` (the public API). ``torch`` (the recorder) stands beside the stages: it uses
   what ``score`` may use, and no unit imports it (``import cld_lake`` never imports torch);
-  a later recorder for another framework goes beside it.
+  ``hf`` (Hugging Face) stands beside it and builds on it (:data:`BESIDE_USES`): it may import
+  ``torch``, and nothing imports ``hf``.
 - **Public faces**: a unit imports another's public face only (its ``__init__``, or a module
   without a leading underscore such as ``cld_lake.lake.scores``) and its names without a
   leading underscore; a unit's own private modules are its own business.
@@ -57,7 +58,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     )
 )
 # Units beside the stages: they import what the named layer's units may; nothing imports them.
-BESIDE = {"torch": "score"}
+BESIDE = {"torch": "score", "hf": "score"}
+# What a unit beside the stages may import of the others beside them (never the other way).
+BESIDE_USES = {"hf": frozenset({"torch"})}
 # The shared leaves: every unit may import them.
 LEAVES = frozenset().union(*LAYERS[:3])
 MAX_LINES = 800
@@ -68,6 +71,7 @@ PUBLIC_MODULES = frozenset(
     {
         "cld_lake",
         "cld_lake.torch",
+        "cld_lake.hf",
         "cld_lake.lake",
         "cld_lake.score",
         "cld_lake.select",
@@ -267,6 +271,8 @@ def _layer_violations(package: Path = PACKAGE) -> list[str]:
             target = _unit(dep)
             if target == unit:
                 continue
+            if target in BESIDE_USES.get(unit, ()):
+                continue
             if target in BESIDE:
                 found.append(f"{name} imports {dep}: {target} stands beside the stages")
                 continue
@@ -288,12 +294,15 @@ def test_the_layer_check_finds_planted_upward_and_sideways_imports(tmp_path):
         "cld_lake/score/__init__.py": "from cld_lake.lake import Lake\n",
         "cld_lake/sql/__init__.py": "",
         "cld_lake/torch/__init__.py": "from cld_lake.lake import Lake\n",
+        "cld_lake/hf/__init__.py": "from cld_lake.torch import LossRecorder\n",
     }
     assert _layer_violations(_plant(tmp_path / "clean", files)) == []
     planted = {
         "cld_lake/lake/up.py": "def f():\n    from cld_lake.score import x\n",
         "cld_lake/score/side.py": "import cld_lake.sql\n",
         "cld_lake/sql/rec.py": "from cld_lake.torch import LossRecorder\n",
+        "cld_lake/sql/hub.py": "import cld_lake.hf\n",
+        "cld_lake/torch/back.py": "from cld_lake.hf import select\n",
         "cld_lake/attic.py": "",
     }
     found = _layer_violations(_plant(tmp_path / "planted", {**files, **planted}))
@@ -301,7 +310,9 @@ def test_the_layer_check_finds_planted_upward_and_sideways_imports(tmp_path):
         "cld_lake.attic",
         "cld_lake.lake.up",
         "cld_lake.score.side",
+        "cld_lake.sql.hub",
         "cld_lake.sql.rec",
+        "cld_lake.torch.back",
     ], found
 
 

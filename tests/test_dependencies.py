@@ -71,8 +71,9 @@ def test_every_third_party_import_is_a_declared_dependency():
 
 
 def test_core_modules_import_only_core_dependencies():
-    # torch, dask and the object-store clients are extras: only cld_lake/torch, the dask
-    # engine and the storage module (when a URL of that scheme is opened) may import them
+    # torch, transformers, dask and the object-store clients are extras: only cld_lake/torch,
+    # cld_lake/hf, the dask engine and the storage module (when a URL of that scheme is opened)
+    # may import them
     declared = declared_distributions()
     by_module = importlib.metadata.packages_distributions()
     wrong = []
@@ -81,7 +82,7 @@ def test_core_modules_import_only_core_dependencies():
         where = {declared[d] for d in distributions & declared.keys()}
         if not where or "dependencies" in where:
             continue  # undeclared ones are the previous test's failure
-        allowed = {"cld_lake/torch/", "cld_lake/_dask.py", "cld_lake/storage/"}
+        allowed = {"cld_lake/torch/", "cld_lake/hf/", "cld_lake/_dask.py", "cld_lake/storage/"}
         outside = [f for f in files if not any(f.startswith(a) for a in allowed)]
         if outside:
             wrong.append(f"{module} ({sorted(where)}) imported by {outside}")

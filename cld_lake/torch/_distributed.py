@@ -47,6 +47,8 @@ WIRE_DTYPES = {
     "correct": np.dtype("?"),
 }
 ERROR_EXAMPLES = 5  # sample ids an error message names
+TOKENS = "num_tokens"  # update_loss's token counts: a new split's samples table column
+NO_TOKENS = -1  # what a rank without token counts sends when dst asks for them
 T = TypeVar("T")
 
 
@@ -70,6 +72,7 @@ class CommitTarget:
     channels: dict[str, str]
     num_classes: int | None  # None until some rank saw a batch
     duplicates: str | None  # the recorder's choice; None: "first"
+    with_correct: bool = True  # logits were recorded (update_loss records no correct flag)
 
 
 class CommitTotals(NamedTuple):
@@ -93,7 +96,7 @@ def commit_distributed(
     """Commit ``checkpoint`` from every rank's ``local`` values (call on every rank); dst
     writes it. Returns the totals on every rank, or raises the commit's error on every rank."""
     comm = Comm(group, dst)
-    rows = LocalRows(local, wire_channels(target.channels), target.num_classes)
+    rows = LocalRows(local, wire_channels(target.channels, target.with_correct), target.num_classes)
     counts = comm.gather_ints(rows.counts())
     outcome: list[Any] = [None]
     if comm.rank == comm.dst:
@@ -139,10 +142,29 @@ def read_on_dst(group: Any, dst: int, read: Callable[[], T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
-def wire_channels(stored: dict[str, str]) -> tuple[str, ...]:
-    """The channels a rank sends at commit: the stored ones and ``correct`` (the summary's
-    accuracy needs it even when it is not stored)."""
-    return tuple(c for c in WIRE_DTYPES if c in stored or c == "correct")
+def wire_channels(stored: dict[str, str], with_correct: bool = True) -> tuple[str, ...]:
+    """The channels a rank sends at commit: the stored ones and ``correct`` when logits were
+    recorded (the summary's accuracy needs it even when it is not stored)."""
+    return tuple(c for c in WIRE_DTYPES if c in stored or (c == "correct" and with_correct))
+
+
+def mean_loss(loss: np.ndarray) -> float:
+    """The mean of the losses that are not NaN (NaN when none is): a commit's summary."""
+    known = loss[~np.isnan(loss)]
+    return float(np.mean(known, dtype=np.float64)) if len(known) else float("nan")
+
+
+def bad_count_message(split: str, count: int, examples: list[int], classes: int | None) -> str:
+    """The one line that refuses ``count`` labels (groups) outside ``0..classes-1``."""
+    if classes is None:
+        return (
+            f"split {split!r}: {count} groups are negative (e.g. {examples}); "
+            "groups must be integers 0..G-1"
+        )
+    return (
+        f"split {split!r}: {count} labels are outside the {classes} classes "
+        f"(e.g. {examples}); labels must be class indices 0..{classes - 1}"
+    )
 
 
 class Comm:
@@ -239,6 +261,7 @@ class LocalRows:
     ) -> None:
         ids = local.pop("sample_id")  # sorted in place: this rank's ids are held once
         self.labels = local["label"]
+        self.tokens = local.get(TOKENS)
         self.channels = list(channels)
         self.values = [local[c].astype(WIRE_DTYPES[c], copy=False) for c in self.channels]
         self.bad_labels = int(local["bad_labels"])
@@ -254,19 +277,36 @@ class LocalRows:
         self.conflict: tuple[int, int, int, int] | None = None
 
     def counts(self) -> list[int]:
-        """[samples, bad labels, classes (-1: unknown), up to 3 bad labels (count first)]."""
+        """[samples, bad labels, classes (-1: unknown), up to 3 bad labels (count first),
+        token counts given (0/1)]."""
         bad: list[int] = []
         if self.bad_labels:
-            classes = self.num_classes or 0
-            bad = self.labels[(self.labels < 0) | (self.labels >= classes)][:3].tolist()
+            limit = self.num_classes or np.iinfo(np.int64).max
+            bad = self.labels[(self.labels < 0) | (self.labels >= limit)][:3].tolist()
         classes = -1 if self.num_classes is None else self.num_classes
-        return [len(self.order), self.bad_labels, classes, len(bad), *bad, *[0] * (3 - len(bad))]
+        pad = [0] * (3 - len(bad))
+        return [len(self.order), self.bad_labels, classes, len(bad), *bad, *pad, self.has_tokens]
 
-    def unique(self) -> list[np.ndarray]:
-        """This rank's distinct sample ids, sorted, with the label of each one's first occurrence."""
+    @property
+    def has_tokens(self) -> int:
+        return int(self.tokens is not None)
+
+    def unique(self, with_tokens: bool = False) -> list[np.ndarray]:
+        """This rank's distinct sample ids, sorted, with the label (and ``with_tokens`` the
+        token count; :data:`NO_TOKENS` where this rank has none) of each one's first
+        occurrence."""
         first = np.ones(len(self.sorted_ids), dtype=bool)
         first[1:] = self.sorted_ids[1:] != self.sorted_ids[:-1]
-        return [self.sorted_ids[first], self.labels[self.order[first]].astype(np.int64)]
+        rows = self.order[first]
+        out = [self.sorted_ids[first], self.labels[rows].astype(np.int64)]
+        if with_tokens:
+            tokens = self.tokens
+            out.append(
+                np.full(len(rows), NO_TOKENS, np.int64)
+                if tokens is None
+                else tokens[rows].astype(np.int64)
+            )
+        return out
 
     def piece(
         self, code: int, first_id: int, block_ids: np.ndarray | None, block_labels: np.ndarray
@@ -331,7 +371,7 @@ def serve(comm: Comm, rows: LocalRows) -> None:
             comm.gather_ints(rows.stats())
             return
         if code == Ask.SAMPLE_SET:
-            comm.send(pack_message(rows.unique()))
+            comm.send(pack_message(rows.unique(with_tokens=bool(a))))
             continue
         ids = comm.broadcast(np.empty(b - a, np.int64)) if code == Ask.ID_LIST else None
         labels = comm.broadcast(np.empty(b - a, np.int32))
@@ -348,6 +388,7 @@ class WriteSession:
         self.ranks_waiting = True  # the other ranks wait for a header
         self.seen = 0
         self.loss_sum = 0.0
+        self.losses = 0  # samples with a loss (not NaN)
         self.correct = 0
         self.missing = 0
         self.missing_examples: list[int] = []
@@ -381,10 +422,8 @@ class WriteSession:
         bad = sum(int(c[1]) for c in counts)
         if bad:
             examples = [x for c in counts for x in c[4 : 4 + int(c[3])].tolist()][:3]
-            raise BadInputError(
-                f"split {target.split!r}: {bad} labels are outside the {classes} classes "
-                f"(e.g. {examples}); labels must be class indices 0..{(classes or 1) - 1}"
-            )
+            raise BadInputError(bad_count_message(target.split, bad, examples, classes))
+        with_tokens = any(int(c[7]) for c in counts)
         duplicates = target.duplicates or "first"
         lake = Lake.create(target.lake_path, num_classes=classes)
         with SplitWriter(
@@ -394,7 +433,7 @@ class WriteSession:
             block_rows = max(COMMIT_BLOCK_ROWS // writer.row_chunk, 1) * writer.row_chunk
             source: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
             if split is None:  # the first commit defines the split: its sample set first
-                ids, labels = self._sample_set()
+                ids, labels, metadata = self._sample_set(with_tokens)
                 if duplicates == "error" and len(ids) != total:
                     raise BadInputError(
                         f"checkpoint {checkpoint}: {total - len(ids)} sample ids given twice; "
@@ -404,7 +443,7 @@ class WriteSession:
                 def source(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
                     return ids[a:b], labels[a:b]
 
-                new_samples = _sample_blocks(source, len(ids), block_rows)
+                new_samples = _sample_blocks(source, len(ids), block_rows, metadata)
                 num_rows = len(ids)
             else:
                 new_samples, num_rows, source = None, split.num_samples, split.sample_rows
@@ -415,25 +454,38 @@ class WriteSession:
             writer.commit_row_blocks(
                 checkpoint, checks, epoch=epoch, step=step, new_samples=new_samples
             )
-        return CommitTotals(self.seen, self.loss_sum / self.seen, self.correct / self.seen)
+        mean = self.loss_sum / self.losses if self.losses else float("nan")
+        accuracy = self.correct / self.seen if target.with_correct else float("nan")
+        return CommitTotals(self.seen, mean, accuracy)
 
-    def _sample_set(self) -> tuple[np.ndarray, np.ndarray]:
-        """The new split's sample ids (sorted) and each one's label at its first occurrence
-        (lowest rank first). O(N) on dst: the split's first commit only."""
+    def _sample_set(
+        self, with_tokens: bool
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+        """The new split's sample ids (sorted) and each one's label (and token count) at its
+        first occurrence (lowest rank first). O(N) on dst: the split's first commit only."""
         comm = self.comm
-        comm.header(Ask.SAMPLE_SET)
-        ids_parts, label_parts = [], []
+        comm.header(Ask.SAMPLE_SET, int(with_tokens))
+        columns = 2 + with_tokens
+        parts: list[list[np.ndarray]] = [[] for _ in range(columns)]
         for rank in range(comm.world):
             if rank == comm.dst:
-                ids, labels = self.rows.unique()
+                arrays = self.rows.unique(with_tokens)
             else:
-                ids, labels = unpack_message(comm.recv(rank), [np.dtype("<i8")] * 2)
-            ids_parts.append(ids)
-            label_parts.append(labels)
-        ids, labels = np.concatenate(ids_parts), np.concatenate(label_parts)
-        del ids_parts, label_parts
+                arrays = unpack_message(comm.recv(rank), [np.dtype("<i8")] * columns)
+            for part, array in zip(parts, arrays, strict=True):
+                part.append(array)
+        ids, labels, *rest = (np.concatenate(p) for p in parts)
+        del parts
         uniq, first = np.unique(ids, return_index=True)
-        return uniq, labels[first]
+        if not with_tokens:
+            return uniq, labels[first], None
+        tokens = rest[0][first]
+        if (tokens == NO_TOKENS).any():
+            raise BadInputError(
+                "num_tokens: given on some ranks and not on others; give "
+                "update_loss(..., num_tokens=...) for every batch on every rank, or for none"
+            )
+        return uniq, labels[first], {TOKENS: tokens}
 
     def _blocks(
         self,
@@ -485,8 +537,12 @@ class WriteSession:
                 buffers[channel][pos] = v
         count = int(np.count_nonzero(seen))
         self.seen += count
-        self.loss_sum += float(np.sum(buffers["loss"][seen], dtype=np.float64))
-        self.correct += int(np.count_nonzero(buffers["correct"][seen]))
+        loss = buffers["loss"][seen]
+        known = ~np.isnan(loss)
+        self.loss_sum += float(np.sum(loss[known], dtype=np.float64))
+        self.losses += int(np.count_nonzero(known))
+        if "correct" in buffers:
+            self.correct += int(np.count_nonzero(buffers["correct"][seen]))
         if count < n:
             self.missing += n - count
             room = ERROR_EXAMPLES - len(self.missing_examples)
@@ -535,12 +591,21 @@ class WriteSession:
 
 
 def _sample_blocks(
-    source: Callable[[int, int], tuple[np.ndarray, np.ndarray]], num_rows: int, block_rows: int
+    source: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+    num_rows: int,
+    block_rows: int,
+    metadata: dict[str, np.ndarray] | None = None,
 ) -> SampleBlocks:
-    """A new split's sample set as blocks of ``block_rows`` rows, for the writer to stream."""
+    """A new split's sample set (and metadata columns) as blocks of ``block_rows`` rows, for
+    the writer to stream."""
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def blocks() -> Iterator[tuple[Any, ...]]:
         for a in range(0, num_rows, block_rows):
-            yield source(a, min(a + block_rows, num_rows))
+            b = min(a + block_rows, num_rows)
+            ids, labels = source(a, b)
+            if metadata is None:
+                yield ids, labels
+            else:
+                yield ids, labels, {k: v[a:b] for k, v in metadata.items()}
 
     return SampleBlocks(blocks, num_rows=num_rows)

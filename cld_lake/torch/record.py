@@ -13,6 +13,12 @@ and, on request (``channels=("loss", "correct", "margin", "el2n")``), a fourth:
 - ``el2n``: the L2 norm of ``softmax(logits) - onehot(label)`` (Paul et al. 2021), float32,
   computed on the device from the same logits (one more pass over the logits).
 
+Any other per-sample loss (a language model's mean token loss per sequence, a regression
+error, a contrastive loss) is recorded by :meth:`LossRecorder.update_loss` (or ``record(...,
+loss_fn=...)``): the ``loss`` channel alone, each sample in a *group* (a domain, a task, a
+cluster; the class of a classification lake) that CLD's per-group reference averages over.
+A split recorded so stores no ``correct`` or ``margin``; the scores that need them say so.
+
 Results stay on the model's device while the pass runs (no host sync per batch) and move to
 the host in large chunks; a commit writes the checkpoint atomically through
 :class:`cld_lake.lake.SplitWriter`. The recorder opens the lake lazily and takes the split's
@@ -55,16 +61,36 @@ from cld_lake.lake import (
     check_split_name,
 )
 from cld_lake.storage import StorePath, location
-from cld_lake.torch._distributed import CommitTarget, commit_distributed, read_on_dst
+from cld_lake.torch._batches import (
+    LogitsFn,
+    LossFn,
+    as_groups,
+    as_tensor,
+    batch_items,
+    to_device,
+    unpack_logits,
+    unpack_loss,
+)
+from cld_lake.torch._distributed import (
+    CommitTarget,
+    bad_count_message,
+    commit_distributed,
+    mean_loss,
+    read_on_dst,
+)
 
 # Rows kept on the device before one move to the host: few transfers, little device memory.
 FLUSH_ROWS = 1 << 18
 DEFAULT_CHANNELS = ("loss", "correct", "margin")
+LOSS_CHANNELS = {"loss": "float32"}  # what update_loss records
+TOKENS_COLUMN = "num_tokens"  # the samples table's column of update_loss(num_tokens=...)
 
 
 @dataclass(frozen=True)
 class CheckpointSummary:
-    """What one commit wrote: the checkpoint, its sample count, mean loss and accuracy."""
+    """What one commit wrote: the checkpoint, its sample count, mean loss (over the samples
+    that have one: NaN losses are left out) and accuracy (NaN for losses recorded by
+    :meth:`LossRecorder.update_loss`, which have no correct flag)."""
 
     split: str
     checkpoint: int
@@ -131,14 +157,17 @@ class LossRecorder:
     split : str
         ``train``, ``val`` or ``test`` (or another name of letters, digits, ``_-.``).
     num_classes : int, optional
-        Number of classes. Default: the lake's, else the width of the first logits seen.
-        Every logits tensor must have exactly this many columns.
+        Number of classes (of groups, for :meth:`update_loss`). Default: the lake's, else the
+        width of the first logits seen (for ``update_loss``: the largest group of the lake's
+        first split + 1, so give it when a later split holds more groups). Every logits
+        tensor must have exactly this many columns.
     margin_dtype : {"float32", "float16"}
         Stored dtype of the margin channel (loss is float32, correct is bool).
     channels : sequence of str
         Channels to store: ``loss`` (required), ``correct``, ``margin`` (the default three)
         and ``el2n`` (on request: ``("loss", "correct", "margin", "el2n")``, for
         ``cld-lake score --method el2n``). A split keeps the channels of its first commit.
+        :meth:`update_loss` records ``loss`` alone (the default there).
     duplicates : {"error", "first"}, optional
         What a commit does with a sample id seen twice. Default: ``"first"`` under
         ``torch.distributed`` (the sampler pads with duplicates), else ``"error"``.
@@ -161,6 +190,13 @@ class LossRecorder:
         rec.update(ids, logits.detach(), labels)
         ...
         rec.commit(checkpoint=epoch)
+
+    or any per-sample loss you computed (here a causal LM's mean token loss per sequence)::
+
+        loss = sequence_loss(model(input_ids).logits, labels)
+        rec.update_loss(ids, loss, groups)
+        ...
+        rec.commit(checkpoint=step)
     """
 
     def __init__(
@@ -170,7 +206,7 @@ class LossRecorder:
         num_classes: int | None = None,
         *,
         margin_dtype: str = "float32",
-        channels: Sequence[str] = DEFAULT_CHANNELS,
+        channels: Sequence[str] | None = None,
         duplicates: str | None = None,
         group: Any = None,
         dst: int = 0,
@@ -189,7 +225,11 @@ class LossRecorder:
             raise BadInputError(
                 f"margin_dtype={margin_dtype!r}: choose one of {', '.join(CHANNEL_DTYPES['margin'])}"
             )
-        self.channels = _check_channels(channels, margin_dtype)
+        self._channels_given = channels is not None
+        self.channels = _check_channels(
+            DEFAULT_CHANNELS if channels is None else channels, margin_dtype
+        )
+        self._mode: str | None = None  # "logits" (update) or "loss" (update_loss): the first call's
         self._el2n = "el2n" in self.channels
         if duplicates not in (None, "error", "first"):
             raise BadInputError(f"duplicates={duplicates!r}: use 'error' or 'first'")
@@ -228,6 +268,7 @@ class LossRecorder:
         computed in eval mode for the paper's protocol (``record`` does that for you);
         gradients are not kept.
         """
+        self._enter_mode("logits")
         if not isinstance(logits, torch.Tensor):
             raise BadInputError(
                 f"logits: expected a torch.Tensor of shape (batch, classes), got {type(logits).__name__}"
@@ -271,6 +312,69 @@ class LossRecorder:
         if self._pending_rows >= FLUSH_ROWS:
             self._to_host()
 
+    def update_loss(
+        self, sample_ids: Any, loss: Any, groups: Any, *, num_tokens: Any = None
+    ) -> None:
+        """Add one batch of losses you computed: ``sample_ids`` (B,), ``loss`` (B,), ``groups``
+        (B,).
+
+        The loss is any per-sample loss (lower = better fit): a sequence's mean token loss
+        (:func:`~cld_lake.torch.sequence_loss`), a regression error, a contrastive loss. NaN
+        marks a sample without a loss (stored as NaN; scores treat it as undefined). Only the
+        ``loss`` channel is stored: the split has no ``correct`` or ``margin``, and the scores
+        that need them refuse it in one line.
+
+        Parameters
+        ----------
+        sample_ids : integer tensor or array of shape (B,)
+        loss : tensor or array of shape (B,)
+            Any device, any float dtype (stored as float32); gradients are not kept.
+        groups : integer tensor or array of shape (B,), or a NumPy array of strings
+            Each sample's group (a domain, source, task or cluster; the class for a classifier):
+            CLD's per-group reference averages the reference split's losses per group. Integer
+            groups are ``0..num_classes-1``; string groups are passed to the lake as they are.
+        num_tokens : integer tensor or array of shape (B,), optional
+            Each sample's number of target tokens (``sequence_loss(..., return_counts=True)``):
+            written once, with the split's first commit, as column ``num_tokens`` of the
+            split's samples table (``SELECT ... FROM samples`` shows it); a sequence's
+            tokens do not change between checkpoints, so later commits do not store it again.
+            Give it with every batch of a checkpoint or with none.
+        """
+        self._enter_mode("loss")
+        values = as_tensor(loss)
+        ids = as_tensor(sample_ids).reshape(-1)
+        batch = ids.shape[0]
+        if values.ndim > 1 and values.numel() == batch:  # (B, 1)
+            values = values.reshape(-1)
+        if values.ndim != 1 or values.shape[0] != batch:
+            raise BadInputError(
+                f"loss: expected shape ({batch},), one loss per sample id, got {tuple(values.shape)}"
+            )
+        if not values.dtype.is_floating_point:
+            values = values.float()
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise BadInputError(f"sample ids must be integers, got {ids.dtype}")
+        group_values = self._groups(groups, batch)
+        parts = [ids, group_values, values.detach().float()]
+        if (num_tokens is not None) != self._tokens and self._tokens is not None:
+            raise BadInputError(
+                "num_tokens: given for some batches of this checkpoint and not for others; "
+                "give it with every batch or with none"
+            )
+        self._tokens = num_tokens is not None
+        if num_tokens is not None:
+            tokens = as_tensor(num_tokens).reshape(-1)
+            if tokens.shape[0] != batch or tokens.dtype.is_floating_point:
+                raise BadInputError(
+                    f"num_tokens: expected {batch} integers, one per sample id, got "
+                    f"{tuple(tokens.shape)} of {tokens.dtype}"
+                )
+            parts.append(tokens)
+        self._dev.append(tuple(parts))
+        self._pending_rows += batch
+        if self._pending_rows >= FLUSH_ROWS:
+            self._to_host()
+
     def commit(
         self,
         checkpoint: int,
@@ -306,13 +410,26 @@ class LossRecorder:
         step: int | None = None,
         device: torch.device | str | None = None,
         allow_missing: bool = False,
+        loss_fn: LossFn | None = None,
+        logits_fn: LogitsFn | None = None,
     ) -> CheckpointSummary:
         """One eval-mode, no-grad pass of ``model`` over ``loader``, then :meth:`commit`.
 
-        ``loader`` yields ``(inputs, labels, sample_ids)`` (wrap the dataset in
-        :class:`~cld_lake.torch.WithIndex`); use eval transforms (no augmentation). Inputs go to
-        ``device`` (default: the model's). The model's train/eval mode is restored afterwards.
+        Without ``loss_fn`` / ``logits_fn``, ``loader`` yields ``(inputs, labels,
+        sample_ids)`` (wrap the dataset in :class:`~cld_lake.torch.WithIndex`) and ``model(inputs)``
+        returns the logits; use eval transforms (no augmentation). Batches go to ``device``
+        (default: the model's). The model's train/eval mode is restored afterwards.
+
+        ``loss_fn(model, batch)`` takes any batch (a dict of Hugging Face's ``input_ids``,
+        ``attention_mask``, ``labels``, ``sample_id``, ``group``, ...) on the device and
+        returns ``(sample_ids, loss, groups)`` or ``(sample_ids, loss, groups, num_tokens)``,
+        recorded by :meth:`update_loss`. ``logits_fn(model, batch)`` returns ``(sample_ids,
+        logits, labels)`` instead, recorded by :meth:`update` (every channel).
         """
+        if loss_fn is not None and logits_fn is not None:
+            raise BadInputError("record(): give loss_fn or logits_fn, not both")
+        if loss_fn is not None:
+            self._enter_mode("loss")
         if self.pending:
             raise BadInputError(
                 f"recorder of split {self.split!r} holds {self.pending} values from update(); "
@@ -326,13 +443,24 @@ class LossRecorder:
         try:
             with torch.no_grad():
                 for batch in loader:
-                    inputs, labels, ids = _unpack(batch, batches)
-                    logits = model(_to_device(inputs, device))
-                    if not isinstance(logits, torch.Tensor):
-                        raise BadInputError(
-                            f"the model returned {type(logits).__name__}; record() needs a logits tensor (batch, classes)"
+                    if loss_fn is not None:
+                        result = loss_fn(model, to_device(batch, device))
+                        ids, loss, groups, tokens = unpack_loss(result, batches)
+                        self.update_loss(ids, loss, groups, num_tokens=tokens)
+                    elif logits_fn is not None:
+                        ids, logits, labels = unpack_logits(
+                            logits_fn(model, to_device(batch, device)), batches
                         )
-                    self.update(ids, logits, labels)
+                        self.update(ids, logits, labels)
+                    else:
+                        inputs, labels, ids = batch_items(batch, batches)
+                        logits = model(to_device(inputs, device))
+                        if not isinstance(logits, torch.Tensor):
+                            raise BadInputError(
+                                f"the model returned {type(logits).__name__}; record() needs a "
+                                "logits tensor (batch, classes), or pass logits_fn= or loss_fn="
+                            )
+                        self.update(ids, logits, labels)
                     batches += 1
         except BaseException:
             self._reset()
@@ -369,13 +497,49 @@ class LossRecorder:
         )
 
     def _reset(self) -> None:
-        self._dev: list[tuple[torch.Tensor, ...]] = []
+        self._dev: list[tuple[torch.Tensor | np.ndarray, ...]] = []
         self._host: list[tuple[np.ndarray, ...]] = []
         self._pending_rows = 0
         self._bad_labels: torch.Tensor | None = None
         self._bad_total = 0
+        self._tokens: bool | None = None  # update_loss: num_tokens given (None: no batch yet)
+        self._string_groups: bool | None = None
 
-    def _resolve_num_classes(self, width: int) -> int:
+    def _enter_mode(self, mode: str) -> None:
+        """The first update() or update_loss() fixes what this recorder records."""
+        if self._mode == mode:
+            return
+        if self._mode is not None:
+            used, other = (
+                ("update_loss", "update") if self._mode == "loss" else ("update", "update_loss")
+            )
+            raise BadInputError(
+                f"recorder of split {self.split!r} records with {used}(); {other}() records "
+                "other channels: use one recorder (and one split) per kind of loss"
+            )
+        if mode == "loss":
+            if self._channels_given and set(self.channels) != set(LOSS_CHANNELS):
+                raise BadInputError(
+                    f"channels={tuple(self.channels)!r}: update_loss() records the 'loss' "
+                    "channel alone (no logits: no correct, margin or el2n); create the recorder "
+                    "without channels=, or record logits with update()"
+                )
+            self.channels = dict(LOSS_CHANNELS)
+            self._el2n = False
+        self._mode = mode
+
+    def _groups(self, groups: Any, batch: int) -> torch.Tensor | np.ndarray:
+        """A batch's groups, of the kind (integers or strings) of the checkpoint's first batch."""
+        values = as_groups(groups, batch, _is_distributed())
+        strings = isinstance(values, np.ndarray)
+        if self._string_groups is not None and strings != self._string_groups:
+            raise BadInputError(
+                "groups: integers in one batch and strings in another; give one kind"
+            )
+        self._string_groups = strings
+        return values
+
+    def _resolve_num_classes(self, width: int | None) -> int | None:
         if not self._lake_checked:
             self._lake_checked = True
             lake_classes = _lake_num_classes(self.lake_path)
@@ -386,13 +550,13 @@ class LossRecorder:
                         "classes; use the same number or a new lake"
                     )
                 self._num_classes = lake_classes
-        if self._num_classes is None:
+        if self._num_classes is None and width is not None:
             self._num_classes = int(width)
         return self._num_classes
 
     def _to_host(self) -> None:
         """One device-to-host move of everything pending (ids, labels, loss, correct, margin
-        and el2n when recorded)."""
+        and el2n when recorded; ids, groups, loss and token counts for update_loss)."""
         if not self._dev:
             return
         cols = list(zip(*self._dev, strict=True))
@@ -400,17 +564,21 @@ class LossRecorder:
         self._pending_rows = 0
         bad = self._bad_labels
         self._bad_labels = None
-        cat = [torch.cat(col) for col in cols]
+        joined = [_joined(col) for col in cols]
         if bad is not None:
             self._bad_total += int(bad)
-        self._host.append(tuple(t.cpu().numpy() for t in cat))
+        self._host.append(tuple(joined))
+
+    def _column_names(self) -> tuple[str, ...]:
+        if self._mode == "loss":
+            return ("sample_id", "label", "loss", TOKENS_COLUMN)[: 3 + bool(self._tokens)]
+        return ("sample_id", "label", "loss", "correct", "margin", "el2n")[: 5 + self._el2n]
 
     def _host_arrays(self) -> dict[str, np.ndarray]:
         self._to_host()
-        names = ("sample_id", "label", "loss", "correct", "margin", "el2n")[: 5 + self._el2n]
+        names = self._column_names()
         if not self._host:
-            dtypes = ("int64", "int64", "float32", "bool", "float32", "float32")
-            return {n: np.zeros(0, dtype=d) for n, d in zip(names, dtypes, strict=False)} | {
+            return {n: np.zeros(0, dtype=_EMPTY_DTYPES[n]) for n in names} | {
                 "bad_labels": np.int64(0)
             }
         # column by column, each column's parts freed once joined: the host holds the values
@@ -423,6 +591,11 @@ class LossRecorder:
             parts.clear()
             _return_freed_memory()
         out["sample_id"] = out["sample_id"].astype(np.int64, copy=False)
+        if self._mode == "loss" and not self._string_groups:
+            self._resolve_num_classes(None)
+            groups = out["label"] = out["label"].astype(np.int64, copy=False)
+            bad = (groups < 0) | (groups >= (self._num_classes or np.iinfo(np.int64).max))
+            self._bad_total = int(np.count_nonzero(bad))
         out["bad_labels"] = np.int64(self._bad_total)
         return out
 
@@ -436,7 +609,13 @@ class LossRecorder:
     ) -> CheckpointSummary:
         """Every rank's values to the writing rank ``dst`` (see :mod:`._distributed`)."""
         target = CommitTarget(
-            self.lake_path, self.split, self.run, self.channels, self._num_classes, self._duplicates
+            self.lake_path,
+            self.split,
+            self.run,
+            self.channels,
+            self._num_classes,
+            self._duplicates,
+            with_correct=self._mode != "loss",
         )
         totals = commit_distributed(
             target, local, checkpoint, epoch, step, allow_missing, self.group, self.dst
@@ -460,17 +639,16 @@ class LossRecorder:
                 "call update() or record() with a non-empty loader before commit()"
             )
         classes = self._num_classes
-        if int(values["bad_labels"]):
+        if int(values["bad_labels"]):  # counted before update() clamped them for the maths
             labels = values["label"]
-            bad = labels[(labels < 0) | (labels >= (classes or 0))]
-            raise BadInputError(
-                f"split {self.split!r}: {int(values['bad_labels'])} labels are outside the {classes} classes "
-                f"(e.g. {bad[:3].tolist()}); labels must be class indices 0..{(classes or 1) - 1}"
-            )
+            bad = labels[(labels < 0) | (labels >= (classes or np.iinfo(np.int64).max))]
+            count, examples = int(values["bad_labels"]), bad[:3].tolist()
+            raise BadInputError(bad_count_message(self.split, count, examples, classes))
         lake = Lake.create(self.lake_path, num_classes=classes)
         with SplitWriter(
             lake, self.split, channels=self.channels, num_classes=classes, run=self.run
         ) as writer:
+            new = writer.split is None
             buffer = writer.checkpoint(checkpoint, epoch=epoch, step=step, duplicates=duplicates)
             buffer.add(
                 values["sample_id"],
@@ -479,15 +657,39 @@ class LossRecorder:
                 **{c: values[c] for c in self.channels if c != "loss"},
             )
             buffer.commit(allow_missing=allow_missing)
-        ids, first = np.unique(values["sample_id"], return_index=True)
-        loss = values["loss"][first]
+            ids, first = np.unique(values["sample_id"], return_index=True)
+            if new and TOKENS_COLUMN in values:
+                split = writer.split
+                assert split is not None
+                tokens = np.zeros(split.num_samples, np.int64)
+                tokens[split.rows_of(ids)] = values[TOKENS_COLUMN][first]
+                writer.annotate_samples({TOKENS_COLUMN: tokens})
+        correct = values.get("correct")
         return CheckpointSummary(
             split=self.split,
             checkpoint=checkpoint,
             num_samples=len(ids),
-            mean_loss=float(np.mean(loss, dtype=np.float64)),
-            accuracy=float(np.mean(values["correct"][first])),
+            mean_loss=mean_loss(values["loss"][first]),
+            accuracy=float("nan") if correct is None else float(np.mean(correct[first])),
         )
+
+
+_EMPTY_DTYPES = {
+    "sample_id": "int64",
+    "label": "int64",
+    "loss": "float32",
+    "correct": "bool",
+    "margin": "float32",
+    "el2n": "float32",
+    TOKENS_COLUMN: "int64",
+}
+
+
+def _joined(parts: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
+    """One column's batches as one host array (string groups are host arrays already)."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return torch.cat(list(parts)).cpu().numpy()
 
 
 def _ids_text(ids: np.ndarray) -> str:
@@ -516,31 +718,6 @@ def _lake_num_classes(path: StorePath) -> int | None:
     if not (path / ROOT_FILE).exists():
         return None
     return Lake(path).num_classes
-
-
-def _unpack(batch: Any, index: int) -> tuple[Any, Any, Any]:
-    if isinstance(batch, dict):
-        missing = [k for k in ("input", "label", "sample_id") if k not in batch]
-        if missing:
-            raise BadInputError(f"record(): batch {index} is a dict without keys {missing}")
-        return batch["input"], batch["label"], batch["sample_id"]
-    if not isinstance(batch, tuple | list) or len(batch) != 3:
-        size = len(batch) if isinstance(batch, tuple | list) else type(batch).__name__
-        raise BadInputError(
-            f"record(): the loader yields batches of {size} items without sample ids; it must yield "
-            "(inputs, labels, sample_ids): wrap the dataset as cld_lake.torch.WithIndex(dataset)"
-        )
-    return batch[0], batch[1], batch[2]
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(_to_device(x, device) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    return inputs
 
 
 def _return_freed_memory() -> None:
