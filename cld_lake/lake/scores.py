@@ -528,6 +528,8 @@ def stale_scores(lake: Lake) -> dict[str, str]:
             args += f" --reference {reference}"
         if of is not None and of != "val" and reference is not None and ":" not in reference:
             args += f" --reference-split {of}"
+        if isinstance(prov.get("fallback_mode"), str):
+            args += f" --fallback {prov['fallback_mode']}"
         if run != fmt.DEFAULT_RUN:
             args += f" --run {run}"
         stale[name] = (

@@ -31,7 +31,7 @@ from cld_lake.score._engines import EngineCompute, load_engine
 from cld_lake.score._formula import check_fallback
 from cld_lake.score._method import Method, Params, Plan, check_params
 from cld_lake.score._passes import Progress, ScoredChunk
-from cld_lake.score._plan import TRAIN, Window, plan_pass
+from cld_lake.score._plan import TRAIN, Window, plan_pass, require_pass_splits
 from cld_lake.score._provenance import ensemble_provenance, method_provenance
 from cld_lake.score._reference import parse_reference
 from cld_lake.score._registry import (
@@ -184,6 +184,8 @@ def compute_scores(
     picked = _pick_runs(lake, runs)
     if len(picked) > 1:
         _check_same_train(lake, picked)
+    for run in picked:  # every run's splits before any run is scored
+        require_pass_splits(_on_run(lake, run), job.methods, job.params)
     if store:
         _check_store(_on_run(lake, picked[0]), job.names, force)
     if len(picked) > 1:

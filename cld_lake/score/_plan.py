@@ -164,6 +164,20 @@ def _needing(choice: ReferenceChoice) -> str:
     return "--method cld"
 
 
+def require_pass_splits(
+    lake: Lake, methods: Sequence[Method], params: Params
+) -> ReferenceChoice | None:
+    """The splits a pass of ``methods`` reads in ``lake``'s run (train, and CLD's reference
+    split), each present or one line naming it; returns CLD's reference (None without it)."""
+    if not any(m.needs_reference for m in methods):
+        require_splits(lake, (TRAIN,), "scoring")
+        return None
+    choice = params.reference_choice
+    require_splits(lake, (TRAIN,), "--method cld")
+    require_splits(lake, (choice.split,), _needing(choice))
+    return choice
+
+
 def plan_pass(
     lake: Lake,
     methods: Sequence[Method],
@@ -175,13 +189,7 @@ def plan_pass(
     """The train split and each method's plan (column ``names``, default the method names):
     its checkpoints, window and (CLD) reference; the columns of the one read they share."""
     names = [m.name for m in methods] if names is None else names
-    needs_reference = any(m.needs_reference for m in methods)
-    choice = params.reference_choice if needs_reference else None
-    if choice is None:
-        require_splits(lake, (TRAIN,), "scoring")
-    else:
-        require_splits(lake, (TRAIN,), "--method cld")
-        require_splits(lake, (choice.split,), _needing(choice))
+    choice = require_pass_splits(lake, methods, params)
     train = lake.split(TRAIN)
     for method in methods:
         missing_channel(method, train.channels, lake.root)
