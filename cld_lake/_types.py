@@ -29,7 +29,12 @@ MethodName = Literal[
     "dual",
     "el2n",
 ]
-CLDReference = Literal["class", "global"]
+# CLD's reference trajectory: the sample's group's mean over the reference split (``group``;
+# ``class`` is its older name, an alias), one mean over the whole reference split (``global``),
+# or ``split:NAME`` (one mean over split NAME, a string of that form: no Literal spells it).
+CLDReference = Literal["group", "class", "global"]
+#: The prefix of a ``split:NAME`` reference.
+SPLIT_REFERENCE = "split:"
 # What a higher score means: more worth keeping (easier, cleaner) or harder.
 Direction = Literal["higher_keep", "higher_harder"]
 

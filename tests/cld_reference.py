@@ -87,3 +87,40 @@ def reference_cld(
         "fallback": n_fallback,
         "val_left_out": int((~val_ok).sum()),
     }
+
+
+def pooled_reference_cld(train_loss: np.ndarray, reference_loss: np.ndarray) -> dict[str, object]:
+    """CLD of every training row against ONE trajectory: the mean loss of every reference row
+    with finite losses, whatever its group (``--reference global`` over the reference split,
+    ``--reference split:NAME``). Same dictionary as :func:`reference_cld` (``fallback`` is 0;
+    ``val_left_out`` counts the reference rows left out)."""
+    train = np.asarray(train_loss, dtype=np.float64)
+    ref = np.asarray(reference_loss, dtype=np.float64)
+    if train.shape[1] < 3:
+        raise ValueError(f"need at least 3 checkpoints, got {train.shape[1]}")
+    ok = np.isfinite(ref).all(axis=1)
+    if not ok.any():
+        raise MissingClassesError("no finite reference rows")
+    m = ref[ok].mean(axis=0)
+    u = np.diff(m)
+    u_constant = np.ptp(u) <= U_CONSTANT_RTOL * np.abs(m).max()
+    scores = np.empty(len(train), dtype=np.float64)
+    nan = degenerate = 0
+    for i, row in enumerate(train):
+        with np.errstate(invalid="ignore"):
+            d = np.diff(row)
+        if not np.isfinite(row).all():
+            scores[i] = np.nan
+            nan += 1
+        elif np.all(d == d[0]) or u_constant:
+            scores[i] = 0.0
+            degenerate += 1
+        else:
+            scores[i] = np.corrcoef(d, u)[0, 1]
+    return {
+        "scores": scores,
+        "nan": nan,
+        "degenerate": degenerate,
+        "fallback": 0,
+        "val_left_out": int((~ok).sum()),
+    }

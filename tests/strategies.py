@@ -165,3 +165,32 @@ def write_lake(path: str | Path, spec: LakeSpec, row_chunk: int = 16, val: bool 
     if val and len(spec.val.sample_ids):
         write_split(lake, "val", spec.val, spec.dtype, row_chunk)
     return lake.reload()
+
+
+@st.composite
+def target_split_specs(draw: st.DrawFn, spec: LakeSpec, max_rows: int = 25) -> SplitSpec:
+    """A reference split for ``spec`` (``test`` or a target): its own rows, groups (all, some
+    or one of the lake's: groups of train may be missing), NaN/inf, constant rows and ties,
+    and checkpoints that are a random subset of train's (sometimes fewer than 3 in common)
+    plus a few train does not have."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    train_ckpts = spec.train.checkpoints
+    fewer = draw(st.integers(0, 5)) == 0  # sometimes fewer than 3 checkpoints in common
+    common = 2 if fewer else draw(st.integers(3, len(train_ckpts)))
+    chosen = rng.choice(train_ckpts, common, replace=False)
+    beyond = train_ckpts.max() + 1 + np.arange(draw(st.integers(0, 2)))
+    ckpts = np.sort(np.concatenate([chosen, beyond])).astype(np.int64)
+    n = draw(st.integers(1, max_rows))
+    some = draw(st.integers(0, 2)) == 0  # sometimes groups of train without a sample here
+    kept = draw(st.integers(1, spec.num_classes)) if some else spec.num_classes
+    groups = rng.permutation(spec.num_classes)[:kept]
+    labels = rng.choice(groups, n).astype(np.int64)
+    p = {
+        "constant": draw(st.sampled_from([0.0, 0.2])),
+        "ties": draw(st.sampled_from([0.0, 0.2])),
+        "linear": draw(st.sampled_from([0.0, 0.1])),
+        "nonfinite": draw(st.sampled_from([0.0, 0.05, 0.2])),
+    }
+    loss = _trajectories(rng, n, len(ckpts), p)
+    ids = (rng.permutation(n) + 10_000).astype(np.int64)
+    return SplitSpec(ids, labels, loss, ckpts)

@@ -301,7 +301,13 @@ def test_the_registry_is_the_method_literal_and_each_method_declares_itself():
     for method in METHOD_REGISTRY.values():
         assert method.direction in choices(Direction)
         assert method.citation and method.summary and method.channels
-        assert set(method.uses) <= {"early", "window_length", "reference", "fallback"}
+        assert set(method.uses) <= {
+            "early",
+            "window_length",
+            "reference",
+            "reference_split",
+            "fallback",
+        }
     for engine in METHOD_ENGINES:
         compute = load_engine(engine, ["aum"])
         params = list(inspect.signature(compute).parameters.values())

@@ -59,7 +59,11 @@ def test_all_methods_in_one_pass_each_its_column(cli, lake):
     assert prov["forgetting"]["range"] == [0.0, 20.0]
     assert prov["dynunc"]["parameters"] == {"window_length": 4}
     assert prov["dual"]["used_checkpoints"] == "0..9 (10)"
-    assert prov["cld"]["parameters"] == {"reference": "class", "fallback": None}
+    assert prov["cld"]["parameters"] == {
+        "reference": "group",
+        "reference_split": "val",
+        "fallback": None,
+    }
 
 
 def test_cld_alone_is_the_cld_of_a_shared_pass(cli, lake):

@@ -108,7 +108,11 @@ def test_below_three_checkpoints_the_default_refuses_with_the_fixes(tmp_path) ->
             "'dask'",
             "--engine duckdb runs --method cld alone; for --method aum use --engine numpy or dask",
         ),
-        ({"reference": "nearest"}, "reference='nearest': use class or global", "'--reference'"),
+        (
+            {"reference": "nearest"},
+            "reference='nearest': use group (its alias: class), global or split:NAME",
+            "'--reference'",
+        ),
     ],
 )
 def test_errors_name_the_python_parameter_or_the_flag(tmp_path, cli, params, python, flags):

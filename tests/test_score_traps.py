@@ -48,7 +48,7 @@ def test_rescoring_a_stored_name_is_refused_without_force(lake, cli):
         r = cli("score", lake.path, *args)
         _one_line_exit_2(r)
         assert (
-            "score cld exists (cld, reference class, window all); pass --force to replace it "
+            "score cld exists (cld, reference group, window all); pass --force to replace it "
             "or --name NEW" in r.err
         ), r.err
     assert lake_hash(lake.path) == before
@@ -69,7 +69,7 @@ def test_the_python_api_needs_force_too(lake):
         lambda **kw: compute_scores(lake, "mean_loss", names="early6", **kw),
     ]
     for call in calls:
-        with pytest.raises(ScoringError, match=r"score early6 exists \(cld, reference class, "
+        with pytest.raises(ScoringError, match=r"score early6 exists \(cld, reference group, "
                            r"window 0:6\); pass --force"):  # fmt: skip
             call()
         assert lake_hash(lake.path) == before
@@ -84,14 +84,19 @@ def test_info_shows_each_scores_method_reference_and_window(lake, cli):
     assert cli("score", lake.path, "--checkpoints", "0:6", "--name", "cld6").code == 0
     assert cli("score", lake.path, "--method", "mean_loss", "--checkpoints", "2:").code == 0
     out = cli("info", lake.path).out
-    assert "score cld: method=cld, reference=global, window=all, " in out
-    assert "score cld6: method=cld, reference=class, window=0:6, " in out
+    assert "score cld: method=cld, reference=global, reference_split=val, window=all, " in out
+    assert "score cld6: method=cld, reference=group, reference_split=val, window=0:6, " in out
     assert "score mean_loss: method=mean_loss, window=2:, " in out
     info = json.loads(cli("info", lake.path, "--json").out)
     assert info["score_settings"] == {
-        "cld": {"method": "cld", "reference": "global", "window": "all"},
-        "cld6": {"method": "cld", "reference": "class", "window": "0:6"},
-        "mean_loss": {"method": "mean_loss", "reference": None, "window": "2:"},
+        "cld": {"method": "cld", "reference": "global", "reference_split": "val", "window": "all"},
+        "cld6": {"method": "cld", "reference": "group", "reference_split": "val", "window": "0:6"},
+        "mean_loss": {
+            "method": "mean_loss",
+            "reference": None,
+            "reference_split": None,
+            "window": "2:",
+        },
     }
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import click
 
 from cld_lake._cli._common import LAKE
-from cld_lake._types import CLDReference, Engine, Fallback, choices
+from cld_lake._types import SPLIT_REFERENCE, Engine, Fallback, choices
 from cld_lake.errors import BadInputError
-from cld_lake.score import ENGINES, METHODS
+from cld_lake.score import ENGINES, METHODS, REFERENCE_FORMS, reference_problem
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -23,6 +23,23 @@ if TYPE_CHECKING:
 
 # Show a progress bar on a terminal only for runs big enough to take a moment.
 PROGRESS_MIN_VALUES = 20_000_000
+
+
+class ReferenceType(click.ParamType):
+    """CLD's ``--reference``: ``group`` (alias ``class``), ``global`` or ``split:NAME``."""
+
+    name = "reference"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "{" + ",".join(REFERENCE_FORMS) + "}"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        problem = reference_problem(value)
+        if problem is not None:
+            self.fail(f"{value!r}: {problem}", param, ctx)
+        return str(value)
 
 
 class MethodChoice(click.Choice):
@@ -78,9 +95,17 @@ class MethodChoice(click.Choice):
 )
 @click.option(
     "--reference",
-    type=click.Choice(choices(CLDReference)),
-    help="cld: correlate with the sample's class's mean validation trajectory (class, the "
-    "default) or with the mean over all validation samples (global).",
+    type=ReferenceType(),
+    help="cld: what each sample's loss differences are correlated with: the mean loss of its "
+    "group over the reference split (group, the default; class is an alias), the mean over "
+    "every sample of the reference split (global), or the mean over every sample of split "
+    "NAME (split:NAME, e.g. split:target, a target task's held-out set).",
+)
+@click.option(
+    "--reference-split",
+    metavar="NAME",
+    help="cld: the split whose losses form a group or global reference (default: val); with "
+    "--reference split:NAME leave it out.",
 )
 @click.option(
     "--early",
@@ -125,7 +150,8 @@ def score_cmd(
     window: str | None,
     name: str | None,
     fallback: Fallback | None,
-    reference: CLDReference | None,
+    reference: str | None,
+    reference_split: str | None,
     early: float | None,
     window_length: int | None,
     block_rows: int | None,
@@ -156,6 +182,7 @@ def score_cmd(
             early=early,
             window_length=window_length,
             reference=reference,
+            reference_split=reference_split,
             runs=runs,
             engine_options=engine_options,
             force=force,
@@ -189,10 +216,12 @@ def _summary(result: ScoreResult, engine: str, table: StorePath | None) -> str:
             f"{', '.join(p['runs'])} with {engine} in {p['seconds']:.2f} s: nan={p['nan']}; {where}"
         )
     if p["method"] == "cld":
+        split = p["parameters"]["reference_split"]
         return (
             f"scored {p['train_samples']:,} samples over checkpoints {p['checkpoints']} with {engine} "
-            f"in {p['seconds']:.2f} s: nan={p['nan']} degenerate={p['degenerate']} fallback={p['fallback']} "
-            f"val_left_out={p['val_left_out']}; {where}"
+            f"in {p['seconds']:.2f} s, reference {_reference_text(p['parameters'])}: nan={p['nan']} "
+            f"degenerate={p['degenerate']} fallback={p['fallback']} "
+            f"{split}_left_out={p['reference_left_out']}; {where}"
         )
     params = "".join(f" {k}={v}" for k, v in p["parameters"].items())
     return (
@@ -200,6 +229,14 @@ def _summary(result: ScoreResult, engine: str, table: StorePath | None) -> str:
         f"{p['used_checkpoints']} with {engine} in {p['seconds']:.2f} s:{params} nan={p['nan']}; "
         f"{where}"
     )
+
+
+def _reference_text(parameters: dict) -> str:
+    """``group of val``, ``global of test``, ``split:target``: a CLD score's reference."""
+    reference = str(parameters["reference"])
+    if reference.startswith(SPLIT_REFERENCE):
+        return reference
+    return f"{reference} of {parameters['reference_split']}"
 
 
 class _progress:

@@ -22,6 +22,7 @@ from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
 from cld_lake.lake.scores import (
     check_scores_file,
     score_reference,
+    score_reference_split,
     scores_state,
     stale_scores,
     stored_scores,
@@ -82,11 +83,13 @@ def lake_info(lake: Lake) -> dict[str, Any]:
 
 
 def score_settings(provenance: dict[str, Any]) -> dict[str, Any]:
-    """What a stored score was computed with, at a glance: its method, CLD's validation
-    reference (None for other methods) and its checkpoint window (``all`` when none)."""
+    """What a stored score was computed with, at a glance: its method, CLD's reference and the
+    split it averages (None for other methods) and its checkpoint window (``all`` when
+    none)."""
     return {
         "method": provenance.get("method"),
         "reference": score_reference(provenance),
+        "reference_split": score_reference_split(provenance),
         "window": provenance.get("window") or "all",
     }
 

@@ -94,6 +94,7 @@ __all__ = [
     "read_scores",
     "score_direction",
     "score_reference",
+    "score_reference_split",
     "score_summary",
     "scores_path",
     "scores_state",
@@ -442,7 +443,9 @@ def score_summary(provenance: Mapping[str, Any]) -> str:
     parts = [str(provenance.get("method", "unknown method"))]
     reference = score_reference(provenance)
     if reference is not None:
-        parts.append(f"reference {reference}")
+        split = score_reference_split(provenance)
+        of = "" if reference.startswith("split:") or split == "val" else f" of {split}"
+        parts.append(f"reference {reference}{of}")
     parts.append(f"window {provenance.get('window') or 'all'}")
     if provenance.get("runs"):
         parts.append(f"mean of runs {','.join(map(str, provenance['runs']))}")
@@ -450,12 +453,25 @@ def score_summary(provenance: Mapping[str, Any]) -> str:
 
 
 def score_reference(provenance: Mapping[str, Any]) -> str | None:
-    """CLD's validation reference (``class`` or ``global``) of a stored score; None for a
+    """CLD's reference of a stored score (``group``, ``global`` or ``split:NAME``; ``class``,
+    which scores stored before groups recorded, is read as ``group``, its alias); None for a
     method without one."""
     params = provenance.get("parameters")
     if isinstance(params, dict) and params.get("reference") is not None:
-        return str(params["reference"])
-    return "class" if provenance.get("method") == "cld" else None
+        reference = str(params["reference"])
+        return "group" if reference == "class" else reference
+    return "group" if provenance.get("method") == "cld" else None
+
+
+def score_reference_split(provenance: Mapping[str, Any]) -> str | None:
+    """The split whose losses formed a stored score's CLD reference (``val`` for scores stored
+    before it could be chosen); None for a method without one."""
+    if score_reference(provenance) is None:
+        return None
+    params = provenance.get("parameters")
+    if isinstance(params, dict) and params.get("reference_split") is not None:
+        return str(params["reference_split"])
+    return "val"
 
 
 def check_scores_fit(lake: Lake, train: Split) -> None:
@@ -507,8 +523,13 @@ def stale_scores(lake: Lake) -> dict[str, str]:
         if [int(c) for c in now] == [int(c) for c in used]:
             continue
         args = f" --checkpoints {window}" if window else ""
-        if score_reference(prov) == "global":
-            args += " --reference global"
+        reference, of = score_reference(prov), score_reference_split(prov)
+        if reference is not None and reference != "group":
+            args += f" --reference {reference}"
+        if of is not None and of != "val" and reference is not None and ":" not in reference:
+            args += f" --reference-split {of}"
+        if isinstance(prov.get("fallback_mode"), str):
+            args += f" --fallback {prov['fallback_mode']}"
         if run != fmt.DEFAULT_RUN:
             args += f" --run {run}"
         stale[name] = (

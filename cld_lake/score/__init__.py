@@ -9,8 +9,10 @@ over the blocks. Without a lake, on arrays in memory or blocks from any storage:
 labels)`` block by block, ``.finalise()``.
 
 Score range and direction: CLD is a Pearson correlation in ``[-1, 1]``; higher = the sample's
-loss moves with its class's validation loss = more useful; a coreset keeps the highest scores
-of every class. Undefined rule: a sample with a NaN or infinite loss at a selected checkpoint
+loss moves with its reference trajectory (by default its group's (class's) mean validation
+loss; ``reference="global"`` or ``"split:NAME"`` for one trajectory, ``reference_split`` for a
+split other than val: :mod:`cld_lake.score._reference`) = more useful; a coreset keeps the
+highest scores of every group. Undefined rule: a sample with a NaN or infinite loss at a selected checkpoint
 has no score (NaN in NumPy arrays, null in DataFrames, the scores table and SQL; never
 selected). A sample whose loss differences, or whose class's validation differences, are
 constant scores 0.0 ("degenerate"). Every method's range, direction and NaN rule: see
@@ -18,7 +20,8 @@ constant scores 0.0 ("degenerate"). Every method's range, direction and NaN rule
 
 Where things live: ``_formula`` (CLD's maths), ``_kernel`` (its row kernel: compiled C or
 NumPy), ``_stream`` (the streaming API), ``_method`` (the method contract), ``_registry`` (the
-methods), ``_plan`` (checkpoints, windows, CLD's reference), ``_passes`` (one pass over the
+methods), ``_reference`` (CLD's reference, checked), ``_plan`` (checkpoints, windows, CLD's
+reference table), ``_passes`` (one pass over the
 blocks), ``_engines`` (the engine contract and registry; engines ``_numpy``, ``_duckdb``,
 ``_polars``, ``_dask``), ``_column`` (a score column, spilled to disk), ``_provenance``,
 ``_orchestrate`` (the lake-level path behind :func:`compute_scores`).
@@ -31,24 +34,36 @@ from cld_lake.score._formula import MIN_CHECKPOINTS, Reference
 from cld_lake.score._kernel import kernel_name
 from cld_lake.score._method import Method
 from cld_lake.score._orchestrate import ScoreResult, compute_cld, compute_scores, score
+from cld_lake.score._reference import (
+    DEFAULT_REFERENCE_SPLIT,
+    REFERENCE_FORMS,
+    ReferenceChoice,
+    parse_reference,
+    reference_problem,
+)
 from cld_lake.score._registry import METHOD_REGISTRY, METHODS
 from cld_lake.score._stream import CLDAccumulator, CLDScores, cld_reference
 
 __all__ = [
+    "DEFAULT_REFERENCE_SPLIT",
     "ENGINES",
     "METHODS",
     "METHOD_ENGINES",
     "METHOD_REGISTRY",
     "MIN_CHECKPOINTS",
+    "REFERENCE_FORMS",
     "CLDAccumulator",
     "CLDScores",
     "EngineCompute",
     "Method",
     "Reference",
+    "ReferenceChoice",
     "ScoreResult",
     "cld_reference",
     "compute_cld",
     "compute_scores",
     "kernel_name",
+    "parse_reference",
+    "reference_problem",
     "score",
 ]

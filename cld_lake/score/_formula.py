@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cld_lake._types import CLDReference, Fallback, choices
+from cld_lake._types import SPLIT_REFERENCE, CLDReference, Fallback, choices
 from cld_lake.errors import ScoringError, argument
 
 MIN_CHECKPOINTS = 3
@@ -59,6 +59,9 @@ class Reference:
         Validation samples used per class.
     val_left_out : int
         Validation samples left out for a non-finite loss at a selected checkpoint.
+    split : str, optional
+        The lake split whose losses made the table (messages name it; None: validation blocks
+        given to :func:`~cld_lake.score.cld_reference` without a lake).
     """
 
     checkpoints: np.ndarray
@@ -69,6 +72,7 @@ class Reference:
     usable: np.ndarray
     val_counts: np.ndarray
     val_left_out: int
+    split: str | None = None
 
     @property
     def num_diffs(self) -> int:
@@ -148,7 +152,8 @@ def reference_from_sums(
     checkpoints: np.ndarray,
     fallback: Fallback | None = None,
     train_classes: np.ndarray | None = None,
-    reference: CLDReference = "class",
+    reference: CLDReference = "group",
+    split: str | None = None,
 ) -> Reference:
     """The C x (K-1) reference table from the validation class sums.
 
@@ -161,20 +166,20 @@ def reference_from_sums(
     check_fallback(fallback)
     check_reference(reference)
     if reference == "global":
-        return _global_reference(class_sums, checkpoints)
+        return _global_reference(class_sums, checkpoints, split)
     sums, counts = class_sums.sums, class_sums.counts
     empty = np.flatnonzero(counts == 0)
     missing = empty if train_classes is None else np.intersect1d(empty, train_classes)
     if len(missing) and fallback is None and train_classes is not None:
         raise ScoringError(
-            f"{len(missing)} class(es) with training samples have no validation sample with finite "
-            f"losses at the selected checkpoints: {_shown(missing)}; add validation samples for "
-            f"them or pass {argument('fallback', 'global')} to use the global validation "
-            "trajectory for those classes"
+            f"{len(missing)} class(es) with training samples have no {_of(split)} sample with "
+            f"finite losses at the selected checkpoints: {_shown(missing)}; add {_of(split)} "
+            f"samples for them or pass {argument('fallback', 'global')} to use the global "
+            f"{_of(split)} trajectory for those classes"
         )
     use_global = np.zeros(len(counts), dtype=bool)
     if len(missing) and fallback is not None:
-        global_mean = _global_mean(class_sums)
+        global_mean = _global_mean(class_sums, split)
         use_global[missing] = True
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
@@ -192,28 +197,50 @@ def reference_from_sums(
         usable,
         counts,
         class_sums.left_out,
+        split,
     )
 
 
 def check_reference(reference: str) -> None:
+    """A reference the formula builds from class sums: ``group`` (alias ``class``) or
+    ``global`` (a ``split:NAME`` reference is ``global`` over that split's blocks)."""
     if reference not in REFERENCES:
-        raise ScoringError(f"{argument('reference', reference)}: use {' or '.join(REFERENCES)}")
-
-
-def _global_mean(class_sums: ClassSums) -> np.ndarray:
-    """The mean validation trajectory over every usable sample (all classes pooled)."""
-    if class_sums.counts.sum() == 0:
+        hint = ""
+        if isinstance(reference, str) and reference.startswith(SPLIT_REFERENCE):
+            hint = (
+                f"; {reference} names a split of a lake: without one, pass that split's blocks "
+                f"with {argument('reference', 'global')}"
+            )
         raise ScoringError(
-            "the validation split has no sample with finite losses at the selected checkpoints; "
+            f"{argument('reference', reference)}: use group (its alias: class) or global{hint}"
+        )
+
+
+def _of(split: str | None) -> str:
+    """How messages name the reference split's samples: ``validation`` (``val``, or blocks
+    without a lake), else the split's name."""
+    return "validation" if split in (None, "val") else split
+
+
+def _global_mean(class_sums: ClassSums, split: str | None = None) -> np.ndarray:
+    """The mean reference trajectory over every usable sample (all classes pooled)."""
+    if class_sums.counts.sum() == 0:
+        where = "the validation split" if split in (None, "val") else f"split {split!r}"
+        raise ScoringError(
+            f"{where} has no sample with finite losses at the selected checkpoints; "
             "nothing to compare against"
         )
     return class_sums.sums.sum(axis=0) / class_sums.counts.sum()
 
 
-def _global_reference(class_sums: ClassSums, checkpoints: np.ndarray) -> Reference:
+def _global_reference(
+    class_sums: ClassSums, checkpoints: np.ndarray, split: str | None = None
+) -> Reference:
     """Every class gets the global trajectory: a C x (K-1) table of identical rows."""
     num_classes = len(class_sums.counts)
-    means = np.broadcast_to(_global_mean(class_sums), (num_classes, class_sums.sums.shape[1]))
+    means = np.broadcast_to(
+        _global_mean(class_sums, split), (num_classes, class_sums.sums.shape[1])
+    )
     u, u2, constant = centred_differences(np.ascontiguousarray(means))
     return Reference(
         np.asarray(checkpoints, dtype=np.int64),
@@ -224,6 +251,7 @@ def _global_reference(class_sums: ClassSums, checkpoints: np.ndarray) -> Referen
         np.ones(num_classes, dtype=bool),
         class_sums.counts,
         class_sums.left_out,
+        split,
     )
 
 
@@ -233,9 +261,10 @@ def check_usable(reference: Reference, labels: np.ndarray) -> None:
     if unusable.any():
         classes = np.unique(labels[unusable])
         raise ScoringError(
-            f"{len(classes)} class(es) of these training rows have no validation sample with "
-            f"finite losses: {_shown(classes)}; add validation samples for them or pass "
-            "fallback='global' to use the global validation trajectory for those classes"
+            f"{len(classes)} class(es) of these training rows have no {_of(reference.split)} "
+            f"sample with finite losses: {_shown(classes)}; add {_of(reference.split)} samples "
+            f"for them or pass {argument('fallback', 'global')} to use the global "
+            f"{_of(reference.split)} trajectory for those classes"
         )
 
 

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from cld_lake._types import CLDReference, Direction, Fallback
+from cld_lake._types import Direction, Fallback
 from cld_lake.errors import ScoringError, argument
 from cld_lake.score._formula import Reference, Sums
+from cld_lake.score._reference import DEFAULT_REFERENCE_SPLIT, ReferenceChoice, parse_reference
 
 Cols = slice | np.ndarray
 
@@ -47,13 +48,21 @@ class Params:
 
     ``early`` None means each early-window method's own default fraction; ``window_length``
     None means :data:`DEFAULT_WINDOW_LENGTH` capped at the checkpoints the method uses (at
-    least :data:`MIN_DEFAULT_WINDOW`), see :attr:`Plan.window_length`.
+    least :data:`MIN_DEFAULT_WINDOW`), see :attr:`Plan.window_length`. ``reference`` is
+    CLD's reference as stored (``group``, ``global`` or ``split:NAME``; ``class`` is read as
+    ``group``) and ``reference_split`` the split whose losses form it.
     """
 
     early: float | None = None
     window_length: int | None = None
-    reference: CLDReference = "class"
+    reference: str = "group"
+    reference_split: str = DEFAULT_REFERENCE_SPLIT
     fallback: Fallback | None = None
+
+    @property
+    def reference_choice(self) -> ReferenceChoice:
+        """CLD's reference, checked (see :mod:`cld_lake.score._reference`)."""
+        return parse_reference(self.reference, self.reference_split)
 
 
 @dataclass
@@ -94,9 +103,10 @@ class Method:
         The :class:`Params` fields it reads (recorded in the provenance).
     min_checkpoints : int
         Checkpoints it needs in its window.
-    needs_val : bool
-        It reads the val split too (CLD's per-class reference); its checkpoints are then those
-        committed in both train and val.
+    needs_reference : bool
+        It reads a reference split too (CLD's reference: ``val`` unless ``--reference-split``
+        or ``--reference split:NAME`` names another); its checkpoints are then those committed
+        in both train and that split.
     from_sums : callable, optional
         ``from_sums(sums, labels, plan) -> Scored``: the last stage of ``score`` for a method
         whose row maths reduce to the three sums of :class:`~cld_lake.score._formula.Sums`
@@ -117,7 +127,7 @@ class Method:
     early: float | None = None
     uses: tuple[str, ...] = ()
     min_checkpoints: int = 1
-    needs_val: bool = False
+    needs_reference: bool = False
     from_sums: Callable[[Sums, np.ndarray, Plan], Scored] | None = None
     whole_blocks: bool = False
 

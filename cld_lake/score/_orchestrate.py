@@ -28,11 +28,12 @@ from cld_lake.lake.scores import (
 from cld_lake.lake.store import Lake, Split
 from cld_lake.score._column import ScoreColumn
 from cld_lake.score._engines import EngineCompute, load_engine
-from cld_lake.score._formula import check_fallback, check_reference
+from cld_lake.score._formula import check_fallback
 from cld_lake.score._method import Method, Params, Plan, check_params
 from cld_lake.score._passes import Progress, ScoredChunk
-from cld_lake.score._plan import TRAIN, Window, plan_pass
+from cld_lake.score._plan import TRAIN, Window, plan_pass, require_pass_splits
 from cld_lake.score._provenance import ensemble_provenance, method_provenance
+from cld_lake.score._reference import parse_reference
 from cld_lake.score._registry import (
     METHOD_REGISTRY,
     get_method,
@@ -109,7 +110,8 @@ def compute_scores(
     names: str | Sequence[str] | None = None,
     early: float | None = None,
     window_length: int | None = None,
-    reference: CLDReference | None = None,
+    reference: CLDReference | str | None = None,
+    reference_split: str | None = None,
     fallback: Fallback | None = None,
     store: bool = True,
     block_rows: int | None = None,
@@ -135,8 +137,17 @@ def compute_scores(
         0.15): the first ``max(1, floor(early * K))`` of the K selected checkpoints.
     window_length : int, optional
         Sliding-window length J of ``dynunc`` and ``dual`` (default 10).
-    reference : {"class", "global"}, optional
-        CLD's validation trajectory: the sample's class's (default) or every sample's.
+    reference : {"group", "class", "global"} or "split:NAME", optional
+        CLD's reference trajectory: the mean loss of the sample's group over the reference
+        split (``"group"``, the default; ``"class"`` is an alias), one mean over every sample
+        of the reference split (``"global"``), or one mean over every sample of split NAME
+        (``"split:NAME"``, e.g. a target task's held-out set). Stored as ``group``,
+        ``global`` or ``split:NAME``.
+    reference_split : str, optional
+        The split whose losses form a ``group`` or ``global`` reference (default ``"val"``).
+        With ``"split:NAME"`` it may only repeat NAME (another split is refused). The
+        reference split's checkpoints must cover the window, as val's do by default; a
+        lake (each run of an ensemble) without it is refused, naming how to import it.
 
     A parameter given (not None) that none of ``methods`` reads is refused.
     fallback : {None, "global"}
@@ -167,12 +178,14 @@ def compute_scores(
     """
     started = time.perf_counter()
     given = {"early": early, "window_length": window_length, "reference": reference}
-    given |= {"fallback": fallback}
+    given |= {"reference_split": reference_split, "fallback": fallback}
     job = _check(methods, names, given, engine, checkpoints, block_rows, progress, engine_options)
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     picked = _pick_runs(lake, runs)
     if len(picked) > 1:
         _check_same_train(lake, picked)
+    for run in picked:  # every run's splits before any run is scored
+        require_pass_splits(_on_run(lake, run), job.methods, job.params)
     if store:
         _check_store(_on_run(lake, picked[0]), job.names, force)
     if len(picked) > 1:
@@ -202,7 +215,8 @@ def compute_cld(
     checkpoints: Window = None,
     name: str | None = None,
     fallback: Fallback | None = None,
-    reference: CLDReference = "class",
+    reference: CLDReference | str = "group",
+    reference_split: str | None = None,
     store: bool = True,
     block_rows: int | None = None,
     progress: Progress | None = None,
@@ -214,8 +228,9 @@ def compute_cld(
 ) -> ScoreResult:
     """Compute CLD for every training sample and (``store``) save it; see :func:`score`.
 
-    ``compute_scores(lake, "cld", ...)`` for one column: :func:`cld_reference` over the val
-    split's blocks, then the engine's pass over the train split's. Every engine runs it.
+    ``compute_scores(lake, "cld", ...)`` for one column: :func:`cld_reference` over the
+    reference split's blocks (``val`` by default), then the engine's pass over the train
+    split's. Every engine runs it.
     ``collect_ids=False`` keeps only the score column in memory; the result's ``sample_ids`` /
     ``labels`` are then read from the lake on first use. ``keep_scores=False`` (with
     ``store``, the CLI's way) spills the column to a temporary file while it is computed, so
@@ -237,6 +252,7 @@ def compute_cld(
         checkpoints=checkpoints,
         names=None if name is None else [name],
         reference=reference,
+        reference_split=reference_split,
         fallback=fallback,
         store=store,
         block_rows=block_rows,
@@ -262,7 +278,8 @@ def score(
     progress: Progress | None = None,
     early: float | None = None,
     window_length: int | None = None,
-    reference: CLDReference | None = None,
+    reference: CLDReference | str | None = None,
+    reference_split: str | None = None,
     force: bool = False,
 ) -> pl.DataFrame:
     """Score every training sample (CLD by default), as a Polars DataFrame ``sample_id, label,
@@ -294,8 +311,11 @@ def score(
         Rows per block of the lake's iterator (default: one chunk). Scores do not depend on it.
     method : str
         One of :data:`METHODS` (several at once: :func:`compute_scores`).
-    early, window_length, reference
-        Method parameters, see :func:`compute_scores`.
+    early, window_length, reference, reference_split
+        Method parameters, see :func:`compute_scores`. CLD's ``reference``: ``"group"``
+        (default; ``"class"`` is an alias), ``"global"`` or ``"split:NAME"``;
+        ``reference_split``: the split a group or global reference averages (default
+        ``"val"``).
 
     Returns
     -------
@@ -331,6 +351,7 @@ def score(
         early=early,
         window_length=window_length,
         reference=reference,
+        reference_split=reference_split,
         fallback=fallback,
         store=store,
         block_rows=block_rows,
@@ -355,10 +376,14 @@ def _check(
     chosen = parse_methods(methods)
     columns = _column_names(chosen, names)
     _check_relevant(chosen, [k for k, v in given.items() if v is not None])
-    params = Params(**{k: v for k, v in given.items() if v is not None})
+    choice = parse_reference(given.pop("reference"), given.pop("reference_split"))
+    params = Params(
+        **{k: v for k, v in given.items() if v is not None},
+        reference=choice.text,
+        reference_split=choice.split,
+    )
     check_params(params)
     check_fallback(params.fallback)
-    check_reference(params.reference)
     if block_rows is not None and block_rows < 1:
         raise ScoringError(f"block_rows must be >= 1, got {block_rows}")
     compute = load_engine(engine, [m.name for m in chosen])

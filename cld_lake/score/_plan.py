@@ -1,10 +1,11 @@
 """Planning a pass: which checkpoints each method uses, the columns of one shared read, and
-CLD's validation reference, all decided (and every window checked) before a row is scored.
+CLD's reference, all decided (and every window checked) before a row is scored.
 
 ``--checkpoints START:STOP[:STEP]`` selects over the positions of the checkpoints committed in
-the train split (for a method that reads the val split too, CLD: committed in both; a START or
-STOP beyond them is refused, never clipped); an early-window method then keeps the first
-``max(1, floor(early * K))`` of the K selected.
+the train split (for a method that reads a reference split too, CLD: committed in both train
+and that split, ``val`` unless ``--reference-split`` or ``--reference split:NAME`` names
+another; a START or STOP beyond them is refused, never clipped); an early-window method then
+keeps the first ``max(1, floor(early * K))`` of the K selected.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cld_lake.errors import ScoringError
+from cld_lake.errors import ScoringError, argument
+from cld_lake.lake import DEFAULT_RUN
 from cld_lake.lake.store import Lake, Split, parse_window
 from cld_lake.score._formula import MIN_CHECKPOINTS, Reference
 from cld_lake.score._method import Cols, Method, Params, Plan, check_window
+from cld_lake.score._reference import ReferenceChoice
 from cld_lake.score._registry import missing_channel
 from cld_lake.score._stream import cld_reference
 
@@ -54,23 +57,28 @@ def _window_slice(window: str | slice, count: int, held: str) -> slice:
     return sel
 
 
-def plan_checkpoints(train: Split, val: Split, window: Window) -> np.ndarray:
-    """Checkpoints committed in both splits, then the window/stride over their positions
-    (CLD's: at least :data:`MIN_CHECKPOINTS` of them; a window beyond them refused)."""
-    common = np.intersect1d(train.checkpoint_ids, val.checkpoint_ids)
+def plan_checkpoints(train: Split, reference: Split, window: Window) -> np.ndarray:
+    """Checkpoints committed in both the train split and CLD's ``reference`` split (``val``
+    unless another is named), then the window/stride over their positions (at least
+    :data:`MIN_CHECKPOINTS` of them; a window beyond them refused)."""
+    ref = reference.name
+    both = f"both train and {ref}" if ref != TRAIN else "train"
+    common = np.intersect1d(train.checkpoint_ids, reference.checkpoint_ids)
     if len(common) < MIN_CHECKPOINTS:
         raise ScoringError(
-            f"CLD needs at least {MIN_CHECKPOINTS} checkpoints committed in both train and val; "
-            f"found {len(common)} (train has {train.num_checkpoints}, val has {val.num_checkpoints}); "
-            "record more checkpoints"
+            f"CLD needs at least {MIN_CHECKPOINTS} checkpoints committed in {both}; "
+            f"found {len(common)} (train has {train.num_checkpoints}, {ref} has "
+            f"{reference.num_checkpoints}); record more checkpoints"
+            + ("" if ref == VAL else f" of the {ref} split, or score against another reference")
         )
     if window is None:
         return common
-    chosen = common[_window_slice(window, len(common), "both train and val")]
+    chosen = common[_window_slice(window, len(common), both)]
     if len(chosen) < MIN_CHECKPOINTS:
         raise ScoringError(
-            f"--checkpoints {window_text(window)}: selects {len(chosen)} of the {len(common)} common "
-            f"checkpoints; CLD needs at least {MIN_CHECKPOINTS} (e.g. --checkpoints 0:{len(common)})"
+            f"--checkpoints {window_text(window)}: selects {len(chosen)} of the {len(common)} "
+            f"checkpoints committed in {both}; CLD needs at least {MIN_CHECKPOINTS} "
+            f"(e.g. --checkpoints 0:{len(common)})"
         )
     return chosen
 
@@ -104,37 +112,70 @@ def as_cols(positions: np.ndarray) -> Cols:
 
 
 def require_splits(lake: Lake, names: Sequence[str], what: str) -> None:
-    """One line naming the splits ``what`` needs that ``lake`` lacks, and how to add them."""
-    missing = [s for s in names if not lake.has_split(s)]
+    """One line naming the splits ``what`` needs that ``lake`` (its run) lacks, and how to add
+    them."""
+    missing = list(dict.fromkeys(s for s in names if not lake.has_split(s)))
     if missing:
         present = ", ".join(lake.splits()) or "none"
+        run = "" if lake.run == DEFAULT_RUN else f" --run {lake.run}"
+        where = "" if lake.run == DEFAULT_RUN else f" in run {lake.run!r}"
         raise ScoringError(
-            f"{lake.root}: {what} needs a {' and a '.join(missing)} split (present: {present}); "
-            f"import or record the {' and '.join(missing)} losses first, e.g. "
-            f"cld-lake import {lake.root} --split {missing[0]} --loss ... --labels ..."
+            f"{lake.root}: {what} needs a {' and a '.join(missing)} split{where} (present: "
+            f"{present}); import or record the {' and '.join(missing)} losses first, e.g. "
+            f"cld-lake import {lake.root} --split {missing[0]}{run} --loss ... --labels ..."
         )
 
 
-def _num_classes(lake: Lake, train: Split, val: Split) -> int:
+def _num_classes(lake: Lake, train: Split, reference: Split) -> int:
     if lake.num_classes is not None:  # set at the first write; every stored label is below it
         return lake.num_classes
-    return max(len(train.label_counts()), len(val.label_counts()))
+    return max(len(train.label_counts()), len(reference.label_counts()))
 
 
-def val_reference(
-    lake: Lake, train: Split, val: Split, ckpts: np.ndarray, params: Params, block_rows: int | None
+def reference_table(
+    lake: Lake,
+    train: Split,
+    split: Split,
+    ckpts: np.ndarray,
+    params: Params,
+    block_rows: int | None,
 ) -> Reference:
-    """CLD's reference table: :func:`cld_reference` over the val split's blocks."""
-    num_classes = _num_classes(lake, train, val)
-    val_blocks = val.blocks(block_rows=block_rows, checkpoints=ckpts)
+    """CLD's reference table: :func:`cld_reference` over the blocks of the reference
+    ``split``, per group (``group``) or pooled (``global``, ``split:NAME``)."""
+    num_classes = _num_classes(lake, train, split)
+    blocks = split.blocks(block_rows=block_rows, checkpoints=ckpts)
     return cld_reference(
-        ((block.loss, block.labels) for block in val_blocks),
+        ((block.loss, block.labels) for block in blocks),
         num_classes,
         checkpoints=ckpts,
         fallback=params.fallback,
         train_classes=np.flatnonzero(train.label_counts(num_classes)),
-        reference=params.reference,
+        reference="global" if params.reference_choice.pooled else "group",
+        split=split.name,
     )
+
+
+def _needing(choice: ReferenceChoice) -> str:
+    """What needs the reference split, as the user asked for it."""
+    if choice.kind == "split":
+        return argument("reference", choice.text)
+    if choice.split != VAL:
+        return argument("reference_split", choice.split)
+    return "--method cld"
+
+
+def require_pass_splits(
+    lake: Lake, methods: Sequence[Method], params: Params
+) -> ReferenceChoice | None:
+    """The splits a pass of ``methods`` reads in ``lake``'s run (train, and CLD's reference
+    split), each present or one line naming it; returns CLD's reference (None without it)."""
+    if not any(m.needs_reference for m in methods):
+        require_splits(lake, (TRAIN,), "scoring")
+        return None
+    choice = params.reference_choice
+    require_splits(lake, (TRAIN,), "--method cld")
+    require_splits(lake, (choice.split,), _needing(choice))
+    return choice
 
 
 def plan_pass(
@@ -148,19 +189,16 @@ def plan_pass(
     """The train split and each method's plan (column ``names``, default the method names):
     its checkpoints, window and (CLD) reference; the columns of the one read they share."""
     names = [m.name for m in methods] if names is None else names
-    needs_val = any(m.needs_val for m in methods)
-    require_splits(
-        lake, (TRAIN, VAL) if needs_val else (TRAIN,), "--method cld" if needs_val else "scoring"
-    )
+    choice = require_pass_splits(lake, methods, params)
     train = lake.split(TRAIN)
     for method in methods:
         missing_channel(method, train.channels, lake.root)
-    val = lake.split(VAL) if needs_val else None
-    windows = []  # every window checked before the val pass of CLD's reference
+    ref = lake.split(choice.split) if choice is not None else None
+    windows = []  # every window checked before the reference split's pass
     for method in methods:
-        if method.needs_val:
-            assert val is not None
-            selected = plan_checkpoints(train, val, checkpoints)
+        if method.needs_reference:
+            assert ref is not None
+            selected = plan_checkpoints(train, ref, checkpoints)
         else:
             selected = select_train_checkpoints(train, checkpoints)
         windows.append((selected, window_of(method, params, selected)))
@@ -168,9 +206,9 @@ def plan_pass(
     plans = []
     for method, name, (selected, used) in zip(methods, names, windows, strict=True):
         reference = None
-        if method.needs_val:
-            assert val is not None
-            reference = val_reference(lake, train, val, selected, params, block_rows)
+        if method.needs_reference:
+            assert ref is not None
+            reference = reference_table(lake, train, ref, selected, params, block_rows)
         cols = as_cols(np.searchsorted(read_ids, used))
         plans.append(Plan(name, method, params, selected, used, cols, reference))
     return train, plans

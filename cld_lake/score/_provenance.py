@@ -5,7 +5,9 @@ Every column records ``method``, ``engine``, ``checkpoints`` (compact text),
 ``checkpoint_ids``, ``window`` (as given, ``START:STOP[:STEP]``), ``used_checkpoints``,
 ``parameters``, ``train_samples``, ``nan``, ``direction``, ``range``, ``citation``, ``splits``,
 ``lake_id``, ``created_at``, ``version`` (and ``run`` outside the default run); CLD adds its
-reference's counts. The orchestrator adds ``computed_with`` and ``seconds``.
+reference's counts, and ``splits`` names its reference split (``train, val`` by default;
+staleness is judged over the checkpoints those splits share). The orchestrator adds
+``computed_with`` and ``seconds``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cld_lake._meta import now_iso
 from cld_lake._version import __version__
 from cld_lake.lake import DEFAULT_RUN, Lake, Split
 from cld_lake.score._formula import Reference
-from cld_lake.score._method import Plan
+from cld_lake.score._method import Params, Plan
 from cld_lake.score._plan import TRAIN, VAL, Window, window_text
 
 # what an ensemble's provenance keeps from its runs' (the same in every run)
@@ -61,21 +63,29 @@ def method_provenance(
         "nan": int(counts.get("nan", 0)),
     }
     if plan.reference is not None:
-        prov |= _reference_provenance(plan.reference, counts, plan.params.fallback)
+        prov |= _reference_provenance(plan.reference, counts, plan.params)
     return prov | _common_provenance(lake, plan, method.value_range(plan))
 
 
 def _reference_provenance(
-    reference: Reference, counts: Mapping[str, int], fallback: str | None
+    reference: Reference, counts: Mapping[str, int], params: Params
 ) -> dict[str, Any]:
-    """What CLD records beyond every method's fields."""
-    return {
-        "val_samples_used": int(reference.val_counts.sum()),
-        "val_left_out": int(reference.val_left_out),
+    """What CLD records beyond every method's fields: the reference split's samples used and
+    left out (also as ``val_samples_used`` / ``val_left_out`` when that split is val, the
+    names they always had), and the rows' counts."""
+    used, left_out = int(reference.val_counts.sum()), int(reference.val_left_out)
+    of_val = (
+        {"val_samples_used": used, "val_left_out": left_out}
+        if params.reference_split == VAL
+        else {}
+    )
+    return of_val | {
+        "reference_samples_used": used,
+        "reference_left_out": left_out,
         "nan": int(counts.get("nan", 0)),
         "degenerate": int(counts.get("degenerate", 0)),
         "fallback": int(counts.get("fallback", 0)),
-        "fallback_mode": fallback,
+        "fallback_mode": params.fallback,
         "fallback_classes": [int(c) for c in np.flatnonzero(reference.fallback)],
     }
 
@@ -88,12 +98,19 @@ def _common_provenance(
         "direction": method.direction,
         "range": list(value_range),
         "citation": method.citation,
-        "splits": [TRAIN, VAL] if method.needs_val else [TRAIN],
+        "splits": _splits_read(plan),
         "lake_id": lake.lake_id,
         "created_at": now_iso(),
         "version": __version__,
         **({} if lake.run == DEFAULT_RUN else {"run": lake.run}),
     }
+
+
+def _splits_read(plan: Plan) -> list[str]:
+    """The splits a column was computed from: train, and CLD's reference split."""
+    if not plan.method.needs_reference:
+        return [TRAIN]
+    return list(dict.fromkeys([TRAIN, plan.params.reference_split]))
 
 
 def ensemble_provenance(

@@ -102,7 +102,7 @@ def _cld_from_sums(sums: Sums, labels: np.ndarray, plan: Plan) -> Scored:
 
 def _reference(plan: Plan) -> Reference:
     if plan.reference is None:  # the planner builds it before the pass
-        raise RuntimeError("cld planned without its validation reference")
+        raise RuntimeError("cld planned without its reference")
     return plan.reference
 
 
@@ -113,16 +113,16 @@ def _fixed(low: float | None, high: float | None):  # noqa: ANN202
 _DEFINITIONS = (
     Method(
         name="cld",
-        summary="Pearson correlation of the sample's loss differences with its class's mean "
-        "validation loss differences",
+        summary="Pearson correlation of the sample's loss differences with those of its "
+        "reference trajectory (its group's mean loss over the reference split, by default val)",
         channels=("loss",),
         direction="higher_keep",
         citation="Correlation of Loss Differences (this package's method; see docs/scores.md)",
         score=_cld,
         value_range=_fixed(-1.0, 1.0),
-        uses=("reference", "fallback"),
+        uses=("reference", "reference_split", "fallback"),
         min_checkpoints=3,
-        needs_val=True,
+        needs_reference=True,
         from_sums=_cld_from_sums,
         whole_blocks=True,
     ),

@@ -63,7 +63,8 @@ def cld_reference(
     checkpoints: ArrayLike | None = None,
     fallback: Fallback | None = None,
     train_classes: ArrayLike | None = None,
-    reference: CLDReference = "class",
+    reference: CLDReference = "group",
+    split: str | None = None,
 ) -> Reference:
     """The per-class validation reference of CLD, from blocks of validation rows.
 
@@ -84,9 +85,14 @@ def cld_reference(
     train_classes : ints, optional
         Classes that have training rows: when given, a class of them without validation rows
         is an error here (without ``fallback``) rather than when its first row is scored.
-    reference : {"class", "global"}
-        What each training row is correlated with: its class's mean validation trajectory
-        (default) or the mean trajectory of every validation sample, whatever its class.
+    reference : {"group", "class", "global"}
+        What each training row is correlated with: its group's (class's) mean validation
+        trajectory (``"group"``, default; ``"class"`` is an alias) or the mean trajectory of
+        every validation sample, whatever its group (``"global"``). For a lake's
+        ``split:NAME`` reference, pass split NAME's blocks as ``val_blocks`` with
+        ``reference="global"``.
+    split : str, optional
+        The name of the split the blocks come from, for messages (default: validation).
 
     Raises
     ------
@@ -118,7 +124,7 @@ def cld_reference(
         sums = ClassSums(num_classes, k)
     train = None if train_classes is None else np.unique(np.asarray(train_classes, dtype=np.int64))
     ids = np.arange(k) if ids is None else ids
-    return reference_from_sums(sums, ids, fallback, train, reference)
+    return reference_from_sums(sums, ids, fallback, train, reference, split)
 
 
 class CLDAccumulator:
