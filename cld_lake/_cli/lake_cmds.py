@@ -10,16 +10,21 @@ import click
 from cld_lake._cli._common import LAKE, echo_json
 from cld_lake.lake import import_file
 
-SPLITS = click.Choice(["train", "val", "test"])
 if TYPE_CHECKING:
     from cld_lake.lake.store import Lake
 
 RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
+SPLIT_HELP = (
+    "train, val, test or any other split name (e.g. target, heldout_code): letters, digits, "
+    "_ - . (not first), at most 64 characters; train is the split scores rank"
+)
 
 
 @click.command("import")
 @click.argument("lake", type=LAKE)
-@click.option("--split", type=SPLITS, required=True, help="Split to import into.")
+@click.option(
+    "--split", metavar="NAME", required=True, help=f"Split to import into: {SPLIT_HELP}."
+)
 @click.option(
     "--loss",
     "loss",
@@ -29,9 +34,17 @@ RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
 )
 @click.option(
     "--labels",
-    required=True,
     type=click.Path(path_type=Path),
-    help="1-D .npy of N labels (or, with a .parquet --loss, a .parquet with sample_id, label).",
+    help="1-D .npy of N labels, class indices 0..C-1 (or, with a .parquet --loss, a .parquet "
+    "with sample_id, label).",
+)
+@click.option(
+    "--groups",
+    type=click.Path(path_type=Path),
+    help="Instead of --labels: a 1-D .npy of N group names (strings) or integers, or a "
+    ".parquet with a group column (and sample_id to join on; without it, one row per --loss "
+    "row). Names are stored as dense ids: new names sorted, after the lake's existing ones; "
+    "a name keeps its id. A long .parquet --loss may carry a group column instead.",
 )
 @click.option(
     "--sample-ids",
@@ -70,6 +83,7 @@ def import_cmd(
     split,
     loss,
     labels,
+    groups,
     sample_ids,
     correct,
     margin,
@@ -84,6 +98,7 @@ def import_cmd(
         split,
         loss=loss,
         labels=labels,
+        groups=groups,
         sample_ids=sample_ids,
         correct=correct,
         margin=margin,
@@ -238,7 +253,11 @@ def verify_cmd(lake, quick):
 @click.command("compact")
 @click.argument("lake", type=LAKE)
 @click.option(
-    "--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all)."
+    "--split",
+    "splits",
+    metavar="NAME",
+    multiple=True,
+    help="Split(s) to compact (default: all).",
 )
 @click.option(
     "--run",
