@@ -269,12 +269,13 @@ def _whole(column: Column, spans: Iterator[tuple[int, int]]) -> Any:
     return np.concatenate(parts)
 
 
-def scan(groups: Column, what: str) -> ImportSamples:
+def scan(groups: Column, what: str, *, names: bool = True) -> ImportSamples:
     """Check ``groups`` in one pass (names: every name, at most ``MAX_CLASSES`` distinct;
     class indices: their type and range), holding nothing but the distinct names; the ids
-    come with :meth:`ImportSamples.with_ids`."""
+    come with :meth:`ImportSamples.with_ids`. ``names=False`` (``--labels``): class indices
+    only."""
     first = groups.read(0, min(len(groups), 1))
-    named = is_named(first)
+    named = names and is_named(first)
     samples = ImportSamples(RangeColumn(len(groups)), groups, what, named, increasing=True)
     step = samples._group_step()
     if named:

@@ -269,7 +269,7 @@ def _wide_groups(
         found = scan(ParquetColumn(pf, "group", what), what)
     else:
         label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)
-        found = scan(ArrayColumn(label_arr), "--labels")
+        found = scan(ArrayColumn(label_arr), "--labels", names=False)
     check_classes(found, num_classes, found.what)
     return found.with_ids(ArrayColumn(ids))
 

@@ -18,7 +18,7 @@ from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_prob
 from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
-from cld_lake.lake._groups import stray_parts
+from cld_lake.lake._groups import check_split_groups, read_names, stray_parts
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
 from cld_lake.lake.scores import (
     check_scores_file,
@@ -228,9 +228,9 @@ def verify_lake(
     except CldLakeError as exc:
         report.errors.append(str(exc))
         return report
-    _verify_groups(lake, report)
+    names = _verify_groups(lake, report)
     for run in runs:
-        _verify_run(lake, run, report, read_data, splits)
+        _verify_run(lake, run, report, read_data, splits, names)
     _verify_scores(lake, report)
     for temp in _temp_files(lake.root):
         report.warnings.append(
@@ -241,9 +241,15 @@ def verify_lake(
 
 
 def _verify_run(
-    lake: Lake, run: str, report: VerifyReport, read_data: bool, only: Sequence[str] | None
+    lake: Lake,
+    run: str,
+    report: VerifyReport,
+    read_data: bool,
+    only: Sequence[str] | None,
+    group_names: tuple[str, ...] | None | Exception,
 ) -> None:
-    """Every split of ``run``: committed ones checked, unlisted ones reported as debris."""
+    """Every split of ``run``: committed ones checked, unlisted ones reported as debris;
+    ``group_names``: the lake's table (or why it could not be read)."""
     listed = lake.splits(run)
     names = sorted(set(_split_dirs(lake, run)) | set(listed))
     for name in names if only is None else [n for n in names if n in only]:
@@ -256,7 +262,7 @@ def _verify_run(
                 )
             continue
         try:
-            _verify_split(lake.with_run(run), name, report, read_data)
+            _verify_split(lake.with_run(run), name, report, read_data, group_names)
         except CldLakeError as exc:  # what a reader refuses on is a verification error
             report.errors.append(f"split {label!r} is corrupt: {exc}")
         except Exception as exc:  # anything unreadable is a verification error, not a crash
@@ -315,14 +321,16 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
         report.warnings.append(f"{stray.path}: {what}; the next score deletes it")
 
 
-def _verify_groups(lake: Lake, report: VerifyReport) -> None:
-    """The table of group names: every part against its checksum and the root record, every
-    split's record of the names it was written with (an error when any differs); parts no
-    record names (a write that never committed) as warnings."""
+def _verify_groups(lake: Lake, report: VerifyReport) -> tuple[str, ...] | None | Exception:
+    """The table of group names, every part against its checksum and the root record (an
+    error when any differs; then the error, for the splits' checks to skip); parts no record
+    names (a write that never committed) as warnings."""
+    names: tuple[str, ...] | None | Exception
     try:
-        lake.group_names()
+        names = read_names(lake.root, lake.meta, lake.fix)
     except CldLakeError as exc:
         report.errors.append(str(exc))
+        names = exc
     for part in stray_parts(lake.root, lake.meta):
         if is_temp_name(part.name):
             continue  # listed with every temp file
@@ -330,6 +338,7 @@ def _verify_groups(lake: Lake, report: VerifyReport) -> None:
             f"{part}: group names never committed (a failed or killed write); the next write "
             "of new names deletes it"
         )
+    return names
 
 
 def _count(n: int, thing: str) -> str:
@@ -349,9 +358,17 @@ def _split_dirs(lake: Lake, run: str) -> list[str]:
     return _folders(fmt.split_dir(lake.root, "", run))
 
 
-def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
+def _verify_split(
+    lake: Lake,
+    name: str,
+    report: VerifyReport,
+    read_data: bool,
+    names: tuple[str, ...] | None | Exception = None,
+) -> None:
     split = lake.split(name)  # checks the commit record
     name = _label(split.run, name)  # how the messages below name it
+    if not isinstance(names, Exception):  # (a damaged table is reported once, above)
+        check_split_groups(name, split.meta.get("groups"), names, lake.fix)
     errors = report.errors
     limit = lake.num_classes if lake.num_classes is not None else MAX_CLASSES
     named = split.meta.get("groups")

@@ -242,7 +242,7 @@ def import_npy(
             raise BadInputError(
                 f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
             )
-        samples = scan(npy_column(labels, label_arr), f"--labels {labels}")
+        samples = scan(npy_column(labels, label_arr), f"--labels {labels}", names=False)
     else:
         samples = load_groups(groups, n, lambda: _whole_ids(sample_ids, n))
     check_classes(samples, num_classes, samples.what)
@@ -473,7 +473,7 @@ def _long_groups(
     else:
         assert labels is not None
         label_arr = as_labels(load_labels(con, labels, ids), "--labels", num_classes)
-        found = scan(ArrayColumn(label_arr), "--labels")
+        found = scan(ArrayColumn(label_arr), "--labels", names=False)
     check_classes(found, num_classes, found.what)
     return found.with_ids(ArrayColumn(ids))
 

@@ -40,7 +40,7 @@ def diagnostics_sections(
             rows = [{"label": r["label"], "group": names[r["label"]]} | r for r in rows]
         ticks = [r["label"] if names is None else r["group"] for r in rows]
         out += [
-            f"<h3>{kind.title()}s: share of CLD &lt;= 0</h3>",
+            f"<h3>{'Classes' if names is None else 'Groups'}: share of CLD &lt;= 0</h3>",
             figure(
                 plots.class_shares(ticks, [r["share"] for r in rows], "cld", kind),
                 f"per-{kind} share of cld <= 0",
