@@ -17,8 +17,16 @@ from hypothesis import strategies as st
 
 import cld_lake
 from cld_lake.errors import BadInputError
-from cld_lake.lake import Lake, SampleBlocks, SplitWriter, compact, import_file, open_lake
-from cld_lake.lake import _groups, _import_samples
+from cld_lake.lake import (
+    Lake,
+    SampleBlocks,
+    SplitWriter,
+    _groups,
+    _import_samples,
+    compact,
+    import_file,
+    open_lake,
+)
 from cld_lake.score import compute_scores
 
 # a group name: any text without a lone surrogate or a NUL, at most 256 bytes
