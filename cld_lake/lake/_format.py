@@ -20,6 +20,9 @@ LAKE/
                                     per stored score; immutable, one file per version, the
                                     current one named by cld_lake.json (``scores``)
   scores.parquet                    the scores table of lakes written before versioned tables
+  groups/names-<seq>-<token>.parquet
+                                    a part of the table of group names (a lake of named
+                                    groups only), named by cld_lake.json (``groups``)
 ```
 
 The scores table is committed like a split's checkpoints: a new version is written to a new
@@ -27,6 +30,10 @@ file nobody references, then ``cld_lake.json``'s ``scores`` record is replaced (
 lock; on an object store by a conditional write) to name it, with its checksum, rows, ids
 fingerprint and sequence number; the version it replaced is listed there as retired and
 deleted by a later writer once the grace period has passed (see :mod:`cld_lake.lake.scores`).
+
+A lake of named groups keeps its table of names in immutable parts listed by the ``groups``
+record of ``cld_lake.json`` (see :mod:`cld_lake.lake._groups`); each of its splits records the
+names it was written with.
 
 A run is a namespace of splits: ``cld_lake.json`` lists the default run's committed splits
 under ``splits`` and every other run's under ``runs`` (``{run: [split, ...]}``, absent until a

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 MAX_NAME_BYTES = 256
 #: Block of group values handled at once, in bytes of the values (a wide ``<U256`` column
 #: takes fewer rows per block than ``<U8``).
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 8 << 20
 NAMES_TABLE_META = {"table": "group_names"}
 _TOO_MANY_FIX = (
     "a lake holds at most {limit:,} groups; hash or cluster the keys into fewer groups "

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 #: rows per block of ids and integer groups (8 MB of int64)
 BLOCK_ROWS = 1 << 20
+#: rows per block a new split's samples are written in: a row group of samples.parquet, so
+#: the writer's re-chunking holds no more than a block
+WRITE_ROWS = 1 << 16
 
 
 class Column(Protocol):
@@ -235,7 +238,7 @@ class ImportSamples:
         if not self.increasing:
             groups = _whole(self.groups, self.spans(self._group_step()))
             return self.whole_ids(), groups
-        step = self._group_step()
+        step = min(self._group_step(), WRITE_ROWS)
 
         def blocks() -> Iterator[tuple[np.ndarray, Any]]:
             for a, b in self.spans(step):

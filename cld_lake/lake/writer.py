@@ -83,7 +83,8 @@ class SplitWriter:
     ----------
     lake : Lake
     split : str
-        Split name (``train``, ``val``, ``test``).
+        Split name: ``train``, ``val``, ``test`` or any name the lake's rules allow
+        (:func:`~cld_lake.lake.check_split_name`), e.g. ``target``.
     channels : mapping of channel name to dtype, optional
         For a new split: stored channels (``loss`` required; ``correct``, ``margin``
         optional), e.g. ``{"loss": "float16"}``. Default: inferred from the first commit.
