@@ -4,6 +4,7 @@ and manifests; the writer takes names as labels."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -308,3 +309,27 @@ def test_manifests_of_a_named_lake_checksum_their_group_names(tmp_path):
     pq.write_table(forged, tmp_path / "forged.parquet")
     with pytest.raises(cld_lake.CldLakeError, match="checksum mismatch"):
         cld_lake.load_manifest(tmp_path / "forged.parquet")
+
+
+def test_info_names_the_groups_and_truncates_a_thousand_of_them(tmp_path, cli):
+    n = 2400
+    names = np.array([f"g{i:04d}" for i in range(1200)])
+    np.save(tmp_path / "loss.npy", np.full((n, 3), 0.5, np.float32))
+    np.save(tmp_path / "g.npy", np.concatenate([names, names[:1000], names[:200]]))
+    r = cli("import", tmp_path / "lake", "--split", "heldout_code", "--loss",
+            tmp_path / "loss.npy", "--groups", tmp_path / "g.npy")  # fmt: skip
+    assert r.code == 0, r.err
+    r = cli("info", tmp_path / "lake")
+    assert r.code == 0 and "groups: 1,200 named (ids 0..1199): g0000, g0001" in r.out, r.out
+    assert "(1,192 more)" in r.out and "1200 groups" in r.out
+    assert "largest groups: g0000 3, g0001 3, g0002 3, g0003 3, g0004 3, ... (1,195 more)" in r.out
+    assert max(len(line) for line in r.out.splitlines()) < 200
+    info = json.loads(cli("info", tmp_path / "lake", "--json").out)
+    assert info["groups"]["count"] == 1200 and len(info["groups"]["names"]) == 1000
+    assert info["groups"]["names_not_shown"] == 200
+    split = info["splits"]["heldout_code"]
+    assert len(split["groups"]) == 1000 and split["groups_not_shown"] == 200
+    assert split["groups"][0] == {"id": 0, "name": "g0000", "samples": 3}
+    assert [g["samples"] for g in split["groups"]] == sorted(
+        (g["samples"] for g in split["groups"]), reverse=True
+    )

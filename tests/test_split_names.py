@@ -63,5 +63,9 @@ def test_a_split_name_must_pass_the_name_rules(tmp_path, cli):
         assert r.code == 2 and "a split name is" in r.err and "--split" in r.err, (bad, r.err)
         assert len(r.err.strip().splitlines()) == 1
     assert not (tmp_path / "lake").exists()
-    r = cli("compact", tmp_path / "lake", "--split", "x")
-    assert r.code == 2
+    r = cli("import", tmp_path / "lake", "--split", "train", "--loss", tmp_path / "l.npy",
+            "--labels", tmp_path / "y.npy")  # fmt: skip
+    assert r.code == 0, r.err
+    r = cli("compact", tmp_path / "lake", "--split", "nope")  # a typo makes no split folder
+    assert r.code == 2 and "no split 'nope'" in r.err
+    assert sorted(p.name for p in (tmp_path / "lake" / "splits").iterdir()) == ["train"]
