@@ -333,3 +333,15 @@ def test_info_names_the_groups_and_truncates_a_thousand_of_them(tmp_path, cli):
     assert [g["samples"] for g in split["groups"]] == sorted(
         (g["samples"] for g in split["groups"]), reverse=True
     )
+
+
+def test_the_report_shows_groups_by_name(tmp_path):
+    from cld_lake.report import build_report
+
+    lake = _named_lake(tmp_path / "lake", n=80)
+    compute_scores(lake, "cld")
+    page = build_report(lake, tmp_path / "r.html").read_text()
+    assert "3 named groups" in page and "Groups: share of CLD" in page
+    assert "Per-group loss curves" in page and "Groups books, code, web" in page
+    assert "<td>books</td>" in page and "largest groups" in page
+    assert "class 0" not in page and "Classes 0" not in page
