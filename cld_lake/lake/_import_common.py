@@ -434,7 +434,8 @@ def _rows_in_existing_split(
         f"{samples.what.split(' ')[0]} differ from the {samples.noun} stored for split "
         f"{split_name!r}"
     )
-    for a, b in samples.spans():
+    step = samples.group_step()
+    for a, b in samples.spans(step):
         stored_ids, stored_labels = split.sample_rows(a, b)
         if not np.array_equal(samples.ids.read(a, b), stored_ids):
             break
@@ -449,7 +450,7 @@ def _rows_in_existing_split(
             f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r} of {lake.root}"
         )
     labels = np.empty(samples.num_rows, np.int64)
-    for a, b in samples.spans():
+    for a, b in samples.spans(step):
         labels[a:b] = _labels_or_differ(samples, a, b, encoder, differ)
     if not np.array_equal(split.labels[pos], labels):
         raise differ

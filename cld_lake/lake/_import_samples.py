@@ -226,19 +226,13 @@ class ImportSamples:
     def whole_ids(self) -> np.ndarray:
         return _whole(self.ids, self.spans())
 
-    def whole_labels(self, encoder: GroupEncoder | None) -> np.ndarray:
-        out = np.empty(self.num_rows, np.int64)
-        for a, b in self.spans(self._group_step()):
-            out[a:b] = self.labels(a, b, encoder)
-        return out
-
     def new_samples(self) -> SampleBlocks | tuple[np.ndarray, Any]:
         """What the writer creates the split from: blocks when the ids increase, else whole
         arrays (the ids, and the groups as given: ints or names)."""
         if not self.increasing:
-            groups = _whole(self.groups, self.spans(self._group_step()))
+            groups = _whole(self.groups, self.spans(self.group_step()))
             return self.whole_ids(), groups
-        step = min(self._group_step(), WRITE_ROWS)
+        step = min(self.group_step(), WRITE_ROWS)
 
         def blocks() -> Iterator[tuple[np.ndarray, Any]]:
             for a, b in self.spans(step):
@@ -250,7 +244,7 @@ class ImportSamples:
         values = self.groups.read(a, b)
         return values if self.named else np.asarray(values).astype(np.int64, copy=False)
 
-    def _group_step(self) -> int:
+    def group_step(self) -> int:
         """Rows per block of groups: fewer for wide fixed-width names (``<U256``)."""
         dtype = getattr(self.groups, "dtype", None)
         if dtype is None:
@@ -280,7 +274,7 @@ def scan(groups: Column, what: str, *, names: bool = True) -> ImportSamples:
     first = groups.read(0, min(len(groups), 1))
     named = names and is_named(first)
     samples = ImportSamples(RangeColumn(len(groups)), groups, what, named, increasing=True)
-    step = samples._group_step()
+    step = samples.group_step()
     if named:
         collector = NameCollector(what, MAX_CLASSES)
         for a, b in samples.spans(step):
