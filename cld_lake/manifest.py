@@ -9,9 +9,12 @@ score      float64 the score it was ranked by (NaN for an unscored random pick)
 rank       int64   1 = best within its class (by the selection's order)
 ========== ======= ==========================================================
 
+A selection from a lake of named groups adds a fifth column, ``group_name`` (string): the
+name of the sample's group (``label`` is its id); the schema is otherwise the same.
+
 The Parquet key-value metadata ``cld_lake`` holds JSON provenance: score name, method and
 its parameters (checkpoints used), selection rule, fraction or count, shortfall, lake
-identity, creation time and package version, and ``checksum``: a SHA-256 of the four columns
+identity, creation time and package version, and ``checksum``: a SHA-256 of the columns
 and of that JSON (see :func:`content_digest`). The digest is repeated under the footer key
 ``cld_lake.checksum``, pages carry Parquet CRC32 checksums, and the columns carry Parquet
 field ids 1-4; :func:`load_manifest` verifies all of them. The field ids sit in the footer's
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 COLUMNS = ("sample_id", "label", "score", "rank")
+GROUP_NAME = "group_name"  # the fifth column of a selection from a lake of named groups
 MANIFEST_KIND = "cld_lake.manifest"
 MANIFEST_VERSION = 1
 CHECKSUM_FIELD = "checksum"  # in the cld_lake JSON: {"algorithm": "sha256", "digest": hex}
@@ -48,17 +52,30 @@ _DTYPES = {"sample_id": "<i8", "label": "<i8", "score": "<f8", "rank": "<i8"}
 ROW_GROUP_ROWS = 1 << 20  # rows per row group written (pyarrow's default)
 
 
-def manifest_schema() -> pa.Schema:
+def manifest_schema(named: bool = False) -> pa.Schema:
+    """The manifest's schema; ``named``: with the ``group_name`` column."""
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            pa.field("sample_id", pa.int64(), nullable=False),
-            pa.field("label", pa.int64(), nullable=False),
-            pa.field("score", pa.float64()),
-            pa.field("rank", pa.int64(), nullable=False),
-        ]
-    )
+    fields = [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("rank", pa.int64(), nullable=False),
+    ]
+    if named:
+        fields.append(pa.field(GROUP_NAME, pa.string(), nullable=False))
+    return pa.schema(fields)
+
+
+def with_group_names(table: pa.Table, names: Any) -> pa.Table:
+    """``table`` (a manifest's) with the ``group_name`` of each row's label from ``names``
+    (a lake's group names by id; None: unchanged)."""
+    import pyarrow as pa
+
+    if names is None:
+        return table
+    column = pa.array(list(names), pa.string()).take(table.column("label"))
+    return table.append_column(manifest_schema(True).field(GROUP_NAME), column)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,13 @@ class Manifest:
     @property
     def ranks(self) -> np.ndarray:
         return self.table.column("rank").to_numpy().astype(np.int64, copy=False)
+
+    @property
+    def group_names(self) -> list[str] | None:
+        """Each row's group name (a selection from a lake of named groups), else None."""
+        if GROUP_NAME not in self.table.column_names:
+            return None
+        return [str(v) for v in self.table.column(GROUP_NAME).to_pylist()]
 
     def class_counts(self) -> dict[int, int]:
         """Selected samples per class."""
@@ -158,14 +182,19 @@ def content_digest(table: pa.Table, metadata: dict[str, Any]) -> str:
     """SHA-256 (hex) of a manifest's content.
 
     Covers the row count, each column's values as little-endian int64 / float64 in row
-    order, and the ``cld_lake`` JSON as :func:`cld_lake._meta.meta_bytes` encodes it, without
-    its ``checksum`` field. Hashed a chunk at a time (no copy of a whole column).
+    order, ``group_name`` (when present) as the UTF-8 lengths and bytes of its values, and
+    the ``cld_lake`` JSON as :func:`cld_lake._meta.meta_bytes` encodes it, without its
+    ``checksum`` field. Hashed a chunk at a time (no copy of a whole column).
     """
     digest = _ContentDigest(table.num_rows)
     for name in _DTYPES:
         digest.start_column(name)
         for chunk in table.column(name).chunks:
             digest.update(chunk.to_numpy(zero_copy_only=False))
+    if GROUP_NAME in table.column_names:
+        digest.start_column(GROUP_NAME)
+        for chunk in table.column(GROUP_NAME).chunks:
+            digest.update_text(chunk)
     return digest.finish(metadata)
 
 
@@ -176,16 +205,40 @@ class _ContentDigest:
         self._sha = hashlib.sha256(b"cld_lake.manifest\n")
         self._sha.update(num_rows.to_bytes(8, "little"))
         self._dtype = np.dtype("<i8")
+        self._text: tuple[Any, Any] | None = None  # a text column's lengths, bytes
 
     def start_column(self, name: str) -> None:
+        self._fold_text()
         self._sha.update(name.encode() + b"\n")
-        self._dtype = np.dtype(_DTYPES[name])
+        if name == GROUP_NAME:
+            self._text = (hashlib.sha256(), hashlib.sha256())
+        else:
+            self._dtype = np.dtype(_DTYPES[name])
 
     def update(self, values: np.ndarray) -> None:
         """The next values of the current column (hashed through the buffer, not copied)."""
         self._sha.update(np.ascontiguousarray(values, dtype=self._dtype))
 
+    def update_text(self, chunk: Any) -> None:
+        """The next values of the current (string, no nulls) column: their byte lengths and
+        their bytes, each hashed on its own so any chunking gives the same digest."""
+        assert self._text is not None
+        chunk = chunk.cast("large_string")
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
+        data = chunk.buffers()[2]
+        self._text[0].update(np.diff(offsets).astype("<i8"))
+        if data is not None and len(offsets):
+            self._text[1].update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+    def _fold_text(self) -> None:
+        if self._text is not None:
+            self._sha.update(self._text[0].digest() + self._text[1].digest())
+            self._text = None
+
     def finish(self, metadata: dict[str, Any]) -> str:
+        self._fold_text()
         body = {k: v for k, v in metadata.items() if k != CHECKSUM_FIELD}
         self._sha.update(meta_bytes(body)[META_KEY])
         return self._sha.hexdigest()
@@ -210,10 +263,12 @@ def write_manifest(path: str | os.PathLike[str], table: pa.Table, metadata: dict
     from cld_lake._io import atomic_output
 
     path = Path(path)
-    table = table.select(list(COLUMNS)).cast(manifest_schema())
+    named = GROUP_NAME in table.column_names
+    schema = manifest_schema(named)
+    table = table.select(schema.names).cast(schema)
     sealed = seal(table, metadata)
     footer = {**meta_bytes(sealed), CHECKSUM_KEY: sealed[CHECKSUM_FIELD]["digest"].encode()}
-    stored = table.cast(_with_field_ids(manifest_schema())).replace_schema_metadata(footer)
+    stored = table.cast(_with_field_ids(schema)).replace_schema_metadata(footer)
     with atomic_output(path) as tmp:  # pyarrow writes and flushes one row group at a time
         pq.write_table(stored, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     return path
@@ -249,6 +304,9 @@ def load_manifest(path: str | os.PathLike[str] | Manifest) -> Manifest:
     _check_columns(p, schema, refuse)
     digest = _ContentDigest(_row_count(pf))
     columns = [_read_column(pf, p, name, digest, refuse) for name in COLUMNS]
+    named = GROUP_NAME in schema.names
+    if named:
+        columns.append(_read_text_column(pf, p, GROUP_NAME, digest, refuse))
     if expected is not None and digest.finish(metadata) != expected:
         raise CorruptFileError(
             f"manifest {p}: checksum mismatch, its content changed after it was written; "
@@ -256,7 +314,7 @@ def load_manifest(path: str | os.PathLike[str] | Manifest) -> Manifest:
         )
     import pyarrow as pa
 
-    manifest = Manifest(pa.Table.from_arrays(columns, schema=manifest_schema()), metadata, p)
+    manifest = Manifest(pa.Table.from_arrays(columns, schema=manifest_schema(named)), metadata, p)
     repeated = _repeated_ids(manifest.sample_ids)
     if repeated:
         raise refuse(f"manifest {p}: {repeated} sample id(s) appear more than once")
@@ -321,6 +379,30 @@ def _read_column(
     if at != len(values):
         raise CorruptFileError(_row_count_damaged(p))
     return pa.array(values, type=kind, mask=null_mask)  # wraps ``values`` when there is no mask
+
+
+def _read_text_column(
+    pf: pq.ParquetFile, p: Path, name: str, digest: _ContentDigest, refuse: type[Exception]
+) -> pa.Array:
+    """String column ``name`` (no nulls), read a row group at a time and fed to ``digest``."""
+    import pyarrow as pa
+
+    kind = pf.schema_arrow.field(name).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise refuse(f"manifest {p}: column {name} is {kind}, expected string")
+    digest.start_column(name)
+    parts = []
+    for group in range(pf.metadata.num_row_groups):
+        for chunk in _read_row_group(pf, p, group, name).chunks:
+            if chunk.null_count:
+                raise refuse(f"manifest {p}: column {name} has {chunk.null_count} null value(s)")
+            chunk = chunk.cast(pa.string())
+            digest.update_text(chunk)
+            parts.append(chunk)
+    column = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    if len(column) != _row_count(pf):
+        raise CorruptFileError(_row_count_damaged(p))
+    return column
 
 
 def _row_count(pf: pq.ParquetFile) -> int:

@@ -123,7 +123,8 @@ def test_bad_inputs_leave_the_lake_unchanged(lake, tmp_path, npy_files, cli):
         ("test", tmp_path / "nope.npy", f["labels"], [], "no such file"),
         ("test", tmp_path / "trunc.npy", f["labels"], [], "truncated"),
         ("test", f["loss"], f["labels"], ["--margin", save("m.npy", a["loss"][:, :3])], "shape"),
-        ("bogus", f["loss"], f["labels"], [], "bogus"),
+        # issue 17: any split name passing the name rules is a split; a name failing them is not
+        (".bogus", f["loss"], f["labels"], [], "--split .bogus"),
         ("train", f["loss"], f["labels"],
          ["--checkpoint-ids", save("ck2.npy", np.arange(20, 27))], "not in split"),
         # issue 9: the class limit, ids beyond int64, a loss without checkpoints

@@ -10,16 +10,19 @@ import click
 from cld_lake._cli._common import LAKE, echo_json
 from cld_lake.lake import import_file
 
-SPLITS = click.Choice(["train", "val", "test"])
 if TYPE_CHECKING:
     from cld_lake.lake.store import Lake
 
 RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
+SPLIT_HELP = (
+    "train, val, test or any other split name (e.g. target, heldout_code): letters, digits, "
+    "_ - . (not first), at most 64 characters; train is the split scores rank"
+)
 
 
 @click.command("import")
 @click.argument("lake", type=LAKE)
-@click.option("--split", type=SPLITS, required=True, help="Split to import into.")
+@click.option("--split", metavar="NAME", required=True, help=f"Split to import into: {SPLIT_HELP}.")
 @click.option(
     "--loss",
     "loss",
@@ -29,9 +32,17 @@ RUN_HELP = "letters, digits, _ - . (e.g. seed1)"
 )
 @click.option(
     "--labels",
-    required=True,
     type=click.Path(path_type=Path),
-    help="1-D .npy of N labels (or, with a .parquet --loss, a .parquet with sample_id, label).",
+    help="1-D .npy of N labels, class indices 0..C-1 (or, with a .parquet --loss, a .parquet "
+    "with sample_id, label).",
+)
+@click.option(
+    "--groups",
+    type=click.Path(path_type=Path),
+    help="Instead of --labels: a 1-D .npy of N group names (strings) or integers, or a "
+    ".parquet with a group column (and sample_id to join on; without it, one row per --loss "
+    "row). Names are stored as dense ids: new names sorted, after the lake's existing ones; "
+    "a name keeps its id. A long .parquet --loss may carry a group column instead.",
 )
 @click.option(
     "--sample-ids",
@@ -70,6 +81,7 @@ def import_cmd(
     split,
     loss,
     labels,
+    groups,
     sample_ids,
     correct,
     margin,
@@ -84,6 +96,7 @@ def import_cmd(
         split,
         loss=loss,
         labels=labels,
+        groups=groups,
         sample_ids=sample_ids,
         correct=correct,
         margin=margin,
@@ -121,7 +134,10 @@ def info_cmd(lake, as_json):
         echo_json(info)
         return
     click.echo(f"lake {info['path']}  id {info['lake_id']}  format v{info['format_version']}")
-    click.echo(f"classes: {info['num_classes']}   on disk: {_on_disk(info)}")
+    if "groups" in info:
+        click.echo(f"groups: {_names_line(info['groups'])}   on disk: {_on_disk(info)}")
+    else:
+        click.echo(f"classes: {info['num_classes']}   on disk: {_on_disk(info)}")
     runs = info.get("runs", {})
     if runs:  # a lake with named runs: the default run's splits, then each run's
         names = (["default"] if info["splits"] else []) + list(runs)
@@ -190,17 +206,45 @@ def _share_line(rows: list[dict[str, Any]]) -> str:
     return f"  cld <= 0: {overall} of {scored:,} scored samples; highest classes {classes}"
 
 
+#: names ``info`` prints of a lake's groups, and groups of a split (the largest)
+NAMES_SHOWN = 8
+GROUPS_SHOWN = 5
+
+
+def _names_line(groups: dict[str, Any]) -> str:
+    """``1,000 named (ids 0..999): books, code, ... (992 more)``: the lake's group names."""
+    count, names = groups["count"], groups["names"]
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = count - min(count, NAMES_SHOWN)
+    return f"{count:,} named (ids 0..{count - 1}): {shown}" + (
+        f", ... ({more:,} more)" if more else ""
+    )
+
+
+def _groups_line(s: dict[str, Any]) -> str:
+    """A split's largest groups with their samples."""
+    shown = s["groups"][:GROUPS_SHOWN]
+    more = len(s["groups"]) - len(shown) + s["groups_not_shown"]
+    cells = ", ".join(f"{g['name']} {g['samples']:,}" for g in shown)
+    return f"{cells}, ... ({more:,} more)" if more else cells
+
+
 def _echo_splits(splits: dict) -> None:
+    width = max([6, *(len(name) for name in splits)])
+    pad = " " * (width + 3)
     for name, s in splits.items():
+        kind = "groups" if "groups" in s else "classes"
         click.echo(
-            f"  {name:<6} {s['samples']:>10,} samples  {s['classes_present']:>5} classes  "
+            f"  {name:<{width}} {s['samples']:>10,} samples  {s['classes_present']:>5} {kind}  "
             f"{s['checkpoints']:>4} checkpoints [{s['checkpoint_ids']}]  channels {','.join(f'{k}:{v}' for k, v in s['channels'].items())}"
         )
         click.echo(
-            f"         {s['segments']} segment(s), {_on_disk(s)}, {s['bytes_per_value']} B/value, "
+            f"{pad}{s['segments']} segment(s), {_on_disk(s)}, {s['bytes_per_value']} B/value, "
             f"NaN/inf losses: {s['nonfinite_losses']}"
             + (f", metadata: {', '.join(s['metadata_columns'])}" if s["metadata_columns"] else "")
         )
+        if "groups" in s:
+            click.echo(f"{pad}largest groups: {_groups_line(s)}")
 
 
 def _on_disk(info: dict[str, Any]) -> str:
@@ -238,7 +282,11 @@ def verify_cmd(lake, quick):
 @click.command("compact")
 @click.argument("lake", type=LAKE)
 @click.option(
-    "--split", "splits", type=SPLITS, multiple=True, help="Split(s) to compact (default: all)."
+    "--split",
+    "splits",
+    metavar="NAME",
+    multiple=True,
+    help="Split(s) to compact (default: all).",
 )
 @click.option(
     "--run",

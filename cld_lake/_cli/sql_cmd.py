@@ -71,7 +71,8 @@ def sql_cmd(
 
     \b
     Views: samples, train_samples, scores (one row per training sample, with its metadata),
-    checkpoints, losses (long form, streamed), val_reference.
+    checkpoints, losses (long form, streamed), val_reference; a lake of named groups adds
+    group_name to samples and scores.
     Filters on split, sample_id, label and checkpoint are pushed into the losses scan.
     Several statements run in order; the last one's result is printed.
     The query runs sandboxed: it cannot write into the lake, load extensions or change settings.

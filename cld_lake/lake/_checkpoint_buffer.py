@@ -12,6 +12,7 @@ import numpy as np
 
 from cld_lake._types import Duplicates, choices
 from cld_lake.errors import BadInputError
+from cld_lake.lake._groups import GroupEncoder, dictionary, is_named
 from cld_lake.lake._validate import check_labels, default_channels
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class CheckpointBuffer:
             self._seen = np.zeros(n, dtype=bool)
         else:  # first checkpoint of a new split: it defines the sample set
             self._parts: list[dict[str, np.ndarray]] = []
+        self._named: bool | None = None  # are the labels given group names (first batch)?
+        self._encoder: GroupEncoder | None = None
 
     def add(
         self,
@@ -83,7 +86,9 @@ class CheckpointBuffer:
         margin: ArrayLike | None = None,
         el2n: ArrayLike | None = None,
     ) -> None:
-        """Add values for a batch of samples (numpy arrays or anything array-like)."""
+        """Add values for a batch of samples (numpy arrays or anything array-like).
+
+        ``labels``: class indices, or group names (strings) in every batch."""
         ids = np.asarray(sample_ids).astype(np.int64, copy=False).reshape(-1)
         given = {"loss": loss, "correct": correct, "margin": margin, "el2n": el2n}
         batch = {c: np.asarray(v).reshape(-1) for c, v in given.items() if v is not None}
@@ -92,9 +97,7 @@ class CheckpointBuffer:
                 raise BadInputError(
                     f"{channel}: {values.shape[0]} values for {ids.shape[0]} sample ids"
                 )
-        lab = (
-            None if labels is None else np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
-        )
+        lab = None if labels is None else self._labels(labels)
         if lab is not None and lab.shape != ids.shape:
             raise BadInputError(f"labels: {lab.shape[0]} values for {ids.shape[0]} sample ids")
         if self._channels is not None:
@@ -108,9 +111,14 @@ class CheckpointBuffer:
         if split is None:
             if lab is None:
                 raise BadInputError("labels are needed for the first checkpoint of a new split")
-            check_labels(lab, self.writer.num_classes, f"split {self.writer.name!r}")
+            if self._named:
+                dictionary(lab, f"split {self.writer.name!r}: labels")  # checked now, encoded later
+            else:
+                check_labels(lab, self.writer.num_classes, f"split {self.writer.name!r}")
             self._parts.append({"sample_id": ids, "label": lab, **batch})
             return
+        if lab is not None and self._named:
+            lab = self._encode(lab)
         rows = split.rows_of(ids)
         if (rows < 0).any():
             bad = ids[rows < 0][:5].tolist()
@@ -120,12 +128,47 @@ class CheckpointBuffer:
         if lab is not None and not np.array_equal(split.labels[rows], lab):
             i = int(np.flatnonzero(split.labels[rows] != lab)[0])
             raise BadInputError(
-                f"sample {int(ids[i])}: label {int(lab[i])} differs from its stored label {int(split.labels[rows][i])}"
+                f"sample {int(ids[i])}: label {self._shown(int(lab[i]))} differs from its stored "
+                f"label {self._shown(int(split.labels[rows][i]))}"
             )
         rows, keep = self._dedupe(rows)
         self._seen[rows] = True
         for channel, values in batch.items():
             self._values[channel][rows] = values[keep]
+
+    def _labels(self, labels: ArrayLike) -> np.ndarray:
+        """A batch's labels as int64 class indices, or as group names (1-D); the first batch
+        decides which, every later one must agree."""
+        lab = np.asarray(labels).reshape(-1)
+        named = is_named(lab)
+        if self._named is None:
+            self._named = named
+        elif named != self._named:
+            raise BadInputError(
+                f"labels: {'group names' if named else 'class indices'} after batches of "
+                f"{'group names' if self._named else 'class indices'}; give every batch the "
+                "same kind of labels"
+            )
+        return lab if named else lab.astype(np.int64, copy=False)
+
+    def _encode(self, names: np.ndarray) -> np.ndarray:
+        """Group names of an existing split's samples as the lake's ids (a name the lake
+        lacks is no sample's label)."""
+        if self._encoder is None:
+            table = self.writer.lake.group_names()
+            if table is None:
+                raise BadInputError(
+                    f"labels: group names, but the lake at {self.writer.lake.root} holds plain "
+                    "integer groups (classes); give class indices"
+                )
+            self._encoder = GroupEncoder(table)
+        return self._encoder.encode(names, f"split {self.writer.name!r}: labels")
+
+    def _shown(self, label: int) -> str:
+        """A label as a message shows it: the group's name when the labels are names."""
+        if self._encoder is not None and 0 <= label < len(self._encoder.names):
+            return repr(self._encoder.names[label])
+        return str(label)
 
     def _dedupe(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, first = np.unique(rows, return_index=True)

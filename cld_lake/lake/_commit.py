@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,9 @@ import numpy as np
 from cld_lake._meta import now_iso, with_checksum
 from cld_lake.errors import BadInputError, CldLakeError, LakeChangedError
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._groups import new_names, stray_parts, too_many_groups, write_part
 from cld_lake.lake._segments import delete_segment, segment_checksums, sync_segment
-from cld_lake.lake._validate import check_labels, check_num_classes
+from cld_lake.lake._validate import MAX_CLASSES, check_labels, check_num_classes
 from cld_lake.lake.store import Lake, Split, lock_root
 from cld_lake.storage import Lock, StorePath, VersionConflict, is_temp_name
 
@@ -96,6 +97,7 @@ class SampleTables:
     ids_sha1: str  # sample ids never change after creation: readers need not recompute it
     row_groups: list[list[Any]]  # [rows, crc] of each row group of samples.parquet
     classes: str  # the checksum of classes.parquet
+    groups: dict[str, Any] | None = None  # named groups: the names it was written with
 
 
 def remove_unlisted(root: StorePath) -> None:
@@ -109,12 +111,22 @@ def remove_unlisted(root: StorePath) -> None:
             (root / name).delete()
 
 
-def fix_class_count(lake: Lake, split: str, wanted: int | None, labels: np.ndarray) -> int:
+def fix_class_count(
+    lake: Lake, split: str, wanted: int | None, labels: np.ndarray, named: bool = False
+) -> int:
     """Before a new split's first commit: the lake's class count, set in ``cld_lake.json`` from
-    ``wanted`` (else the labels) if the lake has none yet; ``labels`` must fit it."""
+    ``wanted`` (else the labels) if the lake has none yet; ``labels`` must fit it. ``named``:
+    the labels are ids of group names (:func:`add_group_names` has set the count); integer
+    labels are refused by a lake that names its groups."""
     inferred = int(labels.max()) + 1 if labels.size else 0
     with lock_root(lake.root):
         current_lake = Lake(lake.root)
+        if not named and fmt.GROUPS_KEY in current_lake.meta:
+            raise BadInputError(
+                f"split {split!r}: integer labels, but the lake at {lake.root} names its groups "
+                f"({current_lake.num_classes:,} names); give the group names (strings), or "
+                "use a new lake"
+            )
         current = current_lake.num_classes
         if current is None:
             value = wanted if wanted is not None else inferred
@@ -126,6 +138,37 @@ def fix_class_count(lake: Lake, split: str, wanted: int | None, labels: np.ndarr
         check_labels(labels, current, f"split {split!r}")
         lake.meta = meta
     return current
+
+
+def add_group_names(lake: Lake, names: Collection[str], what: str) -> tuple[str, ...]:
+    """Before a new split of named groups is written: the lake's table of group names with
+    ``names`` in it, by id. Names new to the lake are sorted and appended (a new part file,
+    then the root record replaced under the root lock: their commit point), so every name
+    keeps its id; the lake's class count becomes the number of names. A lake whose groups
+    are plain integers refuses names (:class:`BadInputError`)."""
+    with lock_root(lake.root):
+        version = (lake.root / fmt.ROOT_FILE).version()
+        current_lake = Lake(lake.root)
+        meta = current_lake.meta
+        current = current_lake.group_names()
+        if current is None and current_lake.num_classes is not None:
+            raise BadInputError(
+                f"{what}: group names (strings), but the lake at {lake.root} holds plain integer "
+                f"groups (classes 0..{current_lake.num_classes - 1}); give integer groups, or "
+                "import into a new lake"
+            )
+        current = current or ()
+        new = new_names(current, names)
+        if new:
+            if len(current) + len(new) > MAX_CLASSES:
+                raise too_many_groups(len(current) + len(new), what)
+            for stray in stray_parts(lake.root, meta):  # a failed write's (we hold the lock)
+                stray.delete()
+            record = write_part(lake.root, meta.get(fmt.GROUPS_KEY), current, new)
+            meta = {**meta, fmt.GROUPS_KEY: record, "num_classes": record["count"]}
+            meta = fmt.write_root_metadata(lake.root, meta, if_version=version)
+        lake.meta = meta
+    return (*current, *new)
 
 
 def put_record(record: StorePath, table: pa.Table, version: str | None) -> None:
@@ -195,6 +238,8 @@ class CommitRecord:
                 "segments": {},
                 "retired": {},
             }
+            if new_samples.groups is not None:
+                meta["groups"] = new_samples.groups
             old_rows: list[dict[str, Any]] = []
         else:
             meta = self.split.meta

@@ -20,6 +20,9 @@ LAKE/
                                     per stored score; immutable, one file per version, the
                                     current one named by cld_lake.json (``scores``)
   scores.parquet                    the scores table of lakes written before versioned tables
+  groups/names-<seq>-<token>.parquet
+                                    a part of the table of group names (a lake of named
+                                    groups only), named by cld_lake.json (``groups``)
 ```
 
 The scores table is committed like a split's checkpoints: a new version is written to a new
@@ -27,6 +30,10 @@ file nobody references, then ``cld_lake.json``'s ``scores`` record is replaced (
 lock; on an object store by a conditional write) to name it, with its checksum, rows, ids
 fingerprint and sequence number; the version it replaced is listed there as retired and
 deleted by a later writer once the grace period has passed (see :mod:`cld_lake.lake.scores`).
+
+A lake of named groups keeps its table of names in immutable parts listed by the ``groups``
+record of ``cld_lake.json`` (see :mod:`cld_lake.lake._groups`); each of its splits records the
+names it was written with.
 
 A run is a namespace of splits: ``cld_lake.json`` lists the default run's committed splits
 under ``splits`` and every other run's under ``runs`` (``{run: [split, ...]}``, absent until a
@@ -68,6 +75,8 @@ WRITER_LOCK = ".writer.lock"
 SCORES_FILE = "scores.parquet"  # the scores table of lakes written before versioned tables
 SCORES_DIR = "scores"  # the versioned scores tables
 SCORES_KEY = "scores"  # the root JSON's record of the current scores table
+GROUPS_DIR = "groups"  # the parts of the group names table
+GROUPS_KEY = "groups"  # the root JSON's record of the group names table (named groups only)
 
 SPLIT_NAMES = ("train", "val", "test")
 CHANNELS = ("loss", "correct", "margin", "el2n")
@@ -265,6 +274,8 @@ def _check_root(path: StorePath, meta: Any, fix: str) -> dict[str, Any]:
         raise CorruptLakeError(f"{root_file}: the runs are not a map of split lists; {fix}")
     if SCORES_KEY in meta and not valid_scores_record(meta[SCORES_KEY]):
         raise CorruptLakeError(f"{root_file}: the scores record is not valid; {fix}")
+    if GROUPS_KEY in meta and not valid_groups_record(meta[GROUPS_KEY], meta.get("num_classes")):
+        raise CorruptLakeError(f"{root_file}: the group names record is not valid; {fix}")
     return meta
 
 
@@ -303,6 +314,40 @@ def valid_scores_record(record: Any) -> bool:
             and not isinstance(v, bool)
             for k, v in retired.items()
         )
+    )
+
+
+_PART_NAME = re.compile(rf"{GROUPS_DIR}/names-\d{{6,}}-[0-9a-f]{{8,32}}\.parquet")
+
+
+def groups_part_key(seq: int, token: str) -> str:
+    """The key (below the lake's root) of part ``seq`` of the group names table."""
+    return f"{GROUPS_DIR}/names-{seq:06d}-{token}.parquet"
+
+
+def valid_groups_record(record: Any, num_classes: Any) -> bool:
+    """Is ``record`` a well-formed ``groups`` record of the root JSON: the names table's
+    ``parts`` in id order (each a ``file`` with its ``first`` id, ``count`` and ``checksum``),
+    the total ``count`` (the lake's class count too) and the ``digest`` of every name?"""
+    if not isinstance(record, dict) or not isinstance(record.get("parts"), list):
+        return False
+    first = 0
+    for part in record["parts"]:
+        if not (
+            isinstance(part, dict)
+            and isinstance(part.get("file"), str)
+            and _PART_NAME.fullmatch(part["file"]) is not None
+            and isinstance(part.get("checksum"), str)
+            and part.get("first") == first
+            and _is_count(part.get("count"))
+            and part["count"] > 0
+        ):
+            return False
+        first += part["count"]
+    return (
+        record.get("count") == first
+        and num_classes == first
+        and isinstance(record.get("digest"), str)
     )
 
 

@@ -15,13 +15,23 @@ import numpy as np
 
 from cld_lake.errors import BadInputError, CldLakeError, InputFileNotFoundError, one_line
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._groups import GroupEncoder, UnknownGroupError, too_many_groups
+from cld_lake.lake._import_samples import (
+    ImportSamples,
+    check_classes,
+    groups_type,
+    joined_groups,
+    load_groups_npy,
+    row_aligned_groups,
+    scan,
+)
 from cld_lake.lake._validate import (
+    MAX_CLASSES,
     arrow_dtype,
     as_checkpoint_ids,
     as_ids,
     as_labels,
     check_channels,
-    check_labels,
     check_num_classes,
     check_run_name,
     check_split_name,
@@ -143,6 +153,33 @@ def load_labels(con: Connection, labels: PathLike, ids: np.ndarray) -> np.ndarra
     return as_labels(np.ma.getdata(lab), f"--labels {p}")
 
 
+def load_groups(path: PathLike, n: int, ids: Callable[[], np.ndarray]) -> ImportSamples:
+    """``--groups FILE`` for ``n`` import rows, checked: a ``.npy`` of integers or strings,
+    or a ``.parquet`` with a ``group`` column (joined on its ``sample_id`` column when it has
+    one, else row ``i`` for import row ``i``). ``ids()`` gives the import's ids for a join."""
+    from cld_lake._duckdb import sql_str
+
+    p = Path(path)
+    what = f"--groups {p}"
+    if p.suffix == ".npy":
+        return scan(load_groups_npy(p, n, load_npy), what)
+    if p.suffix != ".parquet":
+        raise BadInputError(
+            f"{what}: expected a .npy (integers or strings) or a .parquet with a group column"
+        )
+    schema = parquet_schema(p, "--groups")
+    if "group" not in schema.names:
+        raise BadInputError(
+            f"{what}: missing column 'group'; a groups .parquet has group (names or integers) "
+            "and, to join on it, sample_id"
+        )
+    named = groups_type(schema.field("group").type, what)
+    if "sample_id" in schema.names:
+        source = f'(SELECT sample_id, "group" FROM read_parquet({sql_str(p)}))'
+        return scan(joined_groups(source, ids(), what, named), what)
+    return scan(row_aligned_groups(p, n, what), what)
+
+
 def parquet_schema(path: PathLike, what: str) -> pa.Schema:
     """The Arrow schema of a Parquet file, with one-line errors when it is missing or unreadable."""
     import pyarrow as pa
@@ -185,8 +222,7 @@ def target_root(lake: Target) -> StorePath:
 def import_rows(
     lake: Target,
     split: str,
-    ids: np.ndarray,
-    labels: np.ndarray,
+    samples: ImportSamples,
     ckpts: np.ndarray,
     channels: dict[str, str],
     make_source: SourceFactory,
@@ -195,7 +231,7 @@ def import_rows(
     run: str | None = None,
 ) -> ImportResult:
     """Validate against the lake (without changing it), then write and commit ``split`` of
-    ``run`` (None: the default run).
+    ``run`` (None: the default run) with the ``samples`` (checked ids and groups).
 
     Everything that can be checked is checked before the lake (or split) is created. If writing
     still fails (disk full, permissions, an interrupt), what this call created is removed
@@ -205,10 +241,15 @@ def import_rows(
     root = target_root(lake)
     check_import_options(split, num_classes, None, row_chunk)
     run = check_run_name(run)
-    labels = as_labels(labels, "--labels", num_classes)
+    if samples.named and num_classes is not None:
+        raise BadInputError(
+            f"--num-classes {num_classes}: not used with group names (the lake counts its "
+            "names); leave it out"
+        )
+    check_classes(samples, num_classes, samples.what)
     ckpts = as_checkpoint_ids(ckpts, "checkpoint ids")
     channels = check_channels(channels)
-    if len(ids) == 0:
+    if samples.num_rows == 0:
         raise BadInputError("--loss: no samples to import (0 rows)")
     if len(ckpts) == 0:
         raise BadInputError("--loss: no checkpoints to import (0 columns)")
@@ -225,27 +266,23 @@ def import_rows(
             raise BadInputError(
                 f"--num-classes {num_classes}: the lake at {root} has {opened.num_classes} classes; use the same number or a new lake"
             )
-        check_labels(
-            labels,
-            opened.num_classes if opened.num_classes is not None else num_classes,
-            f"--labels for {root}",
-        )
+        _check_groups_fit(opened, samples, num_classes)
         if opened.has_split(split):
-            rows = _rows_in_existing_split(opened, split, ids, labels, ckpts, channels)
+            rows = _rows_in_existing_split(opened, split, samples, ckpts, channels)
     undo = _Undo(root, split, run, root_bytes)
     try:
         if opened is None:
             opened = Lake.create(root, num_classes).with_run(run)
         with SplitWriter(opened, split, num_classes=num_classes, row_chunk=row_chunk) as writer:
-            new_samples = (ids, labels) if writer.split is None else None
+            new_samples = samples.new_samples() if writer.split is None else None
             if writer.split is not None and rows is None:  # created meanwhile by another job
                 undo.split_existed = True  # not ours to remove
-                rows = _rows_in_existing_split(opened, split, ids, labels, ckpts, channels)
+                rows = _rows_in_existing_split(opened, split, samples, ckpts, channels)
             try:
                 writer.append_columns(
                     ckpts.tolist(),
                     make_source(rows),
-                    num_rows=len(ids),
+                    num_rows=samples.num_rows,
                     channels=channels,
                     new_samples=new_samples,
                 )
@@ -261,11 +298,37 @@ def import_rows(
     assert result_split is not None
     return ImportResult(
         split,
-        len(ids),
+        samples.num_rows,
         sorted(int(c) for c in ckpts),
         dict(channels),
         _nonfinite_of(result_split, ckpts),
     )
+
+
+def _check_groups_fit(lake: Lake, samples: ImportSamples, num_classes: int | None) -> None:
+    """The import's groups suit the lake: names for a lake of names (at most ``MAX_CLASSES``
+    of them in all), class indices in range for a lake of classes."""
+    names = lake.group_names()
+    role = samples.what.split(" ")[0]
+    if samples.named:
+        if names is None and lake.num_classes is not None:
+            raise BadInputError(
+                f"{samples.what}: group names (strings), but the lake at {lake.root} holds plain "
+                f"integer groups (classes 0..{lake.num_classes - 1}); give integer groups, or "
+                "import into a new lake"
+            )
+        total = len(set(names or ()) | set(samples.names or ()))
+        if total > MAX_CLASSES:
+            raise too_many_groups(total, f"{samples.what} with the lake's names")
+        return
+    if names is not None:
+        raise BadInputError(
+            f"{samples.what}: integers, but the lake at {lake.root} names its groups "
+            f"({len(names):,} names, e.g. {names[0]!r}); give the names with --groups FILE "
+            "(strings), or import into a new lake"
+        )
+    limit = lake.num_classes if lake.num_classes is not None else num_classes
+    check_classes(samples, limit, f"{role} for {lake.root}")
 
 
 class _Undo:
@@ -343,16 +406,16 @@ def _nonfinite_of(split: Split, ckpts: np.ndarray) -> int:
 def _rows_in_existing_split(
     lake: Lake,
     split_name: str,
-    ids: np.ndarray,
-    labels: np.ndarray,
+    samples: ImportSamples,
     ckpts: np.ndarray,
     channels: dict[str, str],
 ) -> np.ndarray | None:
-    """Map import rows onto the split's rows; None when they are already in the split's order."""
+    """Map import rows onto the split's rows; None when they are already in the split's order
+    (compared a block at a time: nothing held whole unless the order differs)."""
     split = lake.split(split_name)
-    if len(ids) != split.num_samples:
+    if samples.num_rows != split.num_samples:
         raise BadInputError(
-            f"split {split_name!r} of {lake.root} has {split.num_samples} samples; the import has {len(ids)}. "
+            f"split {split_name!r} of {lake.root} has {split.num_samples} samples; the import has {samples.num_rows}. "
             "An import adds checkpoints for the same samples"
         )
     if channels != split.channels:
@@ -365,18 +428,46 @@ def _rows_in_existing_split(
         raise BadInputError(
             f"checkpoints {dup[:5].tolist()} are already committed in split {split_name!r} of {lake.root}; use --checkpoint-ids with new ids"
         )
-    if np.array_equal(ids, split.sample_ids):
-        if not np.array_equal(labels, split.labels):
-            raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")
+    names = lake.group_names()
+    encoder = GroupEncoder(names) if samples.named and names is not None else None
+    differ = BadInputError(
+        f"{samples.what.split(' ')[0]} differ from the {samples.noun} stored for split "
+        f"{split_name!r}"
+    )
+    step = samples.group_step()
+    for a, b in samples.spans(step):
+        stored_ids, stored_labels = split.sample_rows(a, b)
+        if not np.array_equal(samples.ids.read(a, b), stored_ids):
+            break
+        if not np.array_equal(_labels_or_differ(samples, a, b, encoder, differ), stored_labels):
+            raise differ
+    else:
         return None
+    ids = samples.whole_ids()
     pos = split.rows_of(ids)
     if (pos < 0).any():
         raise BadInputError(
             f"sample ids {ids[pos < 0][:5].tolist()} are not in split {split_name!r} of {lake.root}"
         )
+    labels = np.empty(samples.num_rows, np.int64)
+    for a, b in samples.spans(step):
+        labels[a:b] = _labels_or_differ(samples, a, b, encoder, differ)
     if not np.array_equal(split.labels[pos], labels):
-        raise BadInputError(f"--labels differ from the labels stored for split {split_name!r}")
+        raise differ
     # import row i holds split row pos[i]; the writer wants split order: source row for split row r
     source_rows = np.empty_like(pos)
     source_rows[pos] = np.arange(len(pos))
     return source_rows
+
+
+def _labels_or_differ(
+    samples: ImportSamples, a: int, b: int, encoder: GroupEncoder | None, differ: Exception
+) -> np.ndarray:
+    """Rows ``a..b`` of the import's groups as the lake's ids; a name the lake lacks (or
+    names for a lake of classes) is no stored label: ``differ``."""
+    if samples.named and encoder is None:
+        raise differ
+    try:
+        return samples.labels(a, b, encoder)
+    except UnknownGroupError:
+        raise differ from None

@@ -26,8 +26,17 @@ from cld_lake.lake._import_common import (
     channel_dtype,
     check_import_options,
     import_rows,
+    load_groups,
     load_labels,
     parquet_schema,
+)
+from cld_lake.lake._import_samples import (
+    ArrayColumn,
+    ImportSamples,
+    ParquetColumn,
+    check_classes,
+    groups_type,
+    scan,
 )
 from cld_lake.lake._validate import (
     arrow_dtype,
@@ -175,6 +184,7 @@ def import_wide_parquet(
     loss: PathLike,
     labels: PathLike | None = None,
     *,
+    groups: PathLike | None = None,
     sample_ids: PathLike | None = None,
     num_classes: int | None = None,
     dtypes: Mapping[str, str] | None = None,
@@ -185,7 +195,9 @@ def import_wide_parquet(
 
     Sample ids come from the file's ``sample_id`` column; labels from its ``label`` column
     when ``labels`` is None or the file itself, else from ``labels`` (``.npy`` aligned with the
-    rows, or ``.parquet`` with ``sample_id, label``). Checkpoint ids come from the column names
+    rows, or ``.parquet`` with ``sample_id, label``); or groups from ``groups``
+    (:func:`~cld_lake.lake.import_file`), or from the file's ``group`` column when it has no
+    ``label`` column. Checkpoint ids come from the column names
     (``columns``) or the file's ``cld_lake`` metadata (``wide``; default ``0..K-1``). The file
     is checked in full before anything is written, with the type rules of every importer
     (:mod:`._validate`).
@@ -219,7 +231,7 @@ def import_wide_parquet(
         ids = as_ids(ids_col.to_numpy(), f"{what} column sample_id")
         if not len(ids):
             raise BadInputError(f"{what}: no rows; nothing to import")
-        label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)
+        samples = _wide_groups(pf, path, labels, groups, ids, num_classes)
         width = _check_values(pf, path, layout)
     except (OSError, pa.ArrowException) as exc:
         raise BadInputError(f"{what}: could not be read ({one_line(exc)})") from exc
@@ -234,8 +246,32 @@ def import_wide_parquet(
         return _WideRows(pf, layout, width, rows, what)
 
     return import_rows(
-        lake_path, split, ids, label_arr, ckpts, channels, make_source, num_classes, row_chunk, run
+        lake_path, split, samples, ckpts, channels, make_source, num_classes, row_chunk, run
     )
+
+
+def _wide_groups(
+    pf: pq.ParquetFile,
+    path: Path,
+    labels: PathLike | None,
+    groups: PathLike | None,
+    ids: np.ndarray,
+    num_classes: int | None,
+) -> ImportSamples:
+    """The groups of a wide file's rows: ``groups``, else ``labels`` or the file's ``label``
+    column, else its ``group`` column."""
+    names = pf.schema_arrow.names
+    if groups is not None:
+        found = load_groups(groups, len(ids), lambda: ids)
+    elif labels is None and "label" not in names and "group" in names:
+        what = f"--loss {path} column group"
+        groups_type(pf.schema_arrow.field("group").type, what)
+        found = scan(ParquetColumn(pf, "group", what), what)
+    else:
+        label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)
+        found = scan(ArrayColumn(label_arr), "--labels", names=False)
+    check_classes(found, num_classes, found.what)
+    return found.with_ids(ArrayColumn(ids))
 
 
 def _wide_labels(

@@ -3,12 +3,13 @@ checks each block passes on its way into the split's samples table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from cld_lake.errors import BadInputError
+from cld_lake.lake._groups import GroupEncoder, NameCollector, dictionary, is_named
 from cld_lake.lake._validate import as_labels, type_name
 from cld_lake.lake._write_checks import check_metadata_column
 
@@ -38,9 +39,14 @@ class SampleBlocks:
         of one length (any length, block to block) and ``metadata`` a mapping of column name
         to values (the same names in every block). The writer calls ``blocks()`` twice (the
         samples table's checksum precedes its rows in the file): both calls must yield the
-        same values.
+        same values. Labels may be group names (string arrays) instead of class indices:
+        then the writer calls ``blocks()`` once more, first, to gather the names (unless
+        ``group_names`` gives them).
     num_rows : int
         The number of samples: the blocks together hold exactly this many rows.
+    group_names : collection of str, optional
+        When the labels are group names and their distinct names are known: those names (a
+        name in a block but not here is refused).
 
     Notes
     -----
@@ -61,7 +67,13 @@ class SampleBlocks:
     ...     writer.declare_samples(samples)
     """
 
-    def __init__(self, blocks: Callable[[], Iterable[SampleBlock]], num_rows: int) -> None:
+    def __init__(
+        self,
+        blocks: Callable[[], Iterable[SampleBlock]],
+        num_rows: int,
+        *,
+        group_names: Collection[str] | None = None,
+    ) -> None:
         if not callable(blocks):
             raise BadInputError(
                 f"blocks: got {type(blocks).__name__}; give a function that returns the "
@@ -71,9 +83,45 @@ class SampleBlocks:
             raise BadInputError(f"num_rows={num_rows!r}: expected the number of samples (>= 0)")
         self.blocks = blocks
         self.num_rows = int(num_rows)
+        self.group_names = None if group_names is None else frozenset(group_names)
 
     def __repr__(self) -> str:
         return f"SampleBlocks({self.blocks!r}, num_rows={self.num_rows})"
+
+
+def block_group_names(samples: SampleBlocks) -> frozenset[str] | None:
+    """The distinct group names of ``samples`` (each checked), or None when its labels are
+    class indices (its first block tells; a pass over every block only for names)."""
+    if samples.group_names is not None:
+        dictionary(np.array(sorted(samples.group_names), dtype=object), "group_names")
+        return samples.group_names
+    first = next(iter(samples.blocks()), None)
+    if first is None or not is_named(_unpack(first, 0)[1]):
+        return None
+    collector = NameCollector("new_samples: the labels (group names)")
+    for block in samples.blocks():
+        labels = _unpack(block, collector.rows)[1]
+        if not is_named(labels):
+            raise BadInputError(
+                f"{_at_row(collector.rows)}: labels of dtype {type_name(np.asarray(labels))} "
+                "after blocks of group names; give every block's labels as names"
+            )
+        collector.add(labels)
+    return frozenset(collector.names)
+
+
+def encoded_blocks(samples: SampleBlocks, encoder: GroupEncoder) -> SampleBlocks:
+    """``samples`` with each block's group names replaced by their ids in the lake."""
+
+    def blocks() -> Iterator[tuple[Any, ...]]:
+        start = 0
+        for block in samples.blocks():
+            ids, labels, metadata = _unpack(block, start)
+            what = f"{_at_row(start)}: labels"
+            yield ids, encoder.encode(labels, what, start), metadata
+            start += len(np.asarray(ids))
+
+    return SampleBlocks(blocks, samples.num_rows)
 
 
 def checked_tables(samples: SampleBlocks, num_classes: int | None) -> Iterator[pa.Table]:

@@ -244,7 +244,7 @@ def as_labels(
                 "indices 0..C-1"
             )
     _require_integers(arr, what, "labels", type_label)
-    out = arr.astype(np.int64)
+    out = arr.astype(np.int64, copy=False)
     check_labels(out, num_classes, what)
     return out
 

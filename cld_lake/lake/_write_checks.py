@@ -11,6 +11,7 @@ import numpy as np
 
 from cld_lake.errors import BadInputError, CheckpointExistsError, LakeVersionError
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._groups import is_named
 from cld_lake.lake._validate import check_labels, check_num_classes, count_duplicates
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ def check_new_checkpoints(
 def check_new_samples(
     sample_ids: np.ndarray, labels: np.ndarray, num_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A new split's sample ids (unique) and labels (class indices), as int64 arrays."""
+    """A new split's sample ids (unique, int64) and labels: class indices (int64), or group
+    names (a string array, returned as it is: the writer checks and encodes the names)."""
     ids = np.asarray(sample_ids)
     labels = np.asarray(labels)
     if ids.ndim != 1 or labels.shape != ids.shape:
@@ -67,14 +69,18 @@ def check_new_samples(
     dups = count_duplicates(ids)
     if dups:
         raise BadInputError(f"sample ids contain {dups} duplicates; each sample id must be unique")
+    if is_named(labels):
+        return ids.astype(np.int64, copy=False), labels
     check_labels(labels, num_classes, "labels")
     return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
 
 
 def check_metadata_column(name: str, values: np.ndarray, num_samples: int) -> None:
     """A metadata column to annotate: not a reserved name, one value per sample."""
-    if name in ("sample_id", "label"):
-        raise BadInputError(f"metadata column {name!r} is reserved")
+    if name in ("sample_id", "label", "group_name"):
+        raise BadInputError(
+            f"metadata column {name!r} is reserved (a column of the SQL views); rename it"
+        )
     if values.shape != (num_samples,):
         raise BadInputError(
             f"metadata column {name!r}: expected {num_samples} values, got {values.shape}"

@@ -18,6 +18,7 @@ from cld_lake._meta import WholeTableChecksum, read_meta, streamed_checksum_prob
 from cld_lake.errors import CldLakeError, CorruptLakeError, one_line
 from cld_lake.lake import _format as fmt
 from cld_lake.lake._compact import GC_GRACE_SECONDS
+from cld_lake.lake._groups import check_split_groups, read_names, stray_parts
 from cld_lake.lake._validate import MAX_CLASSES, count_duplicates
 from cld_lake.lake.scores import (
     check_scores_file,
@@ -31,7 +32,11 @@ from cld_lake.lake.scores import (
 from cld_lake.lake.store import Lake, Split, rows_checksum, sample_groups
 from cld_lake.storage import StorePath, is_temp_name
 
+#: groups listed per split by ``info`` (the largest first); the lake's names likewise
+GROUPS_SHOWN = 1000
+
 __all__ = [
+    "GROUPS_SHOWN",
     "SamplesScan",
     "VerifyReport",
     "human_bytes",
@@ -44,6 +49,10 @@ __all__ = [
 def lake_info(lake: Lake) -> dict[str, Any]:
     """A JSON-ready summary of the lake: splits, samples, classes, checkpoints, channels,
     bytes on disk, NaN/inf loss counts, and the scores present with their provenance.
+
+    A lake of named groups adds ``groups`` (their number and the first :data:`GROUPS_SHOWN`
+    names by id) and, per split, ``groups``: the samples of each group present, the largest
+    first (at most :data:`GROUPS_SHOWN`, ``groups_not_shown`` counting the rest).
 
     ``bytes_on_disk`` (of the lake and of each split) counts live data only: what the current
     commit records reference. What a compaction or a newer scores table retired (kept for the
@@ -61,10 +70,17 @@ def lake_info(lake: Lake) -> dict[str, Any]:
         "bytes_debris": 0,
         "splits": {},
     }
+    names = lake.group_names()
+    if names is not None:
+        info["groups"] = {
+            "count": len(names),
+            "names": list(names[:GROUPS_SHOWN]),
+            "names_not_shown": max(0, len(names) - GROUPS_SHOWN),
+        }
     total = lake.root.tree_bytes()
     runs = lake.runs()
     for run in runs:
-        of_run = {name: _split_info(lake.split(name, run)) for name in lake.splits(run)}
+        of_run = {name: _split_info(lake.split(name, run), names) for name in lake.splits(run)}
         for split in of_run.values():
             info["bytes_retired"] += split["bytes_retired"]
             info["bytes_debris"] += split["bytes_debris"]
@@ -74,6 +90,8 @@ def lake_info(lake: Lake) -> dict[str, Any]:
             info.setdefault("runs", {})[run] = {"splits": of_run}
     for stray in strays(scores_state(lake)):
         info["bytes_retired" if stray.retired else "bytes_debris"] += stray.size
+    for part in stray_parts(lake.root, lake.meta):
+        info["bytes_debris"] += part.tree_bytes()
     info["bytes_on_disk"] = total - info["bytes_retired"] - info["bytes_debris"]
     info["scores"] = stored_scores(lake)
     info["score_settings"] = {name: score_settings(p) for name, p in info["scores"].items()}
@@ -94,8 +112,9 @@ def score_settings(provenance: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _split_info(split: Split) -> dict[str, Any]:
-    """What ``info`` shows of one split (its samples table streamed and checked, never whole)."""
+def _split_info(split: Split, names: tuple[str, ...] | None) -> dict[str, Any]:
+    """What ``info`` shows of one split (its samples table streamed and checked, never whole);
+    with the lake's group ``names``, the samples of each group."""
     samples = scan_samples(split, fingerprint=False)
     ck = split.checkpoint_ids
     unreferenced = _unreferenced_segments(split)
@@ -103,6 +122,7 @@ def _split_info(split: Split) -> dict[str, Any]:
     debris = sum(size for size, is_retired in unreferenced.values() if not is_retired)
     seg_bytes = (split.root / fmt.SEGMENTS_DIR).tree_bytes() - retired - debris
     values = split.num_samples * len(ck) * len(split.channels)
+    groups = {} if names is None else _groups_info(split, names)
     return {
         "samples": split.num_samples,
         "classes_present": _classes_present(split, samples),
@@ -116,7 +136,18 @@ def _split_info(split: Split) -> dict[str, Any]:
         "bytes_retired": retired,
         "bytes_debris": debris,
         "bytes_per_value": round(seg_bytes / values, 3) if values else None,
-    }
+    } | groups
+
+
+def _groups_info(split: Split, names: tuple[str, ...]) -> dict[str, Any]:
+    """The samples of each group of ``split``, the largest first (ties: by id)."""
+    counts = split.label_counts()
+    present = np.flatnonzero(counts)
+    order = present[np.lexsort((present, -counts[present]))]
+    shown = [
+        {"id": int(i), "name": names[i], "samples": int(counts[i])} for i in order[:GROUPS_SHOWN]
+    ]
+    return {"groups": shown, "groups_not_shown": max(0, len(order) - GROUPS_SHOWN)}
 
 
 def _unreferenced_segments(split: Split) -> dict[str, tuple[int, bool]]:
@@ -200,8 +231,9 @@ def verify_lake(
     except CldLakeError as exc:
         report.errors.append(str(exc))
         return report
+    names = _verify_groups(lake, report)
     for run in runs:
-        _verify_run(lake, run, report, read_data, splits)
+        _verify_run(lake, run, report, read_data, splits, names)
     _verify_scores(lake, report)
     for temp in _temp_files(lake.root):
         report.warnings.append(
@@ -212,9 +244,15 @@ def verify_lake(
 
 
 def _verify_run(
-    lake: Lake, run: str, report: VerifyReport, read_data: bool, only: Sequence[str] | None
+    lake: Lake,
+    run: str,
+    report: VerifyReport,
+    read_data: bool,
+    only: Sequence[str] | None,
+    group_names: tuple[str, ...] | None | Exception,
 ) -> None:
-    """Every split of ``run``: committed ones checked, unlisted ones reported as debris."""
+    """Every split of ``run``: committed ones checked, unlisted ones reported as debris;
+    ``group_names``: the lake's table (or why it could not be read)."""
     listed = lake.splits(run)
     names = sorted(set(_split_dirs(lake, run)) | set(listed))
     for name in names if only is None else [n for n in names if n in only]:
@@ -227,7 +265,7 @@ def _verify_run(
                 )
             continue
         try:
-            _verify_split(lake.with_run(run), name, report, read_data)
+            _verify_split(lake.with_run(run), name, report, read_data, group_names)
         except CldLakeError as exc:  # what a reader refuses on is a verification error
             report.errors.append(f"split {label!r} is corrupt: {exc}")
         except Exception as exc:  # anything unreadable is a verification error, not a crash
@@ -286,6 +324,26 @@ def _verify_scores(lake: Lake, report: VerifyReport) -> None:
         report.warnings.append(f"{stray.path}: {what}; the next score deletes it")
 
 
+def _verify_groups(lake: Lake, report: VerifyReport) -> tuple[str, ...] | None | Exception:
+    """The table of group names, every part against its checksum and the root record (an
+    error when any differs; then the error, for the splits' checks to skip); parts no record
+    names (a write that never committed) as warnings."""
+    names: tuple[str, ...] | None | Exception
+    try:
+        names = read_names(lake.root, lake.meta, lake.fix)
+    except CldLakeError as exc:
+        report.errors.append(str(exc))
+        names = exc
+    for part in stray_parts(lake.root, lake.meta):
+        if is_temp_name(part.name):
+            continue  # listed with every temp file
+        report.warnings.append(
+            f"{part}: group names never committed (a failed or killed write); the next write "
+            "of new names deletes it"
+        )
+    return names
+
+
 def _count(n: int, thing: str) -> str:
     return f"{n} {thing}{'s' * (n != 1)}"
 
@@ -303,11 +361,22 @@ def _split_dirs(lake: Lake, run: str) -> list[str]:
     return _folders(fmt.split_dir(lake.root, "", run))
 
 
-def _verify_split(lake: Lake, name: str, report: VerifyReport, read_data: bool) -> None:
+def _verify_split(
+    lake: Lake,
+    name: str,
+    report: VerifyReport,
+    read_data: bool,
+    names: tuple[str, ...] | None | Exception = None,
+) -> None:
     split = lake.split(name)  # checks the commit record
     name = _label(split.run, name)  # how the messages below name it
+    if not isinstance(names, Exception):  # (a damaged table is reported once, above)
+        check_split_groups(name, split.meta.get("groups"), names, lake.fix)
     errors = report.errors
     limit = lake.num_classes if lake.num_classes is not None else MAX_CLASSES
+    named = split.meta.get("groups")
+    if isinstance(named, dict) and isinstance(named.get("count"), int):
+        limit = min(limit, named["count"])  # ids of the names it was written with
     samples = scan_samples(split, label_limit=limit)  # checks samples.parquet
     if samples.rows != split.num_samples:
         errors.append(

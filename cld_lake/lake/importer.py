@@ -9,7 +9,6 @@ is validated before anything is written, so a bad input leaves the lake exactly 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,10 +24,21 @@ from cld_lake.lake._import_common import (
     channel_dtype,
     check_import_options,
     import_rows,
+    load_groups,
     load_ids,
     load_labels,
     load_npy,
     parquet_schema,
+)
+from cld_lake.lake._import_samples import (
+    ArrayColumn,
+    ImportSamples,
+    check_classes,
+    groups_type,
+    joined_groups,
+    load_sample_ids,
+    npy_column,
+    scan,
 )
 from cld_lake.lake._import_wide import import_wide_parquet, is_wide_parquet, wide_layout
 from cld_lake.lake._validate import (
@@ -66,7 +76,7 @@ def import_file(
     split: str,
     *,
     loss: PathLike,
-    labels: PathLike | None,
+    labels: PathLike | None = None,
     sample_ids: PathLike | None = None,
     correct: PathLike | None = None,
     margin: PathLike | None = None,
@@ -75,6 +85,7 @@ def import_file(
     dtypes: Mapping[str, str] | None = None,
     row_chunk: int = fmt.DEFAULT_ROW_CHUNK,
     run: str | None = None,
+    groups: PathLike | None = None,
 ) -> ImportResult:
     """Import trajectories into ``split`` of ``lake`` (both created if missing).
 
@@ -86,12 +97,22 @@ def import_file(
     ----------
     lake : Lake or path
     split : str
+        ``train``, ``val``, ``test`` or any other split name (e.g. ``target``): letters,
+        digits, ``_``, ``-``, ``.``, not starting with ``.`` or ``-``, at most 64 characters.
     loss : path
         ``.npy`` (N x T, float), or ``.parquet`` long (``sample_id, checkpoint, loss[, correct,
         margin]``) or wide (``sample_id[, label], loss`` as a list, or ``loss_<checkpoint>``).
     labels : path or None
-        ``.npy`` of N labels; with a ``.parquet`` loss also a ``.parquet`` with ``sample_id,
-        label``. None only for a wide file with a ``label`` column (the file's own labels).
+        ``.npy`` of N labels (class indices); with a ``.parquet`` loss also a ``.parquet``
+        with ``sample_id, label``. None for a wide file with a ``label`` column (the file's
+        own labels), or when ``groups`` is given.
+    groups : path or None
+        In place of ``labels``: a ``.npy`` of N group names (strings) or integers, or a
+        ``.parquet`` with a ``group`` column (joined on its ``sample_id`` column when it has
+        one, else one row per sample in ``--loss`` order). Names are *named groups*: the lake
+        gives each a dense id (new names sorted, after the lake's existing ones) and keeps
+        the table of names (:meth:`Lake.group_names`); integers behave as labels. A long
+        ``.parquet`` loss may carry a ``group`` column instead.
     sample_ids, checkpoint_ids : path, optional
         ``.npy`` of N unique sample ids (default ``0..N-1``) / T checkpoint ids (default
         ``0..T-1``). A Parquet file carries its checkpoint ids, a wide one its sample ids.
@@ -110,6 +131,11 @@ def import_file(
     """
     check_import_options(split, num_classes, dtypes, row_chunk)
     run = check_run_name(lake.run if run is None and isinstance(lake, Lake) else run)
+    if labels is not None and groups is not None:
+        raise BadInputError(
+            "--labels and --groups: give one of them (--groups takes group names or integers, "
+            "--labels class indices)"
+        )
     if Path(loss).suffix == ".parquet":
         for option, value in (
             ("--correct", correct),
@@ -126,6 +152,7 @@ def import_file(
                 split,
                 loss,
                 labels,
+                groups=groups,
                 sample_ids=sample_ids,
                 num_classes=num_classes,
                 dtypes=dtypes,
@@ -136,7 +163,8 @@ def import_file(
             lake,
             split,
             loss,
-            _required_labels(labels, "a long .parquet"),
+            labels,
+            groups=groups,
             sample_ids=sample_ids,
             num_classes=num_classes,
             dtypes=dtypes,
@@ -147,7 +175,8 @@ def import_file(
         lake,
         split,
         loss,
-        _required_labels(labels, "a .npy"),
+        labels if groups is not None else _required_labels(labels, "a .npy"),
+        groups=groups,
         sample_ids=sample_ids,
         correct=correct,
         margin=margin,
@@ -163,54 +192,19 @@ def _required_labels(labels: PathLike | None, kind: str) -> PathLike:
     if labels is None:
         raise BadInputError(
             f"--labels: {kind} --loss has no labels; give a .npy of labels "
-            "(or, with a long .parquet, a .parquet with sample_id, label)"
+            "(or, with a long .parquet, a .parquet with sample_id, label), or --groups FILE "
+            "(group names or integers)"
         )
     return labels
-
-
-class NpyRows:
-    """Row-range reads of a C-ordered ``.npy`` file with plain ``pread`` into a fresh buffer.
-
-    Unlike a memory map, nothing stays mapped into the process after a block is consumed, so
-    the peak RSS of a streaming import is one block, not the whole file.
-    """
-
-    def __init__(self, path: PathLike, mm: np.ndarray) -> None:
-        self.path = Path(path)
-        self.dtype = mm.dtype
-        self.shape = mm.shape
-        self.offset = mm.offset
-        self.row_bytes = int(np.prod(mm.shape[1:], dtype=np.int64)) * mm.dtype.itemsize
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        out = np.empty((b - a, *self.shape[1:]), dtype=self.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        pos, done = self.offset + a * self.row_bytes, 0
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            while done < len(view):
-                got = os.preadv(fd, [view[done:]], pos + done)
-                if got <= 0:
-                    raise BadInputError(f"{self.path}: file ended early; it is truncated")
-                done += got
-        finally:
-            os.close(fd)
-        return out
-
-
-def _rows_reader(path: PathLike, mm: np.ndarray) -> RowReader:
-    """``f(a, b) -> rows a..b`` of a .npy: pread for C order, the memory map otherwise."""
-    if mm.flags.c_contiguous and isinstance(mm, np.memmap):
-        return NpyRows(path, mm).read
-    return lambda a, b: np.asarray(mm[a:b])
 
 
 def import_npy(
     lake_path: Target,
     split: str,
     loss: PathLike,
-    labels: PathLike,
+    labels: PathLike | None,
     *,
+    groups: PathLike | None = None,
     sample_ids: PathLike | None = None,
     correct: PathLike | None = None,
     margin: PathLike | None = None,
@@ -224,7 +218,9 @@ def import_npy(
 
     Type rules (shared with every importer, :mod:`._validate`): loss and margin are float or
     int, correct is bool or 0/1 integers, labels and ids are integers (floats refused even when
-    whole), ids below 2**63, checkpoint ids >= 0.
+    whole), ids below 2**63, checkpoint ids >= 0; ``groups`` (in place of ``labels``) are
+    integers or names. Labels, groups and sample ids are read a block at a time: a new split
+    whose ids increase (the default ``0..N-1`` do) holds one block of them, never N.
     """
     check_import_options(split, num_classes, dtypes, row_chunk)
     loss_arr = load_npy(loss, "--loss")
@@ -238,12 +234,18 @@ def import_npy(
         raise BadInputError(
             f"--loss {loss}: shape {loss_arr.shape} has no {'rows' if n == 0 else 'checkpoints (0 columns)'}; nothing to import"
         )
-    label_arr = load_npy(labels, "--labels")
-    if label_arr.shape != (n,):
-        raise BadInputError(
-            f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
-        )
-    label_arr = as_labels(label_arr, f"--labels {labels}", num_classes)
+    if groups is None:
+        if labels is None:
+            raise BadInputError("--labels: a .npy --loss needs --labels FILE or --groups FILE")
+        label_arr = load_npy(labels, "--labels")
+        if label_arr.shape != (n,):
+            raise BadInputError(
+                f"--labels {labels}: shape {label_arr.shape} does not match --loss {loss} with {n} rows; expected ({n},)"
+            )
+        samples = scan(npy_column(labels, label_arr), f"--labels {labels}", names=False)
+    else:
+        samples = load_groups(groups, n, lambda: _whole_ids(sample_ids, n))
+    check_classes(samples, num_classes, samples.what)
     channels_src: dict[str, np.ndarray] = {"loss": loss_arr}
     paths_src: dict[str, PathLike] = {"loss": loss}
     for name, path, rule in (("correct", correct, as_correct), ("margin", margin, as_margin)):
@@ -256,45 +258,41 @@ def import_npy(
             )
         channels_src[name] = rule(arr, f"--{name} {path}")
         paths_src[name] = path
-    ids = load_ids(sample_ids, n, "--sample-ids")
+    samples = samples.with_ids(load_sample_ids(sample_ids, n, "--sample-ids", load_npy))
     ckpts = load_ids(checkpoint_ids, t, "--checkpoint-ids", checkpoints=True)
     channels = {c: channel_dtype(c, a.dtype, dtypes) for c, a in channels_src.items()}
 
     def source(rows: np.ndarray | None) -> RowReader:
-        readers = {c: _rows_reader(paths_src[c], arr) for c, arr in channels_src.items()}
+        readers = {c: npy_column(paths_src[c], arr).read for c, arr in channels_src.items()}
 
         def read_rows(a: int, b: int) -> dict[str, np.ndarray]:
             if rows is None:
                 return {c: read(a, b) for c, read in readers.items()}
             sel = np.sort(rows[a:b])
             out = {c: np.asarray(arr[sel]) for c, arr in channels_src.items()}
-            if rows is not None:  # rows[a:b] were sorted for a sequential read: undo that order
-                back = np.argsort(np.argsort(rows[a:b], kind="stable"), kind="stable")
-                out = {c: v[back] for c, v in out.items()}
-            return out
+            # rows[a:b] were sorted for a sequential read: undo that order
+            back = np.argsort(np.argsort(rows[a:b], kind="stable"), kind="stable")
+            return {c: v[back] for c, v in out.items()}
 
         return read_rows
 
     return import_rows(
-        lake_path,
-        split,
-        ids,
-        label_arr,
-        ckpts,
-        channels,
-        source,
-        num_classes,
-        row_chunk,
-        run,
+        lake_path, split, samples, ckpts, channels, source, num_classes, row_chunk, run
     )
+
+
+def _whole_ids(sample_ids: PathLike | None, n: int) -> np.ndarray:
+    """The import's sample ids as one array (to join groups on them)."""
+    return load_ids(sample_ids, n, "--sample-ids")
 
 
 def import_long_parquet(
     lake_path: Target,
     split: str,
     loss: PathLike,
-    labels: PathLike,
+    labels: PathLike | None,
     *,
+    groups: PathLike | None = None,
     sample_ids: PathLike | None = None,
     num_classes: int | None = None,
     dtypes: Mapping[str, str] | None = None,
@@ -305,8 +303,10 @@ def import_long_parquet(
     """Import a long Parquet file (``sample_id, checkpoint, loss[, correct, margin]``).
 
     Labels come from ``labels``: a ``.parquet`` with ``sample_id, label`` or a ``.npy`` aligned
-    with ``sample_ids`` (default: the file's distinct sample ids, ascending). DuckDB sorts the
-    rows by (sample, checkpoint) out of core, and row blocks stream into the split.
+    with ``sample_ids`` (default: the file's distinct sample ids, ascending); or groups from
+    ``groups`` (:func:`import_file`), or from the file's own ``group`` column (one group per
+    sample). DuckDB sorts the rows by (sample, checkpoint) out of core, and row blocks stream
+    into the split.
     """
     from cld_lake import _duckdb
 
@@ -326,11 +326,21 @@ def import_long_parquet(
     as_ids(np.zeros(0, types["checkpoint"][0]), f"{what} column checkpoint", types["checkpoint"][1])
     for c in present:
         check_channel_dtype(c, types[c][0], what, types[c][1])
+    group_column = "group" in schema.names
+    if group_column:
+        if labels is not None or groups is not None:
+            option = "--labels" if labels is not None else "--groups"
+            raise BadInputError(
+                f"{option}: {what} carries a group column; leave out {option}, or drop the column"
+            )
+        named = groups_type(schema.field("group").type, f"{what}")
+    elif labels is None and groups is None:
+        labels = _required_labels(None, "a long .parquet")
     con = _duckdb.connect(memory_limit=memory_limit)
     try:
         return _import_long(
-            con, lake_path, split, loss_path, labels, sample_ids, present, types,
-            num_classes, dtypes, row_chunk, run,
+            con, lake_path, split, loss_path, labels, groups, named if group_column else None,
+            sample_ids, present, types, num_classes, dtypes, row_chunk, run,
         )  # fmt: skip
     except _duckdb.Error as exc:
         raise BadInputError(f"{what}: could not be read ({one_line(exc)})") from exc
@@ -343,7 +353,9 @@ def _import_long(
     lake_path: Target,
     split: str,
     loss_path: Path,
-    labels: PathLike,
+    labels: PathLike | None,
+    groups: PathLike | None,
+    group_column: bool | None,
     sample_ids: PathLike | None,
     present: list[str],
     types: dict[str, tuple[np.dtype, str]],
@@ -389,7 +401,7 @@ def _import_long(
             ],
             f"{what} column sample_id",
         )
-    labels_arr = as_labels(load_labels(con, labels, ids), "--labels", num_classes)
+    samples = _long_groups(con, src, what, labels, groups, group_column, ids, num_classes)
     n, t = len(ids), len(ckpts)
     distinct_pairs = con.execute(
         f"SELECT count(DISTINCT (sample_id, checkpoint)) FROM {src}"
@@ -427,8 +439,43 @@ def _import_long(
         return _LongRowReader(reader, t, present, what)
 
     return import_rows(
-        lake_path, split, ids, labels_arr, ckpts, channels, make_source, num_classes, row_chunk, run
+        lake_path, split, samples, ckpts, channels, make_source, num_classes, row_chunk, run
     )
+
+
+def _long_groups(
+    con: Connection,
+    src: str,
+    what: str,
+    labels: PathLike | None,
+    groups: PathLike | None,
+    group_column: bool | None,
+    ids: np.ndarray,
+    num_classes: int | None,
+) -> ImportSamples:
+    """The groups of a long import's ``ids``: from ``labels``, ``groups``, or the file's own
+    ``group`` column (``group_column``: named or not; every sample one group)."""
+    if group_column is not None:
+        nulls, mixed = con.execute(
+            f'SELECT count(*) - count("group"), (SELECT count(*) FROM (SELECT sample_id FROM '
+            f'{src} GROUP BY sample_id HAVING count(DISTINCT "group") > 1)) FROM {src}'
+        ).fetchall()[0]
+        if nulls:
+            raise BadInputError(f"{what}: group has {nulls} null values; every row needs a group")
+        if mixed:
+            raise BadInputError(
+                f"{what}: {mixed} samples have more than one group; give each sample one group"
+            )
+        source = f'(SELECT sample_id, any_value("group") AS "group" FROM {src} GROUP BY 1)'
+        found = scan(joined_groups(source, ids, f"{what} column group", group_column), what)
+    elif groups is not None:
+        found = load_groups(groups, len(ids), lambda: ids)
+    else:
+        assert labels is not None
+        label_arr = as_labels(load_labels(con, labels, ids), "--labels", num_classes)
+        found = scan(ArrayColumn(label_arr), "--labels", names=False)
+    check_classes(found, num_classes, found.what)
+    return found.with_ids(ArrayColumn(ids))
 
 
 class _LongRowReader:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from cld_lake.lake.store import Lake, open_lake
+from cld_lake.lake._validate import check_split_name
+from cld_lake.lake.store import Lake, Split, open_lake
 from cld_lake.lake.writer import SplitWriter
 from cld_lake.storage import StorePath
 
@@ -37,6 +38,7 @@ def compact(
     done: dict[str, int] = {}
     for run in [lk.pick_run(r) for r in runs] or lk.runs():
         for name in splits or lk.splits(run):
+            Split(lk, check_split_name(name), run)  # a split not in the lake: refused, not made
             with SplitWriter(lk, name, run=run) as writer:
                 merges = writer.compact(full=True)
                 if prune:

@@ -31,6 +31,7 @@ from cld_lake.errors import (
     one_line,
 )
 from cld_lake.lake import _format as fmt
+from cld_lake.lake._groups import check_split_groups, read_names
 from cld_lake.lake._segments import ChunkReader, open_segment
 from cld_lake.lake._validate import check_num_classes, check_run_name, check_split_name
 from cld_lake.storage import Lock, StorePath, location
@@ -630,6 +631,25 @@ class Lake:
     @property
     def lake_id(self) -> str:
         return str(self.meta["lake_id"])
+
+    def group_names(self) -> tuple[str, ...] | None:
+        """The lake's group names by id (``names[label]`` is a sample's group), or None when
+        its groups are plain integers (classes). Checked before it is returned: every part
+        of the table against its checksum, and against the names each split was written
+        with (:class:`CorruptLakeError` when any differs)."""
+        self.meta = fmt.read_root_metadata(self.root)
+        key = self.meta.get("checksum")
+        cached = self.__dict__.get("_group_names")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        names = read_names(self.root, self.meta, self.fix)
+        for run, splits in fmt.listed_runs(self.meta).items():
+            for name in splits:
+                recorded = Split(self, name, run).meta.get("groups")
+                label = name if run == fmt.DEFAULT_RUN else f"{run}/{name}"
+                check_split_groups(label, recorded, names, self.fix)
+        self.__dict__["_group_names"] = (key, names)
+        return names
 
     @property
     def num_classes(self) -> int | None:

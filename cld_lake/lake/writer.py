@@ -21,6 +21,7 @@ process dies. Ranks of a distributed job send their values to one writing rank (
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -35,12 +36,14 @@ from cld_lake.lake._checkpoint_buffer import CheckpointBuffer
 from cld_lake.lake._commit import (
     CommitRecord,
     SampleTables,
+    add_group_names,
     checkpoint_row,
     fix_class_count,
     remove_unlisted,
 )
 from cld_lake.lake._compact import GC_GRACE_SECONDS, collect_garbage, compact_split
-from cld_lake.lake._sample_blocks import SampleBlocks
+from cld_lake.lake._groups import GroupEncoder, distinct_names, is_named, split_record
+from cld_lake.lake._sample_blocks import SampleBlocks, block_group_names, encoded_blocks
 from cld_lake.lake._segment_writes import (
     RowBlock,
     RowReader,
@@ -80,7 +83,8 @@ class SplitWriter:
     ----------
     lake : Lake
     split : str
-        Split name (``train``, ``val``, ``test``).
+        Split name: ``train``, ``val``, ``test`` or any name the lake's rules allow
+        (:func:`~cld_lake.lake.check_split_name`), e.g. ``target``.
     channels : mapping of channel name to dtype, optional
         For a new split: stored channels (``loss`` required; ``correct``, ``margin``
         optional), e.g. ``{"loss": "float16"}``. Default: inferred from the first commit.
@@ -194,7 +198,9 @@ class SplitWriter:
         """Create the split with its sample set (and metadata columns) and no checkpoints yet.
 
         ``sample_ids`` and ``labels`` are whole arrays in row order, or ``sample_ids`` is a
-        :class:`SampleBlocks` (then ``labels`` and ``metadata`` come with its blocks)."""
+        :class:`SampleBlocks` (then ``labels`` and ``metadata`` come with its blocks).
+        ``labels`` are class indices, or group names (a NumPy string array): names new to
+        the lake get the next ids, in sorted order (:meth:`Lake.group_names`)."""
         if self.split is not None:
             raise BadInputError(f"split {self.name!r} already exists in {self.lake.root}")
         if isinstance(sample_ids, SampleBlocks):
@@ -377,20 +383,36 @@ class SplitWriter:
             self._commit(rows, name, channels, tables)
 
     def _write_samples(self, samples: NewSamples) -> SampleTables:
-        """Before a new split's first commit: fix the lake's class count, write
-        samples.parquet and classes.parquet (not yet visible: the split exists once
-        cld_lake.json lists it). Returns what the commit record says of them."""
+        """Before a new split's first commit: fix the lake's class count (group names: add
+        the new ones to the lake's table and encode them), write samples.parquet and
+        classes.parquet (not yet visible: the split exists once cld_lake.json lists it).
+        Returns what the commit record says of them."""
+        names: tuple[str, ...] | None = None
         if isinstance(samples, SampleBlocks):
-            return write_sample_blocks(
-                self.root, samples, self.row_chunk, self.num_classes, self._fix_class_count
-            )
-        ids, labels, metadata = samples
-        return write_new_samples(
-            self.root, ids, labels, metadata, self.row_chunk, self._fix_class_count
-        )
+            found = block_group_names(samples)
+            if found is not None:
+                names = self._add_group_names(found)
+                samples = encoded_blocks(samples, GroupEncoder(names))
+            fix = partial(self._fix_class_count, names is not None)
+            tables = write_sample_blocks(self.root, samples, self.row_chunk, self.num_classes, fix)
+        else:
+            ids, labels, metadata = samples
+            if is_named(labels):
+                names = self._add_group_names(distinct_names(labels, "labels"))
+                labels = GroupEncoder(names).encode_all(labels, "labels")
+            fix = partial(self._fix_class_count, names is not None)
+            tables = write_new_samples(self.root, ids, labels, metadata, self.row_chunk, fix)
+        if names is None:
+            return tables
+        return dataclasses.replace(tables, groups=split_record(names))
 
-    def _fix_class_count(self, labels: np.ndarray) -> int:
-        self.num_classes = fix_class_count(self.lake, self.name, self.num_classes, labels)
+    def _add_group_names(self, names: Iterable[str]) -> tuple[str, ...]:
+        table = add_group_names(self.lake, set(names), f"split {self.name!r}: labels")
+        self.num_classes = len(table)
+        return table
+
+    def _fix_class_count(self, named: bool, labels: np.ndarray) -> int:
+        self.num_classes = fix_class_count(self.lake, self.name, self.num_classes, labels, named)
         return self.num_classes
 
     def _commit(

@@ -34,13 +34,18 @@ def diagnostics_sections(
         rows = class_nonpositive_share(lake, "cld")
         scored = sum(r["samples"] - r["null"] for r in rows)
         overall = sum(r["nonpositive"] for r in rows) / scored if scored else float("nan")
+        names = lake.group_names()
+        kind = "class" if names is None else "group"
+        if names is not None:  # each row its group's name after its id
+            rows = [{"label": r["label"], "group": names[r["label"]]} | r for r in rows]
+        ticks = [r["label"] if names is None else r["group"] for r in rows]
         out += [
-            "<h3>Classes: share of CLD &lt;= 0</h3>",
+            f"<h3>{'Classes' if names is None else 'Groups'}: share of CLD &lt;= 0</h3>",
             figure(
-                plots.class_shares([r["label"] for r in rows], [r["share"] for r in rows], "cld"),
-                "per-class share of cld <= 0",
-                f"Per class, the share of scored training samples whose cld is <= 0 (their loss "
-                f"does not fall with their class's validation loss); {overall:.1%} over all "
+                plots.class_shares(ticks, [r["share"] for r in rows], "cld", kind),
+                f"per-{kind} share of cld <= 0",
+                f"Per {kind}, the share of scored training samples whose cld is <= 0 (their loss "
+                f"does not fall with their {kind}'s validation loss); {overall:.1%} over all "
                 f"{scored:,} scored samples. Samples without a score are left out.",
             ),
             table(

@@ -67,9 +67,10 @@ def dynamics_sections(lake: Lake, data: TrainData, cld: str | None) -> list[str]
         ]
     t = scans.get("train")
     if t is not None and len(classes):
+        group_names = lake.group_names()
         out += [
-            "<h3>Per-class loss curves</h3>",
-            _class_curves(t, scans.get("val"), names, cld, member_stride),
+            f"<h3>Per-{'class' if group_names is None else 'group'} loss curves</h3>",
+            _class_curves(t, scans.get("val"), names, cld, member_stride, group_names),
         ]
     if t is not None and len(t.sample_rows):
         color = data.samples.get(cld) if cld else None
@@ -94,11 +95,20 @@ def _class_curves(
     names: list[tuple[int, str, int]],
     cld: str | None,
     member_stride: int = 1,
+    group_names: tuple[str, ...] | None = None,
 ) -> str:
+    """The per-class curves figure; a lake of named groups shows each group by its name."""
+    kind = "class" if group_names is None else "group"
+
+    def shown(c: int) -> str:
+        return str(c) if group_names is None else group_names[c]
+
     panels = []
     for i, c in enumerate(t.classes):
         panel: dict[str, object] = {
             "label": int(c),
+            "title": f"{kind} {shown(int(c))}",
+            "kind": kind,
             "train": (t.checkpoints, t.class_mean[i]),
             "val": None,
             "groups": {},
@@ -110,21 +120,24 @@ def _class_curves(
                 panel["groups"][group] = (t.checkpoints, t.group_mean[g], size)  # type: ignore[index]
         panels.append(panel)
     sizes = sorted({size for *_, size in names})
+    bands = "Groups" if group_names is None else "CLD bands"
     caption = (
-        f"Classes {', '.join(str(int(c)) for c in t.classes)} (spread over the classes present). "
+        f"{kind.title()}{'es' if kind == 'class' else 's'} "
+        f"{', '.join(shown(int(c)) for c in t.classes)} (spread over the {kind}"
+        f"{'es' if kind == 'class' else 's'} present). "
         + (
-            f"Groups: the {GROUP_SHARE:.0%} of each class with the highest, nearest-zero and "
+            f"{bands}: the {GROUP_SHARE:.0%} of each {kind} with the highest, nearest-zero and "
             f"lowest (most negative) {cld} ({', '.join(map(str, sizes))} samples each); "
             "curves average the finite losses at each checkpoint over every sample of a group."
             + (
-                f" Groups are taken from every {member_stride:,}th training row of these "
-                "classes (a uniform sample: the classes hold more rows than the report ranks "
-                "in memory)."
+                f" {bands} are taken from every {member_stride:,}th training row of these "
+                f"{kind}{'es' if kind == 'class' else 's'} (a uniform sample: they hold more "
+                "rows than the report ranks in memory)."
                 if member_stride > 1
                 else ""
             )
             if names
-            else "No CLD score stored: class means only (compute one with cld-lake score)."
+            else f"No CLD score stored: {kind} means only (compute one with cld-lake score)."
         )
     )
     return figure(plots.class_curves(panels), "per-class loss curves by CLD group", caption)

@@ -8,6 +8,7 @@ import html
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from cld_lake._io import atomic_output, check_output_path, is_inside
 from cld_lake.errors import BadInputError
@@ -54,6 +55,22 @@ def report_path(
     return check_output_path(target, lake.root, what="--out", overwrite=force)
 
 
+LARGEST_GROUPS = 5  # groups named per split in the splits table
+
+
+def _split_row(split: dict[str, Any]) -> dict[str, Any]:
+    """A split's column of the splits table: its ``info``, its largest groups named."""
+    row = {c: v for c, v in split.items() if c not in ("metadata_columns", "groups")}
+    if "groups" in split:
+        del row["groups_not_shown"]
+        shown = split["groups"][:LARGEST_GROUPS]
+        more = split["classes_present"] - len(shown)
+        row["largest groups"] = ", ".join(f"{g['name']} ({g['samples']:,})" for g in shown) + (
+            f", ... ({more:,} more)" if more else ""
+        )
+    return row
+
+
 def build_report(
     lake: Lake | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -88,17 +105,13 @@ def build_report(
         compare_series(results)  # a results.json without accuracy rows: refused now
     info = lake_info(lake)
     release_arrow_memory()
+    named = "groups" in info
+    classes = f"{info['num_classes']} named groups" if named else f"{info['num_classes']} classes"
     sections = [
         f"<h1>cld_lake report</h1><p>{html.escape(str(lake.root))} · lake {info['lake_id']} · "
-        f"{info['num_classes']} classes · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
+        f"{classes} · generated {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
         "<h2>Splits</h2>",
-        columns_table(
-            {
-                k: {c: v for c, v in s.items() if c != "metadata_columns"}
-                for k, s in info["splits"].items()
-            },
-            "split",
-        ),
+        columns_table({k: _split_row(s) for k, s in info["splits"].items()}, "split"),
     ]
     stored = stored_scores(lake)
     for name, reason in stale_scores(lake).items():

@@ -75,7 +75,8 @@ def class_curves(
     Figure 1).
 
     Each panel: ``{"label": int, "val": (x, y) | None, "train": (x, y), "groups":
-    {name: (x, y, size)}}``.
+    {name: (x, y, size)}}``, optionally ``"title"`` (default ``class <label>``) and
+    ``"kind"`` (``class``, or ``group`` for a lake of named groups).
     """
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
@@ -83,11 +84,12 @@ def class_curves(
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, panel in zip(axes, panels, strict=False):
         val = panel.get("val")
+        kind = panel.get("kind", "class")
         if val is not None:
             x, y = val  # type: ignore[misc]
-            ax.plot(x, y, color="black", lw=2.2, ls="--", label="validation (class mean)")
+            ax.plot(x, y, color="black", lw=2.2, ls="--", label=f"validation ({kind} mean)")
         x, y = panel["train"]  # type: ignore[misc]
-        ax.plot(x, y, color="#7f7f7f", lw=1.5, label="training (class mean)")
+        ax.plot(x, y, color="#7f7f7f", lw=1.5, label=f"training ({kind} mean)")
         for name, (gx, gy, size) in panel["groups"].items():  # type: ignore[attr-defined]
             ax.plot(
                 gx,
@@ -97,7 +99,7 @@ def class_curves(
                 label=f"training, {name} CLD" + (" (most negative)" if name == "lowest" else ""),
             )
             del size
-        ax.set_title(f"class {panel['label']}", fontsize=10)
+        ax.set_title(str(panel.get("title", f"class {panel['label']}")), fontsize=10)
         ax.set_xlabel("checkpoint")
         ax.set_ylabel("mean loss")
         ax.grid(alpha=0.3)
@@ -211,14 +213,17 @@ def correlation_matrix(names: Sequence[str], matrix: np.ndarray) -> Figure:
     return fig
 
 
-def class_shares(labels: Sequence[int], shares: Sequence[float], score: str) -> Figure:
-    """Per class, the share of scored samples with ``score <= 0`` (a bar per class)."""
+def class_shares(
+    labels: Sequence[int | str], shares: Sequence[float], score: str, kind: str = "class"
+) -> Figure:
+    """Per class (``kind``: or group, ``labels`` then names), the share of scored samples with
+    ``score <= 0`` (a bar per class)."""
     fig = _figure(10, 2.8)
     ax = fig.subplots()
     ax.bar(np.arange(len(labels)), np.nan_to_num(np.asarray(shares, float)), color="#0072B2")
     if len(labels) <= 40:  # more classes: ticks would overlap, the axis counts positions
         ax.set_xticks(np.arange(len(labels)), [str(c) for c in labels], fontsize=8)
-    ax.set_xlabel("class")
+    ax.set_xlabel(kind)
     ax.set_ylabel(f"share with {score} <= 0")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3, axis="y")

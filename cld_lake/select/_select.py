@@ -27,6 +27,7 @@ from cld_lake.manifest import (
     Manifest,
     manifest_table,
     seal,
+    with_group_names,
     write_manifest,
 )
 from cld_lake.select._candidates import candidates, stored_score
@@ -368,6 +369,7 @@ def _finish(
         table = _table_in_order(chosen)
     else:
         table = manifest_table(chosen.sample_ids, chosen.labels, chosen.scores, chosen.ranks)
+    table = with_group_names(table, lake.group_names())
     metadata = {
         "kind": MANIFEST_KIND,
         "manifest_version": MANIFEST_VERSION,

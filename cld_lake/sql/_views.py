@@ -45,10 +45,10 @@ _VAL_REFERENCE_RUNS = (
 # cld_lake.diagnostics.class_nonpositive_share; NaN counts as null, an all-null class has a
 # NULL share)
 _CLASS_DIAGNOSTICS = (
-    "WITH s AS (SELECT label, CASE WHEN isnan(cld) THEN NULL ELSE cld END AS v FROM scores) "
-    'SELECT label, count(*) AS samples, count(*) - count(v) AS "null", '
+    "WITH s AS (SELECT label{name}, CASE WHEN isnan(cld) THEN NULL ELSE cld END AS v "
+    'FROM scores) SELECT label{name}, count(*) AS samples, count(*) - count(v) AS "null", '
     "count(*) FILTER (WHERE v <= 0) AS nonpositive, avg((v <= 0)::INT)::DOUBLE AS share "
-    "FROM s GROUP BY label ORDER BY label"
+    "FROM s GROUP BY label{name} ORDER BY label"
 )
 
 
@@ -107,12 +107,14 @@ def create_views(
 
     ``samples``, ``checkpoints`` and ``losses`` hold every split of every run; ``train_samples``
     is ``samples`` of the training split; ``scores`` has one row per training sample (its
-    stored scores, then the training samples' metadata columns). A lake whose splits all
+    stored scores, then the training samples' metadata columns). A lake of named groups adds
+    ``group_name`` after ``label`` in ``samples`` and ``scores``. A lake whose splits all
     belong to the default run (recorded without runs) has the views it always had; one with
     named runs adds a ``run`` column after ``split`` (and to ``val_reference``).
     Returns the ``losses`` sources (one per split), whose ``failure`` tells why a scan failed.
     """
     samples, checkpoints, losses, sources = [], [], [], []
+    names = lake.group_names()  # None: plain integer groups (classes), no group_name column
     runs = lake.runs()
     named_runs = runs != [DEFAULT_RUN]
     splits = [lake.split(name, run) for run in runs for name in lake.splits(run)]
@@ -122,7 +124,7 @@ def create_views(
             label += f", {sql_str(split.run)} AS run"
         # DuckDB scans the file itself: check its checksums first, one row group at a time
         scan_samples(split, fingerprint=False)
-        register(con, f"_samples_{i}", ParquetSource(split.root / SAMPLES_FILE))
+        register(con, f"_samples_{i}", ParquetSource(split.root / SAMPLES_FILE, names))
         register(con, f"_checkpoints_{i}", ParquetSource(split.root / CHECKPOINTS_FILE))
         source = LossSource(split, block_rows=block_rows, stats=stats)
         register(con, f"_losses_{i}", source)
@@ -141,12 +143,13 @@ def create_views(
     has_cld = False
     if scores is not None:
         check_scores_file(lake)  # DuckDB scans the file itself: check its checksums first
-        table = ParquetSource(scores)
+        table = ParquetSource(scores, names)
         has_cld = "cld" in table.schema.names
         register(con, "_scores", table)
     _view(con, "scores", [_scores_body(table, splits)] if scores is not None else [], "")
     if has_cld:
-        con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS}")
+        name = "" if names is None else ", group_name"
+        con.execute(f"CREATE VIEW class_diagnostics AS {_CLASS_DIAGNOSTICS.format(name=name)}")
     reference = _VAL_REFERENCE_RUNS if named_runs else _VAL_REFERENCE
     con.execute(f"CREATE VIEW val_reference AS {reference}")
     return sources
