@@ -249,3 +249,38 @@ def test_the_count_of_bad_labels_survives_their_clamping(tmp_path):
     rec.update(torch.arange(4), torch.randn(4, G), torch.tensor([0, 7, 1, 9]))
     with pytest.raises(BadInputError, match=r"'train': 2 labels are outside the 3 classes"):
         rec.commit(0)
+
+
+def test_update_loss_takes_group_names_and_sql_shows_them(tmp_path):
+    """Named groups (a corpus's sources) recorded straight from the loop: the lake numbers
+    the names (sorted), a later split keeps each name's id and adds its new ones, and SQL,
+    scoring and selection see them by name."""
+    lake = tmp_path / "l.lake"
+    sources = np.array(["web", "code", "books"])
+    ids = np.arange(N)
+    train = sources[ids % 3]
+    rec = LossRecorder(lake, "train")
+    val = LossRecorder(lake, "val")
+    val_ids = np.arange(12)
+    for ckpt in range(4):
+        for a in range(0, N, 9):
+            part = slice(a, a + 9)
+            rec.update_loss(ids[part], losses(ckpt)[part], train[part])
+        rec.commit(ckpt)
+        val.update_loss(val_ids, losses(ckpt)[:12], np.array(["papers", *sources[val_ids % 3][1:]]))
+        val.commit(ckpt)
+    opened = cld_lake.open_lake(lake)
+    assert opened.group_names() == ("books", "code", "web", "papers")
+    split, _ = read_split(lake)
+    np.testing.assert_array_equal(split.labels, np.searchsorted(["books", "code", "web"], train))
+    rows = cld_lake.query(
+        lake,
+        "SELECT group_name, count(*) AS n FROM samples WHERE split = 'train' GROUP BY 1 ORDER BY 1",
+    )
+    assert rows.to_dict(as_series=False) == {
+        "group_name": ["books", "code", "web"],
+        "n": [int((train == s).sum()) for s in ("books", "code", "web")],
+    }
+    cld_lake.score(lake, method="mean_loss")
+    scored = cld_lake.query(lake, "SELECT DISTINCT group_name FROM scores ORDER BY 1")
+    assert scored["group_name"].to_list() == ["books", "code", "web"]
