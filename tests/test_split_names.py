@@ -45,6 +45,23 @@ def test_custom_split_names_end_to_end(tmp_path, cli):
     r = cli("score", lake, "--method", "mean_loss")
     assert r.code == 0, r.err
     assert cld_lake.query(lake, "SELECT count(*) AS n FROM scores")["n"][0] == SPLITS["train"]
+    # a custom split as CLD's reference, imported from the command line, selected by name
+    r = cli("score", lake, "--reference", "split:target", "--name", "cld_target")
+    assert r.code == 0 and "reference split:target" in r.out, r.err
+    r = cli("score", lake, "--reference-split", "heldout_code", "--name", "cld_code")
+    assert r.code == 0 and "of heldout_code" in r.out, r.err
+    r = cli(
+        "select",
+        lake,
+        "--score",
+        "cld_target",
+        "--fraction",
+        "0.5",
+        "--out",
+        tmp_path / "m.parquet",
+    )
+    assert r.code == 0 and "2 groups" in r.out, r.err
+    assert set(cld_lake.load_manifest(tmp_path / "m.parquet").group_names) == {"web", "code"}
     r = cli("compact", lake, "--split", "target")
     assert r.code == 0 and "target" in r.out, r.err
     r = cli("report", lake, "--out", tmp_path / "r.html")

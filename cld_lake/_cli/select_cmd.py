@@ -147,7 +147,8 @@ def select_cmd(
         ccs = meta["selection"]["ccs"]
         what += f", hardest {ccs['prune']:g} pruned, {ccs['bins']} bins, seed {meta['selection']['seed']}"
     click.echo(
-        f"selected {len(m):,} of {meta['candidates']:,} samples, {len(m.class_counts())} classes, "
+        f"selected {len(m):,} of {meta['candidates']:,} samples, {len(m.class_counts())} "
+        f"{'groups' if 'group_name' in m.table.column_names else 'classes'}, "
         f"balance {balance}, by {what} -> {out}"
     )
     short = meta["shortfall"]
