@@ -6,9 +6,6 @@ Run as a script, this file is one rank of the job (see ``worker``).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from tests._ranks import run_ranks
 
 N, D, C = 101, 5, 3  # odd N: the sampler pads rank 1 with a duplicate
 CHECKPOINTS = (0, 1, 2)
@@ -86,12 +85,6 @@ class _Untouched:
         raise AssertionError("record() ran its pass over a committed checkpoint")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_two_rank_gloo_recording_equals_single_process(tmp_path: Path) -> None:
     import cld_lake
@@ -99,20 +92,7 @@ def test_two_rank_gloo_recording_equals_single_process(tmp_path: Path) -> None:
 
     lake, states = tmp_path / "ddp.lake", tmp_path / "states"
     states.mkdir()
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(lake), str(states)],
-            env=dict(env, RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out
+    outputs = run_ranks(__file__, str(lake), str(states))
     # the writing rank's error reached every rank (and nobody hung at the barrier), the same
     # line on each, before the pass; every rank learnt the committed ids from dst
     errors = [

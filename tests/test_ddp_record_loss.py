@@ -8,8 +8,6 @@ Run as a script, this file is one rank of the job (see ``worker``).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.test_ddp_record import free_port
+from tests._ranks import run_ranks
 
 N, V, G = 61, 11, 3  # odd N: the sampler pads rank 1 with a duplicate
 CHECKPOINTS = (0, 1)
@@ -110,20 +108,8 @@ def test_two_rank_update_loss_equals_single_process(tmp_path: Path) -> None:
 
     lake, states = tmp_path / "ddp.lake", tmp_path / "states"
     states.mkdir()
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(lake), str(states)],
-            env=dict(env, RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, out
+    outputs = run_ranks(__file__, str(lake), str(states))
+    for rank, out in enumerate(outputs):
         assert f"rank {rank}: committed [0, 1]" in out, out
 
     ref = tmp_path / "ref.lake"

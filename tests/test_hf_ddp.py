@@ -7,15 +7,13 @@ Run as a script, this file is one rank of the job (see ``worker``).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.test_ddp_record import free_port
+from tests._ranks import run_ranks
 
 TRAIN_ROWS, VAL_ROWS = 61, 21  # odd: the ranks' shards differ in size
 STEPS = (0, 2, 4)
@@ -88,26 +86,8 @@ def test_a_ddp_trainer_run_records_each_row_once(tmp_path: Path) -> None:
 
     lake, states = tmp_path / "ddp.lake", tmp_path / "states"
     states.mkdir()
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE="2",
-        HF_HUB_OFFLINE="1",
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(lake), str(states)],
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, out[-3000:]
+    outputs = run_ranks(__file__, str(lake), str(states), timeout=240, HF_HUB_OFFLINE="1")
+    for rank, out in enumerate(outputs):
         # every other row of each split, at each of the steps
         rows = sum(len(range(rank, n, 2)) for n in (TRAIN_ROWS, VAL_ROWS)) * len(STEPS)
         assert f"rank {rank}: world 2, recorded {rows}" in out, out[-3000:]

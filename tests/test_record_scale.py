@@ -15,9 +15,6 @@ Run as a script, this file is one rank of the job (see ``worker``).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from tests import _ranks
 
 WORLD = 2
 BATCH = 8192
@@ -197,29 +196,8 @@ def _rss_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(*args: str) -> None:
-    env = dict(
-        os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD)
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, *args],
-            env=dict(env, RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    _ranks.run_ranks(__file__, *args, world=WORLD, timeout=300)
 
 
 def _same_lake(got_path: Path, want_path: Path, split: str = "train") -> None:
