@@ -62,6 +62,9 @@ def test_custom_split_names_end_to_end(tmp_path, cli):
     )
     assert r.code == 0 and "2 groups" in r.out, r.err
     assert set(cld_lake.load_manifest(tmp_path / "m.parquet").group_names) == {"web", "code"}
+    assert cli("score", lake).code == 0  # cld: info's share line names the groups
+    r = cli("info", lake)
+    assert "highest groups " in r.out and ("web: " in r.out or "code: " in r.out), r.out
     r = cli("compact", lake, "--split", "target")
     assert r.code == 0 and "target" in r.out, r.err
     r = cli("report", lake, "--out", tmp_path / "r.html")

@@ -164,7 +164,7 @@ def info_cmd(lake, as_json):
         stale = info["stale_scores"].get(name)
         click.echo(f"  score {name}: {detail}" + (f"  STALE: {stale}" if stale else ""))
     if shares is not None:
-        click.echo(_share_line(shares))
+        click.echo(_share_line(shares, opened.group_names()))
     if detection:
         cells = ", ".join(
             f"{r['score']} {r['auroc']:.3f}/{r['precision_at_rate']:.3f}" for r in detection
@@ -195,15 +195,18 @@ def _cld_shares(lake: Lake, scores: dict[str, Any]) -> list[dict[str, Any]] | No
     return class_nonpositive_share(lake, "cld")
 
 
-def _share_line(rows: list[dict[str, Any]]) -> str:
-    """One line: the overall share of ``cld <= 0`` and the 3 classes with the highest share."""
+def _share_line(rows: list[dict[str, Any]], names: tuple[str, ...] | None = None) -> str:
+    """One line: the overall share of ``cld <= 0`` and the 3 classes (groups, by name when
+    the lake names them) with the highest share."""
     scored = sum(r["samples"] - r["null"] for r in rows)
     nonpos = sum(r["nonpositive"] for r in rows)
     overall = f"{nonpos / scored:.1%}" if scored else "n/a"
     finite = [r for r in rows if r["share"] == r["share"]]  # NaN: no scored sample
     top = sorted(finite, key=lambda r: (-r["share"], r["label"]))[:3]
-    classes = ", ".join(f"{r['label']}: {r['share']:.1%}" for r in top) or "none scored"
-    return f"  cld <= 0: {overall} of {scored:,} scored samples; highest classes {classes}"
+    key = (lambda label: names[label]) if names else (lambda label: label)
+    classes = ", ".join(f"{key(r['label'])}: {r['share']:.1%}" for r in top) or "none scored"
+    kind = "groups" if names else "classes"
+    return f"  cld <= 0: {overall} of {scored:,} scored samples; highest {kind} {classes}"
 
 
 #: names ``info`` prints of a lake's groups, and groups of a split (the largest)
