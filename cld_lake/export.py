@@ -4,13 +4,16 @@ Export streams a split through :meth:`Split.blocks` into a ``pyarrow.parquet.Par
 one row group per block (memory: one block). Three layouts:
 
 ``wide`` (default)
-    one row per sample: ``sample_id, label, loss`` with ``loss`` a fixed-size list of the
+    one row per sample: ``sample_id, label[, group], loss`` with ``loss`` a fixed-size list of the
     checkpoints' values (``correct``, ``margin`` likewise when exported).
 ``columns``
     one row per sample, one column per checkpoint and channel: ``loss_0, loss_1, ...``.
 ``long``
-    one row per (sample, checkpoint): ``sample_id, label, checkpoint, loss[, correct, margin]``
-    (what ``cld-lake import --loss FILE.parquet`` reads back).
+    one row per (sample, checkpoint): ``sample_id, label[, group], checkpoint, loss[, correct,
+    margin]`` (what ``cld-lake import --loss FILE.parquet`` reads back).
+
+A lake of named groups adds ``group``, each sample's group name (dictionary-encoded: the names
+once per row group), the column an import reads names from, so an export imports back named.
 
 The Parquet key-value metadata ``cld_lake`` records the split, checkpoint ids, channels, lake
 identity, creation time and version. ``cld-lake import`` (``cld_lake.lake.import_file``) reads
@@ -42,6 +45,9 @@ if TYPE_CHECKING:
 EXPORT_KIND = "cld_lake.trajectories"
 LONG_ROW_GROUP = 1 << 20  # rows per row group of the long layout
 
+#: the column of group names: the one an import reads names from
+GROUP_COLUMN = "group"
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -66,7 +72,7 @@ def _arrow_type(dtype: str) -> pa.DataType:
 
 
 def _export_schema(
-    split: Split, layout: Layout, channels: Sequence[str], ckpts: np.ndarray
+    split: Split, layout: Layout, channels: Sequence[str], ckpts: np.ndarray, named: bool
 ) -> pa.Schema:
     """The Arrow schema of an export of ``channels`` at checkpoints ``ckpts`` in ``layout``."""
     import pyarrow as pa
@@ -75,6 +81,8 @@ def _export_schema(
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),
     ]
+    if named:
+        fields.append(pa.field(GROUP_COLUMN, pa.dictionary(pa.int32(), pa.string()), False))
     if layout == "long":
         fields.append(pa.field("checkpoint", pa.int64(), nullable=False))
     for c in channels:
@@ -134,7 +142,9 @@ def export_trajectories(
             f"--checkpoints {checkpoints}: selects no checkpoint of split {split!r}"
         )
     out = check_output_path(out, lake.root, suffixes=(".parquet",), overwrite=force)
-    schema = _export_schema(sp, layout, channels, ckpts)
+    names = lake.group_names()
+    schema = _export_schema(sp, layout, channels, ckpts, names is not None)
+    dictionary = None if names is None else pa.array(names, pa.string())
     meta = {
         "kind": EXPORT_KIND,
         "layout": layout,
@@ -151,7 +161,7 @@ def export_trajectories(
     with atomic_output(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for block in sp.blocks(block_rows=block_rows, checkpoints=ckpts, channels=channels):
-                for batch in _tables(block, layout, channels, schema):
+                for batch in _tables(block, layout, channels, schema, dictionary):
                     writer.write_table(
                         pa.Table.from_batches([batch], schema=schema), row_group_size=batch.num_rows
                     )
@@ -161,9 +171,20 @@ def export_trajectories(
 
 
 def _tables(
-    block: Block, layout: Layout, channels: Sequence[str], schema: pa.Schema
+    block: Block,
+    layout: Layout,
+    channels: Sequence[str],
+    schema: pa.Schema,
+    names: pa.Array | None = None,
 ) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
+
+    def keys(labels: np.ndarray) -> list[pa.Array]:
+        """``label`` and, for named groups, ``group`` (the names, keyed by the same ids)."""
+        out = [pa.array(labels)]
+        if names is not None:
+            out.append(pa.DictionaryArray.from_arrays(pa.array(labels.astype(np.int32)), names))
+        return out
 
     n, k = len(block), len(block.checkpoints)
     if n == 0:
@@ -175,13 +196,13 @@ def _tables(
             b = min(a + step, n)
             arrays = [
                 pa.array(np.repeat(block.sample_ids[a:b], k)),
-                pa.array(np.repeat(block.labels[a:b], k)),
+                *keys(np.repeat(block.labels[a:b], k)),
                 pa.array(np.tile(block.checkpoints, b - a)),
             ]
             arrays += [pa.array(_widen(block.values[c][a:b]).reshape(-1)) for c in channels]
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         return
-    arrays = [pa.array(block.sample_ids), pa.array(block.labels)]
+    arrays = [pa.array(block.sample_ids), *keys(block.labels)]
     for c in channels:
         values = _widen(block.values[c])
         if layout == "wide":

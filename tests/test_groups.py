@@ -345,3 +345,27 @@ def test_the_report_shows_groups_by_name(tmp_path):
     assert "Per-group loss curves" in page and "Groups books, code, web" in page
     assert "<td>books</td>" in page and "largest groups" in page
     assert "class 0" not in page and "Classes 0" not in page
+
+
+@pytest.mark.parametrize("layout", ["long", "wide", "columns"])
+def test_an_export_of_named_groups_imports_back_named(tmp_path, cli, layout):
+    """Export writes each sample's name as ``group`` beside its id: every layout imports back
+    into a lake with the same names, ids and losses (names are not lost on the way)."""
+    rng = np.random.default_rng(3)
+    names = np.array(["web", "code", "books", "papers"])
+    loss = rng.uniform(0.1, 3, (40, 5)).astype(np.float32)
+    np.save(tmp_path / "l.npy", loss)
+    np.save(tmp_path / "g.npy", names[rng.integers(0, 4, 40)])
+    np.save(tmp_path / "ids.npy", rng.permutation(40) + 7)
+    src, back, out = tmp_path / "src.lake", tmp_path / "back.lake", tmp_path / "e.parquet"
+    r = cli("import", src, "--split", "train", "--loss", tmp_path / "l.npy",
+            "--groups", tmp_path / "g.npy", "--sample-ids", tmp_path / "ids.npy")  # fmt: skip
+    assert r.code == 0, r.err
+    assert cli("export", src, "--split", "train", "--layout", layout, "--out", out).code == 0
+    r = cli("import", back, "--split", "train", "--loss", out)
+    assert r.code == 0, r.err
+    assert open_lake(back).group_names() == open_lake(src).group_names()
+    query = "SELECT sample_id, label, group_name FROM samples ORDER BY sample_id"
+    assert cld_lake.query(back, query).equals(cld_lake.query(src, query))
+    losses = "SELECT sample_id, checkpoint, loss FROM losses ORDER BY 1, 2"
+    assert cld_lake.query(back, losses).equals(cld_lake.query(src, losses))

@@ -258,13 +258,19 @@ def _wide_groups(
     ids: np.ndarray,
     num_classes: int | None,
 ) -> ImportSamples:
-    """The groups of a wide file's rows: ``groups``, else ``labels`` or the file's ``label``
-    column, else its ``group`` column."""
+    """The groups of a wide file's rows: ``groups``, else ``labels``, else the file's ``group``
+    column when it holds names or there is no ``label`` column, else its ``label`` column. (An
+    export of named groups carries both, the ids as ``label`` and the names as ``group``: the
+    names are what the new lake numbers.)"""
     names = pf.schema_arrow.names
+    what = f"--loss {path} column group"
     if groups is not None:
         found = load_groups(groups, len(ids), lambda: ids)
-    elif labels is None and "label" not in names and "group" in names:
-        what = f"--loss {path} column group"
+    elif (
+        labels is None
+        and "group" in names
+        and ("label" not in names or groups_type(pf.schema_arrow.field("group").type, what))
+    ):
         groups_type(pf.schema_arrow.field("group").type, what)
         found = scan(ParquetColumn(pf, "group", what), what)
     else:
