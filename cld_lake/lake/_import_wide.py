@@ -269,9 +269,8 @@ def _wide_groups(
     elif (
         labels is None
         and "group" in names
-        and ("label" not in names or groups_type(pf.schema_arrow.field("group").type, what))
+        and (groups_type(pf.schema_arrow.field("group").type, what) or "label" not in names)
     ):
-        groups_type(pf.schema_arrow.field("group").type, what)
         found = scan(ParquetColumn(pf, "group", what), what)
     else:
         label_arr = as_labels(_wide_labels(pf, path, labels, ids), "--labels", num_classes)

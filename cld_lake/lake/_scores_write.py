@@ -85,22 +85,20 @@ def _same_ids_in_order(old: pq.ParquetFile, rows: dict[str, Any], train: Split) 
     recorded = rows.get("ids_sha1")
     if recorded is not None and train.ids_digest is not None:
         return bool(recorded == train.ids_digest)
-    pos = 0
-    for batch in row_group_batches(old, ["sample_id"], _READ_ROWS):
-        part = batch.column(0).to_numpy()
-        ids, _ = train.sample_rows(pos, pos + len(part))
-        if not np.array_equal(part, ids):
-            return False
-        pos += len(part)
-    return True
+    return _same_column_in_order(old, train, "sample_id")
 
 
 def _same_labels_in_order(old: pq.ParquetFile, train: Split) -> bool:
+    return _same_column_in_order(old, train, "label")
+
+
+def _same_column_in_order(old: pq.ParquetFile, train: Split, column: str) -> bool:
+    """Is the table's ``column`` (``sample_id`` or ``label``) the split's, row for row?"""
+    which = 0 if column == "sample_id" else 1
     pos = 0
-    for batch in row_group_batches(old, ["label"], _READ_ROWS):
+    for batch in row_group_batches(old, [column], _READ_ROWS):
         part = batch.column(0).to_numpy()
-        _, labels = train.sample_rows(pos, pos + len(part))
-        if not np.array_equal(part, labels):
+        if not np.array_equal(part, train.sample_rows(pos, pos + len(part))[which]):
             return False
         pos += len(part)
     return True
