@@ -74,6 +74,9 @@ def worker(lake: str, states: str) -> None:
     trainer.train()
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     print(f"rank {args.process_index}: world {world}, recorded {sum(recorded)}", flush=True)
+    if torch.distributed.is_initialized():  # the Trainer's process group: ended, not left to exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.timeout(300)
